@@ -1,0 +1,189 @@
+//! Types shared by the eBPF programs (`tracker-ebpf`) and the daemon (`tracker-user`).
+//!
+//! Everything here is `no_std` and `#[repr(C)]` so both sides agree on the byte layout of what
+//! crosses the ring buffer and the maps. The daemon-only trait impls (`aya::Pod`) sit behind the
+//! `user` feature so the BPF build never pulls in aya.
+#![no_std]
+
+/// Name of the ring buffer map that carries [`SockEvent`]s to the daemon.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array whose slot [`LOST_SLOT`] counts ring-buffer reservations that
+/// failed (the ring was full), so loss is never silent.
+pub const LOST_MAP: &str = "LOST";
+/// Slot of [`LOST_MAP`] counting events dropped because the ring was full.
+pub const LOST_SLOT: u32 = 0;
+/// Slot of [`LOST_MAP`] counting accepted connections that could not be tracked in the kernel
+/// because the tracking map was full (their closes would be missed).
+pub const TRACK_FULL_SLOT: u32 = 1;
+/// Number of slots in [`LOST_MAP`].
+pub const LOST_SLOTS: u32 = 2;
+/// Name of the hash map of local ports to watch; consulted only when [`Config::filter_ports`]
+/// is set.
+pub const PORTS_MAP: &str = "PORTS";
+/// Name of the one-slot array holding the [`Config`].
+pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the kernel-side table of accepted connections being tracked, keyed by socket address.
+pub const TRACKED_MAP: &str = "TRACKED";
+/// Capacity of [`TRACKED_MAP`]. Sized for hosts with a few hundred thousand concurrent
+/// connections; entries are allocated on demand (`BPF_F_NO_PREALLOC`), so an idle host pays
+/// nothing for the headroom.
+pub const TRACKED_MAX_ENTRIES: u32 = 1 << 20;
+/// Capacity of [`PORTS_MAP`] (one entry per `--port`).
+pub const PORTS_MAX_ENTRIES: u32 = 1024;
+/// Default ring buffer size in bytes (a power of two multiple of the page size, as the kernel
+/// requires). 4 MiB holds about 35k events, more than a second of the highest churn measured on
+/// a 2-core machine.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Program name of the `sock:inet_sock_set_state` tracepoint handler.
+pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+
+/// Kernel TCP states (`include/net/tcp_states.h`), as the tracepoint reports them.
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+}
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Field offsets of `sock:inet_sock_set_state` this program reads. The daemon compares them
+/// with the tracepoint's `format` file at start-up and refuses to run on a kernel whose layout
+/// differs, instead of reporting garbage.
+pub mod inet_sock_set_state {
+    /// `(field name, offset, size)` for every field the program reads.
+    pub const FIELDS: [(&str, usize, usize); 11] = [
+        ("skaddr", SKADDR, 8),
+        ("oldstate", OLDSTATE, 4),
+        ("newstate", NEWSTATE, 4),
+        ("sport", SPORT, 2),
+        ("dport", DPORT, 2),
+        ("family", FAMILY, 2),
+        ("protocol", PROTOCOL, 2),
+        ("saddr", SADDR, 4),
+        ("daddr", DADDR, 4),
+        ("saddr_v6", SADDR_V6, 16),
+        ("daddr_v6", DADDR_V6, 16),
+    ];
+
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+
+/// Kind of a [`SockEvent`], carried as a plain `u32` in [`SockEvent::kind`] and decoded with
+/// `TryFrom<u32>`: a value the daemon does not know is an error it can count, never undefined
+/// behaviour as reading an out-of-range enum would be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventKind {
+    /// A socket entered LISTEN (runs in the context of the process calling `listen()`).
+    ListenerUp = 1,
+    /// A listening socket left LISTEN for CLOSE.
+    ListenerDown = 2,
+    /// A server-side child socket went SYN_RECV → ESTABLISHED.
+    ConnOpen = 3,
+    /// A tracked server-side connection reached CLOSE.
+    ConnClose = 4,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        match raw {
+            1 => Ok(Self::ListenerUp),
+            2 => Ok(Self::ListenerDown),
+            3 => Ok(Self::ConnOpen),
+            4 => Ok(Self::ConnClose),
+            other => Err(other),
+        }
+    }
+}
+
+/// Run-time settings written by the daemon before the programs are attached.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Config {
+    /// Non-zero: only sockets whose local port is in [`PORTS_MAP`] produce events. A `u32`
+    /// rather than `bool` so the type has no padding and every bit pattern is valid (`Pod`).
+    pub filter_ports: u32,
+}
+
+/// One event from the kernel. Fixed size (80 bytes, a multiple of 8 with no padding) so the program reserves ring space without
+/// computing lengths.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct SockEvent {
+    /// An [`EventKind`] as `u32` (decoded by the daemon with `TryFrom`).
+    pub kind: u32,
+    /// Thread-group id (pid) of the current task. Meaningful for [`EventKind::ListenerUp`]
+    /// (the process calling `listen()`); for the others it is whoever the kernel was running.
+    pub pid: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds, the clock the daemon reads too.
+    pub timestamp_ns: u64,
+    /// Kernel address of the socket: the identity of a connection while it lives.
+    pub skaddr: u64,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Explicit padding so the layout has no hidden bytes (required for `Pod`).
+    pub _pad: u16,
+    /// Local address: IPv4 in the first four bytes, or IPv6.
+    pub local_addr: [u8; 16],
+    /// Remote address: IPv4 in the first four bytes, or IPv6.
+    pub remote_addr: [u8; 16],
+    /// `comm` of the current task, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both types are `#[repr(C)]`, made only of integers and byte arrays, with every
+    // padding byte spelled out, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SockEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_layout_is_stable() {
+        assert_eq!(core::mem::size_of::<SockEvent>(), 80);
+        assert_eq!(core::mem::align_of::<SockEvent>(), 8);
+    }
+
+    #[test]
+    fn event_kind_round_trips_and_rejects_unknown() {
+        for kind in [
+            EventKind::ListenerUp,
+            EventKind::ListenerDown,
+            EventKind::ConnOpen,
+            EventKind::ConnClose,
+        ] {
+            assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
+        }
+        assert_eq!(EventKind::try_from(0), Err(0));
+        assert_eq!(EventKind::try_from(99), Err(99));
+    }
+}

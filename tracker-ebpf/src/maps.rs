@@ -1,0 +1,55 @@
+//! Maps shared by the probes. Names match the `*_MAP` constants in `tracker-common`, which the
+//! daemon uses to find them.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use tracker_common::{
+    Config, DEFAULT_RING_BYTES, LOST_SLOTS, PORTS_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
+};
+
+/// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
+/// loss).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Per-CPU loss counters (see `LOST_SLOT`, `TRACK_FULL_SLOT`). Per-CPU so that counting never
+/// contends between CPUs; the daemon sums the slots.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Server-side connections the daemon has been told about, keyed by socket address. A close is
+/// reported only for sockets in here, which is what keeps client-side sockets out of the ring.
+/// The value is unused (a set).
+#[map]
+pub static TRACKED: HashMap<u64, u8> =
+    HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Local ports to watch, when `Config::filter_ports` is set. Value unused (a set).
+#[map]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(PORTS_MAX_ENTRIES, 0);
+
+/// Run-time configuration, written by the daemon before attaching.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Adds one to a loss counter slot of the current CPU.
+#[inline(always)]
+pub fn count_lost(slot: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(slot) {
+        // SAFETY: the pointer is this CPU's slot of a live map. The non-atomic add can only race
+        // with a softirq-context invocation on the same CPU, which at worst loses one count of a
+        // counter that is already reporting trouble.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Whether events for `local_port` should be emitted under the current configuration.
+#[inline(always)]
+pub fn port_wanted(local_port: u16) -> bool {
+    let filtering = CONFIG.get(0).is_some_and(|config| config.filter_ports != 0);
+    // SAFETY: the value is a plain `u8` read through a map lookup; we only test presence.
+    !filtering || unsafe { PORTS.get(&local_port) }.is_some()
+}

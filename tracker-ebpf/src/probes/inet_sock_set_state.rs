@@ -1,0 +1,139 @@
+//! `sock:inet_sock_set_state`: every TCP (and SCTP, MPTCP) socket state change.
+//!
+//! Why this hook: it is a stable tracepoint (kernel 4.16+) that sees listeners open and close,
+//! server-side children become established and every socket reach CLOSE, with addresses and
+//! ports already decoded, and it needs neither kprobes nor BTF-based attach (both unavailable on
+//! the machines we target). The transitions we keep, as seen on kernel 6.18:
+//!
+//! * `CLOSE → LISTEN` (in the process calling `listen()`): a listener appears. Its port is 0
+//!   here when `listen()` picked an ephemeral port; the daemon then learns it from the kernel's
+//!   socket table.
+//! * `LISTEN → CLOSE`: the listener goes away.
+//! * `SYN_RECV → ESTABLISHED` on a child of a listener (softirq context): a server-side
+//!   connection is established. Client sockets go `SYN_SENT → ESTABLISHED` and are ignored.
+//!   (`LISTEN → SYN_RECV`, the child being cloned from its listener, is ignored too.)
+//! * `* → CLOSE` for a socket in `TRACKED`: the connection is gone. Sockets in TIME_WAIT have
+//!   already passed through CLOSE, so a connection is counted closed once, when its full socket
+//!   is released from the state machine.
+//!
+//! Format on kernel 6.18 (`/sys/kernel/tracing/events/sock/inet_sock_set_state/format`), checked
+//! against `tracker_common::inet_sock_set_state` by the daemon at start-up:
+//!
+//! ```text
+//! field:unsigned short common_type;       offset:0;       size:2; signed:0;
+//! field:unsigned char common_flags;       offset:2;       size:1; signed:0;
+//! field:unsigned char common_preempt_count;       offset:3;       size:1; signed:0;
+//! field:int common_pid;   offset:4;       size:4; signed:1;
+//!
+//! field:const void * skaddr;      offset:8;       size:8; signed:0;
+//! field:int oldstate;     offset:16;      size:4; signed:1;
+//! field:int newstate;     offset:20;      size:4; signed:1;
+//! field:__u16 sport;      offset:24;      size:2; signed:0;
+//! field:__u16 dport;      offset:26;      size:2; signed:0;
+//! field:__u16 family;     offset:28;      size:2; signed:0;
+//! field:__u16 protocol;   offset:30;      size:2; signed:0;
+//! field:__u8 saddr[4];    offset:32;      size:4; signed:0;
+//! field:__u8 daddr[4];    offset:36;      size:4; signed:0;
+//! field:__u8 saddr_v6[16];        offset:40;      size:16;        signed:0;
+//! field:__u8 daddr_v6[16];        offset:56;      size:16;        signed:0;
+//! ```
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracker_common::{
+    AF_INET, AF_INET6, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
+    inet_sock_set_state as field, tcp_state,
+};
+
+use crate::maps::{EVENTS, TRACKED, count_lost, port_wanted};
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // A failed field read has nowhere to be reported but the return value, which tracepoints
+    // ignore; the daemon's reconciliation with the kernel's tables is the safety net.
+    try_inet_sock_set_state(&ctx).unwrap_or(1)
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY (all `read_at` below): offsets and sizes are those of the tracepoint's format,
+    // verified by the daemon before this program is attached.
+    let protocol: u16 = unsafe { ctx.read_at(field::PROTOCOL) }.map_err(i64::from)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let old_state: i32 = unsafe { ctx.read_at(field::OLDSTATE) }.map_err(i64::from)?;
+    let new_state: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(i64::from)?;
+    let skaddr: u64 = unsafe { ctx.read_at(field::SKADDR) }.map_err(i64::from)?;
+
+    let kind = match (old_state, new_state) {
+        (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
+        (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
+        (_, tcp_state::CLOSE) => {
+            // SAFETY: presence test only.
+            if unsafe { TRACKED.get(&skaddr) }.is_none() {
+                return Ok(0);
+            }
+            // Forget it even if the event below cannot be sent: the map must not fill up with
+            // dead sockets.
+            let _ = TRACKED.remove(&skaddr);
+            EventKind::ConnClose
+        }
+        _ => return Ok(0),
+    };
+
+    let local_port: u16 = unsafe { ctx.read_at(field::SPORT) }.map_err(i64::from)?;
+    let family: u16 = unsafe { ctx.read_at(field::FAMILY) }.map_err(i64::from)?;
+    // Closes are filtered by TRACKED membership (decided at open time), the rest by port.
+    if kind != EventKind::ConnClose && !port_wanted(local_port) {
+        return Ok(0);
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count_lost(LOST_SLOT);
+        return Ok(0);
+    };
+
+    if kind == EventKind::ConnOpen && TRACKED.insert(&skaddr, &0, u64::from(BPF_NOEXIST)).is_err() {
+        // Untrackable: its close would never be reported. Tell the daemon through the counter
+        // rather than reporting an open whose close can never follow.
+        entry.discard(0);
+        count_lost(TRACK_FULL_SLOT);
+        return Ok(0);
+    }
+
+    // From here on every read has a fallback, because the entry must be submitted or discarded.
+    let mut local_addr = [0u8; 16];
+    let mut remote_addr = [0u8; 16];
+    if family == AF_INET {
+        let local: [u8; 4] = unsafe { ctx.read_at(field::SADDR) }.unwrap_or([0; 4]);
+        let remote: [u8; 4] = unsafe { ctx.read_at(field::DADDR) }.unwrap_or([0; 4]);
+        local_addr[..4].copy_from_slice(&local);
+        remote_addr[..4].copy_from_slice(&remote);
+    } else if family == AF_INET6 {
+        local_addr = unsafe { ctx.read_at(field::SADDR_V6) }.unwrap_or([0; 16]);
+        remote_addr = unsafe { ctx.read_at(field::DADDR_V6) }.unwrap_or([0; 16]);
+    }
+    let remote_port: u16 = unsafe { ctx.read_at(field::DPORT) }.unwrap_or(0);
+
+    entry.write(SockEvent {
+        kind: kind as u32,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        // SAFETY: a plain helper call with no arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        skaddr,
+        family,
+        local_port,
+        remote_port,
+        _pad: 0,
+        local_addr,
+        remote_addr,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+    Ok(0)
+}

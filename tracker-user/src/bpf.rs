@@ -1,0 +1,242 @@
+//! Loading, configuring and attaching the eBPF programs, and reading what they send.
+//!
+//! Hook choice. Every hook is listed in [`HOOKS`]: a purpose, then the candidate attach points
+//! in order of preference; the first one this kernel has (and whose layout matches) is used.
+//! On the machines we target kprobes are compiled out and fentry/fexit programs are refused, so
+//! every candidate is a tracepoint:
+//!
+//! * Connection lifecycle: `sock:inet_sock_set_state` (4.16+). It sees listen(), the
+//!   server-side SYN_RECV → ESTABLISHED step and every CLOSE, with decoded addresses, from one
+//!   attach point. (`tcp:tcp_set_state`, its 4.15 predecessor, has a different layout and is
+//!   not supported; `tcp:tcp_destroy_sock` alone would miss listens and opens.)
+//!
+//! Everything attached here is owned by [`Probes`]; dropping it detaches all of it, also on
+//! error paths, so the daemon never leaves a program attached behind it.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use tokio::io::unix::AsyncFd;
+use tracker_common::{
+    CONFIG_MAP, Config, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PROG_INET_SOCK_SET_STATE,
+    TRACK_FULL_SLOT, inet_sock_set_state,
+};
+
+use crate::tracefs::{Tracefs, check_format};
+
+/// A tracepoint one program can attach to, with the field layout the program reads from it.
+struct TracepointCandidate {
+    category: &'static str,
+    name: &'static str,
+    fields: &'static [(&'static str, usize, usize)],
+}
+
+/// One purpose, served by one program, attached to the first usable candidate.
+struct Hook {
+    purpose: &'static str,
+    program: &'static str,
+    candidates: &'static [TracepointCandidate],
+}
+
+/// The hook table (see the module documentation for why each entry is what it is).
+const HOOKS: &[Hook] = &[Hook {
+    purpose: "TCP connection lifecycle",
+    program: PROG_INET_SOCK_SET_STATE,
+    candidates: &[TracepointCandidate {
+        category: "sock",
+        name: "inet_sock_set_state",
+        fields: &inet_sock_set_state::FIELDS,
+    }],
+}];
+
+/// Settings applied before the programs are attached.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    /// Only these local ports produce events (None: all).
+    pub ports: Option<BTreeSet<u16>>,
+    /// Ring buffer size in bytes (None: the compiled-in default). A power of two multiple of
+    /// the page size.
+    pub ring_bytes: Option<u32>,
+}
+
+/// Loss counters summed over CPUs, since load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossCounters {
+    /// Events dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Accepted connections not tracked because the kernel-side table was full.
+    pub table_full: u64,
+}
+
+/// The loaded and attached programs and the maps the daemon reads.
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    /// Where each hook was attached, for the start-up message.
+    pub attached: Vec<String>,
+}
+
+/// The ring buffer, separate from [`Probes`] so the event loop can await it while reading the
+/// counters.
+pub type EventRing = AsyncFd<RingBuf<MapData>>;
+
+/// Loads the programs, applies `options`, and attaches every hook.
+pub fn load_and_attach(
+    tracefs: &Tracefs,
+    options: &ProbeOptions,
+) -> anyhow::Result<(Probes, EventRing)> {
+    raise_memlock_limit();
+    let mut loader = EbpfLoader::new();
+    if let Some(bytes) = options.ring_bytes {
+        loader.map_max_entries(EVENTS_MAP, bytes);
+    }
+    let mut ebpf = loader
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/tracker-probes"
+        )))
+        .map_err(|error| anyhow!(error))
+        .context("loading the eBPF object (does this kernel support BPF ring buffers, 5.8+?)")?;
+
+    configure(&mut ebpf, options)?;
+
+    let mut attached = Vec::new();
+    for hook in HOOKS {
+        attached.push(attach_hook(&mut ebpf, tracefs, hook)?);
+    }
+
+    let ring = RingBuf::try_from(
+        ebpf.take_map(EVENTS_MAP)
+            .ok_or_else(|| anyhow!("map {EVENTS_MAP} missing from the eBPF object"))?,
+    )?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as
+    // the `RingBuf` lives, and the `AsyncFd` owns the `RingBuf`.
+    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("registering the ring buffer with the event loop")?;
+    let lost = PerCpuArray::try_from(
+        ebpf.take_map(LOST_MAP)
+            .ok_or_else(|| anyhow!("map {LOST_MAP} missing from the eBPF object"))?,
+    )?;
+    Ok((
+        Probes {
+            _ebpf: ebpf,
+            lost,
+            attached,
+        },
+        ring,
+    ))
+}
+
+impl Probes {
+    /// Reads the loss counters.
+    pub fn losses(&self) -> anyhow::Result<LossCounters> {
+        let sum = |slot: u32| -> anyhow::Result<u64> {
+            Ok(self
+                .lost
+                .get(&slot, 0)
+                .with_context(|| format!("reading {LOST_MAP}[{slot}]"))?
+                .iter()
+                .sum())
+        };
+        Ok(LossCounters {
+            ring_full: sum(LOST_SLOT)?,
+            table_full: sum(TRACK_FULL_SLOT)?,
+        })
+    }
+}
+
+/// Drains every record currently in the ring, passing each to `handle`. Returns how many.
+pub fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&[u8])) -> usize {
+    let mut count = 0;
+    while let Some(record) = ring.next() {
+        handle(&record);
+        count += 1;
+    }
+    count
+}
+
+fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
+    if let Some(ports) = &options.ports {
+        let mut map: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut(PORTS_MAP)
+                .ok_or_else(|| anyhow!("map {PORTS_MAP} missing from the eBPF object"))?,
+        )?;
+        for &port in ports {
+            map.insert(port, 0, 0)
+                .with_context(|| format!("adding port {port} to {PORTS_MAP}"))?;
+        }
+    }
+    let mut config: Array<_, Config> = Array::try_from(
+        ebpf.map_mut(CONFIG_MAP)
+            .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
+    )?;
+    let value = Config {
+        filter_ports: u32::from(options.ports.is_some()),
+    };
+    config
+        .set(0, value, 0)
+        .context("writing the configuration map")?;
+    Ok(())
+}
+
+fn attach_hook(ebpf: &mut Ebpf, tracefs: &Tracefs, hook: &Hook) -> anyhow::Result<String> {
+    let mut refusals = Vec::new();
+    for candidate in hook.candidates {
+        let format = match tracefs.format(candidate.category, candidate.name) {
+            Ok(format) => format,
+            Err(error) => {
+                refusals.push(format!("{error:#}"));
+                continue;
+            }
+        };
+        if let Err(mismatch) = check_format(&format, candidate.fields) {
+            refusals.push(format!(
+                "tracepoint {}:{} has a layout this build does not know: {mismatch}",
+                candidate.category, candidate.name
+            ));
+            continue;
+        }
+        let program: &mut TracePoint = ebpf
+            .program_mut(hook.program)
+            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?
+            .try_into()?;
+        program
+            .load()
+            .map_err(|error| anyhow!(error))
+            .with_context(|| {
+                format!("loading program {} (verifier or BPF support)", hook.program)
+            })?;
+        program
+            .attach(candidate.category, candidate.name)
+            .map_err(|error| anyhow!(error))
+            .with_context(|| format!("attaching to {}:{}", candidate.category, candidate.name))?;
+        return Ok(format!("{}:{}", candidate.category, candidate.name));
+    }
+    bail!(
+        "no usable hook for {}: {}",
+        hook.purpose,
+        refusals.join("; ")
+    )
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.
+/// Newer kernels use memory cgroups and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not lift RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! The daemon's event loop: attach, then apply kernel events to the [`Observer`] as they come
+//! and print a report every interval, until the shutdown future resolves.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::bpf::{self, EventRing, LossCounters, ProbeOptions, Probes};
+use crate::event::Event;
+use crate::model::Nanos;
+use crate::observer::{Applied, Observer};
+use crate::output::{Format, IntervalTotals, render};
+use crate::procfs;
+use crate::tracefs::Tracefs;
+
+/// What the daemon was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub interval: Duration,
+    pub ports: Option<BTreeSet<u16>>,
+    pub format: Format,
+    pub duration: Option<Duration>,
+    /// Reset peaks and totals at each report (the original's `Report(true)`).
+    pub reset: bool,
+    pub ring_bytes: Option<u32>,
+}
+
+/// Runs until `shutdown` resolves or `options.duration` elapses, then prints a final report.
+/// Everything attached is detached when this returns, on success and on error alike.
+pub async fn run(
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let tracefs = Tracefs::find_or_mount()?;
+    let probe_options = ProbeOptions {
+        ports: options.ports.clone(),
+        ring_bytes: options.ring_bytes,
+    };
+    let (probes, mut ring) = bpf::load_and_attach(&tracefs, &probe_options)?;
+
+    // Scan after attaching: a listener opened in between is then seen by both, never by neither.
+    let mut state = State {
+        observer: Observer::new(options.ports.clone()),
+        probes,
+        losses: LossCounters::default(),
+        decode_errors: 0,
+        last_report: monotonic_now(),
+    };
+    state.rescan_listeners()?;
+    log::info!(
+        "attached to {}; watching {} listener(s){}",
+        state.probes.attached.join(", "),
+        state.observer.listener_addrs().count(),
+        match &options.ports {
+            Some(ports) => format!(" on port(s) {ports:?}"),
+            None => String::new(),
+        }
+    );
+
+    let mut ticker = tokio::time::interval_at(Instant::now() + options.interval, options.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = async {
+        match options.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(shutdown, deadline);
+
+    loop {
+        tokio::select! {
+            readable = ring.readable_mut() => {
+                let mut guard = readable.context("waiting for kernel events")?;
+                state.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = ticker.tick() => {
+                if !state.report(&mut ring, &options, out)? {
+                    return Ok(());
+                }
+            }
+            () = &mut shutdown => break,
+            () = &mut deadline => break,
+        }
+    }
+    state.report(&mut ring, &options, out)?;
+    Ok(())
+}
+
+struct State {
+    observer: Observer,
+    probes: Probes,
+    /// Loss counters as of the last report.
+    losses: LossCounters,
+    decode_errors: u64,
+    last_report: Nanos,
+}
+
+impl State {
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        bpf::drain(ring, |record| match Event::decode(record) {
+            Ok(event) => {
+                if self.observer.apply(&event) == Applied::NeedsRescan {
+                    if let Err(error) = self.rescan_listeners() {
+                        log::warn!("rescanning listeners: {error:#}");
+                    }
+                    self.observer.apply_after_rescan(&event);
+                }
+            }
+            Err(error) => {
+                self.decode_errors += 1;
+                log::warn!(
+                    "undecodable kernel event ({error}); {} so far",
+                    self.decode_errors
+                );
+            }
+        });
+    }
+
+    fn rescan_listeners(&mut self) -> anyhow::Result<()> {
+        let listeners =
+            procfs::scan_listeners().context("reading the kernel's listening sockets")?;
+        for (addr, (sockets, owners)) in listeners {
+            self.observer
+                .add_scanned_listener_sockets(addr, sockets, &owners);
+        }
+        Ok(())
+    }
+
+    /// Prints one report. Returns false when the output is gone (a closed pipe): the daemon
+    /// then stops quietly, as command-line tools do.
+    fn report(
+        &mut self,
+        ring: &mut EventRing,
+        options: &Options,
+        out: &mut impl Write,
+    ) -> anyhow::Result<bool> {
+        // Everything the kernel sent before this instant belongs in this report.
+        self.drain(ring.get_mut());
+        let now = monotonic_now();
+        let losses = self.probes.losses()?;
+        let totals = IntervalTotals {
+            unix_time_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
+            interval_s: now.saturating_sub(self.last_report) as f64 / 1e9,
+            lost_events: losses.ring_full - self.losses.ring_full,
+            untracked_connections: losses.table_full - self.losses.table_full,
+        };
+        if totals.lost_events > 0 {
+            log::warn!(
+                "{} kernel events lost in the last interval (ring buffer full): counts may be off",
+                totals.lost_events
+            );
+        }
+        if totals.untracked_connections > 0 {
+            log::warn!(
+                "{} connections not tracked in the last interval (kernel table full)",
+                totals.untracked_connections
+            );
+        }
+        if options.reset {
+            self.losses = losses;
+            self.last_report = now;
+        }
+        let reports = self.observer.report(now, options.reset);
+        let written = reports
+            .iter()
+            .try_for_each(|report| writeln!(out, "{}", render(options.format, report, &totals)))
+            .and_then(|()| out.flush());
+        match written {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+            Err(error) => Err(error).context("writing the report"),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` stamps events with.
+pub fn monotonic_now() -> Nanos {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}

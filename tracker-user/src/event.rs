@@ -1,0 +1,194 @@
+//! Decoding of the kernel's [`SockEvent`] records into typed events.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tracker_common::{AF_INET, AF_INET6, EventKind, SockEvent};
+
+use crate::model::Nanos;
+
+/// Kernel address of a socket: a connection's identity while it lives.
+pub type SockId = u64;
+
+/// One kernel event, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A socket entered LISTEN. `pid`/`comm` are the process that called `listen()`.
+    ListenerUp {
+        sock: SockId,
+        addr: SocketAddr,
+        pid: u32,
+        comm: String,
+    },
+    /// A listening socket closed.
+    ListenerDown { sock: SockId, addr: SocketAddr },
+    /// A server-side connection was established.
+    ConnOpen {
+        sock: SockId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        at: Nanos,
+    },
+    /// A tracked server-side connection closed.
+    ConnClose {
+        sock: SockId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        at: Nanos,
+    },
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event record of {0} bytes, expected {expected}", expected = size_of::<SockEvent>())]
+    Size(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+impl Event {
+    /// Decodes one ring-buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < size_of::<SockEvent>() {
+            return Err(DecodeError::Size(bytes.len()));
+        }
+        // SAFETY: the length was checked, `SockEvent` is `Pod` (any bit pattern is valid) and
+        // `read_unaligned` makes no alignment assumption about the ring's memory.
+        let raw = unsafe { bytes.as_ptr().cast::<SockEvent>().read_unaligned() };
+        Self::from_raw(&raw)
+    }
+
+    /// Decodes an already copied record.
+    pub fn from_raw(raw: &SockEvent) -> Result<Self, DecodeError> {
+        let kind = EventKind::try_from(raw.kind).map_err(DecodeError::Kind)?;
+        let local = socket_addr(raw.family, raw.local_addr, raw.local_port)?;
+        let remote = socket_addr(raw.family, raw.remote_addr, raw.remote_port)?;
+        let sock = raw.skaddr;
+        Ok(match kind {
+            EventKind::ListenerUp => Self::ListenerUp {
+                sock,
+                addr: local,
+                pid: raw.pid,
+                comm: comm_to_string(&raw.comm),
+            },
+            EventKind::ListenerDown => Self::ListenerDown { sock, addr: local },
+            EventKind::ConnOpen => Self::ConnOpen {
+                sock,
+                local,
+                remote,
+                at: raw.timestamp_ns,
+            },
+            EventKind::ConnClose => Self::ConnClose {
+                sock,
+                local,
+                remote,
+                at: raw.timestamp_ns,
+            },
+        })
+    }
+}
+
+fn socket_addr(family: u16, addr: [u8; 16], port: u16) -> Result<SocketAddr, DecodeError> {
+    let ip = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(addr)),
+        other => return Err(DecodeError::Family(other)),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A kernel `comm` (NUL-padded, not necessarily UTF-8) as a printable string.
+pub fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: u32, family: u16) -> SockEvent {
+        let mut local_addr = [0u8; 16];
+        let mut remote_addr = [0u8; 16];
+        if family == AF_INET {
+            local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        } else {
+            local_addr[15] = 1;
+            remote_addr[15] = 2;
+        }
+        SockEvent {
+            kind,
+            pid: 42,
+            timestamp_ns: 1_000,
+            skaddr: 0xffff_8880_0000_1000,
+            family,
+            local_port: 8080,
+            remote_port: 40000,
+            _pad: 0,
+            local_addr,
+            remote_addr,
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    fn bytes_of(event: &SockEvent) -> Vec<u8> {
+        // SAFETY: SockEvent is plain old data without hidden padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (event as *const SockEvent).cast::<u8>(),
+                size_of::<SockEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_open() {
+        let event = Event::decode(&bytes_of(&raw(EventKind::ConnOpen as u32, AF_INET))).unwrap();
+        assert_eq!(
+            event,
+            Event::ConnOpen {
+                sock: 0xffff_8880_0000_1000,
+                local: "127.0.0.1:8080".parse().unwrap(),
+                remote: "127.0.0.2:40000".parse().unwrap(),
+                at: 1_000,
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_ipv6_listener_with_owner() {
+        let event = Event::decode(&bytes_of(&raw(EventKind::ListenerUp as u32, AF_INET6))).unwrap();
+        assert_eq!(
+            event,
+            Event::ListenerUp {
+                sock: 0xffff_8880_0000_1000,
+                addr: "[::1]:8080".parse().unwrap(),
+                pid: 42,
+                comm: "nginx".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Size(10)));
+        assert_eq!(
+            Event::from_raw(&raw(77, AF_INET)),
+            Err(DecodeError::Kind(77))
+        );
+        assert_eq!(
+            Event::from_raw(&raw(EventKind::ConnOpen as u32, 3)),
+            Err(DecodeError::Family(3))
+        );
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_tolerates_bad_utf8() {
+        assert_eq!(comm_to_string(b"abc\0def"), "abc");
+        assert_eq!(comm_to_string(&[0xff, b'x']), "\u{fffd}x");
+    }
+}

@@ -1,0 +1,570 @@
+//! Maps kernel events onto one [`Tracker`] per listening address.
+//!
+//! Plain Rust, no I/O: the daemon feeds it decoded [`Event`]s and the listening sockets it
+//! found in the kernel's tables, and asks it for reports. Rules:
+//!
+//! * A listener is an address (`127.0.0.1:8080`, `[::]:8080`, …). Several sockets on one
+//!   address (SO_REUSEPORT groups) share one tracker; the listener goes away when its last
+//!   socket closes, and is reported one last time once its connections are gone too.
+//! * A connection counts under the listener with its exact local address, or else under the
+//!   wildcard listener of its family on that port (a dual-stack `[::]` listener sees IPv4
+//!   clients as `::ffff:a.b.c.d`, so they land there too). Its key in the tracker is the remote
+//!   address and port, as in the original library.
+//! * Inconsistencies are counted in the trackers' error counters, never dropped: a close for a
+//!   connection that was never seen open is `no_conn_in_map`; a socket address reused by the
+//!   kernel while we still hold a connection on it (its close was lost) closes the old one and
+//!   counts `dangling_conn`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::event::{Event, SockId};
+use crate::model::{ConnState, ErrorKind, Nanos, Snapshot, Tracker};
+
+/// A process that owns (listens on) a listener.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What the caller should do after [`Observer::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Applied {
+    /// The event was accounted for.
+    Done,
+    /// The event names a listener the observer does not know yet (a listener whose port was
+    /// still unassigned when it appeared, or one opened before start that a scan missed): scan
+    /// the kernel's listening sockets, pass them to [`Observer::add_scanned_listener`], then
+    /// apply the event again with [`Observer::apply_after_rescan`].
+    NeedsRescan,
+}
+
+/// One listener's report for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerReport {
+    pub listener: SocketAddr,
+    pub snapshot: Snapshot,
+    pub owners: Vec<Owner>,
+    /// The listener has closed; this is its last report once its connections are gone.
+    pub gone: bool,
+}
+
+#[derive(Debug)]
+struct Listener {
+    tracker: Tracker<SocketAddr>,
+    /// Listening sockets known from events.
+    sockets: HashSet<SockId>,
+    /// Listening sockets found by a table scan, whose kernel address is not known.
+    scanned_sockets: u32,
+    owners: BTreeSet<Owner>,
+}
+
+impl Listener {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            tracker: Tracker::new(addr.to_string()),
+            sockets: HashSet::new(),
+            scanned_sockets: 0,
+            owners: BTreeSet::new(),
+        }
+    }
+
+    fn is_listening(&self) -> bool {
+        !self.sockets.is_empty() || self.scanned_sockets > 0
+    }
+}
+
+/// Where a tracked connection is accounted.
+#[derive(Debug, Clone, Copy)]
+struct ConnRef {
+    listener: SocketAddr,
+    remote: SocketAddr,
+}
+
+/// Counters of events the observer could not attribute to any tracker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObserverStats {
+    /// Connection events whose local address matches no known listener even after a rescan.
+    pub unattributed: u64,
+}
+
+/// Per-listener trackers fed by kernel events.
+#[derive(Debug, Default)]
+pub struct Observer {
+    listeners: BTreeMap<SocketAddr, Listener>,
+    conns: HashMap<SockId, ConnRef>,
+    ports: Option<BTreeSet<u16>>,
+    stats: ObserverStats,
+}
+
+impl Observer {
+    /// An observer of every listener, or only of those on `ports` when given.
+    pub fn new(ports: Option<BTreeSet<u16>>) -> Self {
+        Self {
+            ports,
+            ..Self::default()
+        }
+    }
+
+    /// Whether listeners on `port` are reported.
+    pub fn watches(&self, port: u16) -> bool {
+        self.ports
+            .as_ref()
+            .is_none_or(|ports| ports.contains(&port))
+    }
+
+    pub fn stats(&self) -> ObserverStats {
+        self.stats
+    }
+
+    /// Number of connections currently tracked, over all listeners.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Addresses of the listeners currently known.
+    pub fn listener_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listeners.keys().copied()
+    }
+
+    /// Records a listening socket found in the kernel's table (at start-up or on a rescan).
+    /// A listener already known from events or an earlier scan only gains the owners.
+    pub fn add_scanned_listener(&mut self, addr: SocketAddr, owners: &[Owner]) {
+        if !self.watches(addr.port()) {
+            return;
+        }
+        let listener = self
+            .listeners
+            .entry(addr)
+            .or_insert_with(|| Listener::new(addr));
+        if !listener.is_listening() {
+            listener.scanned_sockets = 1;
+        }
+        listener.owners.extend(owners.iter().cloned());
+    }
+
+    /// Records several listening sockets on one address found by the first scan (an
+    /// SO_REUSEPORT group counts each socket so that each later close is matched).
+    pub fn add_scanned_listener_sockets(
+        &mut self,
+        addr: SocketAddr,
+        sockets: u32,
+        owners: &[Owner],
+    ) {
+        self.add_scanned_listener(addr, owners);
+        if let Some(listener) = self.listeners.get_mut(&addr) {
+            listener.scanned_sockets = listener.scanned_sockets.max(sockets);
+        }
+    }
+
+    /// Accounts for one event.
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        self.apply_inner(event, false)
+    }
+
+    /// Like [`Observer::apply`], after the rescan asked for by [`Applied::NeedsRescan`]: a
+    /// connection whose listener is still unknown is tracked under its own local address, so
+    /// that it is counted rather than lost.
+    pub fn apply_after_rescan(&mut self, event: &Event) {
+        let _ = self.apply_inner(event, true);
+    }
+
+    fn apply_inner(&mut self, event: &Event, rescanned: bool) -> Applied {
+        match *event {
+            Event::ListenerUp {
+                sock,
+                addr,
+                pid,
+                ref comm,
+            } => {
+                if addr.port() == 0 {
+                    // listen() without bind(): the port is assigned just after this event.
+                    return if rescanned {
+                        Applied::Done
+                    } else {
+                        Applied::NeedsRescan
+                    };
+                }
+                if !self.watches(addr.port()) {
+                    return Applied::Done;
+                }
+                let listener = self
+                    .listeners
+                    .entry(addr)
+                    .or_insert_with(|| Listener::new(addr));
+                listener.sockets.insert(sock);
+                listener.owners.insert(Owner {
+                    pid,
+                    comm: comm.clone(),
+                });
+            }
+            Event::ListenerDown { sock, addr } => {
+                if let Some(listener) = self.listeners.get_mut(&addr)
+                    && !listener.sockets.remove(&sock)
+                {
+                    listener.scanned_sockets = listener.scanned_sockets.saturating_sub(1);
+                }
+            }
+            Event::ConnOpen {
+                sock,
+                local,
+                remote,
+                at,
+            } => {
+                if !self.watches(local.port()) {
+                    return Applied::Done;
+                }
+                if let Some(previous) = self.conns.remove(&sock) {
+                    // The kernel reused this socket's memory, so the connection we held on it
+                    // is certainly gone: its close was lost. Favour the current state.
+                    if let Some(listener) = self.listeners.get_mut(&previous.listener) {
+                        listener
+                            .tracker
+                            .conn_state(previous.remote, at, ConnState::Closed);
+                        listener.tracker.record_error(ErrorKind::DanglingConn);
+                    }
+                }
+                let Some(listener_addr) = self.listener_for(local, rescanned) else {
+                    return Applied::NeedsRescan;
+                };
+                let listener = self
+                    .listeners
+                    .entry(listener_addr)
+                    .or_insert_with(|| Listener::new(listener_addr));
+                listener.tracker.conn_state(remote, at, ConnState::New);
+                self.conns.insert(
+                    sock,
+                    ConnRef {
+                        listener: listener_addr,
+                        remote,
+                    },
+                );
+            }
+            Event::ConnClose {
+                sock,
+                local,
+                remote,
+                at,
+            } => {
+                let conn = self.conns.remove(&sock);
+                let (listener_addr, remote) = match conn {
+                    Some(conn) => (conn.listener, conn.remote),
+                    None => match self.listener_for(local, false) {
+                        Some(listener_addr) => (listener_addr, remote),
+                        None if !self.watches(local.port()) => return Applied::Done,
+                        None => {
+                            self.stats.unattributed += 1;
+                            return Applied::Done;
+                        }
+                    },
+                };
+                if let Some(listener) = self.listeners.get_mut(&listener_addr) {
+                    // For a connection never seen open this counts no_conn_in_map.
+                    listener.tracker.conn_state(remote, at, ConnState::Closed);
+                }
+            }
+        }
+        Applied::Done
+    }
+
+    /// The listener a connection with local address `local` was accepted through.
+    fn listener_for(&self, local: SocketAddr, fall_back_to_local: bool) -> Option<SocketAddr> {
+        if self.listeners.contains_key(&local) {
+            return Some(local);
+        }
+        let unspecified = match local.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let wildcard = SocketAddr::new(unspecified, local.port());
+        if self.listeners.contains_key(&wildcard) {
+            return Some(wildcard);
+        }
+        fall_back_to_local.then_some(local)
+    }
+
+    /// One report per listener at `now`. With `reset`, the interval counters start again.
+    /// Listeners that have closed and hold no connections are reported one last time, then
+    /// forgotten, so a host that churns listeners does not grow the daemon's memory.
+    pub fn report(&mut self, now: Nanos, reset: bool) -> Vec<ListenerReport> {
+        let reports = self
+            .listeners
+            .iter_mut()
+            .map(|(&listener, state)| ListenerReport {
+                listener,
+                snapshot: state.tracker.snapshot(now, reset),
+                owners: state.owners.iter().cloned().collect(),
+                gone: !state.is_listening(),
+            })
+            .collect();
+        self.listeners
+            .retain(|_, state| state.is_listening() || !state.tracker.is_empty());
+        reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn open(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
+        Event::ConnOpen {
+            sock,
+            local: addr(local),
+            remote: addr(remote),
+            at,
+        }
+    }
+
+    fn close(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
+        Event::ConnClose {
+            sock,
+            local: addr(local),
+            remote: addr(remote),
+            at,
+        }
+    }
+
+    fn up(sock: SockId, listener: &str) -> Event {
+        Event::ListenerUp {
+            sock,
+            addr: addr(listener),
+            pid: 7,
+            comm: "srv".into(),
+        }
+    }
+
+    fn report_of(observer: &mut Observer, now: Nanos, listener: &str) -> ListenerReport {
+        observer
+            .report(now, true)
+            .into_iter()
+            .find(|report| report.listener == addr(listener))
+            .unwrap_or_else(|| panic!("no report for {listener}"))
+    }
+
+    const SECOND: Nanos = 1_000_000_000;
+
+    #[test]
+    fn connections_count_under_their_exact_listener() {
+        let mut observer = Observer::new(None);
+        assert_eq!(observer.apply(&up(1, "127.0.0.1:8080")), Applied::Done);
+        assert_eq!(
+            observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0)),
+            Applied::Done
+        );
+        assert_eq!(
+            observer.apply(&open(11, "127.0.0.1:8080", "127.0.0.1:5001", 0)),
+            Applied::Done
+        );
+        assert_eq!(
+            observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", 2 * SECOND)),
+            Applied::Done
+        );
+        let report = report_of(&mut observer, 3 * SECOND, "127.0.0.1:8080");
+        assert_eq!(report.snapshot.curr, 1);
+        assert_eq!(report.snapshot.peak, 2);
+        assert_eq!(report.snapshot.opened, 2);
+        assert_eq!(report.snapshot.closed, 1);
+        assert_eq!(report.snapshot.conn_for_ns, 5 * SECOND);
+        assert_eq!(report.snapshot.errors.total(), 0);
+        assert_eq!(
+            report.owners,
+            vec![Owner {
+                pid: 7,
+                comm: "srv".into()
+            }]
+        );
+        assert!(!report.gone);
+    }
+
+    #[test]
+    fn wildcard_listeners_take_connections_of_their_family() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "0.0.0.0:80"));
+        let _ = observer.apply(&up(2, "[::]:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&open(11, "[::1]:80", "[::1]:5000", 0));
+        let _ = observer.apply(&open(
+            12,
+            "[::ffff:127.0.0.1]:80",
+            "[::ffff:127.0.0.1]:5001",
+            0,
+        ));
+        let reports = observer.report(SECOND, true);
+        let curr = |name: &str| {
+            reports
+                .iter()
+                .find(|report| report.listener == addr(name))
+                .unwrap()
+                .snapshot
+                .curr
+        };
+        assert_eq!(curr("0.0.0.0:80"), 1);
+        assert_eq!(curr("[::]:80"), 2);
+    }
+
+    #[test]
+    fn unknown_listener_asks_for_a_rescan_then_counts() {
+        let mut observer = Observer::new(None);
+        let event = open(10, "127.0.0.1:9000", "127.0.0.1:5000", 0);
+        assert_eq!(observer.apply(&event), Applied::NeedsRescan);
+        observer.add_scanned_listener(addr("0.0.0.0:9000"), &[]);
+        observer.apply_after_rescan(&event);
+        assert_eq!(
+            report_of(&mut observer, SECOND, "0.0.0.0:9000")
+                .snapshot
+                .curr,
+            1
+        );
+
+        // Still unknown after the rescan: tracked under its own local address.
+        let event = open(11, "127.0.0.1:9100", "127.0.0.1:5000", 0);
+        assert_eq!(observer.apply(&event), Applied::NeedsRescan);
+        observer.apply_after_rescan(&event);
+        assert_eq!(
+            report_of(&mut observer, SECOND, "127.0.0.1:9100")
+                .snapshot
+                .curr,
+            1
+        );
+    }
+
+    #[test]
+    fn listener_with_unassigned_port_asks_for_a_rescan() {
+        let mut observer = Observer::new(None);
+        assert_eq!(observer.apply(&up(1, "0.0.0.0:0")), Applied::NeedsRescan);
+        assert_eq!(observer.listener_addrs().count(), 0);
+    }
+
+    #[test]
+    fn close_never_seen_open_counts_no_conn_in_map() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+        let _ = observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", SECOND));
+        let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+        assert_eq!(report.snapshot.errors.get(ErrorKind::NoConnInMap), 1);
+        assert_eq!(report.snapshot.closed, 0);
+    }
+
+    #[test]
+    fn close_for_an_unknown_listener_is_counted_as_unattributed() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", SECOND));
+        assert_eq!(observer.stats().unattributed, 1);
+    }
+
+    #[test]
+    fn reused_socket_address_closes_the_dangling_connection() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+        let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+        // Close lost; the kernel reuses socket 10 for a new connection.
+        let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5001", SECOND));
+        let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:8080");
+        assert_eq!(report.snapshot.curr, 1);
+        assert_eq!(report.snapshot.errors.get(ErrorKind::DanglingConn), 1);
+        assert_eq!(observer.connections(), 1);
+    }
+
+    #[test]
+    fn closed_listener_is_reported_until_its_connections_are_gone() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+        let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&Event::ListenerDown {
+            sock: 1,
+            addr: addr("127.0.0.1:8080"),
+        });
+        let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+        assert!(report.gone);
+        assert_eq!(report.snapshot.curr, 1);
+        let _ = observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", 2 * SECOND));
+        let report = report_of(&mut observer, 3 * SECOND, "127.0.0.1:8080");
+        assert!(report.gone);
+        assert_eq!(report.snapshot.closed, 1);
+        assert!(observer.report(4 * SECOND, true).is_empty());
+    }
+
+    #[test]
+    fn reuseport_group_is_one_listener_until_the_last_socket_closes() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+        let _ = observer.apply(&Event::ListenerUp {
+            sock: 2,
+            addr: addr("127.0.0.1:8080"),
+            pid: 8,
+            comm: "worker".into(),
+        });
+        observer.add_scanned_listener_sockets(addr("127.0.0.1:9090"), 2, &[]);
+        let reports = observer.report(SECOND, true);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[0].owners.len(), 2);
+
+        for (sock, listener) in [(1, "127.0.0.1:8080"), (99, "127.0.0.1:9090")] {
+            let _ = observer.apply(&Event::ListenerDown {
+                sock,
+                addr: addr(listener),
+            });
+        }
+        assert!(
+            observer
+                .report(2 * SECOND, true)
+                .iter()
+                .all(|report| !report.gone)
+        );
+        for (sock, listener) in [(2, "127.0.0.1:8080"), (98, "127.0.0.1:9090")] {
+            let _ = observer.apply(&Event::ListenerDown {
+                sock,
+                addr: addr(listener),
+            });
+        }
+        assert!(
+            observer
+                .report(3 * SECOND, true)
+                .iter()
+                .all(|report| report.gone)
+        );
+        assert!(observer.report(4 * SECOND, true).is_empty());
+    }
+
+    #[test]
+    fn port_filter_ignores_other_listeners() {
+        let mut observer = Observer::new(Some(BTreeSet::from([8080])));
+        let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+        let _ = observer.apply(&up(2, "127.0.0.1:9090"));
+        observer.add_scanned_listener(addr("127.0.0.1:7070"), &[]);
+        assert_eq!(
+            observer.apply(&open(10, "127.0.0.1:9090", "127.0.0.1:5000", 0)),
+            Applied::Done
+        );
+        let reports = observer.report(SECOND, true);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].listener, addr("127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn thousands_of_short_connections_are_counted_exactly() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "[::1]:8080"));
+        for n in 0..5_000u64 {
+            let remote = format!("[::1]:{}", 10_000 + n % 50_000);
+            let _ = observer.apply(&open(100 + n, "[::1]:8080", &remote, n * 1_000));
+            let _ = observer.apply(&close(100 + n, "[::1]:8080", &remote, n * 1_000 + 500));
+        }
+        let report = report_of(&mut observer, SECOND, "[::1]:8080");
+        assert_eq!(
+            (report.snapshot.opened, report.snapshot.closed),
+            (5_000, 5_000)
+        );
+        assert_eq!(report.snapshot.curr, 0);
+        assert_eq!(report.snapshot.peak, 1);
+        assert_eq!(report.snapshot.conn_for_ns, 5_000 * 500);
+        assert_eq!(observer.connections(), 0);
+    }
+}

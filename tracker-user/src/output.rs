@@ -1,0 +1,176 @@
+//! Report rendering: the original library's text line, or one JSON object per listener.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::model::ErrorKind;
+use crate::observer::{ListenerReport, Owner};
+
+/// Version of the JSON object layout; bumped on any incompatible change.
+pub const JSON_VERSION: u32 = 1;
+
+/// Output format selected with `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The original library's report line, one per listener.
+    Text,
+    /// One JSON object per listener per report, one per line.
+    Json,
+}
+
+/// Figures that belong to the whole daemon rather than to one listener, for one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IntervalTotals {
+    /// Wall-clock time of the report, seconds since the Unix epoch.
+    pub unix_time_s: f64,
+    /// Length of the interval the report covers, seconds.
+    pub interval_s: f64,
+    /// Kernel events dropped in this interval because the ring buffer was full.
+    pub lost_events: u64,
+    /// Connections the kernel could not track in this interval (its table was full).
+    pub untracked_connections: u64,
+}
+
+#[derive(Serialize)]
+struct JsonOwner<'a> {
+    pid: u32,
+    comm: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    version: u32,
+    time: f64,
+    interval_s: f64,
+    listener: String,
+    port: u16,
+    gone: bool,
+    curr: usize,
+    peak: usize,
+    peak_sessions: usize,
+    busy: usize,
+    busy_peak: usize,
+    errs: u64,
+    errors: serde_json::Map<String, serde_json::Value>,
+    conn_for_s: f64,
+    active_for_s: f64,
+    opened: u64,
+    closed: u64,
+    lost_events: u64,
+    untracked_connections: u64,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    owners: Vec<JsonOwner<'a>>,
+}
+
+/// Renders one listener's report in `format` (no trailing newline).
+pub fn render(format: Format, report: &ListenerReport, totals: &IntervalTotals) -> String {
+    match format {
+        Format::Text => report.snapshot.to_string(),
+        Format::Json => render_json(report, totals),
+    }
+}
+
+fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
+    let snapshot = &report.snapshot;
+    let errors = ErrorKind::ALL
+        .iter()
+        .map(|&kind| (kind.name().to_owned(), snapshot.errors.get(kind).into()))
+        .collect();
+    let first_owner: Option<&Owner> = report.owners.first();
+    let json = JsonReport {
+        version: JSON_VERSION,
+        time: totals.unix_time_s,
+        interval_s: totals.interval_s,
+        listener: listener_name(report.listener),
+        port: report.listener.port(),
+        gone: report.gone,
+        curr: snapshot.curr,
+        peak: snapshot.peak,
+        peak_sessions: snapshot.peak_sessions,
+        busy: snapshot.busy,
+        busy_peak: snapshot.busy_peak,
+        errs: snapshot.errors.total(),
+        errors,
+        conn_for_s: snapshot.conn_for_secs(),
+        active_for_s: snapshot.active_for_secs(),
+        opened: snapshot.opened,
+        closed: snapshot.closed,
+        lost_events: totals.lost_events,
+        untracked_connections: totals.untracked_connections,
+        pid: first_owner.map(|owner| owner.pid),
+        comm: first_owner.map(|owner| owner.comm.as_str()),
+        owners: report
+            .owners
+            .iter()
+            .map(|owner| JsonOwner {
+                pid: owner.pid,
+                comm: &owner.comm,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&json).expect("a report always serialises")
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`: the name a listener goes by everywhere.
+pub fn listener_name(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Tracker;
+
+    fn sample() -> ListenerReport {
+        let mut tracker = Tracker::new("[::1]:8080");
+        let remote: SocketAddr = "[::1]:5000".parse().unwrap();
+        tracker.conn_state(remote, 0, crate::model::ConnState::New);
+        tracker.session_done(&remote);
+        ListenerReport {
+            listener: "[::1]:8080".parse().unwrap(),
+            snapshot: tracker.snapshot(1_500_000_000, true),
+            owners: vec![Owner {
+                pid: 12,
+                comm: "nginx".into(),
+            }],
+            gone: false,
+        }
+    }
+
+    #[test]
+    fn text_is_the_original_line() {
+        assert_eq!(
+            render(Format::Text, &sample(), &IntervalTotals::default()),
+            "curr=1 pk=1 sess=0 errs=1 (0/0/0/1/0/0) connFor=1.5s activeFor=0.0s [::1]:8080"
+        );
+    }
+
+    #[test]
+    fn json_has_every_documented_field() {
+        let totals = IntervalTotals {
+            unix_time_s: 1.0,
+            interval_s: 10.0,
+            lost_events: 3,
+            untracked_connections: 0,
+        };
+        let line = render(Format::Json, &sample(), &totals);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["listener"], "[::1]:8080");
+        assert_eq!(value["port"], 8080);
+        assert_eq!(value["curr"], 1);
+        assert_eq!(value["peak"], 1);
+        assert_eq!(value["errs"], 1);
+        assert_eq!(value["errors"]["negative_concurrency"], 1);
+        assert_eq!(value["errors"].as_object().unwrap().len(), 6);
+        assert_eq!(value["conn_for_s"], 1.5);
+        assert_eq!(value["opened"], 1);
+        assert_eq!(value["closed"], 0);
+        assert_eq!(value["lost_events"], 3);
+        assert_eq!(value["pid"], 12);
+        assert_eq!(value["comm"], "nginx");
+        assert!(!line.contains('\n'));
+    }
+}

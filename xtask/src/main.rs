@@ -1,0 +1,138 @@
+//! `cargo xtask`: builds, runs and tests tracker on a fresh machine.
+//!
+//! Every command first makes sure the pieces the eBPF build needs are installed: the nightly
+//! toolchain's `rust-src` (for `-Z build-std=core`) and `bpf-linker`. bpf-linker has no prebuilt
+//! download here, so it is built against the nightly toolchain's own LLVM and cached in cargo's
+//! bin directory; the second run finds it and skips the build.
+
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test tracker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain pieces if missing, then build target/release/tracker.
+    Build,
+    /// Build, then run tracker as root (through sudo when not root) with ARGS.
+    Run {
+        /// Arguments for tracker, after `--` (e.g. `cargo xtask run -- --interval 1`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need, then run the unit and integration tests (as root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Build => build().map(|_| ()),
+        Task::Run { args } => run(&args),
+        Task::Test { args } => test(&args),
+    };
+    if let Err(error) = result {
+        eprintln!("xtask: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+/// Runs `command`, failing with `step` in the message when it does not succeed.
+pub(crate) fn run_step(step: &str, command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("{step}: could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{step} failed ({status}): {command:?}");
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    toolchain::ensure_ebpf_toolchain()?;
+    run_step(
+        "building tracker (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "tracker-user",
+            "--bin",
+            "tracker",
+        ]),
+    )?;
+    Ok(workspace_root().join("target/release/tracker"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let binary = build()?;
+    let mut command = if is_root() {
+        Command::new(&binary)
+    } else {
+        let sudo = which::which("sudo").context(
+            "tracker must run as root (it loads eBPF programs) and sudo is not installed: \
+             run `cargo xtask run` as root",
+        )?;
+        let mut command = Command::new(sudo);
+        command.arg("--preserve-env=RUST_LOG").arg(&binary);
+        command
+    };
+    command.args(args);
+    let status = command
+        .status()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and must run as root: \
+             run `cargo xtask test` as root"
+        );
+    }
+    toolchain::ensure_ebpf_toolchain()?;
+    // Unit tests of every crate, then the integration tests, which attach real programs and
+    // drive real traffic: one thread, so that the daemons they start never watch each other's
+    // ports at the same moment and timing tolerances hold on a 2-core machine.
+    run_step(
+        "tests",
+        cargo()
+            .args(["test", "--workspace", "--exclude", "tracker-ebpf", "--"])
+            .arg("--test-threads=1")
+            .args(args),
+    )
+}
