@@ -104,7 +104,14 @@ struct State {
 impl State {
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         bpf::drain(ring, |record| match Event::decode(record) {
-            Ok(event) => {
+            Ok(mut event) => {
+                if let Event::ListenerUp { pid, comm, .. } = &mut event {
+                    // The kernel gave the calling thread's name; operators know processes by
+                    // their main thread's (nginx, not a worker thread's name).
+                    if let Some(process) = procfs::process_comm(*pid) {
+                        *comm = process;
+                    }
+                }
                 if self.observer.apply(&event) == Applied::NeedsRescan {
                     if let Err(error) = self.rescan_listeners() {
                         log::warn!("rescanning listeners: {error:#}");

@@ -114,11 +114,7 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Vec<Owner>> {
                 continue;
             };
             let comm = comm
-                .get_or_insert_with(|| {
-                    fs::read(entry.path().join("comm"))
-                        .map(|bytes| comm_to_string(bytes.trim_ascii_end()))
-                        .unwrap_or_default()
-                })
+                .get_or_insert_with(|| process_comm(pid).unwrap_or_default())
                 .clone();
             let list = owners.entry(inode).or_default();
             if !list.iter().any(|owner| owner.pid == pid) {
@@ -127,6 +123,13 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Vec<Owner>> {
         }
     }
     owners
+}
+
+/// The command name of process `pid` (its main thread's `comm`), if it still exists.
+pub fn process_comm(pid: u32) -> Option<String> {
+    fs::read(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|bytes| comm_to_string(bytes.trim_ascii_end()))
 }
 
 /// `socket:[12345]` → 12345.

@@ -1,0 +1,310 @@
+//! Integration tests: the real daemon, the real eBPF programs, real sockets on loopback.
+//!
+//! Run as root through `cargo xtask test` (one test at a time). Each test watches only ports
+//! the kernel picked for it (`--port`), so other traffic on the host cannot disturb it.
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Daemon, connect_many, free_port, max, sum};
+
+/// Report interval used by the tests, seconds.
+const INTERVAL: &str = "0.5";
+
+fn assert_no_errors_or_loss(reports: &[Value]) {
+    for report in reports {
+        assert_eq!(report["errs"], 0, "unexpected errors: {report}");
+        assert_eq!(report["lost_events"], 0, "events lost: {report}");
+        assert!(
+            report["peak"].as_u64() >= report["curr"].as_u64(),
+            "peak < curr: {report}"
+        );
+    }
+}
+
+/// connFor summed over reports must match the lifetimes the test measured: each report rounds
+/// to 0.1 s (±0.05 s), and the test's own clock brackets the kernel's by a little.
+fn assert_conn_for_matches(reports: &[Value], expected: Duration) {
+    let measured = sum(reports, "conn_for_s");
+    let expected = expected.as_secs_f64();
+    let tolerance = 0.05 * reports.len() as f64 + 0.03 * expected + 0.1;
+    assert!(
+        (measured - expected).abs() <= tolerance,
+        "connFor {measured:.2}s, expected {expected:.2}s ± {tolerance:.2}s"
+    );
+}
+
+fn held_then_closed_in_stages(listener: TcpListener) {
+    let addr = listener.local_addr().unwrap();
+    let name = addr.to_string();
+    let port = addr.port().to_string();
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port]);
+
+    // Stage 1: eight connections held open.
+    let mut conns = connect_many(&listener, addr, 8);
+    let mut reports = daemon.reports_until(&name, |report| report["curr"] == 8);
+    let stage_one = reports.last().unwrap().clone();
+    assert_eq!(stage_one["peak"], 8, "{stage_one}");
+    assert_eq!(sum(&reports, "opened"), 8.0);
+    assert_eq!(sum(&reports, "closed"), 0.0);
+
+    // The next full interval: nothing changes, peak stays at the current count.
+    let quiet = daemon.next_report(&name);
+    assert_eq!(
+        (quiet["curr"].as_u64(), quiet["peak"].as_u64()),
+        (Some(8), Some(8)),
+        "{quiet}"
+    );
+    assert_eq!(
+        (quiet["opened"].as_u64(), quiet["closed"].as_u64()),
+        (Some(0), Some(0))
+    );
+    reports.push(quiet);
+
+    // Stage 2: three closed.
+    let mut lifetimes = Duration::ZERO;
+    for conn in conns.drain(..3) {
+        lifetimes += conn.close();
+    }
+    let stage_two = daemon.reports_until(&name, |report| report["curr"] == 5);
+    assert_eq!(max(&stage_two, "peak"), 8);
+    assert_eq!(sum(&stage_two, "closed"), 3.0);
+    assert_eq!(sum(&stage_two, "opened"), 0.0);
+    reports.extend(stage_two);
+
+    // Stage 3: the rest closed.
+    for conn in conns.drain(..) {
+        lifetimes += conn.close();
+    }
+    let stage_three = daemon.reports_until(&name, |report| report["curr"] == 0);
+    assert_eq!(sum(&stage_three, "closed"), 5.0);
+    reports.extend(stage_three);
+
+    assert_eq!(sum(&reports, "opened"), 8.0);
+    assert_eq!(sum(&reports, "closed"), 8.0);
+    assert_eq!(max(&reports, "peak"), 8);
+    assert_no_errors_or_loss(&reports);
+    assert_conn_for_matches(&reports, lifetimes);
+}
+
+#[test]
+fn ipv4_connections_held_then_closed_in_stages() {
+    held_then_closed_in_stages(TcpListener::bind("127.0.0.1:0").unwrap());
+}
+
+#[test]
+fn ipv6_connections_held_then_closed_in_stages() {
+    held_then_closed_in_stages(TcpListener::bind("[::1]:0").unwrap());
+}
+
+#[test]
+fn wildcard_listeners_count_connections_to_any_local_address() {
+    let v4 = TcpListener::bind("0.0.0.0:0").unwrap();
+    let v4_port = v4.local_addr().unwrap().port();
+    // Dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d and belong to this listener too.
+    let dual = TcpListener::bind("[::]:0").unwrap();
+    let dual_port = dual.local_addr().unwrap().port();
+    let mut daemon = Daemon::start(&[
+        "--interval",
+        INTERVAL,
+        "--port",
+        &v4_port.to_string(),
+        "--port",
+        &dual_port.to_string(),
+    ]);
+
+    let mut conns = Vec::new();
+    for target in [
+        format!("127.0.0.1:{v4_port}"),
+        format!("127.0.0.2:{v4_port}"),
+    ] {
+        conns.extend(connect_many(&v4, target.parse().unwrap(), 1));
+    }
+    for target in [
+        format!("127.0.0.1:{dual_port}"),
+        format!("[::1]:{dual_port}"),
+    ] {
+        conns.extend(connect_many(&dual, target.parse().unwrap(), 1));
+    }
+    let v4_reports = daemon.reports_until(&format!("0.0.0.0:{v4_port}"), |r| r["curr"] == 2);
+    let dual_reports = daemon.reports_until(&format!("[::]:{dual_port}"), |r| r["curr"] == 2);
+    assert_eq!(sum(&v4_reports, "opened"), 2.0);
+    assert_eq!(sum(&dual_reports, "opened"), 2.0);
+    assert_no_errors_or_loss(&v4_reports);
+    assert_no_errors_or_loss(&dual_reports);
+    drop(conns);
+}
+
+#[test]
+fn listener_created_after_start_is_named_with_its_owner() {
+    let port = free_port("127.0.0.1");
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port.to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("rebinding the chosen port");
+    let addr = listener.local_addr().unwrap();
+    let conns = connect_many(&listener, addr, 3);
+
+    let reports = daemon.reports_until(&addr.to_string(), |report| report["curr"] == 3);
+    let last = reports.last().unwrap();
+    assert_eq!(last["pid"], std::process::id(), "{last}");
+    let own_comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(last["comm"], own_comm.trim(), "{last}");
+    assert_eq!(sum(&reports, "opened"), 3.0);
+    assert_no_errors_or_loss(&reports);
+
+    // The listener closes while connections remain: still reported, marked gone.
+    drop(listener);
+    let gone = daemon.reports_until(&addr.to_string(), |report| report["gone"] == true);
+    assert_eq!(gone.last().unwrap()["curr"], 3);
+    drop(conns);
+}
+
+#[test]
+fn thousands_of_short_connections_are_counted_exactly() {
+    const CONNECTIONS: u64 = 3_000;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &addr.port().to_string()]);
+
+    // The listener stays open throughout: a closed listener is reported as gone, then dropped.
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..CONNECTIONS {
+                let (stream, _) = listener.accept().expect("accepting");
+                drop(stream);
+            }
+        });
+        for _ in 0..CONNECTIONS {
+            let stream = TcpStream::connect(addr).expect("connecting");
+            drop(stream);
+        }
+    });
+
+    // Until every close has been reported and nothing is left open, then one more interval to
+    // show that nothing else trickles in.
+    let closed_so_far = std::cell::Cell::new(0);
+    let mut reports = daemon.reports_until(&addr.to_string(), |report| {
+        closed_so_far.set(closed_so_far.get() + report["closed"].as_u64().unwrap());
+        closed_so_far.get() >= CONNECTIONS && report["curr"] == 0
+    });
+    reports.push(daemon.next_report(&addr.to_string()));
+    assert_eq!(sum(&reports, "opened"), CONNECTIONS as f64);
+    assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64);
+    assert_no_errors_or_loss(&reports);
+}
+
+#[test]
+fn text_reports_use_the_original_line_format() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start_with_format(
+        "text",
+        &["--interval", INTERVAL, "--port", &addr.port().to_string()],
+    );
+    let conns = connect_many(&listener, addr, 1);
+    let expected_prefix = "curr=1 pk=1 sess=0 errs=0 (0/0/0/0/0/0) connFor=";
+    let line = loop {
+        let line = daemon.next_line();
+        if line.starts_with(expected_prefix) {
+            break line;
+        }
+        assert!(line.starts_with("curr=0 pk="), "unexpected line: {line}");
+    };
+    let rest = &line[expected_prefix.len()..];
+    let (conn_for, rest) = rest.split_once("s activeFor=").expect(&line);
+    let (seconds, tenths) = conn_for.split_once('.').expect(&line);
+    assert!(
+        seconds.parse::<u64>().is_ok() && tenths.len() == 1,
+        "{line}"
+    );
+    assert_eq!(rest, format!("0.0s {addr}"), "{line}");
+    drop(conns);
+}
+
+#[test]
+fn sigterm_prints_a_final_report_and_exits_cleanly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let daemon = Daemon::start(&["--interval", "3600", "--port", &addr.port().to_string()]);
+    let conns = connect_many(&listener, addr, 2);
+    // The kernel has sent the opens by the time connect returns; give the daemon no interval.
+    let (lines, status) = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    let final_report: Value = lines
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|report| report["listener"] == addr.to_string())
+        .unwrap_or_else(|| panic!("no final report in {lines:?}"));
+    assert_eq!(final_report["curr"], 2, "{final_report}");
+    assert_eq!(final_report["opened"], 2, "{final_report}");
+    drop(conns);
+}
+
+#[test]
+fn duration_stops_the_daemon_with_a_final_report() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tracker"))
+        .args(["--format", "json", "--interval", "3600", "--duration", "1"])
+        .args(["--port", &addr.port().to_string()])
+        .output()
+        .expect("running tracker");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: Value =
+        serde_json::from_str(stdout.lines().next().expect("a final report")).unwrap();
+    assert_eq!(report["listener"], addr.to_string());
+    assert_eq!(report["curr"], 0);
+}
+
+/// Runs tracker with `args` (as `user` when given) and returns (exit code, stderr lines).
+fn run_expecting_failure(user: Option<&str>, args: &[&str]) -> (i32, Vec<String>) {
+    let mut command = match user {
+        Some(user) => {
+            let mut command = Command::new("setpriv");
+            command
+                .args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
+                .arg(env!("CARGO_BIN_EXE_tracker"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_tracker")),
+    };
+    let output = command.args(args).output().expect("running tracker");
+    let stderr: Vec<String> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (output.status.code().expect("exited normally"), stderr)
+}
+
+#[test]
+fn bad_flags_give_one_line_and_a_nonzero_exit() {
+    for args in [
+        &["--interval", "soon"][..],
+        &["--interval", "0"],
+        &["--format", "xml"],
+        &["--port", "0"],
+        &["--port", "70000"],
+        &["--no-such-flag"],
+    ] {
+        let (code, stderr) = run_expecting_failure(None, args);
+        assert_eq!(code, 2, "{args:?}: {stderr:?}");
+        assert_eq!(stderr.len(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr[0].starts_with("tracker: "), "{args:?}: {stderr:?}");
+    }
+}
+
+#[test]
+fn not_root_gives_one_line_and_a_nonzero_exit() {
+    // 65534 is `nobody` on Debian; setpriv needs no name lookup with numeric ids.
+    let (code, stderr) = run_expecting_failure(Some("65534"), &["--interval", "1"]);
+    assert_eq!(code, 1, "{stderr:?}");
+    assert_eq!(
+        stderr,
+        vec!["tracker: must run as root: it loads eBPF programs into the kernel (try sudo)"]
+    );
+}

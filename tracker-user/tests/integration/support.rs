@@ -1,0 +1,250 @@
+//! Helpers for the integration tests: the real `tracker` daemon as an RAII guard, and
+//! loopback servers and clients on ports the kernel picks.
+//!
+//! These tests need root (they load eBPF programs). They never skip: without root or BPF the
+//! daemon fails to start and the test fails with the daemon's own error line.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any single wait may take before the test fails. Generous: CI machines are busy.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The daemon under test, stopped with SIGTERM when dropped.
+pub struct Daemon {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `tracker --format json` with `args` and waits until it reports being attached.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_format("json", args)
+    }
+
+    pub fn start_with_format(format: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracker"))
+            .args(["--format", format])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the tracker binary");
+        let lines = forward_lines(child.stdout.take().expect("stdout is piped"));
+        let stderr = forward_lines(child.stderr.take().expect("stderr is piped"));
+        let mut daemon = Self {
+            child,
+            lines,
+            stderr,
+            stderr_seen: Vec::new(),
+        };
+        daemon.wait_for_log("attached to");
+        daemon
+    }
+
+    /// Waits for a log line containing `needle`; fails with the daemon's stderr if it exits.
+    pub fn wait_for_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    panic!(
+                        "tracker exited ({status:?}) before logging {needle:?}; stderr:\n{}",
+                        self.stderr_seen.join("\n")
+                    );
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracker did not log {needle:?} within {PATIENCE:?}; stderr:\n{}",
+                self.stderr_seen.join("\n")
+            );
+        }
+    }
+
+    /// The next report line for `listener`, parsed.
+    pub fn next_report(&mut self, listener: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(remaining) {
+                Ok(line) => line,
+                Err(error) => panic!(
+                    "no report for {listener} within {PATIENCE:?} ({error}); stderr:\n{}",
+                    self.drain_stderr()
+                ),
+            };
+            let report: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|error| panic!("report line is not JSON ({error}): {line}"));
+            if report["listener"] == listener {
+                return report;
+            }
+        }
+    }
+
+    /// Reports for `listener` until one satisfies `done`; returns all of them, that one last.
+    pub fn reports_until(&mut self, listener: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut reports = Vec::new();
+        loop {
+            let report = self.next_report(listener);
+            let finished = done(&report);
+            reports.push(report);
+            if finished {
+                return reports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "condition not reached for {listener} within {PATIENCE:?}; reports:\n{reports:#?}"
+            );
+        }
+    }
+
+    /// The next raw output line (for text mode).
+    pub fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|error| panic!("no output line within {PATIENCE:?} ({error})"))
+    }
+
+    /// Sends SIGTERM and collects the remaining output lines and the exit status.
+    pub fn terminate(mut self) -> (Vec<String>, ExitStatus) {
+        signal(&self.child, libc::SIGTERM);
+        let status = wait_with_deadline(&mut self.child);
+        let lines = self.lines.try_iter().collect();
+        (lines, status)
+    }
+
+    fn drain_stderr(&mut self) -> String {
+        self.stderr_seen.extend(self.stderr.try_iter());
+        self.stderr_seen.join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(&self.child, libc::SIGTERM);
+            wait_with_deadline(&mut self.child);
+        }
+    }
+}
+
+fn signal(child: &Child, signal: i32) {
+    let pid = i32::try_from(child.id()).expect("pid fits in pid_t");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, signal) };
+}
+
+fn wait_with_deadline(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for tracker") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("waiting for killed tracker");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn forward_lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (sender, receiver) = channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// A port free on `ip` right now (the kernel picks it).
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// A connection pair: the client socket and the server's accepted socket.
+pub struct Conn {
+    pub client: TcpStream,
+    pub server: TcpStream,
+    pub opened: Instant,
+}
+
+impl Conn {
+    /// Closes both ends (client first) and returns how long the connection lived.
+    pub fn close(self) -> Duration {
+        drop(self.client);
+        // Wait for the server side to see the client's FIN, so the kernel's close follows.
+        let mut server = self.server;
+        let _ = server.read(&mut [0u8; 16]);
+        drop(server);
+        self.opened.elapsed()
+    }
+}
+
+/// Opens `count` connections to `listener` and accepts them.
+pub fn connect_many(listener: &TcpListener, target: SocketAddr, count: usize) -> Vec<Conn> {
+    (0..count)
+        .map(|_| {
+            let opened = Instant::now();
+            let client = TcpStream::connect(target).expect("connecting");
+            let (server, _) = listener.accept().expect("accepting");
+            Conn {
+                client,
+                server,
+                opened,
+            }
+        })
+        .collect()
+}
+
+/// Sum of a numeric field over reports.
+pub fn sum(reports: &[Value], field: &str) -> f64 {
+    reports
+        .iter()
+        .map(|report| {
+            report[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing: {report}"))
+        })
+        .sum()
+}
+
+/// Maximum of an integer field over reports.
+pub fn max(reports: &[Value], field: &str) -> u64 {
+    reports
+        .iter()
+        .map(|report| {
+            report[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{field} missing: {report}"))
+        })
+        .max()
+        .unwrap_or(0)
+}
