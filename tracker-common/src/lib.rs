@@ -5,6 +5,8 @@
 //! `user` feature so the BPF build never pulls in aya.
 #![no_std]
 
+pub mod proto;
+
 /// Name of the ring buffer map that carries [`SockEvent`]s to the daemon.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array whose slot [`LOST_SLOT`] counts ring-buffer reservations that
@@ -37,6 +39,39 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// Program name of the `sock:inet_sock_set_state` tracepoint handler.
 pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+/// Program name of the `sock:sock_recv_length` tracepoint handler.
+pub const PROG_SOCK_RECV_LENGTH: &str = "sock_recv_length";
+/// Program name of the `sock:sock_send_length` tracepoint handler.
+pub const PROG_SOCK_SEND_LENGTH: &str = "sock_send_length";
+
+/// `MSG_PEEK`: a read that leaves the bytes queued; not payload consumed by the server.
+pub const MSG_PEEK: i32 = 2;
+
+/// Per-connection state kept in the kernel for a tracked connection ([`TRACKED_MAP`] value).
+/// Turn boundaries are decided here so that the ring carries one event per request/response
+/// turn, not one per system call.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ConnTrack {
+    /// When the server last sent payload in the current turn (0: not yet).
+    pub last_send_ns: u64,
+    /// Non-zero while a turn is open: the client sent payload and the next client payload
+    /// after a server send starts a new turn. `u32` rather than `bool` so every bit pattern
+    /// is valid.
+    pub in_turn: u32,
+    /// Explicit padding (required for `Pod`).
+    pub _pad: u32,
+}
+
+/// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),
+/// checked at start-up like [`inet_sock_set_state`].
+pub mod sock_length {
+    pub const FIELDS: [(&str, usize, usize); 3] =
+        [("sk", SK, 8), ("ret", RET, 4), ("flags", FLAGS, 4)];
+    pub const SK: usize = 8;
+    pub const RET: usize = 20;
+    pub const FLAGS: usize = 24;
+}
 
 /// Kernel TCP states (`include/net/tcp_states.h`), as the tracepoint reports them.
 pub mod tcp_state {
@@ -97,8 +132,13 @@ pub enum EventKind {
     ListenerDown = 2,
     /// A server-side child socket went SYN_RECV → ESTABLISHED.
     ConnOpen = 3,
-    /// A tracked server-side connection reached CLOSE.
+    /// A tracked server-side connection reached CLOSE. `aux_ns` is when its last turn ended
+    /// (0: it was idle), see [`EventKind::Turn`].
     ConnClose = 4,
+    /// A tracked connection received payload while idle, or after the server had answered:
+    /// a request/response turn begins at `timestamp_ns`. `aux_ns` is when the previous turn
+    /// ended (the server's last send before this payload), or 0 if the connection was idle.
+    Turn = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -110,6 +150,7 @@ impl TryFrom<u32> for EventKind {
             2 => Ok(Self::ListenerDown),
             3 => Ok(Self::ConnOpen),
             4 => Ok(Self::ConnClose),
+            5 => Ok(Self::Turn),
             other => Err(other),
         }
     }
@@ -124,7 +165,7 @@ pub struct Config {
     pub filter_ports: u32,
 }
 
-/// One event from the kernel. Fixed size (80 bytes, a multiple of 8 with no padding) so the program reserves ring space without
+/// One event from the kernel. Fixed size (96 bytes, a multiple of 8 with no padding) so the program reserves ring space without
 /// computing lengths.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
@@ -152,6 +193,12 @@ pub struct SockEvent {
     pub remote_addr: [u8; 16],
     /// `comm` of the current task, NUL-padded.
     pub comm: [u8; 16],
+    /// A second timestamp whose meaning depends on `kind` (see [`EventKind`]); 0 when unused.
+    pub aux_ns: u64,
+    /// A value whose meaning depends on `kind`; 0 when unused.
+    pub detail: u32,
+    /// Explicit padding (required for `Pod`).
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]
@@ -161,6 +208,8 @@ mod user {
     unsafe impl aya::Pod for super::SockEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnTrack {}
 }
 
 #[cfg(test)]
@@ -169,7 +218,7 @@ mod tests {
 
     #[test]
     fn event_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<SockEvent>(), 80);
+        assert_eq!(core::mem::size_of::<SockEvent>(), 96);
         assert_eq!(core::mem::align_of::<SockEvent>(), 8);
     }
 
@@ -180,6 +229,7 @@ mod tests {
             EventKind::ListenerDown,
             EventKind::ConnOpen,
             EventKind::ConnClose,
+            EventKind::Turn,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }

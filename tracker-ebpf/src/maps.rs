@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracker_common::{
-    Config, DEFAULT_RING_BYTES, LOST_SLOTS, PORTS_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
+    Config, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT, LOST_SLOTS, PORTS_MAX_ENTRIES, SockEvent,
+    TRACKED_MAX_ENTRIES,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -20,11 +21,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
-/// Server-side connections the daemon has been told about, keyed by socket address. A close is
-/// reported only for sockets in here, which is what keeps client-side sockets out of the ring.
-/// The value is unused (a set).
+/// Server-side connections the daemon has been told about, keyed by socket address, with their
+/// turn state. A close (or payload) is reported only for sockets in here, which is what keeps
+/// client-side sockets out of the ring.
 #[map]
-pub static TRACKED: HashMap<u64, u8> =
+pub static TRACKED: HashMap<u64, ConnTrack> =
     HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Local ports to watch, when `Config::filter_ports` is set. Value unused (a set).
@@ -52,4 +53,31 @@ pub fn port_wanted(local_port: u16) -> bool {
     let filtering = CONFIG.get(0).is_some_and(|config| config.filter_ports != 0);
     // SAFETY: the value is a plain `u8` read through a map lookup; we only test presence.
     !filtering || unsafe { PORTS.get(&local_port) }.is_some()
+}
+
+/// Sends an event that needs no addresses (the daemon knows the connection by `skaddr`).
+/// Counts a loss when the ring is full.
+#[inline(always)]
+pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux_ns: u64, detail: u32) {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count_lost(LOST_SLOT);
+        return;
+    };
+    entry.write(SockEvent {
+        kind,
+        pid: 0,
+        timestamp_ns,
+        skaddr,
+        family: 0,
+        local_port: 0,
+        remote_port: 0,
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        comm: [0; 16],
+        aux_ns,
+        detail,
+        _pad2: 0,
+    });
+    entry.submit(0);
 }

@@ -8,7 +8,12 @@
 //! * Connection lifecycle: `sock:inet_sock_set_state` (4.16+). It sees listen(), the
 //!   server-side SYN_RECV → ESTABLISHED step and every CLOSE, with decoded addresses, from one
 //!   attach point. (`tcp:tcp_set_state`, its 4.15 predecessor, has a different layout and is
-//!   not supported; `tcp:tcp_destroy_sock` alone would miss listens and opens.)
+//!   not supported; `tcp:tcp_destroy_sock` alone would miss listens and opens.) Required.
+//! * Turn boundaries (busy time): `sock:sock_recv_length` and `sock:sock_send_length` (6.6+).
+//!   They fire after every socket read and write with the socket and byte count, on every
+//!   path (read/recv/recvmsg/readv, write/send/sendmsg/writev, sendfile, io_uring), which
+//!   per-syscall tracepoints would not cover. Optional: on older kernels the daemon warns and
+//!   reports busy time as 0.
 //!
 //! Everything attached here is owned by [`Probes`]; dropping it detaches all of it, also on
 //! error paths, so the daemon never leaves a program attached behind it.
@@ -22,8 +27,9 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
-    CONFIG_MAP, Config, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PROG_INET_SOCK_SET_STATE,
-    TRACK_FULL_SLOT, inet_sock_set_state,
+    CONFIG_MAP, Config, ConnTrack, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP,
+    PROG_INET_SOCK_SET_STATE, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT,
+    TRACKED_MAP, inet_sock_set_state, sock_length,
 };
 
 use crate::tracefs::{Tracefs, check_format};
@@ -40,18 +46,44 @@ struct Hook {
     purpose: &'static str,
     program: &'static str,
     candidates: &'static [TracepointCandidate],
+    /// Without it the daemon cannot work at all (otherwise: a warning, and the figures it
+    /// feeds are reported as 0).
+    required: bool,
 }
 
 /// The hook table (see the module documentation for why each entry is what it is).
-const HOOKS: &[Hook] = &[Hook {
-    purpose: "TCP connection lifecycle",
-    program: PROG_INET_SOCK_SET_STATE,
-    candidates: &[TracepointCandidate {
-        category: "sock",
-        name: "inet_sock_set_state",
-        fields: &inet_sock_set_state::FIELDS,
-    }],
-}];
+const HOOKS: &[Hook] = &[
+    Hook {
+        purpose: "TCP connection lifecycle",
+        program: PROG_INET_SOCK_SET_STATE,
+        candidates: &[TracepointCandidate {
+            category: "sock",
+            name: "inet_sock_set_state",
+            fields: &inet_sock_set_state::FIELDS,
+        }],
+        required: true,
+    },
+    Hook {
+        purpose: "turn starts (busy time)",
+        program: PROG_SOCK_RECV_LENGTH,
+        candidates: &[TracepointCandidate {
+            category: "sock",
+            name: "sock_recv_length",
+            fields: &sock_length::FIELDS,
+        }],
+        required: false,
+    },
+    Hook {
+        purpose: "turn ends (busy time)",
+        program: PROG_SOCK_SEND_LENGTH,
+        candidates: &[TracepointCandidate {
+            category: "sock",
+            name: "sock_send_length",
+            fields: &sock_length::FIELDS,
+        }],
+        required: false,
+    },
+];
 
 /// Settings applied before the programs are attached.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +109,7 @@ pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    tracked: HashMap<MapData, u64, ConnTrack>,
     /// Where each hook was attached, for the start-up message.
     pub attached: Vec<String>,
 }
@@ -107,7 +140,13 @@ pub fn load_and_attach(
 
     let mut attached = Vec::new();
     for hook in HOOKS {
-        attached.push(attach_hook(&mut ebpf, tracefs, hook)?);
+        match attach_hook(&mut ebpf, tracefs, hook) {
+            Ok(point) => attached.push(point),
+            Err(error) if !hook.required => {
+                log::warn!("{error:#}; {} is reported as 0", hook.purpose);
+            }
+            Err(error) => return Err(error),
+        }
     }
 
     let ring = RingBuf::try_from(
@@ -123,10 +162,15 @@ pub fn load_and_attach(
         ebpf.take_map(LOST_MAP)
             .ok_or_else(|| anyhow!("map {LOST_MAP} missing from the eBPF object"))?,
     )?;
+    let tracked = HashMap::try_from(
+        ebpf.take_map(TRACKED_MAP)
+            .ok_or_else(|| anyhow!("map {TRACKED_MAP} missing from the eBPF object"))?,
+    )?;
     Ok((
         Probes {
             _ebpf: ebpf,
             lost,
+            tracked,
             attached,
         },
         ring,
@@ -148,6 +192,13 @@ impl Probes {
             ring_full: sum(LOST_SLOT)?,
             table_full: sum(TRACK_FULL_SLOT)?,
         })
+    }
+}
+
+impl Probes {
+    /// The kernel's turn state of a tracked connection (None: not tracked, or gone).
+    pub fn conn_track(&self, sock: u64) -> Option<ConnTrack> {
+        self.tracked.get(&sock, 0).ok()
     }
 }
 

@@ -150,6 +150,15 @@ impl State {
         // Everything the kernel sent before this instant belongs in this report.
         self.drain(ring.get_mut());
         let now = monotonic_now();
+        // Connections whose server has answered and that wait for the next request are idle
+        // now; the kernel will only say so when that request (or the close) comes.
+        for sock in self.observer.busy_sockets() {
+            if let Some(track) = self.probes.conn_track(sock)
+                && track.last_send_ns != 0
+            {
+                self.observer.provisional_idle(sock, track.last_send_ns);
+            }
+        }
         let losses = self.probes.losses()?;
         let totals = IntervalTotals {
             unix_time_s: SystemTime::now()

@@ -28,12 +28,21 @@ pub enum Event {
         remote: SocketAddr,
         at: Nanos,
     },
-    /// A tracked server-side connection closed.
+    /// A tracked server-side connection closed. `turn_end` is when its last turn ended, if
+    /// it was in one.
     ConnClose {
         sock: SockId,
         local: SocketAddr,
         remote: SocketAddr,
         at: Nanos,
+        turn_end: Option<Nanos>,
+    },
+    /// A request/response turn began at `at`; the previous one ended at `previous_end` (None:
+    /// the connection was idle).
+    Turn {
+        sock: SockId,
+        at: Nanos,
+        previous_end: Option<Nanos>,
     },
 }
 
@@ -63,28 +72,40 @@ impl Event {
     /// Decodes an already copied record.
     pub fn from_raw(raw: &SockEvent) -> Result<Self, DecodeError> {
         let kind = EventKind::try_from(raw.kind).map_err(DecodeError::Kind)?;
-        let local = socket_addr(raw.family, raw.local_addr, raw.local_port)?;
-        let remote = socket_addr(raw.family, raw.remote_addr, raw.remote_port)?;
         let sock = raw.skaddr;
+        let at = raw.timestamp_ns;
+        let aux = (raw.aux_ns != 0).then_some(raw.aux_ns);
+        let local = || socket_addr(raw.family, raw.local_addr, raw.local_port);
+        let remote = || socket_addr(raw.family, raw.remote_addr, raw.remote_port);
         Ok(match kind {
             EventKind::ListenerUp => Self::ListenerUp {
                 sock,
-                addr: local,
+                addr: local()?,
                 pid: raw.pid,
                 comm: comm_to_string(&raw.comm),
             },
-            EventKind::ListenerDown => Self::ListenerDown { sock, addr: local },
+            EventKind::ListenerDown => Self::ListenerDown {
+                sock,
+                addr: local()?,
+            },
             EventKind::ConnOpen => Self::ConnOpen {
                 sock,
-                local,
-                remote,
-                at: raw.timestamp_ns,
+                local: local()?,
+                remote: remote()?,
+                at,
             },
             EventKind::ConnClose => Self::ConnClose {
                 sock,
-                local,
-                remote,
-                at: raw.timestamp_ns,
+                local: local()?,
+                remote: remote()?,
+                at,
+                turn_end: aux,
+            },
+            // Known by socket only: the kernel does not copy addresses for these.
+            EventKind::Turn => Self::Turn {
+                sock,
+                at,
+                previous_end: aux,
             },
         })
     }
@@ -131,6 +152,9 @@ mod tests {
             local_addr,
             remote_addr,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            aux_ns: 0,
+            detail: 0,
+            _pad2: 0,
         }
     }
 
@@ -171,6 +195,28 @@ mod tests {
                 comm: "nginx".to_owned(),
             }
         );
+    }
+
+    #[test]
+    fn decodes_turns_without_addresses() {
+        let mut turn = raw(EventKind::Turn as u32, 0);
+        turn.aux_ns = 500;
+        assert_eq!(
+            Event::from_raw(&turn),
+            Ok(Event::Turn {
+                sock: 0xffff_8880_0000_1000,
+                at: 1_000,
+                previous_end: Some(500),
+            })
+        );
+        turn.aux_ns = 0;
+        assert!(matches!(
+            Event::from_raw(&turn),
+            Ok(Event::Turn {
+                previous_end: None,
+                ..
+            })
+        ));
     }
 
     #[test]

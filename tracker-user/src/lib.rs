@@ -12,4 +12,5 @@ pub mod model;
 pub mod observer;
 pub mod output;
 pub mod procfs;
+pub mod sessions;
 pub mod tracefs;

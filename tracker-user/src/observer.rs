@@ -76,11 +76,35 @@ impl Listener {
     }
 }
 
-/// Where a tracked connection is accounted.
+/// Where a tracked connection is accounted, and its turn state as the tracker last saw it.
 #[derive(Debug, Clone, Copy)]
 struct ConnRef {
     listener: SocketAddr,
     remote: SocketAddr,
+    /// In a turn (Active in the tracker).
+    busy: bool,
+    /// Marked Idle at this time at a report, because the server had answered and no new
+    /// payload had come yet; the kernel has not closed the turn, and may still extend it.
+    provisional_idle: Option<Nanos>,
+}
+
+impl ConnRef {
+    /// Ends the current turn at `end` in `tracker`. If a report already ended it
+    /// provisionally earlier and the server kept sending after that, the busy time from the
+    /// provisional end to the real one is added back (to the current interval).
+    fn end_turn(&mut self, tracker: &mut Tracker<SocketAddr>, end: Nanos) {
+        match self.provisional_idle.take() {
+            Some(provisional) if end > provisional => {
+                tracker.conn_state(self.remote, provisional, ConnState::Active);
+                tracker.conn_state(self.remote, end, ConnState::Idle);
+            }
+            Some(_) => {}
+            None => {
+                tracker.conn_state(self.remote, end, ConnState::Idle);
+            }
+        }
+        self.busy = false;
+    }
 }
 
 /// Counters of events the observer could not attribute to any tracker.
@@ -239,6 +263,8 @@ impl Observer {
                     ConnRef {
                         listener: listener_addr,
                         remote,
+                        busy: false,
+                        provisional_idle: None,
                     },
                 );
             }
@@ -247,10 +273,18 @@ impl Observer {
                 local,
                 remote,
                 at,
+                turn_end,
             } => {
                 let conn = self.conns.remove(&sock);
                 let (listener_addr, remote) = match conn {
-                    Some(conn) => (conn.listener, conn.remote),
+                    Some(mut conn) => {
+                        if let (Some(end), Some(listener)) =
+                            (turn_end, self.listeners.get_mut(&conn.listener))
+                        {
+                            conn.end_turn(&mut listener.tracker, end);
+                        }
+                        (conn.listener, conn.remote)
+                    }
                     None => match self.listener_for(local, false) {
                         Some(listener_addr) => (listener_addr, remote),
                         None if !self.watches(local.port()) => return Applied::Done,
@@ -265,8 +299,58 @@ impl Observer {
                     listener.tracker.conn_state(remote, at, ConnState::Closed);
                 }
             }
+            Event::Turn {
+                sock,
+                at,
+                previous_end,
+            } => {
+                // The kernel only reports turns of connections it reported open, so an unknown
+                // socket here means that open was lost; its close will count the error.
+                let Some(conn) = self.conns.get_mut(&sock) else {
+                    return Applied::Done;
+                };
+                let Some(listener) = self.listeners.get_mut(&conn.listener) else {
+                    return Applied::Done;
+                };
+                if let Some(end) = previous_end {
+                    conn.end_turn(&mut listener.tracker, end);
+                }
+                listener
+                    .tracker
+                    .conn_state(conn.remote, at, ConnState::Active);
+                conn.busy = true;
+            }
         }
         Applied::Done
+    }
+
+    /// Connections in a turn that a report has not provisionally ended: the daemon asks the
+    /// kernel whether the server has answered them yet (see [`Observer::provisional_idle`]).
+    pub fn busy_sockets(&self) -> Vec<SockId> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.busy)
+            .map(|(&sock, _)| sock)
+            .collect()
+    }
+
+    /// Before a report: the server has answered connection `sock`, last at `last_send`, and no
+    /// new payload has come since, so it is idle from then on unless it sends more (in which
+    /// case the turn's real end, reported later, adds the difference back).
+    pub fn provisional_idle(&mut self, sock: SockId, last_send: Nanos) {
+        let Some(conn) = self.conns.get_mut(&sock) else {
+            return;
+        };
+        let Some(listener) = self.listeners.get_mut(&conn.listener) else {
+            return;
+        };
+        if conn.busy {
+            listener
+                .tracker
+                .conn_state(conn.remote, last_send, ConnState::Idle);
+            conn.busy = false;
+            conn.provisional_idle = Some(last_send);
+        }
     }
 
     /// The listener a connection with local address `local` was accepted through.
@@ -328,6 +412,15 @@ mod tests {
             local: addr(local),
             remote: addr(remote),
             at,
+            turn_end: None,
+        }
+    }
+
+    fn turn(sock: SockId, at: Nanos, previous_end: Option<Nanos>) -> Event {
+        Event::Turn {
+            sock,
+            at,
+            previous_end,
         }
     }
 
@@ -566,5 +659,73 @@ mod tests {
         assert_eq!(report.snapshot.peak, 1);
         assert_eq!(report.snapshot.conn_for_ns, 5_000 * 500);
         assert_eq!(observer.connections(), 0);
+    }
+
+    #[test]
+    fn turns_make_busy_time() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+        // Request at 1 s answered by 3 s; next request at 5 s answered by 6 s; close at 8 s.
+        let _ = observer.apply(&turn(10, SECOND, None));
+        let _ = observer.apply(&turn(10, 5 * SECOND, Some(3 * SECOND)));
+        let _ = observer.apply(&Event::ConnClose {
+            sock: 10,
+            local: addr("127.0.0.1:80"),
+            remote: addr("127.0.0.1:5000"),
+            at: 8 * SECOND,
+            turn_end: Some(6 * SECOND),
+        });
+        let report = report_of(&mut observer, 9 * SECOND, "127.0.0.1:80");
+        assert_eq!(report.snapshot.active_for_ns, 3 * SECOND);
+        assert_eq!(report.snapshot.conn_for_ns, 8 * SECOND);
+        assert_eq!(report.snapshot.busy_peak, 1);
+        assert_eq!(report.snapshot.errors.total(), 0);
+    }
+
+    #[test]
+    fn unused_connection_is_never_busy() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
+        let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
+        assert_eq!(report.snapshot.active_for_ns, 0);
+        assert_eq!(report.snapshot.busy_peak, 0);
+    }
+
+    #[test]
+    fn provisional_idle_at_a_report_is_corrected_by_the_real_turn_end() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&turn(10, SECOND, None));
+        assert_eq!(observer.busy_sockets(), vec![10]);
+        // At the 4 s report the server had last sent at 2 s.
+        observer.provisional_idle(10, 2 * SECOND);
+        assert!(observer.busy_sockets().is_empty());
+        let first = report_of(&mut observer, 4 * SECOND, "127.0.0.1:80");
+        assert_eq!(first.snapshot.active_for_ns, SECOND);
+        assert_eq!(first.snapshot.busy, 0);
+        // It went on sending until 5 s; the next request comes at 6 s.
+        let _ = observer.apply(&turn(10, 6 * SECOND, Some(5 * SECOND)));
+        observer.provisional_idle(10, 7 * SECOND);
+        let second = report_of(&mut observer, 8 * SECOND, "127.0.0.1:80");
+        // 2→5 s added back, plus 6→7 s.
+        assert_eq!(second.snapshot.active_for_ns, 4 * SECOND);
+    }
+
+    #[test]
+    fn provisional_idle_without_more_sends_changes_nothing_later() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&turn(10, SECOND, None));
+        observer.provisional_idle(10, 2 * SECOND);
+        let first = report_of(&mut observer, 4 * SECOND, "127.0.0.1:80");
+        assert_eq!(first.snapshot.active_for_ns, SECOND);
+        let _ = observer.apply(&turn(10, 6 * SECOND, Some(2 * SECOND)));
+        let second = report_of(&mut observer, 7 * SECOND, "127.0.0.1:80");
+        assert_eq!(second.snapshot.active_for_ns, SECOND);
     }
 }

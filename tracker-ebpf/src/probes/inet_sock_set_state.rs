@@ -45,7 +45,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracker_common::{
-    AF_INET, AF_INET6, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
+    AF_INET, AF_INET6, ConnTrack, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
     inet_sock_set_state as field, tcp_state,
 };
 
@@ -69,14 +69,27 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let new_state: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(i64::from)?;
     let skaddr: u64 = unsafe { ctx.read_at(field::SKADDR) }.map_err(i64::from)?;
 
+    // SAFETY: TracePointContext helpers are plain calls.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut turn_end_ns = 0;
     let kind = match (old_state, new_state) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
         (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
         (_, tcp_state::CLOSE) => {
-            // SAFETY: presence test only.
-            if unsafe { TRACKED.get(&skaddr) }.is_none() {
+            let Some(track) = TRACKED.get_ptr(&skaddr) else {
                 return Ok(0);
+            };
+            // SAFETY: a live map value; copied out before the entry is removed.
+            let track = unsafe { *track };
+            if track.in_turn != 0 {
+                // The open turn ended with the server's last send, or, if it never answered,
+                // now.
+                turn_end_ns = if track.last_send_ns != 0 {
+                    track.last_send_ns
+                } else {
+                    now
+                };
             }
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets.
@@ -98,7 +111,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
 
-    if kind == EventKind::ConnOpen && TRACKED.insert(&skaddr, &0, u64::from(BPF_NOEXIST)).is_err() {
+    if kind == EventKind::ConnOpen
+        && TRACKED
+            .insert(&skaddr, &ConnTrack::default(), u64::from(BPF_NOEXIST))
+            .is_err()
+    {
         // Untrackable: its close would never be reported. Tell the daemon through the counter
         // rather than reporting an open whose close can never follow.
         entry.discard(0);
@@ -123,8 +140,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     entry.write(SockEvent {
         kind: kind as u32,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        // SAFETY: a plain helper call with no arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns: now,
         skaddr,
         family,
         local_port,
@@ -133,6 +149,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         local_addr,
         remote_addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        aux_ns: turn_end_ns,
+        detail: 0,
+        _pad2: 0,
     });
     entry.submit(0);
     Ok(0)

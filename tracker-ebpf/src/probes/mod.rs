@@ -2,3 +2,5 @@
 //! (`try_x`) onto the return value the kernel expects.
 
 pub mod inet_sock_set_state;
+pub mod sock_recv_length;
+pub mod sock_send_length;

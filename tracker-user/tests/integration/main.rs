@@ -308,3 +308,77 @@ fn not_root_gives_one_line_and_a_nonzero_exit() {
         vec!["tracker: must run as root: it loads eBPF programs into the kernel (try sudo)"]
     );
 }
+
+/// A blocking server that spends `service` per request: reads one line, sleeps, answers.
+fn serve_lines(listener: &TcpListener, connections: usize, service: Duration) {
+    thread::scope(|scope| {
+        for _ in 0..connections {
+            let (stream, _) = listener.accept().expect("accepting");
+            scope.spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+                    thread::sleep(service);
+                    std::io::Write::write_all(&mut writer, b"done\n").unwrap();
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// Sends `requests` lines one after the other on `stream`, each after the previous answer.
+fn request_serially(stream: TcpStream, requests: usize) {
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut answer = String::new();
+    for _ in 0..requests {
+        std::io::Write::write_all(&mut writer, b"work\n").unwrap();
+        answer.clear();
+        std::io::BufRead::read_line(&mut reader, &mut answer).unwrap();
+        assert_eq!(answer, "done\n");
+    }
+}
+
+#[test]
+fn busy_time_is_the_sum_of_service_times() {
+    const REQUESTS: usize = 10;
+    const SERVICE: Duration = Duration::from_millis(100);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &addr.port().to_string()]);
+
+    thread::scope(|scope| {
+        // Two busy clients at once, plus one keep-alive connection that never sends anything.
+        scope.spawn(|| serve_lines(&listener, 3, SERVICE));
+        let idle = TcpStream::connect(addr).unwrap();
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                let stream = TcpStream::connect(addr).unwrap();
+                scope.spawn(move || request_serially(stream, REQUESTS))
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        drop(idle);
+    });
+
+    let closed_so_far = std::cell::Cell::new(0);
+    let reports = daemon.reports_until(&addr.to_string(), |report| {
+        closed_so_far.set(closed_so_far.get() + report["closed"].as_u64().unwrap());
+        closed_so_far.get() >= 3 && report["curr"] == 0
+    });
+    let expected = 2.0 * REQUESTS as f64 * SERVICE.as_secs_f64();
+    let measured = sum(&reports, "active_for_s");
+    // 5% of the service time, plus the 0.1 s rounding of each report that had busy time.
+    let rounding = 0.05 * reports.iter().filter(|r| r["active_for_s"] != 0.0).count() as f64;
+    assert!(
+        (measured - expected).abs() <= 0.05 * expected + rounding,
+        "activeFor {measured:.2}s, expected {expected:.2}s; reports: {reports:#?}"
+    );
+    assert_eq!(max(&reports, "busy_peak"), 2, "{reports:#?}");
+    assert!(max(&reports, "peak") == 3);
+    assert_no_errors_or_loss(&reports);
+}

@@ -1,0 +1,58 @@
+//! `sock:sock_recv_length`: the server consumed payload from a socket (kernel 6.6+).
+//!
+//! Why this hook: it fires in `sock_recvmsg` once the bytes have been copied to the reader,
+//! with the socket address and the byte count, for every read path (read, recv, recvmsg,
+//! readv, io_uring). Only sockets in `TRACKED` go further, and only the first payload of a
+//! turn produces an event, so the ring carries one event per request/response turn.
+//!
+//! Format on kernel 6.18 (`events/sock/sock_recv_length/format`; `sock_send_length` is the
+//! same), checked by the daemon at start-up against `tracker_common::sock_length`:
+//!
+//! ```text
+//! field:void * sk;        offset:8;       size:8; signed:0;
+//! field:__u16 family;     offset:16;      size:2; signed:0;
+//! field:__u16 protocol;   offset:18;      size:2; signed:0;
+//! field:int ret;  offset:20;      size:4; signed:1;
+//! field:int flags;        offset:24;      size:4; signed:1;
+//! ```
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tracker_common::{EventKind, MSG_PEEK, sock_length as field};
+
+use crate::maps::{TRACKED, emit_for_socket};
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    try_sock_recv_length(&ctx).unwrap_or(1)
+}
+
+fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY (all `read_at`): offsets checked against the format file at start-up.
+    let skaddr: u64 = unsafe { ctx.read_at(field::SK) }.map_err(i64::from)?;
+    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+        return Ok(0);
+    };
+    let bytes: i32 = unsafe { ctx.read_at(field::RET) }.map_err(i64::from)?;
+    let flags: i32 = unsafe { ctx.read_at(field::FLAGS) }.map_err(i64::from)?;
+    if bytes <= 0 || flags & MSG_PEEK != 0 {
+        return Ok(0);
+    }
+    // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
+    // and at worst split a turn in two.
+    let track = unsafe { &mut *track };
+    let previous_turn_end = if track.in_turn == 0 {
+        0
+    } else if track.last_send_ns != 0 {
+        // The server answered since the turn began: this payload starts the next turn.
+        track.last_send_ns
+    } else {
+        // More of the same request: still one turn.
+        return Ok(0);
+    };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    track.in_turn = 1;
+    track.last_send_ns = 0;
+    emit_for_socket(EventKind::Turn as u32, skaddr, now, previous_turn_end, 0);
+    Ok(0)
+}
