@@ -59,8 +59,12 @@ pub struct ConnTrack {
     /// after a server send starts a new turn. `u32` rather than `bool` so every bit pattern
     /// is valid.
     pub in_turn: u32,
-    /// Explicit padding (required for `Pod`).
-    pub _pad: u32,
+    /// The connection's [`proto::Protocol`] as `u32` (0: not decided yet).
+    pub protocol: u32,
+    /// HTTP/2 frame walk of what the client sent.
+    pub walk_in: proto::H2Walk,
+    /// HTTP/2 frame walk of what the server sent.
+    pub walk_out: proto::H2Walk,
 }
 
 /// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),
@@ -71,6 +75,52 @@ pub mod sock_length {
     pub const SK: usize = 8;
     pub const RET: usize = 20;
     pub const FLAGS: usize = 24;
+}
+
+/// Where a system call's user buffer is, remembered per thread between the syscall's entry and
+/// the socket tracepoint that follows it in the same thread ([`USER_BUFS_MAP`] value).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct UserBuf {
+    /// User address: the buffer ([`buf_shape::FLAT`]), an `iovec` array
+    /// ([`buf_shape::IOVEC`]) or a `user_msghdr` ([`buf_shape::MSGHDR`]).
+    pub ptr: u64,
+    /// Buffer size, or number of iovecs.
+    pub count: u64,
+    /// One of [`buf_shape`].
+    pub shape: u32,
+    /// [`DIRECTION_IN`] (a read) or [`DIRECTION_OUT`] (a write).
+    pub direction: u32,
+}
+
+/// How a system call passes its buffer.
+pub mod buf_shape {
+    /// `read`, `recvfrom`, `write`, `sendto`: one buffer.
+    pub const FLAT: u32 = 1;
+    /// `readv`, `writev`: an array of `struct iovec`.
+    pub const IOVEC: u32 = 2;
+    /// `recvmsg`, `sendmsg`: a `struct user_msghdr` holding an iovec array.
+    pub const MSGHDR: u32 = 3;
+}
+
+/// Payload the server received.
+pub const DIRECTION_IN: u32 = 0;
+/// Payload the server sent.
+pub const DIRECTION_OUT: u32 = 1;
+
+/// Name of the per-thread map of [`UserBuf`]s.
+pub const USER_BUFS_MAP: &str = "USER_BUFS";
+/// Capacity of [`USER_BUFS_MAP`]: one entry per thread in a system call; least recently used
+/// entries (threads long gone) are evicted.
+pub const USER_BUFS_MAX_ENTRIES: u32 = 16_384;
+
+/// Argument offsets shared by the `sys_enter_*` tracepoints whose buffers are remembered
+/// (read, recvfrom, readv, recvmsg, write, sendto, writev, sendmsg).
+pub mod syscall_args {
+    /// Second argument (the buffer, iovec array or msghdr).
+    pub const BUF: usize = 24;
+    /// Third argument (the size or iovec count; `flags` for recvmsg/sendmsg, unused there).
+    pub const COUNT: usize = 32;
 }
 
 /// Kernel TCP states (`include/net/tcp_states.h`), as the tracepoint reports them.
@@ -132,13 +182,23 @@ pub enum EventKind {
     ListenerDown = 2,
     /// A server-side child socket went SYN_RECV → ESTABLISHED.
     ConnOpen = 3,
-    /// A tracked server-side connection reached CLOSE. `aux_ns` is when its last turn ended
+    /// A tracked server-side connection reached CLOSE. `aux` is when its last turn ended
     /// (0: it was idle), see [`EventKind::Turn`].
     ConnClose = 4,
     /// A tracked connection received payload while idle, or after the server had answered:
-    /// a request/response turn begins at `timestamp_ns`. `aux_ns` is when the previous turn
+    /// a request/response turn begins at `timestamp_ns`. `aux` is when the previous turn
     /// ended (the server's last send before this payload), or 0 if the connection was idle.
     Turn = 5,
+    /// The protocol of a tracked connection was decided from its first inbound payload.
+    /// `detail` is a [`proto::Protocol`] as `u32`.
+    Protocol = 6,
+    /// An HTTP/2 frame that opens or ends streams. `detail` is the frame type, its flags
+    /// shifted left by 8 and the direction ([`DIRECTION_IN`]/[`DIRECTION_OUT`]) shifted left
+    /// by 16; `aux` is the stream id.
+    H2Frame = 7,
+    /// The frame walker of a connection lost its place (a read failed, or too many frames in
+    /// one system call): its sessions are unknown from now on.
+    WalkLost = 8,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -151,6 +211,9 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(Self::ConnOpen),
             4 => Ok(Self::ConnClose),
             5 => Ok(Self::Turn),
+            6 => Ok(Self::Protocol),
+            7 => Ok(Self::H2Frame),
+            8 => Ok(Self::WalkLost),
             other => Err(other),
         }
     }
@@ -193,8 +256,9 @@ pub struct SockEvent {
     pub remote_addr: [u8; 16],
     /// `comm` of the current task, NUL-padded.
     pub comm: [u8; 16],
-    /// A second timestamp whose meaning depends on `kind` (see [`EventKind`]); 0 when unused.
-    pub aux_ns: u64,
+    /// A second timestamp, or a value, whose meaning depends on `kind` (see [`EventKind`]);
+    /// 0 when unused.
+    pub aux: u64,
     /// A value whose meaning depends on `kind`; 0 when unused.
     pub detail: u32,
     /// Explicit padding (required for `Pod`).
@@ -230,6 +294,9 @@ mod tests {
             EventKind::ConnOpen,
             EventKind::ConnClose,
             EventKind::Turn,
+            EventKind::Protocol,
+            EventKind::H2Frame,
+            EventKind::WalkLost,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }

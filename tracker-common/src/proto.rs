@@ -84,6 +84,7 @@ enum Prefix {
 }
 
 /// Compares `input` with the beginning of `pattern` (at most [`MAX_PATTERN_LEN`] bytes).
+#[inline]
 fn prefix_match(input: &[u8], pattern: &[u8]) -> Prefix {
     for i in 0..MAX_PATTERN_LEN {
         let Some(&want) = pattern.get(i) else {
@@ -102,6 +103,7 @@ fn prefix_match(input: &[u8], pattern: &[u8]) -> Prefix {
 
 /// Decides the protocol from the first bytes the client sent: `first` is up to 16 bytes of its
 /// first inbound payload, shorter if that read was shorter.
+#[inline]
 pub fn detect(first: &[u8]) -> Protocol {
     if first.is_empty() {
         return Protocol::Undetermined;
@@ -177,6 +179,7 @@ pub struct FrameHeader {
 }
 
 /// Decodes a 9-byte frame header.
+#[inline]
 pub fn parse_header(bytes: &[u8; 9]) -> FrameHeader {
     FrameHeader {
         length: u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]),
@@ -188,6 +191,7 @@ pub fn parse_header(bytes: &[u8; 9]) -> FrameHeader {
 
 /// Whether a header could be real. The length is 24 bits so any value is possible; what gives
 /// away a walker that lost its place is an unknown type, or a stream-bound type on stream 0.
+#[inline]
 fn plausible(header: &FrameHeader) -> bool {
     if header.kind > MAX_PLAUSIBLE_KIND {
         return false;
@@ -245,12 +249,85 @@ impl H2Walk {
         self.desync != 0
     }
 
-    fn give_up(&mut self) -> Result<(), ()> {
+    fn give_up<T>(&mut self) -> Result<T, ()> {
         self.desync = 1;
         Err(())
     }
 
-    /// Walks the next `len` bytes of the stream.
+    /// Advances by one step through a segment of the stream with `avail > 0` bytes left at
+    /// the current position: skips pending payload (up to `avail` bytes), reads a whole
+    /// 9-byte header (`read` copies the 9 bytes at the current position; only called when
+    /// `avail >= 9`), or collects one byte of a header split across segments (`read_byte`).
+    ///
+    /// One step does a bounded amount of work with no loop, so a caller can drive it from a
+    /// single bounded loop across segments (iovecs) without nesting loops, which is what
+    /// keeps the BPF verifier's work small. On a failed read or an implausible header (type
+    /// above 0x20, or DATA, HEADERS, RST_STREAM or CONTINUATION on stream 0) it sets `desync`
+    /// and returns `Err(())`, now and on every later call.
+    #[expect(
+        clippy::result_unit_err,
+        reason = "the only failure is 'gave up', already recorded in `desync`; an error type \
+                  would add nothing for the BPF caller"
+    )]
+    #[inline(always)]
+    pub fn step(
+        &mut self,
+        avail: u32,
+        read: impl FnOnce(&mut [u8; 9]) -> bool,
+        read_byte: impl FnOnce() -> Option<u8>,
+    ) -> Result<Step, ()> {
+        if self.desync != 0 {
+            return Err(());
+        }
+        if avail == 0 {
+            return Ok(Step::NOTHING);
+        }
+        // `skip > 0` implies `have == 0`: a header is only collected once the previous
+        // payload has been skipped entirely.
+        if self.skip > 0 {
+            let consumed = self.skip.min(avail);
+            self.skip -= consumed;
+            return Ok(Step {
+                consumed,
+                frame: None,
+            });
+        }
+        let (consumed, bytes) = if self.have == 0 && avail >= FRAME_HEADER_LEN {
+            let mut bytes = [0u8; 9];
+            if !read(&mut bytes) {
+                return self.give_up();
+            }
+            (FRAME_HEADER_LEN, bytes)
+        } else {
+            let Some(slot) = self.header.get_mut(self.have as usize) else {
+                return self.give_up();
+            };
+            let Some(byte) = read_byte() else {
+                return self.give_up();
+            };
+            *slot = byte;
+            self.have = self.have.saturating_add(1);
+            if self.have < FRAME_HEADER_LEN {
+                return Ok(Step {
+                    consumed: 1,
+                    frame: None,
+                });
+            }
+            self.have = 0;
+            (1, self.header)
+        };
+        let header = parse_header(&bytes);
+        if !plausible(&header) {
+            return self.give_up();
+        }
+        self.skip = header.length;
+        Ok(Step {
+            consumed,
+            frame: Some(header),
+        })
+    }
+
+    /// Walks the next `len` bytes of the stream, one contiguous chunk, with [`H2Walk::step`].
     ///
     /// * `read(offset, dst)` copies the 9 bytes at chunk offset `offset` into `dst` and returns
     ///   `false` if it cannot (in the kernel: `bpf_probe_read_user` failed). It is only called
@@ -260,9 +337,8 @@ impl H2Walk {
     /// * `on_frame` gets each complete frame header, in stream order.
     ///
     /// At most [`MAX_FRAMES_PER_CHUNK`] headers are handled per call. If the chunk holds more,
-    /// a read fails, or a header is implausible (type above 0x20, or DATA, HEADERS, RST_STREAM
-    /// or CONTINUATION on stream 0), the walker sets `desync` and returns `Err(())`, now and on
-    /// every later call, without calling `on_frame` again.
+    /// or a step fails, the walker sets `desync` and returns `Err(())`, now and on every later
+    /// call, without calling `on_frame` again.
     #[expect(
         clippy::result_unit_err,
         reason = "the only failure is 'gave up', already recorded in `desync`; an error type \
@@ -276,71 +352,53 @@ impl H2Walk {
         mut read_byte: impl FnMut(u32) -> Option<u8>,
         mut on_frame: impl FnMut(FrameHeader),
     ) -> Result<(), ()> {
-        if self.desync != 0 {
-            return Err(());
-        }
         let mut off: u32 = 0;
         let mut frames: u32 = 0;
-        // Each pass handles one frame header or returns; one pass more than the frame budget
-        // lets the last one notice that the chunk still has a header left.
-        for _ in 0..=MAX_FRAMES_PER_CHUNK {
-            // Skip the payload (or preface) still pending. `skip > 0` implies `have == 0`: a
-            // header is only collected once the previous payload has been skipped entirely.
-            let remaining = len.saturating_sub(off);
-            if self.skip >= remaining {
-                self.skip = self.skip.saturating_sub(remaining);
+        for _ in 0..MAX_STEPS_PER_CHUNK {
+            if self.desync != 0 {
+                return Err(());
+            }
+            if off >= len {
                 return Ok(());
             }
-            off = off.saturating_add(self.skip);
-            self.skip = 0;
-            // Here off < len: a header starts (or continues) at `off`.
-            if frames >= MAX_FRAMES_PER_CHUNK {
+            if self.skip == 0 && self.have == 0 && frames >= MAX_FRAMES_PER_CHUNK {
+                // A further header starts in this chunk: over the budget.
                 return self.give_up();
             }
-            let mut bytes = [0u8; 9];
-            if self.have == 0 && len.saturating_sub(off) >= FRAME_HEADER_LEN {
-                if !read(off, &mut bytes) {
-                    return self.give_up();
-                }
-                off = off.saturating_add(FRAME_HEADER_LEN);
-            } else {
-                // A header split across chunks: collect it byte by byte. Either `have` is 0
-                // and fewer than 9 bytes remain, or `have >= 1` and at most 8 are missing, so
-                // 8 passes always suffice.
-                for _ in 0..FRAME_HEADER_LEN - 1 {
-                    if off >= len {
-                        break;
-                    }
-                    let Some(slot) = self.header.get_mut(self.have as usize) else {
-                        break;
-                    };
-                    let Some(byte) = read_byte(off) else {
-                        return self.give_up();
-                    };
-                    *slot = byte;
-                    self.have = self.have.saturating_add(1);
-                    off = off.saturating_add(1);
-                }
-                if self.have < FRAME_HEADER_LEN {
-                    // The chunk ended inside the header; the next call completes it.
-                    return Ok(());
-                }
-                bytes = self.header;
-                self.have = 0;
+            let at = off;
+            let step = self.step(len - off, |dst| read(at, dst), || read_byte(at))?;
+            off = off.saturating_add(step.consumed);
+            if let Some(header) = step.frame {
+                on_frame(header);
+                frames = frames.saturating_add(1);
             }
-            let header = parse_header(&bytes);
-            if !plausible(&header) {
-                return self.give_up();
-            }
-            on_frame(header);
-            frames = frames.saturating_add(1);
-            self.skip = header.length;
         }
-        // Unreachable: the last pass either returns at the end of the chunk or gives up on the
-        // frame budget. Giving up keeps the function total without a panic path.
-        self.give_up()
+        // The step budget covers the frame budget (see MAX_STEPS_PER_CHUNK); ending here means
+        // the chunk still had bytes, so give up rather than lose our place silently.
+        if off >= len { Ok(()) } else { self.give_up() }
     }
 }
+
+/// The result of one [`H2Walk::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Bytes of the segment the step used.
+    pub consumed: u32,
+    /// The frame header the step completed, if any.
+    pub frame: Option<FrameHeader>,
+}
+
+impl Step {
+    const NOTHING: Self = Self {
+        consumed: 0,
+        frame: None,
+    };
+}
+
+/// Steps [`H2Walk::feed`] may take on one chunk: each frame takes at most a header step and a
+/// skip step, a header split at either end of the chunk at most 8 byte steps, and one pass
+/// notices the end.
+const MAX_STEPS_PER_CHUNK: u32 = 2 * MAX_FRAMES_PER_CHUNK + 2 * FRAME_HEADER_LEN + 2;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod maps;
+mod payload;
 mod probes;
 
 #[cfg(not(test))]

@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracker_common::{
     Config, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT, LOST_SLOTS, PORTS_MAX_ENTRIES, SockEvent,
-    TRACKED_MAX_ENTRIES,
+    TRACKED_MAX_ENTRIES, USER_BUFS_MAX_ENTRIES, UserBuf,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -27,6 +27,17 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 #[map]
 pub static TRACKED: HashMap<u64, ConnTrack> =
     HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The user buffer of each thread's current read/write-family system call, keyed by
+/// `pid_tgid` (see `probes::syscall_buffers`).
+#[map]
+pub static USER_BUFS: LruHashMap<u64, UserBuf> =
+    LruHashMap::with_max_entries(USER_BUFS_MAX_ENTRIES, 0);
+
+/// Per-CPU state of the HTTP/2 frame walk in progress (see `payload::WalkLoop`).
+#[map]
+pub static WALK_SCRATCH: PerCpuArray<crate::payload::WalkLoop> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Local ports to watch, when `Config::filter_ports` is set. Value unused (a set).
 #[map]
@@ -58,7 +69,7 @@ pub fn port_wanted(local_port: u16) -> bool {
 /// Sends an event that needs no addresses (the daemon knows the connection by `skaddr`).
 /// Counts a loss when the ring is full.
 #[inline(always)]
-pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux_ns: u64, detail: u32) {
+pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux: u64, detail: u32) {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         return;
@@ -75,7 +86,7 @@ pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux_ns: u64, d
         local_addr: [0; 16],
         remote_addr: [0; 16],
         comm: [0; 16],
-        aux_ns,
+        aux,
         detail,
         _pad2: 0,
     });

@@ -14,6 +14,12 @@
 //!   path (read/recv/recvmsg/readv, write/send/sendmsg/writev, sendfile, io_uring), which
 //!   per-syscall tracepoints would not cover. Optional: on older kernels the daemon warns and
 //!   reports busy time as 0.
+//! * Payload buffers (sessions): `syscalls:sys_enter_{read,recvfrom,readv,recvmsg,write,
+//!   sendto,writev,sendmsg}`. The socket tracepoints above run inside these system calls, in
+//!   the same thread, after the bytes reached (or before they left) the user buffer these
+//!   tracepoints name; so the probes find the buffer by thread id and copy only what they
+//!   need (16 bytes to detect the protocol, then 9-byte HTTP/2 frame headers). Optional, and
+//!   skipped with `--no-sessions`: without them sessions are reported as unknown.
 //!
 //! Everything attached here is owned by [`Probes`]; dropping it detaches all of it, also on
 //! error paths, so the daemon never leaves a program attached behind it.
@@ -29,7 +35,7 @@ use tokio::io::unix::AsyncFd;
 use tracker_common::{
     CONFIG_MAP, Config, ConnTrack, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP,
     PROG_INET_SOCK_SET_STATE, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT,
-    TRACKED_MAP, inet_sock_set_state, sock_length,
+    TRACKED_MAP, inet_sock_set_state, sock_length, syscall_args,
 };
 
 use crate::tracefs::{Tracefs, check_format};
@@ -41,19 +47,49 @@ struct TracepointCandidate {
     fields: &'static [(&'static str, usize, usize)],
 }
 
+/// Which figures a hook feeds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HookGroup {
+    /// Connections: without these the daemon cannot work.
+    Lifecycle,
+    /// Busy time.
+    Turns,
+    /// Session detection from payload.
+    Payload,
+}
+
 /// One purpose, served by one program, attached to the first usable candidate.
 struct Hook {
+    group: HookGroup,
     purpose: &'static str,
     program: &'static str,
     candidates: &'static [TracepointCandidate],
-    /// Without it the daemon cannot work at all (otherwise: a warning, and the figures it
-    /// feeds are reported as 0).
-    required: bool,
+}
+
+/// A `syscalls:sys_enter_<name>` hook remembering the user buffer (argument `buf` at
+/// [`syscall_args::BUF`], its size or count `count` at [`syscall_args::COUNT`]).
+macro_rules! buffer_hook {
+    ($name:literal, $buf:literal, $count:literal) => {
+        Hook {
+            group: HookGroup::Payload,
+            purpose: concat!("payload buffers of ", $name, "()"),
+            program: concat!("sys_enter_", $name),
+            candidates: &[TracepointCandidate {
+                category: "syscalls",
+                name: concat!("sys_enter_", $name),
+                fields: &[
+                    ($buf, syscall_args::BUF, 8),
+                    ($count, syscall_args::COUNT, 8),
+                ],
+            }],
+        }
+    };
 }
 
 /// The hook table (see the module documentation for why each entry is what it is).
 const HOOKS: &[Hook] = &[
     Hook {
+        group: HookGroup::Lifecycle,
         purpose: "TCP connection lifecycle",
         program: PROG_INET_SOCK_SET_STATE,
         candidates: &[TracepointCandidate {
@@ -61,9 +97,9 @@ const HOOKS: &[Hook] = &[
             name: "inet_sock_set_state",
             fields: &inet_sock_set_state::FIELDS,
         }],
-        required: true,
     },
     Hook {
+        group: HookGroup::Turns,
         purpose: "turn starts (busy time)",
         program: PROG_SOCK_RECV_LENGTH,
         candidates: &[TracepointCandidate {
@@ -71,9 +107,9 @@ const HOOKS: &[Hook] = &[
             name: "sock_recv_length",
             fields: &sock_length::FIELDS,
         }],
-        required: false,
     },
     Hook {
+        group: HookGroup::Turns,
         purpose: "turn ends (busy time)",
         program: PROG_SOCK_SEND_LENGTH,
         candidates: &[TracepointCandidate {
@@ -81,8 +117,15 @@ const HOOKS: &[Hook] = &[
             name: "sock_send_length",
             fields: &sock_length::FIELDS,
         }],
-        required: false,
     },
+    buffer_hook!("read", "buf", "count"),
+    buffer_hook!("recvfrom", "ubuf", "size"),
+    buffer_hook!("readv", "vec", "vlen"),
+    buffer_hook!("recvmsg", "msg", "flags"),
+    buffer_hook!("write", "buf", "count"),
+    buffer_hook!("sendto", "buff", "len"),
+    buffer_hook!("writev", "vec", "vlen"),
+    buffer_hook!("sendmsg", "msg", "flags"),
 ];
 
 /// Settings applied before the programs are attached.
@@ -93,6 +136,8 @@ pub struct ProbeOptions {
     /// Ring buffer size in bytes (None: the compiled-in default). A power of two multiple of
     /// the page size.
     pub ring_bytes: Option<u32>,
+    /// Read payload to count sessions (attaches the `sys_enter_*` hooks).
+    pub sessions: bool,
 }
 
 /// Loss counters summed over CPUs, since load.
@@ -140,12 +185,18 @@ pub fn load_and_attach(
 
     let mut attached = Vec::new();
     for hook in HOOKS {
-        match attach_hook(&mut ebpf, tracefs, hook) {
-            Ok(point) => attached.push(point),
-            Err(error) if !hook.required => {
-                log::warn!("{error:#}; {} is reported as 0", hook.purpose);
+        if hook.group == HookGroup::Payload && !options.sessions {
+            continue;
+        }
+        match (attach_hook(&mut ebpf, tracefs, hook), hook.group) {
+            (Ok(point), _) => attached.push(point),
+            (Err(error), HookGroup::Lifecycle) => return Err(error),
+            (Err(error), HookGroup::Turns) => {
+                log::warn!("{error:#}: busy time is reported as 0");
             }
-            Err(error) => return Err(error),
+            (Err(error), HookGroup::Payload) => {
+                log::warn!("{error:#}: sessions through this call are not seen");
+            }
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Options {
     /// Reset peaks and totals at each report (the original's `Report(true)`).
     pub reset: bool,
     pub ring_bytes: Option<u32>,
+    /// Count sessions from payload.
+    pub sessions: bool,
 }
 
 /// Runs until `shutdown` resolves or `options.duration` elapses, then prints a final report.
@@ -40,6 +42,7 @@ pub async fn run(
     let probe_options = ProbeOptions {
         ports: options.ports.clone(),
         ring_bytes: options.ring_bytes,
+        sessions: options.sessions,
     };
     let (probes, mut ring) = bpf::load_and_attach(&tracefs, &probe_options)?;
 

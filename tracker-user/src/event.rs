@@ -2,7 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracker_common::{AF_INET, AF_INET6, EventKind, SockEvent};
+use tracker_common::proto::{FrameHeader, Protocol};
+use tracker_common::{AF_INET, AF_INET6, DIRECTION_IN, EventKind, SockEvent};
 
 use crate::model::Nanos;
 
@@ -44,6 +45,16 @@ pub enum Event {
         at: Nanos,
         previous_end: Option<Nanos>,
     },
+    /// The connection's protocol, from the first bytes the client sent.
+    Protocol { sock: SockId, protocol: Protocol },
+    /// An HTTP/2 frame that opens or ends streams; `inbound`: sent by the client.
+    H2Frame {
+        sock: SockId,
+        frame: FrameHeader,
+        inbound: bool,
+    },
+    /// The kernel lost its place in the connection's HTTP/2 frames.
+    WalkLost { sock: SockId },
 }
 
 /// Why a record could not be decoded.
@@ -74,7 +85,7 @@ impl Event {
         let kind = EventKind::try_from(raw.kind).map_err(DecodeError::Kind)?;
         let sock = raw.skaddr;
         let at = raw.timestamp_ns;
-        let aux = (raw.aux_ns != 0).then_some(raw.aux_ns);
+        let aux = (raw.aux != 0).then_some(raw.aux);
         let local = || socket_addr(raw.family, raw.local_addr, raw.local_port);
         let remote = || socket_addr(raw.family, raw.remote_addr, raw.remote_port);
         Ok(match kind {
@@ -107,6 +118,26 @@ impl Event {
                 at,
                 previous_end: aux,
             },
+            EventKind::Protocol => Self::Protocol {
+                sock,
+                // A value from a newer kernel side: no sessions we could interpret.
+                protocol: Protocol::try_from(raw.detail).unwrap_or(Protocol::Other),
+            },
+            EventKind::H2Frame => {
+                let [kind, flags, direction, _] = raw.detail.to_le_bytes();
+                Self::H2Frame {
+                    sock,
+                    frame: FrameHeader {
+                        // Only the header fields that decide streams are carried.
+                        length: 0,
+                        kind,
+                        flags,
+                        stream_id: raw.aux as u32,
+                    },
+                    inbound: u32::from(direction) == DIRECTION_IN,
+                }
+            }
+            EventKind::WalkLost => Self::WalkLost { sock },
         })
     }
 }
@@ -152,7 +183,7 @@ mod tests {
             local_addr,
             remote_addr,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
-            aux_ns: 0,
+            aux: 0,
             detail: 0,
             _pad2: 0,
         }
@@ -200,7 +231,7 @@ mod tests {
     #[test]
     fn decodes_turns_without_addresses() {
         let mut turn = raw(EventKind::Turn as u32, 0);
-        turn.aux_ns = 500;
+        turn.aux = 500;
         assert_eq!(
             Event::from_raw(&turn),
             Ok(Event::Turn {
@@ -209,11 +240,48 @@ mod tests {
                 previous_end: Some(500),
             })
         );
-        turn.aux_ns = 0;
+        turn.aux = 0;
         assert!(matches!(
             Event::from_raw(&turn),
             Ok(Event::Turn {
                 previous_end: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn decodes_http2_frames_and_protocols() {
+        let mut frame = raw(EventKind::H2Frame as u32, 0);
+        frame.detail = 0x01 | 0x01 << 8 | 1 << 16;
+        frame.aux = 7;
+        assert_eq!(
+            Event::from_raw(&frame),
+            Ok(Event::H2Frame {
+                sock: 0xffff_8880_0000_1000,
+                frame: FrameHeader {
+                    length: 0,
+                    kind: 1,
+                    flags: 1,
+                    stream_id: 7
+                },
+                inbound: false,
+            })
+        );
+        let mut protocol = raw(EventKind::Protocol as u32, 0);
+        protocol.detail = Protocol::Http2 as u32;
+        assert!(matches!(
+            Event::from_raw(&protocol),
+            Ok(Event::Protocol {
+                protocol: Protocol::Http2,
+                ..
+            })
+        ));
+        protocol.detail = 99;
+        assert!(matches!(
+            Event::from_raw(&protocol),
+            Ok(Event::Protocol {
+                protocol: Protocol::Other,
                 ..
             })
         ));

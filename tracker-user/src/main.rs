@@ -37,6 +37,11 @@ struct Cli {
     #[arg(long)]
     no_reset: bool,
 
+    /// Do not read payload: no protocol detection or session counts (sess=0, JSON
+    /// sessions_unknown counts every connection), and no per-syscall hooks.
+    #[arg(long)]
+    no_sessions: bool,
+
     /// Ring buffer size in bytes: a power of two, at least the page size. Small values force
     /// event loss (for tests).
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
         duration: cli.duration,
         reset: !cli.no_reset,
         ring_bytes: cli.ring_bytes,
+        sessions: !cli.no_sessions,
     };
     match run(options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::event::{Event, SockId};
+use tracker_common::proto::Protocol;
+
 use crate::model::{ConnState, ErrorKind, Nanos, Snapshot, Tracker};
+use crate::sessions::{self, Sessions};
 
 /// A process that owns (listens on) a listener.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,6 +52,9 @@ pub struct ListenerReport {
     pub owners: Vec<Owner>,
     /// The listener has closed; this is its last report once its connections are gone.
     pub gone: bool,
+    /// Connections of the interval whose sessions cannot be counted (TLS, not HTTP, or the
+    /// frame walk was lost): open now, or closed during the interval.
+    pub sessions_unknown: u64,
 }
 
 #[derive(Debug)]
@@ -59,6 +65,10 @@ struct Listener {
     /// Listening sockets found by a table scan, whose kernel address is not known.
     scanned_sockets: u32,
     owners: BTreeSet<Owner>,
+    /// Open connections whose sessions are unknown.
+    unknown_open: u64,
+    /// Connections with unknown sessions closed since the last reset.
+    unknown_closed: u64,
 }
 
 impl Listener {
@@ -68,6 +78,8 @@ impl Listener {
             sockets: HashSet::new(),
             scanned_sockets: 0,
             owners: BTreeSet::new(),
+            unknown_open: 0,
+            unknown_closed: 0,
         }
     }
 
@@ -76,8 +88,9 @@ impl Listener {
     }
 }
 
-/// Where a tracked connection is accounted, and its turn state as the tracker last saw it.
-#[derive(Debug, Clone, Copy)]
+/// Where a tracked connection is accounted, and its turn and session state as the tracker
+/// last saw it.
+#[derive(Debug, Clone)]
 struct ConnRef {
     listener: SocketAddr,
     remote: SocketAddr,
@@ -86,13 +99,20 @@ struct ConnRef {
     /// Marked Idle at this time at a report, because the server had answered and no new
     /// payload had come yet; the kernel has not closed the turn, and may still extend it.
     provisional_idle: Option<Nanos>,
+    /// Sessions (requests, streams) by protocol.
+    sessions: Sessions,
+    /// The protocol is known to give no session accounting (TLS, not HTTP, or the frame
+    /// walk was lost).
+    sessions_unknown: bool,
 }
 
 impl ConnRef {
-    /// Ends the current turn at `end` in `tracker`. If a report already ended it
-    /// provisionally earlier and the server kept sending after that, the busy time from the
-    /// provisional end to the real one is added back (to the current interval).
+    /// Ends the current turn at `end` in `tracker`, with its HTTP/1 request. If a report
+    /// already ended it provisionally earlier and the server kept sending after that, the busy
+    /// time from the provisional end to the real one is added back (to the current interval).
     fn end_turn(&mut self, tracker: &mut Tracker<SocketAddr>, end: Nanos) {
+        let ended = self.sessions.turn_ended();
+        sessions::apply(tracker, &self.remote, (0, ended));
         match self.provisional_idle.take() {
             Some(provisional) if end > provisional => {
                 tracker.conn_state(self.remote, provisional, ConnState::Active);
@@ -265,6 +285,8 @@ impl Observer {
                         remote,
                         busy: false,
                         provisional_idle: None,
+                        sessions: Sessions::Unknown,
+                        sessions_unknown: false,
                     },
                 );
             }
@@ -278,10 +300,17 @@ impl Observer {
                 let conn = self.conns.remove(&sock);
                 let (listener_addr, remote) = match conn {
                     Some(mut conn) => {
-                        if let (Some(end), Some(listener)) =
-                            (turn_end, self.listeners.get_mut(&conn.listener))
-                        {
-                            conn.end_turn(&mut listener.tracker, end);
+                        if let Some(listener) = self.listeners.get_mut(&conn.listener) {
+                            if let Some(end) = turn_end {
+                                conn.end_turn(&mut listener.tracker, end);
+                            }
+                            // Streams end with their connection.
+                            let ended = conn.sessions.close_all();
+                            sessions::apply(&mut listener.tracker, &conn.remote, (0, ended));
+                            if conn.sessions_unknown {
+                                listener.unknown_open = listener.unknown_open.saturating_sub(1);
+                                listener.unknown_closed += 1;
+                            }
                         }
                         (conn.listener, conn.remote)
                     }
@@ -319,9 +348,55 @@ impl Observer {
                     .tracker
                     .conn_state(conn.remote, at, ConnState::Active);
                 conn.busy = true;
+                let started = conn.sessions.turn_started();
+                sessions::apply(&mut listener.tracker, &conn.remote, (started, 0));
+            }
+            Event::Protocol { sock, protocol } => {
+                if let Some((conn, listener)) = self.conn_and_listener(sock) {
+                    conn.sessions = Sessions::new(protocol, true);
+                    let unknown = matches!(protocol, Protocol::Tls | Protocol::Other);
+                    if unknown && !conn.sessions_unknown {
+                        listener.unknown_open += 1;
+                    }
+                    conn.sessions_unknown = unknown;
+                }
+            }
+            Event::H2Frame {
+                sock,
+                ref frame,
+                inbound,
+            } => {
+                if let Some((conn, listener)) = self.conn_and_listener(sock) {
+                    let change = if inbound {
+                        conn.sessions.client_frame(frame)
+                    } else {
+                        conn.sessions.server_frame(frame)
+                    };
+                    sessions::apply(&mut listener.tracker, &conn.remote, change);
+                }
+            }
+            Event::WalkLost { sock } => {
+                if let Some((conn, listener)) = self.conn_and_listener(sock) {
+                    // What is open can no longer be followed: end it now rather than count it
+                    // lost at close, and count nothing more on this connection.
+                    let ended = conn.sessions.close_all();
+                    sessions::apply(&mut listener.tracker, &conn.remote, (0, ended));
+                    conn.sessions = Sessions::Unknown;
+                    if !conn.sessions_unknown {
+                        conn.sessions_unknown = true;
+                        listener.unknown_open += 1;
+                    }
+                }
             }
         }
         Applied::Done
+    }
+
+    /// A tracked connection and its listener, by socket.
+    fn conn_and_listener(&mut self, sock: SockId) -> Option<(&mut ConnRef, &mut Listener)> {
+        let conn = self.conns.get_mut(&sock)?;
+        let listener = self.listeners.get_mut(&conn.listener)?;
+        Some((conn, listener))
     }
 
     /// Connections in a turn that a report has not provisionally ended: the daemon asks the
@@ -345,6 +420,9 @@ impl Observer {
             return;
         };
         if conn.busy {
+            // The response has been sent: the HTTP/1 request is complete.
+            let ended = conn.sessions.turn_ended();
+            sessions::apply(&mut listener.tracker, &conn.remote, (0, ended));
             listener
                 .tracker
                 .conn_state(conn.remote, last_send, ConnState::Idle);
@@ -376,11 +454,18 @@ impl Observer {
         let reports = self
             .listeners
             .iter_mut()
-            .map(|(&listener, state)| ListenerReport {
-                listener,
-                snapshot: state.tracker.snapshot(now, reset),
-                owners: state.owners.iter().cloned().collect(),
-                gone: !state.is_listening(),
+            .map(|(&listener, state)| {
+                let sessions_unknown = state.unknown_open + state.unknown_closed;
+                if reset {
+                    state.unknown_closed = 0;
+                }
+                ListenerReport {
+                    listener,
+                    snapshot: state.tracker.snapshot(now, reset),
+                    owners: state.owners.iter().cloned().collect(),
+                    gone: !state.is_listening(),
+                    sessions_unknown,
+                }
             })
             .collect();
         self.listeners

@@ -51,6 +51,7 @@ struct JsonReport<'a> {
     peak_sessions: usize,
     busy: usize,
     busy_peak: usize,
+    sessions_unknown: u64,
     errs: u64,
     errors: serde_json::Map<String, serde_json::Value>,
     conn_for_s: f64,
@@ -91,6 +92,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         peak_sessions: snapshot.peak_sessions,
         busy: snapshot.busy,
         busy_peak: snapshot.busy_peak,
+        sessions_unknown: report.sessions_unknown,
         errs: snapshot.errors.total(),
         errors,
         conn_for_s: snapshot.conn_for_secs(),
@@ -136,6 +138,7 @@ mod tests {
                 comm: "nginx".into(),
             }],
             gone: false,
+            sessions_unknown: 0,
         }
     }
 

@@ -149,7 +149,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         local_addr,
         remote_addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        aux_ns: turn_end_ns,
+        aux: turn_end_ns,
         detail: 0,
         _pad2: 0,
     });

@@ -4,3 +4,4 @@
 pub mod inet_sock_set_state;
 pub mod sock_recv_length;
 pub mod sock_send_length;
+pub mod syscall_buffers;

@@ -17,9 +17,12 @@
 //! ```
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracker_common::{EventKind, MSG_PEEK, sock_length as field};
+use tracker_common::{
+    DIRECTION_IN, EventKind, MSG_PEEK, UserBuf, proto::Protocol, sock_length as field,
+};
 
 use crate::maps::{TRACKED, emit_for_socket};
+use crate::payload::{detect_protocol, take_user_buf, walk_frames};
 
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
@@ -40,19 +43,40 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
     // and at worst split a turn in two.
     let track = unsafe { &mut *track };
-    let previous_turn_end = if track.in_turn == 0 {
-        0
-    } else if track.last_send_ns != 0 {
-        // The server answered since the turn began: this payload starts the next turn.
-        track.last_send_ns
-    } else {
-        // More of the same request: still one turn.
-        return Ok(0);
-    };
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    track.in_turn = 1;
-    track.last_send_ns = 0;
-    emit_for_socket(EventKind::Turn as u32, skaddr, now, previous_turn_end, 0);
+    let bytes = bytes as u32;
+
+    // The payload is looked at only to decide the protocol, and then for HTTP/2 frames.
+    let undecided = track.protocol == Protocol::Undetermined as u32;
+    let http2 = track.protocol == Protocol::Http2 as u32;
+    let buf = if undecided || http2 {
+        take_user_buf(DIRECTION_IN)
+    } else {
+        UserBuf::default()
+    };
+    if undecided {
+        // Before the turn starts, so the daemon knows what a turn means for this connection.
+        detect_protocol(track, skaddr, &buf, bytes, now);
+    }
+
+    let turn_starts = if track.in_turn == 0 {
+        Some(0)
+    } else if track.last_send_ns != 0 {
+        // The server answered since the turn began: this payload starts the next turn.
+        Some(track.last_send_ns)
+    } else {
+        // More of the same request: still one turn.
+        None
+    };
+    if let Some(previous_turn_end) = turn_starts {
+        track.in_turn = 1;
+        track.last_send_ns = 0;
+        emit_for_socket(EventKind::Turn as u32, skaddr, now, previous_turn_end, 0);
+    }
+
+    if track.protocol == Protocol::Http2 as u32 {
+        walk_frames(&mut track.walk_in, skaddr, DIRECTION_IN, &buf, bytes, now);
+    }
     Ok(0)
 }

@@ -3,12 +3,14 @@
 //! Why this hook: the send-side twin of `sock_recv_length` (same format, see there), fired in
 //! `sock_sendmsg` for every write path including sendfile/splice. A send inside a turn only
 //! records its time in the connection's map entry: the turn's end is the last send before the
-//! next inbound payload, known only when that payload (or the close) arrives. No event here.
+//! next inbound payload, known only when that payload (or the close) arrives, so no event
+//! here for it. On HTTP/2 connections the frames sent are walked (see `payload`).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracker_common::sock_length as field;
+use tracker_common::{DIRECTION_OUT, proto::Protocol, sock_length as field};
 
 use crate::maps::TRACKED;
+use crate::payload::{take_user_buf, walk_frames};
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -27,10 +29,22 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: a live map value of this connection.
     let track = unsafe { &mut *track };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     // Sends outside a turn (a greeting before any request) are not busy time.
     if track.in_turn != 0 {
-        // SAFETY: a plain helper call.
-        track.last_send_ns = unsafe { bpf_ktime_get_ns() };
+        track.last_send_ns = now;
+    }
+    if track.protocol == Protocol::Http2 as u32 {
+        let buf = take_user_buf(DIRECTION_OUT);
+        walk_frames(
+            &mut track.walk_out,
+            skaddr,
+            DIRECTION_OUT,
+            &buf,
+            bytes as u32,
+            now,
+        );
     }
     Ok(0)
 }
