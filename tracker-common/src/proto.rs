@@ -779,7 +779,51 @@ mod tests {
             })
     }
 
+    /// Walks `data` the way the eBPF program does: one system call split into segments
+    /// (iovecs), driven by [`H2Walk::step`] from a single loop, with no per-chunk frame budget.
+    fn walk_segments(mut walk: H2Walk, data: &[u8], sizes: &[usize]) -> Vec<FrameHeader> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        let mut segments: Vec<&[u8]> = Vec::new();
+        for &size in sizes {
+            let (segment, tail) = rest.split_at(size.min(rest.len()));
+            segments.push(segment);
+            rest = tail;
+        }
+        segments.push(rest);
+        for segment in segments {
+            let mut at = 0usize;
+            while at < segment.len() {
+                let step = walk
+                    .step(
+                        (segment.len() - at) as u32,
+                        |dst| {
+                            dst.copy_from_slice(&segment[at..at + 9]);
+                            true
+                        },
+                        || Some(segment[at]),
+                    )
+                    .expect("a well-formed stream never desyncs");
+                assert!(step.consumed > 0, "a step must make progress");
+                at += step.consumed as usize;
+                out.extend(step.frame);
+            }
+        }
+        out
+    }
+
     proptest! {
+        #[test]
+        fn stepping_through_segments_yields_every_frame(
+            frames in proptest::collection::vec(arb_frame(), 0..40),
+            inbound in any::<bool>(),
+            sizes in proptest::collection::vec(prop_oneof![Just(1usize), 0usize..20, 0usize..400], 0..64),
+        ) {
+            let data = build(&frames, inbound);
+            let start = if inbound { H2Walk::inbound() } else { H2Walk::outbound() };
+            prop_assert_eq!(walk_segments(start, &data, &sizes), frames);
+        }
+
         #[test]
         fn random_streams_survive_any_chunking(
             frames in proptest::collection::vec(arb_frame(), 0..40),

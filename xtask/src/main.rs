@@ -117,6 +117,38 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// Debian packages the integration tests drive: (command they provide, package).
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx-light"),
+    ("h2load", "nghttp2-client"),
+    ("wrk", "wrk"),
+    ("curl", "curl"),
+];
+
+/// Installs the servers and load generators the tests use, when any is missing.
+fn ensure_test_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(command, _)| which::which(command).is_err())
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} for the tests", missing.join(" "));
+    run_step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    run_step(
+        "installing the test packages",
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
@@ -125,6 +157,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         );
     }
     toolchain::ensure_ebpf_toolchain()?;
+    ensure_test_packages()?;
     // Unit tests of every crate, then the integration tests, which attach real programs and
     // drive real traffic: one thread, so that the daemons they start never watch each other's
     // ports at the same moment and timing tolerances hold on a 2-core machine.

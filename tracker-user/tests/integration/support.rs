@@ -248,3 +248,128 @@ pub fn max(reports: &[Value], field: &str) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// A real nginx (Debian's nginx-light, installed by `cargo xtask test`) on loopback, with one
+/// master and one worker, stopped when dropped.
+pub struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with the `server { ... }` blocks in `servers` and waits until every port in
+    /// `ports` accepts connections.
+    pub fn start(servers: &str, ports: &[u16]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tracker-nginx-{}-{}",
+            std::process::id(),
+            ports.first().copied().unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the nginx directory");
+        let config = format!(
+            "user root;
+worker_processes 1;
+daemon off;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 100000;
+  http2_max_concurrent_streams 256;
+  {servers}
+}}
+",
+            dir = dir.display()
+        );
+        let config_path = dir.join("nginx.conf");
+        std::fs::write(&config_path, config).expect("writing nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nginx (is nginx-light installed? `cargo xtask test` installs it)");
+        let mut nginx = Self { child, dir };
+        for &port in ports {
+            nginx.wait_for_port(port);
+        }
+        nginx
+    }
+
+    fn wait_for_port(&mut self, port: u16) {
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}) before listening on {port}:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        signal(&self.child, libc::SIGTERM);
+        wait_with_deadline(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a load generator or client to completion and returns its stdout; fails the test with
+/// its output if it fails.
+pub fn run_client(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("running {program} (installed by `cargo xtask test`?): {error}")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// An HTTP/1.1 backend that holds every response for `delay` (one thread per connection,
+/// one request per connection), so that requests proxied through it overlap. Runs until the
+/// process exits.
+pub fn slow_backend(delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the backend");
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                thread::sleep(delay);
+                let _ = std::io::Write::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                );
+            });
+        }
+    });
+    port
+}

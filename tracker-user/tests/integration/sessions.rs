@@ -1,0 +1,170 @@
+//! Busy time and sessions against unmodified servers: Debian's nginx-light driven by h2load
+//! (HTTP/2 cleartext, prior knowledge), wrk and curl (HTTP/1.1).
+
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::support::{Daemon, Nginx, free_port, max, run_client, slow_backend, sum};
+
+const INTERVAL: &str = "0.5";
+
+fn assert_clean(reports: &[serde_json::Value]) {
+    for report in reports {
+        assert_eq!(report["errs"], 0, "unexpected errors: {report}");
+        assert_eq!(report["lost_events"], 0, "events lost: {report}");
+        assert_eq!(report["sessions_unknown"], 0, "sessions unknown: {report}");
+    }
+}
+
+/// Reports for `listener` until `connections` have closed and nothing is open.
+fn reports_until_closed(
+    daemon: &mut Daemon,
+    listener: &str,
+    connections: u64,
+) -> Vec<serde_json::Value> {
+    let closed = std::cell::Cell::new(0);
+    daemon.reports_until(listener, |report| {
+        closed.set(closed.get() + report["closed"].as_u64().unwrap());
+        closed.get() >= connections && report["curr"] == 0
+    })
+}
+
+#[test]
+fn h2load_streams_through_nginx_h2c_give_peak_sessions_per_connection() {
+    const CONNECTIONS: u64 = 2;
+    const STREAMS: u64 = 10;
+    // Each response is held 300 ms by the backend, so the streams of a connection overlap.
+    let backend = slow_backend(Duration::from_millis(300));
+    let port = free_port("127.0.0.1");
+    let _nginx = Nginx::start(
+        &format!(
+            "server {{ listen 127.0.0.1:{port} http2;
+                location / {{ proxy_pass http://127.0.0.1:{backend}; }} }}"
+        ),
+        &[port],
+    );
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port.to_string()]);
+
+    let requests = (CONNECTIONS * STREAMS * 2).to_string();
+    let output = run_client(
+        "h2load",
+        &[
+            "-n",
+            &requests,
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-m",
+            &STREAMS.to_string(),
+            &format!("http://127.0.0.1:{port}/slow"),
+        ],
+    );
+    assert!(
+        output.contains(&format!("{requests} succeeded")),
+        "{output}"
+    );
+
+    let reports = reports_until_closed(&mut daemon, &format!("127.0.0.1:{port}"), CONNECTIONS);
+    assert_eq!(sum(&reports, "opened"), CONNECTIONS as f64, "{reports:#?}");
+    assert_eq!(max(&reports, "peak"), CONNECTIONS, "{reports:#?}");
+    assert_eq!(max(&reports, "peak_sessions"), STREAMS, "{reports:#?}");
+    assert_eq!(max(&reports, "busy_peak"), CONNECTIONS, "{reports:#?}");
+    // Each connection is busy for two rounds of 300 ms (20 requests, 10 at a time), plus the
+    // few milliseconds of its set-up turn.
+    let expected = CONNECTIONS as f64 * 2.0 * 0.3;
+    let busy = sum(&reports, "active_for_s");
+    assert!(
+        busy >= expected * 0.95 && busy <= expected * 1.05 + 0.1,
+        "activeFor {busy}, expected {expected}: {reports:#?}"
+    );
+    assert_clean(&reports);
+}
+
+#[test]
+fn many_fast_http2_streams_are_balanced() {
+    let port = free_port("127.0.0.1");
+    let _nginx = Nginx::start(
+        &format!(
+            "server {{ listen 127.0.0.1:{port} http2; location / {{ return 200 \"hi\\n\"; }} }}"
+        ),
+        &[port],
+    );
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port.to_string()]);
+    let output = run_client(
+        "h2load",
+        &[
+            "-n",
+            "4000",
+            "-c",
+            "4",
+            "-m",
+            "20",
+            &format!("http://127.0.0.1:{port}/"),
+        ],
+    );
+    assert!(output.contains("4000 succeeded"), "{output}");
+    let reports = reports_until_closed(&mut daemon, &format!("127.0.0.1:{port}"), 4);
+    assert_eq!(sum(&reports, "opened"), 4.0, "{reports:#?}");
+    let peak_sessions = max(&reports, "peak_sessions");
+    assert!((1..=20).contains(&peak_sessions), "{reports:#?}");
+    // Every stream that opened also ended: no conns_lost or negative_concurrency errors.
+    assert_clean(&reports);
+}
+
+#[test]
+fn http1_requests_from_wrk_and_curl_are_one_session_at_a_time() {
+    let port = free_port("127.0.0.1");
+    let _nginx = Nginx::start(
+        &format!("server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hi\\n\"; }} }}"),
+        &[port],
+    );
+    let listener = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port.to_string()]);
+
+    // curl: three requests over one keep-alive connection.
+    let url = format!("http://127.0.0.1:{port}/");
+    let body = run_client("curl", &["-s", &url, &url, &url]);
+    assert_eq!(body, "hi\nhi\nhi\n");
+    let reports = reports_until_closed(&mut daemon, &listener, 1);
+    assert_eq!(sum(&reports, "opened"), 1.0, "{reports:#?}");
+    assert_eq!(max(&reports, "peak_sessions"), 1, "{reports:#?}");
+    assert_clean(&reports);
+
+    // wrk: four keep-alive connections for a second (wrk also opens one short connection of
+    // its own first, to check the target).
+    let output = run_client("wrk", &["-t", "2", "-c", "4", "-d", "1s", &url]);
+    assert!(output.contains("requests in"), "{output}");
+    let reports = reports_until_closed(&mut daemon, &listener, 4);
+    let opened = sum(&reports, "opened");
+    assert!(opened == 4.0 || opened == 5.0, "{reports:#?}");
+    assert_eq!(sum(&reports, "closed"), opened, "{reports:#?}");
+    assert!(max(&reports, "peak") >= 4, "{reports:#?}");
+    assert_eq!(max(&reports, "peak_sessions"), 1, "{reports:#?}");
+    assert!(sum(&reports, "active_for_s") > 0.0, "{reports:#?}");
+    assert_clean(&reports);
+}
+
+#[test]
+fn tls_and_unknown_protocols_report_unknown_sessions() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &addr.port().to_string()]);
+
+    // A TLS ClientHello record header, and a protocol that is not HTTP.
+    let mut clients = Vec::new();
+    for first_bytes in [
+        &b"\x16\x03\x01\x00\x05hello"[..],
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+    ] {
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(first_bytes).unwrap();
+        let mut received = vec![0u8; first_bytes.len()];
+        std::io::Read::read_exact(&mut server, &mut received).unwrap();
+        clients.push((client, server));
+    }
+    let reports = daemon.reports_until(&addr.to_string(), |report| report["sessions_unknown"] == 2);
+    assert_eq!(max(&reports, "peak_sessions"), 0);
+    assert_eq!(reports.last().unwrap()["errs"], 0);
+    drop(clients);
+}
