@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -13,7 +12,7 @@ use crate::bpf::{self, EventRing, LossCounters, ProbeOptions, Probes};
 use crate::event::Event;
 use crate::model::Nanos;
 use crate::observer::{Applied, Observer};
-use crate::output::{Format, IntervalTotals, render};
+use crate::output::{Flow, Format, IntervalTotals, ReportBatch, ReportSink};
 use crate::procfs;
 use crate::tracefs::Tracefs;
 
@@ -36,7 +35,7 @@ pub struct Options {
 pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
-    out: &mut impl Write,
+    sink: &mut dyn ReportSink,
 ) -> anyhow::Result<()> {
     let tracefs = Tracefs::find_or_mount()?;
     let probe_options = ProbeOptions {
@@ -83,7 +82,7 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = ticker.tick() => {
-                if !state.report(&mut ring, &options, out)? {
+                if state.report(&mut ring, &options, sink)? == Flow::Stop {
                     return Ok(());
                 }
             }
@@ -91,7 +90,7 @@ pub async fn run(
             () = &mut deadline => break,
         }
     }
-    state.report(&mut ring, &options, out)?;
+    state.report(&mut ring, &options, sink)?;
     Ok(())
 }
 
@@ -142,14 +141,13 @@ impl State {
         Ok(())
     }
 
-    /// Prints one report. Returns false when the output is gone (a closed pipe): the daemon
-    /// then stops quietly, as command-line tools do.
+    /// Makes one report and hands it to the sink.
     fn report(
         &mut self,
         ring: &mut EventRing,
         options: &Options,
-        out: &mut impl Write,
-    ) -> anyhow::Result<bool> {
+        sink: &mut dyn ReportSink,
+    ) -> anyhow::Result<Flow> {
         // Everything the kernel sent before this instant belongs in this report.
         self.drain(ring.get_mut());
         let now = monotonic_now();
@@ -188,15 +186,11 @@ impl State {
             self.last_report = now;
         }
         let reports = self.observer.report(now, options.reset);
-        let written = reports
-            .iter()
-            .try_for_each(|report| writeln!(out, "{}", render(options.format, report, &totals)))
-            .and_then(|()| out.flush());
-        match written {
-            Ok(()) => Ok(true),
-            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(false),
-            Err(error) => Err(error).context("writing the report"),
-        }
+        sink.publish(&ReportBatch {
+            reports: &reports,
+            totals,
+            per_interval: options.reset,
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::daemon::{self, Options};
-use tracker::output::Format;
+use tracker::output::{Format, LineWriter};
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
 ///
@@ -132,6 +132,7 @@ fn run(options: Options) -> anyhow::Result<()> {
                 _ = terminate.recv() => {}
             }
         };
-        daemon::run(options, shutdown, &mut std::io::stdout().lock()).await
+        let mut sink = LineWriter::new(std::io::stdout().lock(), options.format);
+        daemon::run(options, shutdown, &mut sink).await
     })
 }

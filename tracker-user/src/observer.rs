@@ -55,6 +55,17 @@ pub struct ListenerReport {
     /// Connections of the interval whose sessions cannot be counted (TLS, not HTTP, or the
     /// frame walk was lost): open now, or closed during the interval.
     pub sessions_unknown: u64,
+    /// Every connection that closed since the previous report (for distributions such as
+    /// Prometheus histograms), whether or not reports reset.
+    pub closed_connections: Vec<ClosedConnection>,
+}
+
+/// A connection that closed: how long it lived and its most concurrent sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedConnection {
+    pub lifetime_ns: Nanos,
+    /// Most sessions open at once over its whole life (0 when unknown or none).
+    pub peak_sessions: u32,
 }
 
 #[derive(Debug)]
@@ -69,6 +80,8 @@ struct Listener {
     unknown_open: u64,
     /// Connections with unknown sessions closed since the last reset.
     unknown_closed: u64,
+    /// Connections closed since the last report.
+    closed_log: Vec<ClosedConnection>,
 }
 
 impl Listener {
@@ -80,6 +93,7 @@ impl Listener {
             owners: BTreeSet::new(),
             unknown_open: 0,
             unknown_closed: 0,
+            closed_log: Vec::new(),
         }
     }
 
@@ -104,9 +118,16 @@ struct ConnRef {
     /// The protocol is known to give no session accounting (TLS, not HTTP, or the frame
     /// walk was lost).
     sessions_unknown: bool,
+    /// Most sessions open at once over the connection's life.
+    peak_sessions: u32,
 }
 
 impl ConnRef {
+    fn note_peak_sessions(&mut self) {
+        let open = u32::try_from(self.sessions.open_count()).unwrap_or(u32::MAX);
+        self.peak_sessions = self.peak_sessions.max(open);
+    }
+
     /// Ends the current turn at `end` in `tracker`, with its HTTP/1 request. If a report
     /// already ended it provisionally earlier and the server kept sending after that, the busy
     /// time from the provisional end to the real one is added back (to the current interval).
@@ -287,6 +308,7 @@ impl Observer {
                         provisional_idle: None,
                         sessions: Sessions::Unknown,
                         sessions_unknown: false,
+                        peak_sessions: 0,
                     },
                 );
             }
@@ -310,6 +332,12 @@ impl Observer {
                             if conn.sessions_unknown {
                                 listener.unknown_open = listener.unknown_open.saturating_sub(1);
                                 listener.unknown_closed += 1;
+                            }
+                            if let Some(opened_at) = listener.tracker.opened_at(&conn.remote) {
+                                listener.closed_log.push(ClosedConnection {
+                                    lifetime_ns: at.saturating_sub(opened_at),
+                                    peak_sessions: conn.peak_sessions,
+                                });
                             }
                         }
                         (conn.listener, conn.remote)
@@ -350,6 +378,7 @@ impl Observer {
                 conn.busy = true;
                 let started = conn.sessions.turn_started();
                 sessions::apply(&mut listener.tracker, &conn.remote, (started, 0));
+                conn.note_peak_sessions();
             }
             Event::Protocol { sock, protocol } => {
                 if let Some((conn, listener)) = self.conn_and_listener(sock) {
@@ -373,6 +402,7 @@ impl Observer {
                         conn.sessions.server_frame(frame)
                     };
                     sessions::apply(&mut listener.tracker, &conn.remote, change);
+                    conn.note_peak_sessions();
                 }
             }
             Event::WalkLost { sock } => {
@@ -465,6 +495,7 @@ impl Observer {
                     owners: state.owners.iter().cloned().collect(),
                     gone: !state.is_listening(),
                     sessions_unknown,
+                    closed_connections: std::mem::take(&mut state.closed_log),
                 }
             })
             .collect();
@@ -812,5 +843,29 @@ mod tests {
         let _ = observer.apply(&turn(10, 6 * SECOND, Some(2 * SECOND)));
         let second = report_of(&mut observer, 7 * SECOND, "127.0.0.1:80");
         assert_eq!(second.snapshot.active_for_ns, SECOND);
+    }
+
+    #[test]
+    fn closed_connections_are_logged_once_with_lifetime_and_sessions() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
+        let _ = observer.apply(&Event::Protocol {
+            sock: 10,
+            protocol: Protocol::Http1,
+        });
+        let _ = observer.apply(&turn(10, 2 * SECOND, None));
+        let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
+        let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
+        assert_eq!(
+            report.closed_connections,
+            vec![ClosedConnection {
+                lifetime_ns: 3 * SECOND,
+                peak_sessions: 1
+            }]
+        );
+        assert_eq!(report.snapshot.errors.total(), 0);
+        let later = report_of(&mut observer, 6 * SECOND, "127.0.0.1:80");
+        assert!(later.closed_connections.is_empty());
     }
 }

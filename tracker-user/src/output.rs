@@ -1,5 +1,8 @@
-//! Report rendering: the original library's text line, or one JSON object per listener.
+//! Where reports go: a [`ReportSink`] receives every listener's report once per interval.
+//! [`LineWriter`] renders them as the original library's text line or as one JSON object per
+//! listener; other sinks (Prometheus, the live view) live in their own modules.
 
+use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use serde::Serialize;
@@ -17,6 +20,74 @@ pub enum Format {
     Text,
     /// One JSON object per listener per report, one per line.
     Json,
+}
+
+/// One report: every listener's figures for the interval just ended.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportBatch<'a> {
+    pub reports: &'a [ListenerReport],
+    pub totals: IntervalTotals,
+    /// Figures are per interval (reset after each report). False with `--no-reset`: counts
+    /// then run from start.
+    pub per_interval: bool,
+}
+
+/// What the daemon should do after a sink took a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The sink's reader is gone (a closed pipe, the live view quit): stop.
+    Stop,
+}
+
+/// A destination for reports.
+pub trait ReportSink {
+    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow>;
+}
+
+/// Several sinks fed the same reports; stops when any of them asks to.
+pub struct Tee(pub Vec<Box<dyn ReportSink>>);
+
+impl ReportSink for Tee {
+    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow> {
+        let mut flow = Flow::Continue;
+        for sink in &mut self.0 {
+            if sink.publish(batch)? == Flow::Stop {
+                flow = Flow::Stop;
+            }
+        }
+        Ok(flow)
+    }
+}
+
+/// Prints each report as lines of text or JSON.
+pub struct LineWriter<W: Write> {
+    out: W,
+    format: Format,
+}
+
+impl<W: Write> LineWriter<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self { out, format }
+    }
+}
+
+impl<W: Write> ReportSink for LineWriter<W> {
+    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow> {
+        let written = batch
+            .reports
+            .iter()
+            .try_for_each(|report| {
+                writeln!(self.out, "{}", render(self.format, report, &batch.totals))
+            })
+            .and_then(|()| self.out.flush());
+        match written {
+            Ok(()) => Ok(Flow::Continue),
+            // A closed pipe (`tracker | head`): stop quietly, as command-line tools do.
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
+            Err(error) => Err(anyhow::Error::new(error).context("writing the report")),
+        }
+    }
 }
 
 /// Figures that belong to the whole daemon rather than to one listener, for one interval.
@@ -139,6 +210,7 @@ mod tests {
             }],
             gone: false,
             sessions_unknown: 0,
+            closed_connections: Vec::new(),
         }
     }
 
