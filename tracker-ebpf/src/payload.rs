@@ -7,7 +7,11 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
 use tracker_common::{
     ConnTrack, DIRECTION_IN, EventKind, UserBuf, buf_shape,
     proto::{self, FrameHeader, H2Walk, Protocol, flag, frame},
@@ -257,6 +261,7 @@ extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
 /// Walks the HTTP/2 frames in one system call's `total` bytes.
 #[inline(always)]
 pub fn walk_frames(
+    ctx: &TracePointContext,
     walk: &mut H2Walk,
     skaddr: u64,
     direction: u32,
@@ -268,7 +273,7 @@ pub fn walk_frames(
         return;
     }
     let Some(segments) = segments(buf, total) else {
-        lose_walk(walk, skaddr, now);
+        lose_walk(ctx, walk, skaddr, now);
         return;
     };
     let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else {
@@ -302,12 +307,17 @@ pub fn walk_frames(
     };
     *walk = scratch.walk;
     if looped < 0 || scratch.lost != 0 || scratch.remaining != 0 {
-        lose_walk(walk, skaddr, now);
+        lose_walk(ctx, walk, skaddr, now);
     }
 }
 
 #[inline(always)]
-fn lose_walk(walk: &mut H2Walk, skaddr: u64, now: u64) {
+fn lose_walk(ctx: &TracePointContext, walk: &mut H2Walk, skaddr: u64, now: u64) {
     walk.desync = 1;
+    // Reaches the daemon's log (RUST_LOG=debug) through aya-log.
+    debug!(
+        ctx,
+        "HTTP/2 frame walk lost on socket {:x}: its sessions are unknown from now on", skaddr
+    );
     emit_for_socket(EventKind::WalkLost as u32, skaddr, now, 0, 0);
 }

@@ -163,16 +163,23 @@ pub struct Probes {
 /// counters.
 pub type EventRing = AsyncFd<RingBuf<MapData>>;
 
+/// Messages the eBPF programs log (aya-log), forwarded to the daemon's `log` logger when
+/// readable.
+pub type KernelLog = AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>;
+
 /// Loads the programs, applies `options`, and attaches every hook.
 pub fn load_and_attach(
     tracefs: &Tracefs,
     options: &ProbeOptions,
-) -> anyhow::Result<(Probes, EventRing)> {
+) -> anyhow::Result<(Probes, EventRing, Option<KernelLog>)> {
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
     if let Some(bytes) = options.ring_bytes {
         loader.map_max_entries(EVENTS_MAP, bytes);
     }
+    // The programs only format messages the daemon would print: the same level as RUST_LOG.
+    let kernel_log_level = log::max_level() as u8;
+    loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
     let mut ebpf = loader
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
@@ -182,6 +189,19 @@ pub fn load_and_attach(
         .context("loading the eBPF object (does this kernel support BPF ring buffers, 5.8+?)")?;
 
     configure(&mut ebpf, options)?;
+    let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+        // SAFETY: the logger owns its ring buffer's fd for as long as it lives, and the
+        // `AsyncFd` owns the logger.
+        Ok(logger) => Some(
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                .map_err(io::Error::from)
+                .context("registering the eBPF log with the event loop")?,
+        ),
+        Err(error) => {
+            log::debug!("no eBPF log: {error}");
+            None
+        }
+    };
 
     let mut attached = Vec::new();
     for hook in HOOKS {
@@ -225,6 +245,7 @@ pub fn load_and_attach(
             attached,
         },
         ring,
+        kernel_log,
     ))
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::bpf::{self, EventRing, LossCounters, ProbeOptions, Probes};
+use crate::bpf::{self, EventRing, KernelLog, LossCounters, ProbeOptions, Probes};
 use crate::event::Event;
 use crate::model::Nanos;
 use crate::observer::{Applied, Observer};
@@ -43,7 +43,7 @@ pub async fn run(
         ring_bytes: options.ring_bytes,
         sessions: options.sessions,
     };
-    let (probes, mut ring) = bpf::load_and_attach(&tracefs, &probe_options)?;
+    let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&tracefs, &probe_options)?;
 
     // Scan after attaching: a listener opened in between is then seen by both, never by neither.
     let mut state = State {
@@ -52,6 +52,7 @@ pub async fn run(
         losses: LossCounters::default(),
         decode_errors: 0,
         last_report: monotonic_now(),
+        events: 0,
     };
     state.rescan_listeners()?;
     log::info!(
@@ -83,14 +84,21 @@ pub async fn run(
             }
             _ = ticker.tick() => {
                 if state.report(&mut ring, &options, sink)? == Flow::Stop {
+                    log::info!("processed {} kernel events", state.events);
                     return Ok(());
                 }
+            }
+            readable = kernel_log_readable(&mut kernel_log) => {
+                let mut guard = readable.context("waiting for eBPF log messages")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             () = &mut shutdown => break,
             () = &mut deadline => break,
         }
     }
     state.report(&mut ring, &options, sink)?;
+    log::info!("processed {} kernel events", state.events);
     Ok(())
 }
 
@@ -101,11 +109,13 @@ struct State {
     losses: LossCounters,
     decode_errors: u64,
     last_report: Nanos,
+    /// Kernel events handled since start (for cost-per-event figures).
+    events: u64,
 }
 
 impl State {
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
-        bpf::drain(ring, |record| match Event::decode(record) {
+        let count = bpf::drain(ring, |record| match Event::decode(record) {
             Ok(mut event) => {
                 if let Event::ListenerUp { pid, comm, .. } = &mut event {
                     // The kernel gave the calling thread's name; operators know processes by
@@ -129,6 +139,7 @@ impl State {
                 );
             }
         });
+        self.events += count as u64;
     }
 
     fn rescan_listeners(&mut self) -> anyhow::Result<()> {
@@ -191,6 +202,18 @@ impl State {
             totals,
             per_interval: options.reset,
         })
+    }
+}
+
+/// Waits until the eBPF log has messages; never, when there is no eBPF log.
+async fn kernel_log_readable(
+    log: &mut Option<KernelLog>,
+) -> std::io::Result<
+    tokio::io::unix::AsyncFdReadyMutGuard<'_, aya_log::EbpfLogger<&'static dyn log::Log>>,
+> {
+    match log {
+        Some(log) => log.readable_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,5 +12,7 @@ pub mod model;
 pub mod observer;
 pub mod output;
 pub mod procfs;
+pub mod prometheus;
 pub mod sessions;
+pub mod top;
 pub mod tracefs;

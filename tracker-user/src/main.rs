@@ -1,57 +1,101 @@
-//! `tracker`: the daemon binary. Parses flags, checks privileges and hands over to
-//! [`tracker::daemon::run`] with SIGINT/SIGTERM as its shutdown signal.
+//! `tracker`: the daemon binary. Parses flags, checks privileges, picks where reports go
+//! (lines on stdout, a Prometheus endpoint, or the live view) and hands over to
+//! [`tracker::daemon::run`] with SIGINT/SIGTERM (and `q` in the live view) as its shutdown
+//! signal.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::daemon::{self, Options};
-use tracker::output::{Format, LineWriter};
+use tracker::output::{Format, LineWriter, ReportSink, Tee};
+use tracker::prometheus::PrometheusSink;
+use tracker::top::{self, TopView};
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
 ///
 /// Prints, every interval, one line per listening socket: current and peak connections, peak
-/// sessions per connection, error counters, and connection/busy time in the interval.
+/// sessions per connection, error counters, and connection/busy time in the interval. Run as
+/// root. Logs go to stderr; RUST_LOG sets their level (default info), including messages the
+/// eBPF programs log.
 #[derive(Debug, Parser)]
 #[command(name = "tracker", version, after_help = EXAMPLES)]
 struct Cli {
-    /// Seconds between reports (fractions allowed).
-    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECS")]
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Live terminal view of the listeners, busiest first, refreshed every interval; q quits.
+    ///
+    /// Example: tracker top --interval 1
+    Top,
+}
+
+#[derive(Debug, Args)]
+struct Flags {
+    /// Seconds between reports (fractions allowed). Example: --interval 0.5
+    #[arg(
+        long,
+        global = true,
+        default_value = "10",
+        value_parser = parse_seconds,
+        value_name = "SECS"
+    )]
     interval: Duration,
 
-    /// Only report listeners on this local port (repeat for several).
-    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    /// Only report listeners on this local port; repeat for several. Example: --port 80 --port 443
+    #[arg(
+        long = "port",
+        global = true,
+        value_name = "PORT",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     ports: Vec<u16>,
 
-    /// Report format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// Report format on stdout. Example: --format json
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     format: Format,
 
-    /// Stop after this many seconds (with a final report).
-    #[arg(long, value_parser = parse_seconds, value_name = "SECS")]
+    /// Stop after this many seconds, with a final report. Example: --duration 60
+    #[arg(long, global = true, value_parser = parse_seconds, value_name = "SECS")]
     duration: Option<Duration>,
 
     /// Keep peaks and totals across reports instead of resetting them at each one.
-    #[arg(long)]
+    /// Example: --no-reset
+    #[arg(long, global = true)]
     no_reset: bool,
 
-    /// Do not read payload: no protocol detection or session counts (sess=0, JSON
-    /// sessions_unknown counts every connection), and no per-syscall hooks.
-    #[arg(long)]
+    /// Do not read payload: no protocol detection or session counts (every connection counts
+    /// in JSON sessions_unknown), and no per-syscall hooks. Example: --no-sessions
+    #[arg(long, global = true)]
     no_sessions: bool,
+
+    /// Also serve Prometheus metrics at http://ADDR:PORT/metrics. Example: --prometheus
+    /// 127.0.0.1:9464
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    prometheus: Option<SocketAddr>,
 
     /// Ring buffer size in bytes: a power of two, at least the page size. Small values force
     /// event loss (for tests).
-    #[arg(long, hide = true, value_parser = parse_ring_bytes)]
+    #[arg(long, global = true, hide = true, value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
 }
 
 const EXAMPLES: &str = "Examples:
-  tracker                              every listener, a report every 10 s
-  tracker --interval 1 --port 8080     one listener, every second
-  tracker --format json --duration 60  JSON lines for one minute, then exit";
+  tracker                                    every listener, a report every 10 s
+  tracker --interval 1 --port 8080           one listener, every second
+  tracker --format json --duration 60        JSON lines for one minute, then exit
+  tracker --prometheus 127.0.0.1:9464        reports on stdout and metrics for Prometheus
+  tracker top --port 80 --port 443           live view of two listeners
+  RUST_LOG=debug tracker --interval 1        with debug logs (also from the eBPF programs)";
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -91,7 +135,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let live_view = matches!(cli.command, Some(Command::Top));
+    // The live view owns the terminal: logs would scribble over it, so they are off there
+    // unless RUST_LOG asks for them.
+    let default_level = if live_view { "off" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_target(false)
         .init();
 
@@ -101,16 +149,18 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    let flags = cli.flags;
     let options = Options {
-        interval: cli.interval,
-        ports: (!cli.ports.is_empty()).then(|| cli.ports.iter().copied().collect::<BTreeSet<_>>()),
-        format: cli.format,
-        duration: cli.duration,
-        reset: !cli.no_reset,
-        ring_bytes: cli.ring_bytes,
-        sessions: !cli.no_sessions,
+        interval: flags.interval,
+        ports: (!flags.ports.is_empty())
+            .then(|| flags.ports.iter().copied().collect::<BTreeSet<_>>()),
+        format: flags.format,
+        duration: flags.duration,
+        reset: !flags.no_reset,
+        ring_bytes: flags.ring_bytes,
+        sessions: !flags.no_sessions,
     };
-    match run(options) {
+    match run(options, flags.prometheus, live_view) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tracker: {error:#}");
@@ -119,20 +169,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: Options) -> anyhow::Result<()> {
+fn run(options: Options, prometheus: Option<SocketAddr>, live_view: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let shutdown = async move {
+        let signals = async move {
             tokio::select! {
                 _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
         };
-        let mut sink = LineWriter::new(std::io::stdout().lock(), options.format);
-        daemon::run(options, shutdown, &mut sink).await
+        let mut sinks: Vec<Box<dyn ReportSink>> = Vec::new();
+        if let Some(addr) = prometheus {
+            let sink = PrometheusSink::start(addr).await?;
+            log::info!(
+                "serving Prometheus metrics at http://{}/metrics",
+                sink.local_addr()
+            );
+            sinks.push(Box::new(sink));
+        }
+        if live_view {
+            sinks.push(Box::new(TopView::enter()?));
+            let shutdown = async move {
+                tokio::select! {
+                    () = signals => {}
+                    () = top::quit_requested() => {}
+                }
+            };
+            daemon::run(options, shutdown, &mut Tee(sinks)).await
+        } else {
+            sinks.push(Box::new(LineWriter::new(std::io::stdout(), options.format)));
+            daemon::run(options, signals, &mut Tee(sinks)).await
+        }
     })
 }

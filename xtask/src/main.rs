@@ -5,6 +5,8 @@
 //! download here, so it is built against the nightly toolchain's own LLVM and cached in cargo's
 //! bin directory; the second run finds it and skips the build.
 
+mod bench;
+mod bench_memory;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure overhead, loss-free rate, memory and cost per event (as root); writes
+    /// BENCHMARKS.md and benchmarks.png.
+    Bench(bench::BenchArgs),
     /// Install what the tests need, then run the unit and integration tests (as root).
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -44,6 +49,15 @@ fn main() {
         Task::Build => build().map(|_| ()),
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
+        Task::Bench(args) => {
+            if is_root() {
+                bench::bench(&args)
+            } else {
+                Err(anyhow::anyhow!(
+                    "the benchmark loads eBPF programs and must run as root"
+                ))
+            }
+        }
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
@@ -52,14 +66,14 @@ fn main() {
 }
 
 /// The workspace root (xtask lives one level below it).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
     command
@@ -76,7 +90,7 @@ pub(crate) fn run_step(step: &str, command: &mut Command) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn build() -> anyhow::Result<PathBuf> {
+pub(crate) fn build() -> anyhow::Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
     run_step(
         "building tracker (release)",
@@ -123,11 +137,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"),
     ("wrk", "wrk"),
     ("curl", "curl"),
+    ("prometheus", "prometheus"),
+    ("tmux", "tmux"),
 ];
 
 /// Installs the servers and load generators the tests use, when any is missing.
 fn ensure_test_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+    ensure_packages(TEST_PACKAGES, "the tests")
+}
+
+/// Installs, from Debian's packages, each `(command, package)` whose command is missing.
+pub(crate) fn ensure_packages(packages: &[(&str, &str)], purpose: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(command, _)| which::which(command).is_err())
         .map(|&(_, package)| package)
@@ -135,7 +156,7 @@ fn ensure_test_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {} for the tests", missing.join(" "));
+    eprintln!("xtask: installing {} for {purpose}", missing.join(" "));
     run_step(
         "apt-get update",
         Command::new("apt-get").args(["update", "-qq"]),

@@ -49,6 +49,8 @@ use tracker_common::{
     inet_sock_set_state as field, tcp_state,
 };
 
+use aya_log_ebpf::warn;
+
 use crate::maps::{EVENTS, TRACKED, count_lost, port_wanted};
 
 #[tracepoint]
@@ -120,6 +122,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         // rather than reporting an open whose close can never follow.
         entry.discard(0);
         count_lost(TRACK_FULL_SLOT);
+        warn!(
+            ctx,
+            "connection table full: a connection on port {} is not tracked", local_port
+        );
         return Ok(0);
     }
 

@@ -76,7 +76,15 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
     }
 
     if track.protocol == Protocol::Http2 as u32 {
-        walk_frames(&mut track.walk_in, skaddr, DIRECTION_IN, &buf, bytes, now);
+        walk_frames(
+            ctx,
+            &mut track.walk_in,
+            skaddr,
+            DIRECTION_IN,
+            &buf,
+            bytes,
+            now,
+        );
     }
     Ok(0)
 }

@@ -38,6 +38,7 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<u32, i64> {
     if track.protocol == Protocol::Http2 as u32 {
         let buf = take_user_buf(DIRECTION_OUT);
         walk_frames(
+            ctx,
             &mut track.walk_out,
             skaddr,
             DIRECTION_OUT,

@@ -3,8 +3,11 @@
 //! Run as root through `cargo xtask test` (one test at a time). Each test watches only ports
 //! the kernel picked for it (`--port`), so other traffic on the host cannot disturb it.
 
+mod operability;
+mod prometheus;
 mod sessions;
 mod support;
+mod top;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;

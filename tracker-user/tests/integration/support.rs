@@ -31,10 +31,15 @@ impl Daemon {
     }
 
     pub fn start_with_format(format: &str, args: &[&str]) -> Self {
+        Self::start_with_log_level(format, "info", args)
+    }
+
+    /// Like [`Daemon::start_with_format`], with `RUST_LOG` set to `level`.
+    pub fn start_with_log_level(format: &str, level: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tracker"))
             .args(["--format", format])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,780 @@
+//! `tracker top`: a live, full-screen table of every listener, redrawn at each report.
+//!
+//! [`TopView`] is a [`ReportSink`] that owns the terminal (raw mode, alternate screen) for as
+//! long as it lives; [`quit_requested`] resolves when the user asks to leave. Drawing is a pure
+//! function of the last report (`draw`), so the layout is tested against ratatui's
+//! `TestBackend` without a terminal.
+
+use std::cmp::Reverse;
+use std::io::{self, IsTerminal as _, Stdout};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError, Weak};
+
+use anyhow::{Context as _, ensure};
+use crossterm::event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::terminal::{self, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::{cursor, execute};
+use futures_util::StreamExt as _;
+use ratatui::Frame;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Cell, Paragraph, Row, Table};
+
+use crate::observer::ListenerReport;
+use crate::output::{Flow, IntervalTotals, ReportBatch, ReportSink, listener_name};
+
+/// Appended to a PEAK figure when the listener is at that peak right now.
+const AT_PEAK: &str = "▲";
+
+/// Column headings, in display order. The first two are text, the rest numbers.
+const HEADINGS: [&str; 11] = [
+    "LISTENER", "PROCESS", "CURR", "PEAK", "SESS", "BUSY", "CONN-S", "BUSY-S", "OPENED", "CLOSED",
+    "ERRS",
+];
+/// Index of the PEAK column in [`HEADINGS`].
+const PEAK_COLUMN: usize = 3;
+/// Columns before this index are left-aligned text; from it on, right-aligned numbers.
+const FIRST_NUMBER_COLUMN: usize = 2;
+
+/// Whether the terminal is in raw mode / on the alternate screen because of us. Shared with the
+/// panic hook, which must put the terminal back before the panic message is printed (on the
+/// alternate screen it would vanish when the screen is left) and must not take any lock to do
+/// so: the panicking thread may hold one.
+static ENGAGED: AtomicBool = AtomicBool::new(false);
+
+/// The screen of the live [`TopView`], if any, so that [`quit_requested`] (which has no access
+/// to the view: the daemon owns it as its sink) can redraw the last report on a resize without
+/// waiting for the next one. Weak: the view alone decides when the screen goes away.
+static ACTIVE: Mutex<Weak<Mutex<Screen>>> = Mutex::new(Weak::new());
+
+/// The live view: owns the terminal (raw mode + alternate screen) until dropped.
+pub struct TopView {
+    screen: Arc<Mutex<Screen>>,
+}
+
+/// The terminal and what it shows.
+struct Screen {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+    /// The last report, kept to redraw it on a resize; `None` until the first one.
+    batch: Option<BatchView>,
+}
+
+impl Screen {
+    fn redraw(&mut self) -> io::Result<()> {
+        self.terminal.draw(|frame| match &self.batch {
+            Some(batch) => draw(frame, batch),
+            None => draw_waiting(frame),
+        })?;
+        Ok(())
+    }
+}
+
+impl TopView {
+    /// Enters raw mode and the alternate screen, hides the cursor, draws an empty "waiting for
+    /// the first report" screen. Fails with a clear error if stdout is not a terminal.
+    pub fn enter() -> anyhow::Result<Self> {
+        ensure!(
+            io::stdout().is_terminal(),
+            "tracker top needs a terminal, and stdout is not one \
+             (to pipe or log reports, run tracker without `top`)"
+        );
+        install_panic_hook();
+        terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
+        ENGAGED.store(true, Ordering::SeqCst);
+        // No view exists yet to restore the terminal on drop: undo by hand on failure.
+        Self::take_over_screen().inspect_err(|_| restore_terminal())
+    }
+
+    fn take_over_screen() -> anyhow::Result<Self> {
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)
+            .context("switching to the terminal's alternate screen")?;
+        let terminal =
+            Terminal::new(CrosstermBackend::new(io::stdout())).context("measuring the terminal")?;
+        let mut screen = Screen {
+            terminal,
+            batch: None,
+        };
+        screen.redraw().context("drawing the live view")?;
+        let screen = Arc::new(Mutex::new(screen));
+        *lock(&ACTIVE) = Arc::downgrade(&screen);
+        Ok(Self { screen })
+    }
+}
+
+impl Drop for TopView {
+    fn drop(&mut self) {
+        // Stop resize redraws first: they would draw over the restored terminal.
+        *lock(&ACTIVE) = Weak::new();
+        restore_terminal();
+    }
+}
+
+impl ReportSink for TopView {
+    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow> {
+        let mut screen = lock(&self.screen);
+        screen.batch = Some(BatchView::from(batch));
+        screen.redraw().context("drawing the live view")?;
+        Ok(Flow::Continue)
+    }
+}
+
+/// Resolves when the user presses `q`, `Q`, Esc or Ctrl-C in the terminal (raw mode turns
+/// Ctrl-C into a key event, not SIGINT). Redraws the last report when the terminal is resized.
+///
+/// Also resolves if the terminal can no longer be read (it hung up): nobody can see the view or
+/// press `q` any more, so stopping cleanly beats running on unseen.
+pub async fn quit_requested() {
+    let mut events = EventStream::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Key(key)) if is_quit_key(key) => return,
+            Ok(Event::Resize(..)) => redraw_active(),
+            Ok(_) => {}
+            Err(error) => {
+                log::warn!("reading the terminal: {error}; leaving the live view");
+                return;
+            }
+        }
+    }
+}
+
+fn is_quit_key(key: KeyEvent) -> bool {
+    // Releases are only reported by terminals with the kitty protocol enabled (we do not enable
+    // it), but a release of `q` must not count as a second press regardless.
+    if key.kind == KeyEventKind::Release {
+        return false;
+    }
+    match key.code {
+        KeyCode::Char('q' | 'Q') | KeyCode::Esc => true,
+        KeyCode::Char('c' | 'C') => key.modifiers.contains(KeyModifiers::CONTROL),
+        _ => false,
+    }
+}
+
+/// Redraws the live view's last report, if a view is live (after a resize).
+fn redraw_active() {
+    let Some(screen) = lock(&ACTIVE).upgrade() else {
+        return;
+    };
+    // The next report redraws anyway; a failed resize redraw is not worth stopping for.
+    if let Err(error) = lock(&screen).redraw() {
+        log::debug!("redrawing after a resize: {error}");
+    }
+}
+
+/// Locks `mutex` even if a panic poisoned it: the screen is repainted whole on each draw, so a
+/// draw interrupted half-way leaves nothing inconsistent behind.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Leaves the alternate screen, shows the cursor and leaves raw mode, once, however many of
+/// the view's drop, `enter`'s error path and the panic hook ask for it.
+fn restore_terminal() {
+    if !ENGAGED.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    // Step by step and ignoring failures: one step failing must not keep the others from
+    // running, and there is nowhere better to report a failure than the terminal being fixed.
+    let mut stdout = io::stdout();
+    let _ = execute!(stdout, LeaveAlternateScreen);
+    let _ = execute!(stdout, cursor::Show);
+    let _ = terminal::disable_raw_mode();
+}
+
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+    });
+}
+
+/// What the view shows of one report: an owned copy (the sink only borrows the batch), with the
+/// listeners already in display order.
+#[derive(Debug, Clone)]
+struct BatchView {
+    reports: Vec<ListenerReport>,
+    totals: IntervalTotals,
+    per_interval: bool,
+}
+
+impl From<&ReportBatch<'_>> for BatchView {
+    fn from(batch: &ReportBatch<'_>) -> Self {
+        let mut reports = batch.reports.to_vec();
+        // Busiest first: the listeners a reader looks for float to the top. The address breaks
+        // ties, which orders names numerically (port 9 before port 10) and keeps rows still
+        // between reports when nothing changes.
+        reports.sort_by_key(|report| {
+            (
+                Reverse(report.snapshot.curr),
+                Reverse(report.snapshot.peak),
+                report.listener,
+            )
+        });
+        Self {
+            reports,
+            totals: batch.totals,
+            per_interval: batch.per_interval,
+        }
+    }
+}
+
+fn title_style() -> Style {
+    Style::new().add_modifier(Modifier::BOLD)
+}
+
+fn warning_style() -> Style {
+    Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
+}
+
+/// The screen before the first report arrives (the first interval may be long).
+fn draw_waiting(frame: &mut Frame) {
+    let title = Line::styled(
+        "tracker top — waiting for the first report — q quits",
+        title_style(),
+    );
+    frame.render_widget(Paragraph::new(title), frame.area());
+}
+
+/// Draws one report: a title, warnings about miscounts if any, and the table of listeners.
+fn draw(frame: &mut Frame, batch: &BatchView) {
+    let warnings = warning_lines(&batch.totals);
+    let [title_area, warnings_area, _gap, table_area] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(u16::try_from(warnings.len()).unwrap_or(u16::MAX)),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(frame.area());
+    frame.render_widget(
+        Paragraph::new(Line::styled(title(batch), title_style())),
+        title_area,
+    );
+    frame.render_widget(Paragraph::new(warnings), warnings_area);
+    draw_table(frame, table_area, &batch.reports);
+}
+
+fn title(batch: &BatchView) -> String {
+    let count = batch.reports.len();
+    let noun = if count == 1 { "listener" } else { "listeners" };
+    // Without resets, peaks and counts run from start; the reader must know which they see.
+    let scope = if batch.per_interval {
+        ""
+    } else {
+        ", totals since start"
+    };
+    format!(
+        "tracker top — {count} {noun} — interval {:.1}s{scope} — q quits",
+        batch.totals.interval_s
+    )
+}
+
+fn warning_lines(totals: &IntervalTotals) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    if totals.lost_events > 0 {
+        let n = totals.lost_events;
+        let noun = if n == 1 { "event" } else { "events" };
+        lines.push(Line::styled(
+            format!("⚠ {n} kernel {noun} lost in the last interval: counts may be off"),
+            warning_style(),
+        ));
+    }
+    if totals.untracked_connections > 0 {
+        let n = totals.untracked_connections;
+        let noun = if n == 1 { "connection" } else { "connections" };
+        lines.push(Line::styled(
+            format!(
+                "⚠ {n} {noun} not tracked in the last interval (kernel table full): \
+                 counts may be off"
+            ),
+            warning_style(),
+        ));
+    }
+    lines
+}
+
+/// One table row as text, plus whether the listener is at its peak now.
+struct RowText {
+    cells: [String; HEADINGS.len()],
+    /// The PROCESS cell in two parts, to cut it without cutting the pid: the first owner's
+    /// name, then `/pid` and the count of further owners.
+    process: (String, String),
+    at_peak: bool,
+    gone: bool,
+}
+
+fn row_text(report: &ListenerReport) -> RowText {
+    let snapshot = &report.snapshot;
+    let at_peak = snapshot.curr > 0 && snapshot.curr == snapshot.peak;
+    let mut listener = listener_name(report.listener);
+    if report.gone {
+        listener.push_str(" (gone)");
+    }
+    let process = match report.owners.split_first() {
+        None => ("-".to_owned(), String::new()),
+        Some((first, [])) => (first.comm.clone(), format!("/{}", first.pid)),
+        Some((first, rest)) => (
+            first.comm.clone(),
+            format!("/{} +{}", first.pid, rest.len()),
+        ),
+    };
+    // A space where the marker would be keeps the digits of every row in line.
+    let peak = format!("{}{}", snapshot.peak, if at_peak { AT_PEAK } else { " " });
+    RowText {
+        cells: [
+            listener,
+            format!("{}{}", process.0, process.1),
+            snapshot.curr.to_string(),
+            peak,
+            snapshot.peak_sessions.to_string(),
+            snapshot.busy.to_string(),
+            format!("{:.1}", snapshot.conn_for_secs()),
+            format!("{:.1}", snapshot.active_for_secs()),
+            snapshot.opened.to_string(),
+            snapshot.closed.to_string(),
+            snapshot.errors.total().to_string(),
+        ],
+        process,
+        at_peak,
+        gone: report.gone,
+    }
+}
+
+fn aligned(column: usize, text: String) -> Line<'static> {
+    let line = Line::from(text);
+    if column >= FIRST_NUMBER_COLUMN {
+        line.right_aligned()
+    } else {
+        line
+    }
+}
+
+/// Index of the PROCESS column in [`HEADINGS`].
+const PROCESS_COLUMN: usize = 1;
+
+/// Column widths and the spacing between columns for a table `available` cells wide.
+///
+/// Each column is as wide as its widest cell, so numbers stay narrow and names are never cut
+/// while the terminal is wide enough. When it is not, room is taken first from the process
+/// names (they only help to recognise a listener), then from the gaps between columns; only
+/// then does ratatui cut columns, the listener's name being the last one a reader should lose.
+fn column_widths(rows: &[RowText], available: u16) -> ([u16; HEADINGS.len()], u16) {
+    let mut widths: [u16; HEADINGS.len()] = std::array::from_fn(|column| {
+        let widest = rows
+            .iter()
+            .map(|row| Line::from(row.cells[column].as_str()).width())
+            .chain([HEADINGS[column].len()])
+            .max()
+            .unwrap_or(0);
+        u16::try_from(widest).unwrap_or(u16::MAX)
+    });
+    let gaps = u16::try_from(HEADINGS.len() - 1).unwrap_or(u16::MAX);
+    let needed = |widths: &[u16], spacing: u16| {
+        widths.iter().fold(spacing.saturating_mul(gaps), |sum, &w| {
+            sum.saturating_add(w)
+        })
+    };
+    let narrowest_process = u16::try_from(HEADINGS[PROCESS_COLUMN].len()).unwrap_or(u16::MAX);
+    let spare_process = widths[PROCESS_COLUMN].saturating_sub(narrowest_process);
+    for spacing in [2, 1] {
+        let excess = needed(&widths, spacing).saturating_sub(available);
+        if excess <= spare_process {
+            widths[PROCESS_COLUMN] -= excess;
+            return (widths, spacing);
+        }
+    }
+    widths[PROCESS_COLUMN] = narrowest_process;
+    (widths, 1)
+}
+
+/// `name/pid` cut to `width` columns. The name gives way, never the pid: a cut pid would read
+/// as another, valid pid. Too narrow for the pid, the name alone is shown.
+fn fit_process(name: &str, owner: &str, width: usize) -> String {
+    let name_width = name.chars().count();
+    let owner_width = owner.chars().count();
+    if name_width + owner_width <= width {
+        return format!("{name}{owner}");
+    }
+    let (kept, rest) = if width > owner_width + 1 {
+        (width - owner_width - 1, owner)
+    } else {
+        (width.saturating_sub(1), "")
+    };
+    let kept: String = name.chars().take(kept).collect();
+    format!("{kept}…{rest}")
+}
+
+fn draw_table(frame: &mut Frame, area: Rect, reports: &[ListenerReport]) {
+    let rows: Vec<RowText> = reports.iter().map(row_text).collect();
+    let (widths, spacing) = column_widths(&rows, area.width);
+    let header = Row::new(
+        HEADINGS
+            .iter()
+            .enumerate()
+            .map(|(column, heading)| Cell::from(aligned(column, (*heading).to_owned()))),
+    )
+    .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
+    let table_rows = rows.into_iter().map(|mut row| {
+        let (name, owner) = &row.process;
+        row.cells[PROCESS_COLUMN] = fit_process(name, owner, usize::from(widths[PROCESS_COLUMN]));
+        let cells = row.cells.into_iter().enumerate().map(|(column, text)| {
+            let cell = Cell::from(aligned(column, text));
+            if column == PEAK_COLUMN && row.at_peak {
+                cell.style(Style::new().add_modifier(Modifier::BOLD))
+            } else {
+                cell
+            }
+        });
+        let style = if row.gone {
+            Style::new().add_modifier(Modifier::DIM)
+        } else {
+            Style::new()
+        };
+        Row::new(cells).style(style)
+    });
+    let table = Table::new(table_rows, widths.map(Constraint::Length))
+        .header(header)
+        .column_spacing(spacing);
+    frame.render_widget(table, area);
+    if reports.is_empty() {
+        let [_, below_header] =
+            Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+        frame.render_widget(
+            Paragraph::new(Line::styled(
+                "no listeners on the watched ports yet",
+                Style::new().add_modifier(Modifier::DIM),
+            )),
+            below_header,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ErrorKind, Snapshot};
+    use crate::observer::Owner;
+    use ratatui::backend::TestBackend;
+    use ratatui::buffer::Buffer;
+
+    fn listener(name: &str, curr: usize, peak: usize) -> ListenerReport {
+        ListenerReport {
+            listener: name.parse().unwrap(),
+            snapshot: Snapshot {
+                name: name.to_owned(),
+                curr,
+                peak,
+                peak_sessions: 0,
+                errors: Default::default(),
+                conn_for_ns: 0,
+                active_for_ns: 0,
+                opened: 0,
+                closed: 0,
+                busy: 0,
+                busy_peak: 0,
+            },
+            owners: Vec::new(),
+            gone: false,
+            sessions_unknown: 0,
+            closed_connections: Vec::new(),
+        }
+    }
+
+    fn batch_view(reports: &[ListenerReport], totals: IntervalTotals) -> BatchView {
+        BatchView::from(&ReportBatch {
+            reports,
+            totals,
+            per_interval: true,
+        })
+    }
+
+    fn totals() -> IntervalTotals {
+        IntervalTotals {
+            unix_time_s: 1_700_000_000.0,
+            interval_s: 2.0,
+            lost_events: 0,
+            untracked_connections: 0,
+        }
+    }
+
+    /// Renders with `render` on a `width`×`height` test terminal.
+    fn render(width: u16, height: u16, render: impl FnOnce(&mut Frame)) -> Buffer {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(render).unwrap();
+        terminal.backend().buffer().clone()
+    }
+
+    /// The screen as lines of text, trailing blanks trimmed.
+    fn lines(buffer: &Buffer) -> Vec<String> {
+        let width = usize::from(buffer.area.width);
+        buffer
+            .content
+            .chunks(width)
+            .map(|row| {
+                let text: String = row.iter().map(|cell| cell.symbol()).collect();
+                text.trim_end().to_owned()
+            })
+            .collect()
+    }
+
+    fn line_with<'a>(lines: &'a [String], needle: &str) -> (usize, &'a str) {
+        lines
+            .iter()
+            .enumerate()
+            .find(|(_, line)| line.contains(needle))
+            .map(|(index, line)| (index, line.as_str()))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", lines.join("\n")))
+    }
+
+    /// The style of the cell where `needle` starts on row `y`.
+    fn style_at(buffer: &Buffer, y: usize, line: &str, needle: &str) -> Style {
+        let byte = line.find(needle).unwrap();
+        let x = line[..byte].chars().count();
+        buffer
+            .cell((u16::try_from(x).unwrap(), u16::try_from(y).unwrap()))
+            .unwrap()
+            .style()
+    }
+
+    fn busy_listener() -> ListenerReport {
+        let mut report = listener("127.0.0.1:8080", 8, 8);
+        report.owners = vec![
+            Owner {
+                pid: 4242,
+                comm: "nginx".into(),
+            },
+            Owner {
+                pid: 4243,
+                comm: "nginx".into(),
+            },
+        ];
+        let snapshot = &mut report.snapshot;
+        snapshot.peak_sessions = 3;
+        snapshot.busy = 2;
+        snapshot.busy_peak = 5;
+        snapshot.conn_for_ns = 12_340_000_000;
+        snapshot.active_for_ns = 1_960_000_000;
+        snapshot.opened = 11;
+        snapshot.closed = 3;
+        snapshot.errors.record(ErrorKind::ALL[0]);
+        report
+    }
+
+    #[test]
+    fn rows_show_every_figure_sorted_busiest_first() {
+        let mut gone = listener("[::1]:9000", 0, 1);
+        gone.gone = true;
+        let reports = [
+            listener("127.0.0.1:10", 0, 0),
+            gone,
+            listener("127.0.0.1:9", 0, 0),
+            busy_listener(),
+            listener("0.0.0.0:22", 2, 5),
+        ];
+        let buffer = render(120, 12, |frame| {
+            draw(frame, &batch_view(&reports, totals()))
+        });
+        let screen = lines(&buffer);
+        println!("{}", screen.join("\n"));
+
+        assert_eq!(
+            screen[0],
+            "tracker top — 5 listeners — interval 2.0s — q quits"
+        );
+        let (header_y, header) = line_with(&screen, "LISTENER");
+        for heading in HEADINGS {
+            assert!(header.contains(heading), "{header}");
+        }
+        // curr descending, then peak descending, then the address (9 before 10).
+        let order: Vec<usize> = [
+            "127.0.0.1:8080",
+            "0.0.0.0:22",
+            "[::1]:9000",
+            "127.0.0.1:9 ",
+            "127.0.0.1:10",
+        ]
+        .iter()
+        .map(|name| line_with(&screen, name).0)
+        .collect();
+        assert!(order.is_sorted(), "rows out of order: {order:?}");
+        assert_eq!(order[0], header_y + 1);
+
+        let (busy_y, busy) = line_with(&screen, "127.0.0.1:8080");
+        let fields: Vec<&str> = busy.split_whitespace().collect();
+        assert_eq!(
+            fields,
+            [
+                "127.0.0.1:8080",
+                "nginx/4242",
+                "+1",
+                "8",
+                "8▲",
+                "3",
+                "2",
+                "12.3",
+                "2.0",
+                "11",
+                "3",
+                "1"
+            ]
+        );
+        assert!(
+            style_at(&buffer, busy_y, busy, "8▲")
+                .add_modifier
+                .contains(Modifier::BOLD)
+        );
+
+        // Below its peak: no marker.
+        let (_, ssh) = line_with(&screen, "0.0.0.0:22");
+        assert!(!ssh.contains(AT_PEAK), "{ssh}");
+        assert_eq!(ssh.split_whitespace().nth(1), Some("-"));
+        // Idle at zero: curr equals peak, but nothing is open, so no marker either.
+        assert!(!line_with(&screen, "127.0.0.1:10").1.contains(AT_PEAK));
+
+        let (gone_y, gone) = line_with(&screen, "[::1]:9000 (gone)");
+        assert!(
+            style_at(&buffer, gone_y, gone, "[::1]")
+                .add_modifier
+                .contains(Modifier::DIM)
+        );
+        // No warnings when nothing was lost.
+        assert!(!screen.iter().any(|line| line.contains('⚠')));
+    }
+
+    #[test]
+    fn peak_digits_line_up_with_and_without_the_marker() {
+        let reports = [listener("127.0.0.1:1", 3, 3), listener("127.0.0.1:2", 1, 3)];
+        let buffer = render(100, 6, |frame| draw(frame, &batch_view(&reports, totals())));
+        let screen = lines(&buffer);
+        let column_of = |needle: &str, row: &str| {
+            let (_, line) = line_with(&screen, row);
+            line[..line.find(needle).unwrap()].chars().count()
+        };
+        assert_eq!(
+            column_of("3▲", "127.0.0.1:1"),
+            column_of("3 ", "127.0.0.1:2 ")
+        );
+    }
+
+    #[test]
+    fn narrow_terminals_cut_process_names_before_listener_names() {
+        let mut report = listener("[2001:db8::1234:5678]:8443", 1, 1);
+        report.owners = vec![Owner {
+            pid: 1_234_567,
+            comm: "a-long-command".into(),
+        }];
+        let reports = [report];
+        let screen = lines(&render(90, 6, |frame| {
+            draw(frame, &batch_view(&reports, totals()))
+        }));
+        println!("{}", screen.join("\n"));
+        let (_, row) = line_with(&screen, "[2001:db8::1234:5678]:8443 ");
+        // Every figure still shows, the last one at the screen's edge at most.
+        assert!(row.ends_with(" 0"), "{row}");
+        // The name gave way to keep every figure and the whole pid.
+        assert!(row.contains(" a…/1234567 "), "{row}");
+    }
+
+    #[test]
+    fn losses_and_untracked_connections_are_warned_about_in_red() {
+        let reports = [busy_listener()];
+        let warned = IntervalTotals {
+            lost_events: 12,
+            untracked_connections: 1,
+            ..totals()
+        };
+        let buffer = render(120, 10, |frame| draw(frame, &batch_view(&reports, warned)));
+        let screen = lines(&buffer);
+        println!("{}", screen.join("\n"));
+
+        assert_eq!(
+            screen[0],
+            "tracker top — 1 listener — interval 2.0s — q quits"
+        );
+        let (lost_y, lost) = line_with(&screen, "⚠ 12 kernel events lost");
+        assert_eq!(
+            lost,
+            "⚠ 12 kernel events lost in the last interval: counts may be off"
+        );
+        let style = style_at(&buffer, lost_y, lost, "12");
+        assert_eq!(style.fg, Some(Color::Red));
+        assert!(style.add_modifier.contains(Modifier::BOLD));
+        let (untracked_y, untracked) = line_with(&screen, "⚠ 1 connection not tracked");
+        assert_eq!(
+            style_at(&buffer, untracked_y, untracked, "1").fg,
+            Some(Color::Red)
+        );
+        // The warnings come before the table, where they cannot scroll out of sight.
+        assert!(untracked_y < line_with(&screen, "LISTENER").0);
+    }
+
+    #[test]
+    fn totals_since_start_are_labelled_and_no_listeners_is_said() {
+        let batch = BatchView::from(&ReportBatch {
+            reports: &[],
+            totals: totals(),
+            per_interval: false,
+        });
+        let screen = lines(&render(100, 6, |frame| draw(frame, &batch)));
+        assert_eq!(
+            screen[0],
+            "tracker top — 0 listeners — interval 2.0s, totals since start — q quits"
+        );
+        line_with(&screen, "no listeners on the watched ports yet");
+    }
+
+    #[test]
+    fn waiting_screen_before_the_first_report() {
+        let screen = lines(&render(80, 3, draw_waiting));
+        assert_eq!(
+            screen,
+            [
+                "tracker top — waiting for the first report — q quits",
+                "",
+                ""
+            ]
+        );
+    }
+
+    #[test]
+    fn process_names_are_cut_before_pids() {
+        assert_eq!(fit_process("nginx", "/42 +3", 11), "nginx/42 +3");
+        assert_eq!(fit_process("nginx", "/42 +3", 9), "ng…/42 +3");
+        assert_eq!(fit_process("nginx", "/42 +3", 8), "n…/42 +3");
+        // No room for the pid: never part of it.
+        assert_eq!(fit_process("nginx", "/42 +3", 7), "nginx…");
+        assert_eq!(fit_process("a-long-command", "/42", 7), "a-l…/42");
+        assert_eq!(fit_process("a-long-command", "/1234567", 7), "a-long…");
+        assert_eq!(fit_process("-", "", 7), "-");
+    }
+
+    #[test]
+    fn quit_keys() {
+        let key = |code, modifiers| KeyEvent::new(code, modifiers);
+        for quit in [
+            key(KeyCode::Char('q'), KeyModifiers::NONE),
+            key(KeyCode::Char('Q'), KeyModifiers::SHIFT),
+            key(KeyCode::Esc, KeyModifiers::NONE),
+            key(KeyCode::Char('c'), KeyModifiers::CONTROL),
+        ] {
+            assert!(is_quit_key(quit), "{quit:?}");
+        }
+        for other in [
+            key(KeyCode::Char('c'), KeyModifiers::NONE),
+            key(KeyCode::Char('x'), KeyModifiers::CONTROL),
+            key(KeyCode::Enter, KeyModifiers::NONE),
+        ] {
+            assert!(!is_quit_key(other), "{other:?}");
+        }
+        let mut released = key(KeyCode::Char('q'), KeyModifiers::NONE);
+        released.kind = KeyEventKind::Release;
+        assert!(!is_quit_key(released));
+    }
+}

@@ -1,0 +1,152 @@
+//! The outputs operators rely on: the JSON lines schema documented in the README, the
+//! systemd unit's command line, and eBPF log messages reaching the daemon's log.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{Daemon, connect_many, free_port};
+
+/// The README's JSON field table: field name → type ("integer", "string or null", …).
+fn documented_schema() -> BTreeMap<String, String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("reading README.md");
+    let start = readme
+        .find("<!-- json-schema")
+        .expect("README.md has the json-schema marker");
+    let mut schema = BTreeMap::new();
+    for line in readme[start..]
+        .lines()
+        .skip_while(|line| !line.starts_with("| field"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`');
+        schema.insert(name.to_owned(), cells[2].to_owned());
+    }
+    assert!(
+        schema.len() > 20,
+        "schema table not found or too short: {schema:?}"
+    );
+    schema
+}
+
+fn has_type(value: &Value, documented: &str) -> bool {
+    documented.split(" or ").any(|kind| match kind {
+        "integer" => value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        other => panic!("README documents an unknown type {other:?}"),
+    })
+}
+
+#[test]
+fn json_lines_match_the_documented_schema() {
+    let schema = documented_schema();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &addr.port().to_string()]);
+    // Some traffic, so that the reports carry non-zero figures of every kind.
+    let mut conns = connect_many(&listener, addr, 3);
+    conns[0]
+        .client
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let first = conns.remove(0);
+    first.close();
+    let reports = daemon.reports_until(&addr.to_string(), |report| {
+        report["closed"] == 1 || report["curr"] == 2 && report["opened"] == 0
+    });
+    for report in &reports {
+        let object = report.as_object().expect("each line is a JSON object");
+        let fields: Vec<&String> = object.keys().collect();
+        let documented: Vec<&String> = schema.keys().collect();
+        let mut sorted = fields.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted, documented,
+            "fields differ from the README's table: {report}"
+        );
+        for (name, kind) in &schema {
+            assert!(
+                has_type(&report[name], kind),
+                "{name} should be {kind}: {report}"
+            );
+        }
+        assert_eq!(report["version"], 1);
+        assert_eq!(report["errors"].as_object().unwrap().len(), 6, "{report}");
+    }
+    drop(conns);
+}
+
+#[test]
+fn the_service_unit_command_line_runs() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/tracker.service"
+    ))
+    .expect("reading dist/tracker.service");
+    let exec = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart line");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/tracker"));
+    // The same flags, on a free port instead of the unit's fixed one, for one second.
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let args: Vec<String> = words
+        .map(|word| {
+            if word.starts_with("127.0.0.1:") {
+                metrics.clone()
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect();
+    let output = Command::new(env!("CARGO_BIN_EXE_tracker"))
+        .args(&args)
+        .args([
+            "--duration",
+            "1",
+            "--port",
+            &free_port("127.0.0.1").to_string(),
+        ])
+        .output()
+        .expect("running tracker");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn ebpf_log_messages_reach_the_daemon_log() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start_with_log_level(
+        "json",
+        "debug",
+        &["--interval", "0.5", "--port", &addr.port().to_string()],
+    );
+    // An HTTP/2 preface followed by a frame header of a type that does not exist: the kernel's
+    // frame walk gives up and says so through aya-log.
+    let mut client = TcpStream::connect(addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\xff\x00\x00\x00\x00\x01")
+        .unwrap();
+    let mut received = [0u8; 33];
+    std::io::Read::read_exact(&mut server, &mut received).unwrap();
+    daemon.wait_for_log("HTTP/2 frame walk lost on socket");
+    let report = daemon.reports_until(&addr.to_string(), |report| report["sessions_unknown"] == 1);
+    assert_eq!(report.last().unwrap()["errs"], 0);
+}
