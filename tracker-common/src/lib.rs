@@ -108,6 +108,37 @@ pub const DIRECTION_IN: u32 = 0;
 /// Payload the server sent.
 pub const DIRECTION_OUT: u32 = 1;
 
+/// Name of the map of processes (tgids) that have called `accept()`: only their read/write
+/// system calls have their buffers remembered, so clients and unrelated programs pay one
+/// lookup per call and nothing more.
+pub const SERVER_TGIDS_MAP: &str = "SERVER_TGIDS";
+/// Capacity of [`SERVER_TGIDS_MAP`] (least recently used processes are forgotten first).
+pub const SERVER_TGIDS_MAX_ENTRIES: u32 = 8_192;
+
+/// A connection by its endpoints, as the tracepoint shows them: the key of
+/// [`PREEXISTING_MAP`]. Addresses as in [`SockEvent`] (IPv4 in the first four bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct ConnKey {
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// Explicit padding (required for `Pod`; always 0 so keys compare byte for byte).
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Name of the map of server-side connections that the daemon found in the kernel's table
+/// rather than saw open (they existed before it started, or their open event was lost): the
+/// kernel reports their close too. Keyed by [`ConnKey`] because their socket address is not
+/// known to the daemon.
+pub const PREEXISTING_MAP: &str = "PREEXISTING";
+/// Capacity of [`PREEXISTING_MAP`].
+pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
+
 /// Name of the per-thread map of [`UserBuf`]s.
 pub const USER_BUFS_MAP: &str = "USER_BUFS";
 /// Capacity of [`USER_BUFS_MAP`]: one entry per thread in a system call; least recently used
@@ -226,6 +257,16 @@ pub struct Config {
     /// Non-zero: only sockets whose local port is in [`PORTS_MAP`] produce events. A `u32`
     /// rather than `bool` so the type has no padding and every bit pattern is valid (`Pod`).
     pub filter_ports: u32,
+    /// Wake the daemon only once this many bytes wait in the ring; below it events are
+    /// submitted without a wakeup and the daemon collects them on its own timer. Waking the
+    /// reader for every event costs a context switch per event, which dominated the
+    /// observer's overhead on a busy server.
+    pub wakeup_bytes: u32,
+    /// Non-zero once the daemon has put connections in [`PREEXISTING_MAP`]: closes of
+    /// sockets not in [`TRACKED_MAP`] are then looked up there (one more lookup per close).
+    pub preexisting: u32,
+    /// Explicit padding (required for `Pod`).
+    pub _pad: u32,
 }
 
 /// One event from the kernel. Fixed size (96 bytes, a multiple of 8 with no padding) so the program reserves ring space without
@@ -274,6 +315,8 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnTrack {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnKey {}
 }
 
 #[cfg(test)]

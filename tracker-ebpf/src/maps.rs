@@ -2,13 +2,14 @@
 //! daemon uses to find them.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracker_common::{
-    Config, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT, LOST_SLOTS, PORTS_MAX_ENTRIES, SockEvent,
-    TRACKED_MAX_ENTRIES, USER_BUFS_MAX_ENTRIES, UserBuf,
+    Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT, LOST_SLOTS, PORTS_MAX_ENTRIES,
+    PREEXISTING_MAX_ENTRIES, SERVER_TGIDS_MAX_ENTRIES, SockEvent, TRACKED_MAX_ENTRIES,
+    USER_BUFS_MAX_ENTRIES, UserBuf,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -33,6 +34,17 @@ pub static TRACKED: HashMap<u64, ConnTrack> =
 #[map]
 pub static USER_BUFS: LruHashMap<u64, UserBuf> =
     LruHashMap::with_max_entries(USER_BUFS_MAX_ENTRIES, 0);
+
+/// Connections found in the kernel's table rather than seen open (see `PREEXISTING_MAP`).
+/// Value unused (a set).
+#[map]
+pub static PREEXISTING: HashMap<ConnKey, u8> =
+    HashMap::with_max_entries(PREEXISTING_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Processes that accept connections (see `SERVER_TGIDS_MAP`). Value unused (a set).
+#[map]
+pub static SERVER_TGIDS: LruHashMap<u32, u8> =
+    LruHashMap::with_max_entries(SERVER_TGIDS_MAX_ENTRIES, 0);
 
 /// Per-CPU state of the HTTP/2 frame walk in progress (see `payload::WalkLoop`).
 #[map]
@@ -90,5 +102,20 @@ pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux: u64, deta
         detail,
         _pad2: 0,
     });
-    entry.submit(0);
+    submit(entry);
+}
+
+/// Commits a ring entry, waking the daemon only when enough data waits (see
+/// `Config::wakeup_bytes`); otherwise the daemon's timer collects it.
+#[inline(always)]
+pub fn submit(entry: aya_ebpf::maps::ring_buf::RingBufEntry<SockEvent>) {
+    let threshold = CONFIG
+        .get(0)
+        .map_or(0, |config| u64::from(config.wakeup_bytes));
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
 }

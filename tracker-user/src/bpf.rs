@@ -26,6 +26,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -33,9 +34,10 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
-    CONFIG_MAP, Config, ConnTrack, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP,
-    PROG_INET_SOCK_SET_STATE, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT,
-    TRACKED_MAP, inet_sock_set_state, sock_length, syscall_args,
+    AF_INET, AF_INET6, CONFIG_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, EVENTS_MAP,
+    LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, PROG_INET_SOCK_SET_STATE,
+    PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT, TRACKED_MAP,
+    inet_sock_set_state, sock_length, syscall_args,
 };
 
 use crate::tracefs::{Tracefs, check_format};
@@ -56,6 +58,23 @@ enum HookGroup {
     Turns,
     /// Session detection from payload.
     Payload,
+}
+
+/// A `syscalls:sys_enter_<name>` hook marking the calling process as a server; it reads no
+/// argument, so only the tracepoint's presence is checked.
+macro_rules! server_hook {
+    ($name:literal) => {
+        Hook {
+            group: HookGroup::Payload,
+            purpose: concat!("servers calling ", $name, "()"),
+            program: concat!("sys_enter_", $name),
+            candidates: &[TracepointCandidate {
+                category: "syscalls",
+                name: concat!("sys_enter_", $name),
+                fields: &[],
+            }],
+        }
+    };
 }
 
 /// One purpose, served by one program, attached to the first usable candidate.
@@ -126,6 +145,8 @@ const HOOKS: &[Hook] = &[
     buffer_hook!("sendto", "buff", "len"),
     buffer_hook!("writev", "vec", "vlen"),
     buffer_hook!("sendmsg", "msg", "flags"),
+    server_hook!("accept"),
+    server_hook!("accept4"),
 ];
 
 /// Settings applied before the programs are attached.
@@ -155,6 +176,8 @@ pub struct Probes {
     _ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, ConnTrack>,
+    preexisting: HashMap<MapData, ConnKey, u8>,
+    config: Array<MapData, Config>,
     /// Where each hook was attached, for the start-up message.
     pub attached: Vec<String>,
 }
@@ -237,11 +260,21 @@ pub fn load_and_attach(
         ebpf.take_map(TRACKED_MAP)
             .ok_or_else(|| anyhow!("map {TRACKED_MAP} missing from the eBPF object"))?,
     )?;
+    let preexisting = HashMap::try_from(
+        ebpf.take_map(PREEXISTING_MAP)
+            .ok_or_else(|| anyhow!("map {PREEXISTING_MAP} missing from the eBPF object"))?,
+    )?;
+    let config = Array::try_from(
+        ebpf.take_map(CONFIG_MAP)
+            .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
+    )?;
     Ok((
         Probes {
             _ebpf: ebpf,
             lost,
             tracked,
+            preexisting,
+            config,
             attached,
         },
         ring,
@@ -272,6 +305,63 @@ impl Probes {
     pub fn conn_track(&self, sock: u64) -> Option<ConnTrack> {
         self.tracked.get(&sock, 0).ok()
     }
+
+    /// Asks the kernel to report the close of connections the daemon adopted from the kernel's
+    /// table (given as (local, remote)), whose open it never saw.
+    pub fn track_preexisting(
+        &mut self,
+        connections: &[(SocketAddr, SocketAddr)],
+    ) -> anyhow::Result<()> {
+        if connections.is_empty() {
+            return Ok(());
+        }
+        for &(local, remote) in connections {
+            self.preexisting
+                .insert(conn_key(local, remote), 0, 0)
+                .with_context(|| format!("tracking the close of {remote} → {local}"))?;
+        }
+        let mut config = self
+            .config
+            .get(&0, 0)
+            .context("reading the configuration map")?;
+        if config.preexisting == 0 {
+            config.preexisting = 1;
+            self.config
+                .set(0, config, 0)
+                .context("writing the configuration map")?;
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's view of a connection's endpoints (as `sock:inet_sock_set_state` gives them).
+/// IPv4-mapped IPv6 addresses stay IPv6: the socket is an AF_INET6 one.
+fn conn_key(local: SocketAddr, remote: SocketAddr) -> ConnKey {
+    let (family, local_addr, remote_addr) = match (local.ip(), remote.ip()) {
+        (IpAddr::V4(local), IpAddr::V4(remote)) => {
+            let mut local_bytes = [0u8; 16];
+            let mut remote_bytes = [0u8; 16];
+            local_bytes[..4].copy_from_slice(&local.octets());
+            remote_bytes[..4].copy_from_slice(&remote.octets());
+            (AF_INET, local_bytes, remote_bytes)
+        }
+        (local, remote) => (AF_INET6, v6_octets(local), v6_octets(remote)),
+    };
+    ConnKey {
+        family,
+        local_port: local.port(),
+        remote_port: remote.port(),
+        _pad: 0,
+        local_addr,
+        remote_addr,
+    }
+}
+
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// Drains every record currently in the ring, passing each to `handle`. Returns how many.
@@ -299,8 +389,13 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
         ebpf.map_mut(CONFIG_MAP)
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
     )?;
+    let ring_bytes = options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
     let value = Config {
         filter_ports: u32::from(options.ports.is_some()),
+        // Wake the daemon early enough that its timer never has to race a filling ring.
+        wakeup_bytes: ring_bytes / 8,
+        preexisting: 0,
+        _pad: 0,
     };
     config
         .set(0, value, 0)

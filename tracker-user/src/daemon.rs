@@ -14,7 +14,17 @@ use crate::model::Nanos;
 use crate::observer::{Applied, Observer};
 use crate::output::{Flow, Format, IntervalTotals, ReportBatch, ReportSink};
 use crate::procfs;
+use crate::sockdiag::SockDiag;
 use crate::tracefs::Tracefs;
+
+/// How often the daemon collects events that the kernel queued without waking it. Short
+/// enough that the ring (millions of bytes) cannot fill in between at any rate this host
+/// reaches, long enough that the daemon sleeps almost all the time.
+const COLLECT_EVERY: Duration = Duration::from_millis(20);
+
+/// The accept queues are sampled every this many collection ticks (every 100 ms), for the
+/// interval's peak.
+const ACCEPT_QUEUE_SAMPLE_TICKS: u64 = 5;
 
 /// What the daemon was asked to do.
 #[derive(Debug, Clone)]
@@ -53,8 +63,12 @@ pub async fn run(
         decode_errors: 0,
         last_report: monotonic_now(),
         events: 0,
+        diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
+        listen_counters: procfs::listen_counters().unwrap_or_default(),
+        collected: 0,
     };
     state.rescan_listeners()?;
+    state.adopt_existing_connections()?;
     log::info!(
         "attached to {}; watching {} listener(s){}",
         state.probes.attached.join(", "),
@@ -65,6 +79,10 @@ pub async fn run(
         }
     );
 
+    // The kernel wakes us only when the ring fills up past a threshold (see
+    // `Config::wakeup_bytes`); otherwise events are collected in batches on this timer.
+    let mut collect = tokio::time::interval(COLLECT_EVERY);
+    collect.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ticker = tokio::time::interval_at(Instant::now() + options.interval, options.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = async {
@@ -81,6 +99,13 @@ pub async fn run(
                 let mut guard = readable.context("waiting for kernel events")?;
                 state.drain(guard.get_inner_mut());
                 guard.clear_ready();
+            }
+            _ = collect.tick() => {
+                state.drain(ring.get_mut());
+                state.collected += 1;
+                if state.collected.is_multiple_of(ACCEPT_QUEUE_SAMPLE_TICKS) {
+                    state.sample_accept_queues()?;
+                }
             }
             _ = ticker.tick() => {
                 if state.report(&mut ring, &options, sink)? == Flow::Stop {
@@ -111,6 +136,11 @@ struct State {
     last_report: Nanos,
     /// Kernel events handled since start (for cost-per-event figures).
     events: u64,
+    diag: SockDiag,
+    /// ListenOverflows and ListenDrops as of the last report.
+    listen_counters: (u64, u64),
+    /// Collection timer ticks, to sample the accept queues every few of them.
+    collected: u64,
 }
 
 impl State {
@@ -143,12 +173,83 @@ impl State {
     }
 
     fn rescan_listeners(&mut self) -> anyhow::Result<()> {
-        let listeners =
-            procfs::scan_listeners().context("reading the kernel's listening sockets")?;
-        for (addr, (sockets, owners)) in listeners {
+        let listeners = self
+            .diag
+            .listeners()
+            .context("reading the kernel's listening sockets")?;
+        for (addr, (sockets, owners)) in procfs::group_listeners(&listeners) {
             self.observer
                 .add_scanned_listener_sockets(addr, sockets, &owners);
         }
+        Ok(())
+    }
+
+    /// Connections that exist when the daemon starts: counted from now, their closes reported
+    /// by the kernel like any other.
+    fn adopt_existing_connections(&mut self) -> anyhow::Result<()> {
+        let now = monotonic_now();
+        let connections = self.kernel_connections()?;
+        let adopted: Vec<_> = connections
+            .into_iter()
+            .filter(|&(local, remote)| self.observer.adopt(local, remote, now).is_some())
+            .collect();
+        if !adopted.is_empty() {
+            log::info!(
+                "{} connection(s) already open on watched listeners",
+                adopted.len()
+            );
+        }
+        self.probes.track_preexisting(&adopted)
+    }
+
+    fn kernel_connections(
+        &mut self,
+    ) -> anyhow::Result<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+        Ok(self
+            .diag
+            .connections()
+            .context("reading the kernel's connections")?
+            .into_iter()
+            .map(|socket| (socket.local, socket.remote))
+            .collect())
+    }
+
+    /// Makes the model match the kernel's table, in favour of the kernel. A difference must
+    /// show in two dumps with the ring drained in between, so that events still in flight are
+    /// not mistaken for lost ones.
+    fn reconcile(&mut self, ring: &mut EventRing) -> anyhow::Result<()> {
+        self.drain(ring.get_mut());
+        let kernel = self.kernel_connections()?;
+        let first = self.observer.discrepancies(&kernel);
+        if first.is_empty() {
+            return Ok(());
+        }
+        self.drain(ring.get_mut());
+        let kernel = self.kernel_connections()?;
+        let second = self.observer.discrepancies(&kernel);
+        let confirmed = first.confirmed_by(&second);
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        log::info!(
+            "reconciled with the kernel: {} connection(s) closed, {} adopted",
+            confirmed.model_only.len(),
+            confirmed.kernel_only.len()
+        );
+        let adopted = self.observer.correct(&confirmed, monotonic_now());
+        self.probes.track_preexisting(&adopted)
+    }
+
+    /// Samples every listener's accept queue.
+    fn sample_accept_queues(&mut self) -> anyhow::Result<()> {
+        let samples: Vec<_> = self
+            .diag
+            .listeners()
+            .context("reading the kernel's listening sockets")?
+            .into_iter()
+            .map(|socket| (socket.local, socket.recv_queue, socket.send_queue))
+            .collect();
+        self.observer.sample_accept_queues(&samples);
         Ok(())
     }
 
@@ -159,8 +260,10 @@ impl State {
         options: &Options,
         sink: &mut dyn ReportSink,
     ) -> anyhow::Result<Flow> {
-        // Everything the kernel sent before this instant belongs in this report.
-        self.drain(ring.get_mut());
+        // Everything the kernel sent before this instant belongs in this report, corrected
+        // against the kernel's own table.
+        self.reconcile(ring)?;
+        self.sample_accept_queues()?;
         let now = monotonic_now();
         // Connections whose server has answered and that wait for the next request are idle
         // now; the kernel will only say so when that request (or the close) comes.
@@ -172,6 +275,7 @@ impl State {
             }
         }
         let losses = self.probes.losses()?;
+        let listen_counters = procfs::listen_counters().unwrap_or(self.listen_counters);
         let totals = IntervalTotals {
             unix_time_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -179,6 +283,8 @@ impl State {
             interval_s: now.saturating_sub(self.last_report) as f64 / 1e9,
             lost_events: losses.ring_full - self.losses.ring_full,
             untracked_connections: losses.table_full - self.losses.table_full,
+            listen_overflows: listen_counters.0.saturating_sub(self.listen_counters.0),
+            listen_drops: listen_counters.1.saturating_sub(self.listen_counters.1),
         };
         if totals.lost_events > 0 {
             log::warn!(
@@ -194,6 +300,7 @@ impl State {
         }
         if options.reset {
             self.losses = losses;
+            self.listen_counters = listen_counters;
             self.last_report = now;
         }
         let reports = self.observer.report(now, options.reset);

@@ -14,5 +14,6 @@ pub mod output;
 pub mod procfs;
 pub mod prometheus;
 pub mod sessions;
+pub mod sockdiag;
 pub mod top;
 pub mod tracefs;

@@ -58,6 +58,48 @@ pub struct ListenerReport {
     /// Every connection that closed since the previous report (for distributions such as
     /// Prometheus histograms), whether or not reports reset.
     pub closed_connections: Vec<ClosedConnection>,
+    /// Connections the model had to add or close to match the kernel's table in the
+    /// interval (events were lost, or the connection predates the daemon).
+    pub corrections: u64,
+    /// Connections waiting in the accept queue when last sampled.
+    pub accept_queue: u32,
+    /// Most connections waiting in the accept queue among the interval's samples.
+    pub accept_queue_peak: u32,
+    /// The accept queue's limit (the listen backlog).
+    pub accept_backlog: u32,
+}
+
+/// Where the model and the kernel's table disagree (see [`Observer::discrepancies`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discrepancies {
+    /// (listener, remote) in the model but not in the kernel: their close was lost.
+    pub model_only: BTreeSet<(SocketAddr, SocketAddr)>,
+    /// (local, remote) in the kernel but not in the model: their open was lost, or they
+    /// predate the daemon.
+    pub kernel_only: BTreeSet<(SocketAddr, SocketAddr)>,
+}
+
+impl Discrepancies {
+    pub fn is_empty(&self) -> bool {
+        self.model_only.is_empty() && self.kernel_only.is_empty()
+    }
+
+    /// Only what both `self` and `other` report: a discrepancy seen twice, with the events
+    /// in flight drained in between, is real rather than a race with the ring buffer.
+    pub fn confirmed_by(&self, other: &Self) -> Self {
+        Self {
+            model_only: self
+                .model_only
+                .intersection(&other.model_only)
+                .copied()
+                .collect(),
+            kernel_only: self
+                .kernel_only
+                .intersection(&other.kernel_only)
+                .copied()
+                .collect(),
+        }
+    }
 }
 
 /// A connection that closed: how long it lived and its most concurrent sessions.
@@ -82,9 +124,29 @@ struct Listener {
     unknown_closed: u64,
     /// Connections closed since the last report.
     closed_log: Vec<ClosedConnection>,
+    /// Model entries corrected to match the kernel's table since the last reset.
+    corrections: u64,
+    /// Accept queue as last sampled: waiting connections, and the limit (summed over the
+    /// sockets of an SO_REUSEPORT group).
+    accept_queue: u32,
+    accept_backlog: u32,
+    /// Longest accept queue sampled since the last reset.
+    accept_queue_peak: u32,
 }
 
 impl Listener {
+    /// Bookkeeping for an adopted connection about to be closed in the tracker.
+    fn forget_adopted(&mut self, remote: SocketAddr, at: Nanos) {
+        self.unknown_open = self.unknown_open.saturating_sub(1);
+        self.unknown_closed += 1;
+        if let Some(opened_at) = self.tracker.opened_at(&remote) {
+            self.closed_log.push(ClosedConnection {
+                lifetime_ns: at.saturating_sub(opened_at),
+                peak_sessions: 0,
+            });
+        }
+    }
+
     fn new(addr: SocketAddr) -> Self {
         Self {
             tracker: Tracker::new(addr.to_string()),
@@ -94,6 +156,10 @@ impl Listener {
             unknown_open: 0,
             unknown_closed: 0,
             closed_log: Vec::new(),
+            corrections: 0,
+            accept_queue: 0,
+            accept_backlog: 0,
+            accept_queue_peak: 0,
         }
     }
 
@@ -160,6 +226,9 @@ pub struct ObserverStats {
 pub struct Observer {
     listeners: BTreeMap<SocketAddr, Listener>,
     conns: HashMap<SockId, ConnRef>,
+    /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
+    /// remote). Their close arrives with a socket address the observer never saw.
+    adopted: HashSet<(SocketAddr, SocketAddr)>,
     ports: Option<BTreeSet<u16>>,
     stats: ObserverStats,
 }
@@ -343,7 +412,14 @@ impl Observer {
                         (conn.listener, conn.remote)
                     }
                     None => match self.listener_for(local, false) {
-                        Some(listener_addr) => (listener_addr, remote),
+                        Some(listener_addr) => {
+                            if self.adopted.remove(&(listener_addr, remote))
+                                && let Some(listener) = self.listeners.get_mut(&listener_addr)
+                            {
+                                listener.forget_adopted(remote, at);
+                            }
+                            (listener_addr, remote)
+                        }
                         None if !self.watches(local.port()) => return Applied::Done,
                         None => {
                             self.stats.unattributed += 1;
@@ -477,6 +553,125 @@ impl Observer {
         fall_back_to_local.then_some(local)
     }
 
+    /// Takes a connection the kernel has but the model does not (it predates the daemon, or
+    /// its open event was lost) into the tracker of its listener, opened at `now`. Its sessions
+    /// are unknown (its first bytes were missed). Returns its listener, or None when no
+    /// watched listener takes it or the tracker already has that remote address.
+    pub fn adopt(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Nanos,
+    ) -> Option<SocketAddr> {
+        if !self.watches(local.port()) {
+            return None;
+        }
+        let listener_addr = self.listener_for(local, false)?;
+        let listener = self.listeners.get_mut(&listener_addr)?;
+        if listener.tracker.contains(&remote) {
+            return None;
+        }
+        listener.tracker.conn_state(remote, now, ConnState::New);
+        listener.unknown_open += 1;
+        self.adopted.insert((listener_addr, remote));
+        Some(listener_addr)
+    }
+
+    /// Compares the model with the kernel's table of connections, given as (local, remote)
+    /// pairs; only connections of watched listeners count.
+    pub fn discrepancies(&self, kernel: &[(SocketAddr, SocketAddr)]) -> Discrepancies {
+        let in_kernel: BTreeSet<(SocketAddr, SocketAddr)> = kernel
+            .iter()
+            .filter(|(local, _)| self.watches(local.port()))
+            .filter_map(|&(local, remote)| Some((self.listener_for(local, false)?, remote, local)))
+            .map(|(listener, remote, _)| (listener, remote))
+            .collect();
+        let mut found = Discrepancies::default();
+        for (&listener_addr, listener) in &self.listeners {
+            for &remote in listener.tracker.keys() {
+                if !in_kernel.contains(&(listener_addr, remote)) {
+                    found.model_only.insert((listener_addr, remote));
+                }
+            }
+        }
+        for &(local, remote) in kernel {
+            if !self.watches(local.port()) {
+                continue;
+            }
+            if let Some(listener_addr) = self.listener_for(local, false)
+                && self
+                    .listeners
+                    .get(&listener_addr)
+                    .is_some_and(|listener| !listener.tracker.contains(&remote))
+            {
+                found.kernel_only.insert((local, remote));
+            }
+        }
+        found
+    }
+
+    /// Makes the model match the kernel (the original's rule: favour the current state):
+    /// closes what the kernel no longer has, adopts what only the kernel has, and counts each
+    /// as a correction of its listener. Returns the adopted (local, remote) pairs, whose close
+    /// the kernel must be told to report.
+    pub fn correct(&mut self, found: &Discrepancies, now: Nanos) -> Vec<(SocketAddr, SocketAddr)> {
+        if !found.model_only.is_empty() {
+            let by_endpoint: HashMap<(SocketAddr, SocketAddr), SockId> = self
+                .conns
+                .iter()
+                .map(|(&sock, conn)| ((conn.listener, conn.remote), sock))
+                .collect();
+            for &(listener_addr, remote) in &found.model_only {
+                if let Some(sock) = by_endpoint.get(&(listener_addr, remote))
+                    && let Some(mut conn) = self.conns.remove(sock)
+                    && let Some(listener) = self.listeners.get_mut(&listener_addr)
+                {
+                    let ended = conn.sessions.close_all();
+                    sessions::apply(&mut listener.tracker, &remote, (0, ended));
+                    if conn.sessions_unknown {
+                        listener.unknown_open = listener.unknown_open.saturating_sub(1);
+                        listener.unknown_closed += 1;
+                    }
+                } else if self.adopted.remove(&(listener_addr, remote))
+                    && let Some(listener) = self.listeners.get_mut(&listener_addr)
+                {
+                    listener.forget_adopted(remote, now);
+                }
+                if let Some(listener) = self.listeners.get_mut(&listener_addr) {
+                    listener.tracker.conn_state(remote, now, ConnState::Closed);
+                    listener.corrections += 1;
+                }
+            }
+        }
+        let mut adopted = Vec::new();
+        for &(local, remote) in &found.kernel_only {
+            if let Some(listener_addr) = self.adopt(local, remote, now) {
+                if let Some(listener) = self.listeners.get_mut(&listener_addr) {
+                    listener.corrections += 1;
+                }
+                adopted.push((local, remote));
+            }
+        }
+        adopted
+    }
+
+    /// Records an accept-queue sample: (listening socket address, waiting connections,
+    /// backlog) for every listening socket; sockets sharing an address are summed.
+    pub fn sample_accept_queues(&mut self, samples: &[(SocketAddr, u32, u32)]) {
+        let mut sums: HashMap<SocketAddr, (u32, u32)> = HashMap::new();
+        for &(addr, queue, backlog) in samples {
+            let sum = sums.entry(addr).or_default();
+            sum.0 = sum.0.saturating_add(queue);
+            sum.1 = sum.1.saturating_add(backlog);
+        }
+        for (addr, listener) in &mut self.listeners {
+            let (queue, backlog) = sums.get(addr).copied().unwrap_or_default();
+            listener.accept_queue = queue;
+            listener.accept_backlog = backlog;
+            listener.accept_queue_peak = listener.accept_queue_peak.max(queue);
+        }
+    }
+
     /// One report per listener at `now`. With `reset`, the interval counters start again.
     /// Listeners that have closed and hold no connections are reported one last time, then
     /// forgotten, so a host that churns listeners does not grow the daemon's memory.
@@ -486,8 +681,12 @@ impl Observer {
             .iter_mut()
             .map(|(&listener, state)| {
                 let sessions_unknown = state.unknown_open + state.unknown_closed;
+                let corrections = state.corrections;
+                let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
                 if reset {
                     state.unknown_closed = 0;
+                    state.corrections = 0;
+                    state.accept_queue_peak = state.accept_queue;
                 }
                 ListenerReport {
                     listener,
@@ -496,6 +695,10 @@ impl Observer {
                     gone: !state.is_listening(),
                     sessions_unknown,
                     closed_connections: std::mem::take(&mut state.closed_log),
+                    corrections,
+                    accept_queue: state.accept_queue,
+                    accept_queue_peak,
+                    accept_backlog: state.accept_backlog,
                 }
             })
             .collect();
@@ -867,5 +1070,95 @@ mod tests {
         assert_eq!(report.snapshot.errors.total(), 0);
         let later = report_of(&mut observer, 6 * SECOND, "127.0.0.1:80");
         assert!(later.closed_connections.is_empty());
+    }
+
+    #[test]
+    fn adopted_connections_count_and_close_without_errors() {
+        let mut observer = Observer::new(None);
+        observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+        let local = addr("127.0.0.1:80");
+        assert_eq!(
+            observer.adopt(local, addr("127.0.0.1:5000"), SECOND),
+            Some(addr("0.0.0.0:80"))
+        );
+        assert_eq!(
+            observer.adopt(local, addr("127.0.0.1:5000"), SECOND),
+            None,
+            "already there"
+        );
+        assert_eq!(
+            observer.adopt(addr("127.0.0.1:81"), addr("127.0.0.1:5000"), SECOND),
+            None
+        );
+        let first = report_of(&mut observer, 2 * SECOND, "0.0.0.0:80");
+        assert_eq!((first.snapshot.curr, first.sessions_unknown), (1, 1));
+        // Its close comes with a socket address the observer never saw.
+        let _ = observer.apply(&close(77, "127.0.0.1:80", "127.0.0.1:5000", 3 * SECOND));
+        let second = report_of(&mut observer, 4 * SECOND, "0.0.0.0:80");
+        assert_eq!((second.snapshot.curr, second.snapshot.closed), (0, 1));
+        assert_eq!(second.snapshot.errors.total(), 0);
+        assert_eq!(second.closed_connections.len(), 1);
+    }
+
+    #[test]
+    fn reconciliation_closes_lost_closes_and_adopts_lost_opens() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:80"));
+        let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&open(11, "127.0.0.1:80", "127.0.0.1:5001", 0));
+        // The kernel still has 5001, no longer 5000 (close lost), and has 5002 (open lost).
+        let kernel = [
+            (addr("127.0.0.1:80"), addr("127.0.0.1:5001")),
+            (addr("127.0.0.1:80"), addr("127.0.0.1:5002")),
+            (addr("127.0.0.1:9999"), addr("127.0.0.1:6000")),
+        ];
+        let found = observer.discrepancies(&kernel);
+        assert_eq!(
+            found.model_only,
+            BTreeSet::from([(addr("127.0.0.1:80"), addr("127.0.0.1:5000"))])
+        );
+        assert_eq!(
+            found.kernel_only,
+            BTreeSet::from([(addr("127.0.0.1:80"), addr("127.0.0.1:5002"))])
+        );
+        let again = observer.discrepancies(&kernel[..1]);
+        let confirmed = found.confirmed_by(&again);
+        assert!(confirmed.kernel_only.is_empty(), "5002 was seen only once");
+        assert_eq!(confirmed.model_only.len(), 1);
+
+        let adopted = observer.correct(&found, SECOND);
+        assert_eq!(
+            adopted,
+            vec![(addr("127.0.0.1:80"), addr("127.0.0.1:5002"))]
+        );
+        let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+        assert_eq!(report.snapshot.curr, 2);
+        assert_eq!(report.corrections, 2);
+        assert_eq!(report.snapshot.errors.total(), 0);
+        assert_eq!(observer.connections(), 1, "socket 10 forgotten");
+        assert!(observer.discrepancies(&kernel).is_empty());
+    }
+
+    #[test]
+    fn accept_queue_samples_sum_reuseport_groups_and_keep_the_peak() {
+        let mut observer = Observer::new(None);
+        observer.add_scanned_listener_sockets(addr("127.0.0.1:80"), 2, &[]);
+        let listener = addr("127.0.0.1:80");
+        observer.sample_accept_queues(&[(listener, 3, 128), (listener, 4, 128)]);
+        observer.sample_accept_queues(&[(listener, 1, 128), (listener, 0, 128)]);
+        let report = report_of(&mut observer, SECOND, "127.0.0.1:80");
+        assert_eq!(
+            (
+                report.accept_queue,
+                report.accept_queue_peak,
+                report.accept_backlog
+            ),
+            (1, 7, 256)
+        );
+        let next = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+        assert_eq!(
+            next.accept_queue_peak, 1,
+            "peak restarts from the current length"
+        );
     }
 }

@@ -101,6 +101,11 @@ pub struct IntervalTotals {
     pub lost_events: u64,
     /// Connections the kernel could not track in this interval (its table was full).
     pub untracked_connections: u64,
+    /// Connections refused in this interval because an accept queue was full (the kernel's
+    /// ListenOverflows, for the daemon's network namespace).
+    pub listen_overflows: u64,
+    /// Connections dropped at a listener in this interval, overflows included (ListenDrops).
+    pub listen_drops: u64,
 }
 
 #[derive(Serialize)]
@@ -123,6 +128,12 @@ struct JsonReport<'a> {
     busy: usize,
     busy_peak: usize,
     sessions_unknown: u64,
+    corrections: u64,
+    accept_queue: u32,
+    accept_queue_peak: u32,
+    accept_backlog: u32,
+    listen_overflows: u64,
+    listen_drops: u64,
     errs: u64,
     errors: serde_json::Map<String, serde_json::Value>,
     conn_for_s: f64,
@@ -164,6 +175,12 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         busy: snapshot.busy,
         busy_peak: snapshot.busy_peak,
         sessions_unknown: report.sessions_unknown,
+        corrections: report.corrections,
+        accept_queue: report.accept_queue,
+        accept_queue_peak: report.accept_queue_peak,
+        accept_backlog: report.accept_backlog,
+        listen_overflows: totals.listen_overflows,
+        listen_drops: totals.listen_drops,
         errs: snapshot.errors.total(),
         errors,
         conn_for_s: snapshot.conn_for_secs(),
@@ -211,6 +228,10 @@ mod tests {
             gone: false,
             sessions_unknown: 0,
             closed_connections: Vec::new(),
+            corrections: 0,
+            accept_queue: 0,
+            accept_queue_peak: 0,
+            accept_backlog: 0,
         }
     }
 
@@ -229,6 +250,8 @@ mod tests {
             interval_s: 10.0,
             lost_events: 3,
             untracked_connections: 0,
+            listen_overflows: 0,
+            listen_drops: 0,
         };
         let line = render(Format::Json, &sample(), &totals);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();

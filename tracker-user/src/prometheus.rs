@@ -91,6 +91,12 @@ struct Metrics {
     busy_seconds: Family<ListenerLabels, SecondsCounter>,
     lost_events: Counter,
     untracked_connections: Counter,
+    listen_overflows: Counter,
+    listen_drops: Counter,
+    corrections: Family<ListenerLabels, Counter>,
+    accept_queue: Family<ListenerLabels, Gauge>,
+    accept_queue_peak: Family<ListenerLabels, Gauge>,
+    accept_backlog: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Gauge>,
     connections_peak: Family<ListenerLabels, Gauge>,
     busy_connections: Family<ListenerLabels, Gauge>,
@@ -112,6 +118,12 @@ impl Metrics {
             busy_seconds: Family::default(),
             lost_events: Counter::default(),
             untracked_connections: Counter::default(),
+            listen_overflows: Counter::default(),
+            listen_drops: Counter::default(),
+            corrections: Family::default(),
+            accept_queue: Family::default(),
+            accept_queue_peak: Family::default(),
+            accept_backlog: Family::default(),
             connections: Family::default(),
             connections_peak: Family::default(),
             busy_connections: Family::default(),
@@ -159,6 +171,36 @@ impl Metrics {
             "untracked_connections",
             "Connections the kernel could not track because its table was full",
             metrics.untracked_connections.clone(),
+        );
+        registry.register(
+            "listen_overflows",
+            "Connections refused because an accept queue was full (network namespace)",
+            metrics.listen_overflows.clone(),
+        );
+        registry.register(
+            "listen_drops",
+            "Connections dropped at a listener, overflows included (network namespace)",
+            metrics.listen_drops.clone(),
+        );
+        registry.register(
+            "corrections",
+            "Connections the model added or closed to match the kernel's table",
+            metrics.corrections.clone(),
+        );
+        registry.register(
+            "accept_queue",
+            "Connections waiting in the accept queue at the last sample",
+            metrics.accept_queue.clone(),
+        );
+        registry.register(
+            "accept_queue_peak",
+            "Longest accept queue sampled in the last report's interval",
+            metrics.accept_queue_peak.clone(),
+        );
+        registry.register(
+            "accept_backlog",
+            "The accept queue's limit (listen backlog)",
+            metrics.accept_backlog.clone(),
         );
         registry.register(
             "connections",
@@ -214,6 +256,9 @@ impl Metrics {
             &self.sessions_peak,
             &self.sessions_unknown,
             &self.listener_up,
+            &self.accept_queue,
+            &self.accept_queue_peak,
+            &self.accept_backlog,
         ] {
             gauge.remove(labels);
         }
@@ -228,6 +273,7 @@ struct Cumulative {
     errors: [u64; ErrorKind::ALL.len()],
     conn_for_ns: Nanos,
     active_for_ns: Nanos,
+    corrections: u64,
 }
 
 impl Cumulative {
@@ -239,6 +285,7 @@ impl Cumulative {
             errors: ErrorKind::ALL.map(|kind| snapshot.errors.get(kind)),
             conn_for_ns: snapshot.conn_for_ns,
             active_for_ns: snapshot.active_for_ns,
+            corrections: report.corrections,
         }
     }
 
@@ -250,6 +297,7 @@ impl Cumulative {
             errors: std::array::from_fn(|index| growth(self.errors[index], now.errors[index])),
             conn_for_ns: growth(self.conn_for_ns, now.conn_for_ns),
             active_for_ns: growth(self.active_for_ns, now.active_for_ns),
+            corrections: growth(self.corrections, now.corrections),
         }
     }
 }
@@ -289,6 +337,7 @@ struct Inner {
     /// The global loss counters' values in the last cumulative report.
     last_lost_events: u64,
     last_untracked_connections: u64,
+    last_listen_counters: (u64, u64),
 }
 
 impl Inner {
@@ -301,6 +350,7 @@ impl Inner {
             listeners: HashMap::new(),
             last_lost_events: 0,
             last_untracked_connections: 0,
+            last_listen_counters: (0, 0),
         }
     }
 
@@ -320,6 +370,19 @@ impl Inner {
         };
         self.metrics.lost_events.inc_by(lost);
         self.metrics.untracked_connections.inc_by(untracked);
+        let listen = (totals.listen_overflows, totals.listen_drops);
+        let (overflows, drops) = if batch.per_interval {
+            listen
+        } else {
+            let added = (
+                growth(self.last_listen_counters.0, listen.0),
+                growth(self.last_listen_counters.1, listen.1),
+            );
+            self.last_listen_counters = listen;
+            added
+        };
+        self.metrics.listen_overflows.inc_by(overflows);
+        self.metrics.listen_drops.inc_by(drops);
         for report in batch.reports {
             self.apply_listener(report, batch.per_interval);
         }
@@ -389,6 +452,16 @@ impl Inner {
             i64::try_from(report.sessions_unknown).unwrap_or(i64::MAX),
         );
         set(&metrics.listener_up, i64::from(!report.gone));
+        set(&metrics.accept_queue, i64::from(report.accept_queue));
+        set(
+            &metrics.accept_queue_peak,
+            i64::from(report.accept_queue_peak),
+        );
+        set(&metrics.accept_backlog, i64::from(report.accept_backlog));
+        metrics
+            .corrections
+            .get_or_create(&labels)
+            .inc_by(added.corrections);
 
         // Closed connections are listed once whatever the mode, so they are observed as given.
         let lifetime = metrics.lifetime.get_or_create(&labels);
@@ -516,6 +589,10 @@ mod tests {
             gone: false,
             sessions_unknown: 0,
             closed_connections: Vec::new(),
+            corrections: 0,
+            accept_queue: 0,
+            accept_queue_peak: 0,
+            accept_backlog: 0,
         }
     }
 
@@ -549,6 +626,8 @@ mod tests {
             interval_s: 4.0,
             lost_events,
             untracked_connections: 1,
+            listen_overflows: 0,
+            listen_drops: 0,
         };
         // Per interval: 2 then 3 events lost. From start: 2 then 5.
         let second_lost = if reset { 3 } else { 5 };
@@ -559,6 +638,8 @@ mod tests {
                 second,
                 IntervalTotals {
                     untracked_connections: second_untracked,
+                    listen_overflows: 0,
+                    listen_drops: 0,
                     ..totals(second_lost)
                 },
             ),

@@ -484,6 +484,10 @@ mod tests {
             gone: false,
             sessions_unknown: 0,
             closed_connections: Vec::new(),
+            corrections: 0,
+            accept_queue: 0,
+            accept_queue_peak: 0,
+            accept_backlog: 0,
         }
     }
 
@@ -501,6 +505,8 @@ mod tests {
             interval_s: 2.0,
             lost_events: 0,
             untracked_connections: 0,
+            listen_overflows: 0,
+            listen_drops: 0,
         }
     }
 
@@ -688,6 +694,8 @@ mod tests {
         let warned = IntervalTotals {
             lost_events: 12,
             untracked_connections: 1,
+            listen_overflows: 0,
+            listen_drops: 0,
             ..totals()
         };
         let buffer = render(120, 10, |frame| draw(frame, &batch_view(&reports, warned)));

@@ -45,13 +45,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracker_common::{
-    AF_INET, AF_INET6, ConnTrack, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
-    inet_sock_set_state as field, tcp_state,
+    AF_INET, AF_INET6, ConnKey, ConnTrack, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent,
+    TRACK_FULL_SLOT, inet_sock_set_state as field, tcp_state,
 };
 
 use aya_log_ebpf::warn;
 
-use crate::maps::{EVENTS, TRACKED, count_lost, port_wanted};
+use crate::maps::{CONFIG, EVENTS, PREEXISTING, TRACKED, count_lost, port_wanted, submit};
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -80,7 +80,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
         (_, tcp_state::CLOSE) => {
             let Some(track) = TRACKED.get_ptr(&skaddr) else {
-                return Ok(0);
+                return close_preexisting(ctx, skaddr, now);
             };
             // SAFETY: a live map value; copied out before the entry is removed.
             let track = unsafe { *track };
@@ -102,7 +102,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     };
 
     let local_port: u16 = unsafe { ctx.read_at(field::SPORT) }.map_err(i64::from)?;
-    let family: u16 = unsafe { ctx.read_at(field::FAMILY) }.map_err(i64::from)?;
     // Closes are filtered by TRACKED membership (decided at open time), the rest by port.
     if kind != EventKind::ConnClose && !port_wanted(local_port) {
         return Ok(0);
@@ -129,36 +128,84 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
 
-    // From here on every read has a fallback, because the entry must be submitted or discarded.
-    let mut local_addr = [0u8; 16];
-    let mut remote_addr = [0u8; 16];
-    if family == AF_INET {
-        let local: [u8; 4] = unsafe { ctx.read_at(field::SADDR) }.unwrap_or([0; 4]);
-        let remote: [u8; 4] = unsafe { ctx.read_at(field::DADDR) }.unwrap_or([0; 4]);
-        local_addr[..4].copy_from_slice(&local);
-        remote_addr[..4].copy_from_slice(&remote);
-    } else if family == AF_INET6 {
-        local_addr = unsafe { ctx.read_at(field::SADDR_V6) }.unwrap_or([0; 16]);
-        remote_addr = unsafe { ctx.read_at(field::DADDR_V6) }.unwrap_or([0; 16]);
-    }
-    let remote_port: u16 = unsafe { ctx.read_at(field::DPORT) }.unwrap_or(0);
-
+    let endpoints = read_endpoints(ctx);
     entry.write(SockEvent {
         kind: kind as u32,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         timestamp_ns: now,
         skaddr,
-        family,
-        local_port,
-        remote_port,
+        family: endpoints.family,
+        local_port: endpoints.local_port,
+        remote_port: endpoints.remote_port,
         _pad: 0,
-        local_addr,
-        remote_addr,
+        local_addr: endpoints.local_addr,
+        remote_addr: endpoints.remote_addr,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         aux: turn_end_ns,
         detail: 0,
         _pad2: 0,
     });
-    entry.submit(0);
+    submit(entry);
+    Ok(0)
+}
+
+/// The socket's endpoints. Every read has a fallback (zeroes): callers may hold a ring entry
+/// that must be submitted or discarded whatever happens.
+#[inline(always)]
+fn read_endpoints(ctx: &TracePointContext) -> ConnKey {
+    // SAFETY (all `read_at`): offsets checked against the format file at start-up.
+    let family: u16 = unsafe { ctx.read_at(field::FAMILY) }.unwrap_or(0);
+    let mut key = ConnKey {
+        family,
+        local_port: unsafe { ctx.read_at(field::SPORT) }.unwrap_or(0),
+        remote_port: unsafe { ctx.read_at(field::DPORT) }.unwrap_or(0),
+        ..ConnKey::default()
+    };
+    if family == AF_INET {
+        let local: [u8; 4] = unsafe { ctx.read_at(field::SADDR) }.unwrap_or([0; 4]);
+        let remote: [u8; 4] = unsafe { ctx.read_at(field::DADDR) }.unwrap_or([0; 4]);
+        key.local_addr[..4].copy_from_slice(&local);
+        key.remote_addr[..4].copy_from_slice(&remote);
+    } else if family == AF_INET6 {
+        key.local_addr = unsafe { ctx.read_at(field::SADDR_V6) }.unwrap_or([0; 16]);
+        key.remote_addr = unsafe { ctx.read_at(field::DADDR_V6) }.unwrap_or([0; 16]);
+    }
+    key
+}
+
+/// A socket not seen open reached CLOSE: if the daemon adopted it from the kernel's table
+/// (see `PREEXISTING`), report its close like any other.
+#[inline(always)]
+fn close_preexisting(ctx: &TracePointContext, skaddr: u64, now: u64) -> Result<u32, i64> {
+    if CONFIG.get(0).is_none_or(|config| config.preexisting == 0) {
+        return Ok(0);
+    }
+    let endpoints = read_endpoints(ctx);
+    // SAFETY: presence test only.
+    if unsafe { PREEXISTING.get(&endpoints) }.is_none() {
+        return Ok(0);
+    }
+    let _ = PREEXISTING.remove(&endpoints);
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count_lost(LOST_SLOT);
+        return Ok(0);
+    };
+    entry.write(SockEvent {
+        kind: EventKind::ConnClose as u32,
+        pid: 0,
+        timestamp_ns: now,
+        skaddr,
+        family: endpoints.family,
+        local_port: endpoints.local_port,
+        remote_port: endpoints.remote_port,
+        _pad: 0,
+        local_addr: endpoints.local_addr,
+        remote_addr: endpoints.remote_addr,
+        comm: [0; 16],
+        aux: 0,
+        detail: 0,
+        _pad2: 0,
+    });
+    submit(entry);
     Ok(0)
 }

@@ -7,7 +7,9 @@
 //! from, that buffer), then `sys_exit_X`. So the buffer is stored here keyed by thread, and
 //! the socket probes read it back, for tracked connections only, to detect the protocol and
 //! walk HTTP/2 frame headers. The user-space layouts read (`iovec`, `user_msghdr`) are stable
-//! ABI. Cost on untracked traffic: one LRU map update per such system call.
+//! ABI. To keep the cost off clients and unrelated programs, only processes that have called
+//! `accept()`/`accept4()` (`sys_enter_accept{,4}`, which mark them in `SERVER_TGIDS`) have
+//! their buffers remembered; every other process pays one map lookup per such call.
 //!
 //! Formats on kernel 6.18 (`events/syscalls/sys_enter_read/format`; the others differ only in
 //! argument names, checked by the daemon at start-up):
@@ -24,10 +26,16 @@ use aya_ebpf::{
 };
 use tracker_common::{DIRECTION_IN, DIRECTION_OUT, UserBuf, buf_shape, syscall_args};
 
-use crate::maps::USER_BUFS;
+use crate::maps::{SERVER_TGIDS, USER_BUFS};
 
 #[inline(always)]
 fn remember(ctx: &TracePointContext, shape: u32, direction: u32) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Only servers' buffers matter: skip every other process with one lookup.
+    // SAFETY: presence test only.
+    if unsafe { SERVER_TGIDS.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+        return 0;
+    }
     // SAFETY: offsets checked against the format files at start-up.
     let ptr: u64 = unsafe { ctx.read_at(syscall_args::BUF) }.unwrap_or(0);
     let count: u64 = unsafe { ctx.read_at(syscall_args::COUNT) }.unwrap_or(0);
@@ -40,8 +48,30 @@ fn remember(ctx: &TracePointContext, shape: u32, direction: u32) -> u32 {
         shape,
         direction,
     };
-    let _ = USER_BUFS.insert(&bpf_get_current_pid_tgid(), &buf, 0);
+    let _ = USER_BUFS.insert(&pid_tgid, &buf, 0);
     0
+}
+
+/// A process accepting a connection is a server: from now on its buffers are remembered.
+/// (It accepts before it reads what a new connection sends, so nothing is missed.)
+#[inline(always)]
+fn mark_server() -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: presence test only.
+    if unsafe { SERVER_TGIDS.get(&tgid) }.is_none() {
+        let _ = SERVER_TGIDS.insert(&tgid, &0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(_ctx: TracePointContext) -> u32 {
+    mark_server()
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(_ctx: TracePointContext) -> u32 {
+    mark_server()
 }
 
 #[tracepoint]

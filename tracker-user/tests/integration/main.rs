@@ -8,6 +8,7 @@ mod prometheus;
 mod sessions;
 mod support;
 mod top;
+mod truth;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;

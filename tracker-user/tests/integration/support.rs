@@ -378,3 +378,30 @@ pub fn slow_backend(delay: Duration) -> u16 {
     });
     port
 }
+
+/// Server-side connections of the listener at `addr` that the kernel still has (its own
+/// table, through `ss`), the truth the reports are compared with.
+pub fn established_server_side(addr: SocketAddr) -> usize {
+    // The states in which the model counts a connection: ESTABLISHED until the socket closes
+    // (TIME_WAIT sockets have already closed).
+    let mut command = Command::new("ss");
+    command.arg("-Htn");
+    for state in [
+        "established",
+        "fin-wait-1",
+        "fin-wait-2",
+        "close-wait",
+        "last-ack",
+        "closing",
+    ] {
+        command.args(["state", state]);
+    }
+    let output = command
+        .arg(format!("( sport = :{} )", addr.port()))
+        .output()
+        .expect("running ss");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .count()
+}

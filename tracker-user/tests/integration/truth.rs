@@ -1,0 +1,142 @@
+//! Truth under real conditions: a daemon started after the server, events lost under a
+//! connection storm, and a server that stops accepting.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{Daemon, connect_many, max, sum};
+
+#[test]
+fn connections_open_before_start_are_counted_from_the_first_report() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut conns = connect_many(&listener, addr, 5);
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &addr.port().to_string()]);
+
+    let first = daemon.next_report(&addr.to_string());
+    assert_eq!(first["curr"], 5, "{first}");
+    assert_eq!(first["peak"], 5, "{first}");
+    assert_eq!(first["pid"], std::process::id(), "{first}");
+    // Their first bytes were missed: sessions are unknown, not guessed.
+    assert_eq!(first["sessions_unknown"], 5, "{first}");
+
+    for conn in conns.drain(..2) {
+        conn.close();
+    }
+    let mut reports = daemon.reports_until(&addr.to_string(), |report| report["curr"] == 3);
+    for conn in conns.drain(..) {
+        conn.close();
+    }
+    reports.extend(daemon.reports_until(&addr.to_string(), |report| report["curr"] == 0));
+    assert_eq!(sum(&reports, "closed"), 5.0, "{reports:#?}");
+    for report in &reports {
+        assert_eq!(
+            report["errs"], 0,
+            "closes of adopted connections are not errors: {report}"
+        );
+        assert_eq!(
+            report["corrections"], 0,
+            "the kernel reported every close: {report}"
+        );
+    }
+}
+
+#[test]
+fn counts_return_to_the_truth_within_an_interval_after_forced_loss() {
+    const STORM: usize = 6_000;
+    const HELD: usize = 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A 4 KiB ring holds about 40 events: a storm of short connections overflows it.
+    let mut daemon = Daemon::start(&[
+        "--interval",
+        "0.5",
+        "--port",
+        &addr.port().to_string(),
+        "--ring-bytes",
+        "4096",
+    ]);
+
+    let held = thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..STORM + HELD {
+                let (stream, _) = listener.accept().expect("accepting");
+                drop(stream);
+            }
+        });
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    for _ in 0..STORM / 2 {
+                        drop(TcpStream::connect(addr).expect("connecting"));
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        // HELD connections stay open (their server side was accepted and closed, so the
+        // kernel side goes to CLOSE_WAIT: still a connection until the client closes).
+        (0..HELD)
+            .map(|_| TcpStream::connect(addr).expect("connecting"))
+            .collect::<Vec<_>>()
+    });
+    let storm_over = Instant::now();
+
+    let truth = || crate::support::established_server_side(addr);
+    // The first report made entirely after the storm must match the kernel.
+    let mut reports = Vec::new();
+    let settled = loop {
+        let report = daemon.next_report(&addr.to_string());
+        reports.push(report.clone());
+        let interval = Duration::from_secs_f64(report["interval_s"].as_f64().unwrap());
+        if storm_over.elapsed() > interval + Duration::from_millis(100) {
+            break report;
+        }
+    };
+    assert_eq!(settled["curr"], truth() as u64, "not reconciled: {settled}");
+    assert_eq!(truth(), HELD, "the test's own premise");
+    assert!(
+        sum(&reports, "lost_events") > 0.0,
+        "no loss forced: {reports:#?}"
+    );
+    assert!(
+        sum(&reports, "corrections") > 0.0,
+        "loss not corrected: {reports:#?}"
+    );
+    drop(held);
+}
+
+#[test]
+fn a_server_that_stops_accepting_fills_its_queue_and_overflows() {
+    const BACKLOG: i32 = 4;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A small backlog (std listens with 128); listen() again on a listening socket updates it.
+    // SAFETY: a valid listening socket fd.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) }, 0);
+    let addr = listener.local_addr().unwrap();
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &addr.port().to_string()]);
+
+    // Nobody accepts: the queue fills (backlog + 1 entries), later handshakes are refused and
+    // those clients keep retrying until their timeout.
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok())
+        })
+        .collect();
+    let reports = daemon.reports_until(&addr.to_string(), |report| {
+        report["accept_queue"].as_i64() >= Some(i64::from(BACKLOG))
+            && report["listen_overflows"] != 0
+    });
+    let last = reports.last().unwrap();
+    assert_eq!(last["accept_backlog"], BACKLOG, "{last}");
+    assert!(
+        max(&reports, "accept_queue_peak") <= BACKLOG as u64 + 1,
+        "{reports:#?}"
+    );
+    drop(clients);
+    drop(listener);
+}
