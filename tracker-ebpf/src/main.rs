@@ -10,6 +10,7 @@
 mod maps;
 mod payload;
 mod probes;
+mod record;
 
 #[cfg(not(test))]
 #[panic_handler]

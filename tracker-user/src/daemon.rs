@@ -303,7 +303,16 @@ impl State {
             self.listen_counters = listen_counters;
             self.last_report = now;
         }
-        let reports = self.observer.report(now, options.reset);
+        let mut reports = self.observer.report(now, options.reset);
+        // Owners known from listen() events carry no command line yet.
+        for owner in reports
+            .iter_mut()
+            .flat_map(|report| report.owners.iter_mut())
+        {
+            if owner.cmdline.is_empty() {
+                owner.cmdline = procfs::process_cmdline(owner.pid).unwrap_or_default();
+            }
+        }
         sink.publish(&ReportBatch {
             reports: &reports,
             totals,

@@ -29,6 +29,8 @@ use crate::sessions::{self, Sessions};
 pub struct Owner {
     pub pid: u32,
     pub comm: String,
+    /// Its command line, arguments separated by spaces (empty until known).
+    pub cmdline: String,
 }
 
 /// What the caller should do after [`Observer::apply`].
@@ -332,6 +334,7 @@ impl Observer {
                 listener.owners.insert(Owner {
                     pid,
                     comm: comm.clone(),
+                    cmdline: String::new(),
                 });
             }
             Event::ListenerDown { sock, addr } => {
@@ -789,7 +792,8 @@ mod tests {
             report.owners,
             vec![Owner {
                 pid: 7,
-                comm: "srv".into()
+                comm: "srv".into(),
+                cmdline: String::new(),
             }]
         );
         assert!(!report.gone);

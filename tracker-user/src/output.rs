@@ -112,6 +112,7 @@ pub struct IntervalTotals {
 struct JsonOwner<'a> {
     pid: u32,
     comm: &'a str,
+    cmdline: &'a str,
 }
 
 #[derive(Serialize)]
@@ -197,6 +198,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
             .map(|owner| JsonOwner {
                 pid: owner.pid,
                 comm: &owner.comm,
+                cmdline: &owner.cmdline,
             })
             .collect(),
     };
@@ -224,6 +226,7 @@ mod tests {
             owners: vec![Owner {
                 pid: 12,
                 comm: "nginx".into(),
+                cmdline: String::new(),
             }],
             gone: false,
             sessions_unknown: 0,

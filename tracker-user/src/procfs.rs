@@ -56,7 +56,11 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Vec<Owner>> {
                 .clone();
             let list = owners.entry(inode).or_default();
             if !list.iter().any(|owner| owner.pid == pid) {
-                list.push(Owner { pid, comm });
+                list.push(Owner {
+                    pid,
+                    comm,
+                    cmdline: process_cmdline(pid).unwrap_or_default(),
+                });
             }
         }
     }
@@ -86,6 +90,17 @@ fn parse_listen_counters(netstat: &str) -> Option<(u64, u64)> {
         .filter_map(|(name, value)| Some((name, value.parse().ok()?)))
         .collect();
     Some((*table.get("ListenOverflows")?, *table.get("ListenDrops")?))
+}
+
+/// The command line of process `pid`, arguments separated by spaces, if it still exists.
+pub fn process_cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<String> = raw
+        .split(|&byte| byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    Some(words.join(" "))
 }
 
 /// `socket:[12345]` → 12345.
@@ -127,6 +142,11 @@ mod tests {
         let grouped = group_listeners(&listeners);
         let (sockets, owners) = &grouped[&addr];
         assert_eq!(*sockets, 1);
-        assert!(owners.iter().any(|owner| owner.pid == std::process::id()));
+        let ours = owners
+            .iter()
+            .find(|owner| owner.pid == std::process::id())
+            .expect("we own our listener");
+        let exe = std::env::args().next().unwrap();
+        assert!(ours.cmdline.starts_with(&exe), "{} vs {exe}", ours.cmdline);
     }
 }

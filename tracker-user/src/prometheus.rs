@@ -585,6 +585,7 @@ mod tests {
             owners: vec![Owner {
                 pid: 7,
                 comm: "nginx".into(),
+                cmdline: String::new(),
             }],
             gone: false,
             sessions_unknown: 0,

@@ -143,8 +143,9 @@ pub enum Sessions {
         /// A turn is open.
         in_request: bool,
     },
-    /// HTTP/2: a session is one client-initiated stream.
-    Http2(H2Streams),
+    /// HTTP/2: a session is one client-initiated stream. Boxed: most connections are not
+    /// HTTP/2, and the daemon keeps one of these per connection (100k connections and more).
+    Http2(Box<H2Streams>),
 }
 
 impl Sessions {
@@ -156,7 +157,7 @@ impl Sessions {
         match protocol {
             _ if !saw_start => Self::Unknown,
             Protocol::Http1 => Self::Http1 { in_request: false },
-            Protocol::Http2 => Self::Http2(H2Streams::default()),
+            Protocol::Http2 => Self::Http2(Box::default()),
             Protocol::Undetermined | Protocol::Tls | Protocol::Other => Self::Unknown,
         }
     }
@@ -455,7 +456,7 @@ mod tests {
         );
         assert_eq!(
             Sessions::new(Protocol::Http2, true),
-            Sessions::Http2(H2Streams::default())
+            Sessions::Http2(Box::default())
         );
         for p in [Protocol::Tls, Protocol::Other, Protocol::Undetermined] {
             assert_eq!(Sessions::new(p, true), Sessions::Unknown);

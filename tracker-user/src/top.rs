@@ -555,10 +555,12 @@ mod tests {
             Owner {
                 pid: 4242,
                 comm: "nginx".into(),
+                cmdline: String::new(),
             },
             Owner {
                 pid: 4243,
                 comm: "nginx".into(),
+                cmdline: String::new(),
             },
         ];
         let snapshot = &mut report.snapshot;
@@ -675,6 +677,7 @@ mod tests {
         report.owners = vec![Owner {
             pid: 1_234_567,
             comm: "a-long-command".into(),
+            cmdline: String::new(),
         }];
         let reports = [report];
         let screen = lines(&render(90, 6, |frame| {

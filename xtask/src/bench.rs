@@ -877,6 +877,7 @@ set ylabel 'requests/s'
 set style fill solid 0.6
 set boxwidth 0.6
 set yrange [0:*]
+set bmargin 4
 set xtics rotate by 0
 unset key
 plot '{data}' using 1:3:xtic(2) with boxes, '' using 1:3:4:5 with yerrorbars lc rgb 'black'
@@ -884,8 +885,10 @@ plot '{data}' using 1:3:xtic(2) with boxes, '' using 1:3:4:5 with yerrorbars lc 
         png = png.display(),
         data = data.display()
     );
+    let script_path = out_dir.join("overhead.gp");
+    std::fs::write(&script_path, script)?;
     run_step(
         "plotting benchmarks.png",
-        Command::new("gnuplot").args(["-e", &script]),
+        Command::new("gnuplot").arg(&script_path),
     )
 }

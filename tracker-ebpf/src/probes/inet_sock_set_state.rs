@@ -61,15 +61,17 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY (all `read_at` below): offsets and sizes are those of the tracepoint's format,
+    // SAFETY (all `field` below): offsets and sizes are those of the tracepoint's format,
     // verified by the daemon before this program is attached.
-    let protocol: u16 = unsafe { ctx.read_at(field::PROTOCOL) }.map_err(i64::from)?;
+    let protocol: u16 = unsafe { crate::record::field(ctx, field::PROTOCOL) }.map_err(i64::from)?;
     if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    let old_state: i32 = unsafe { ctx.read_at(field::OLDSTATE) }.map_err(i64::from)?;
-    let new_state: i32 = unsafe { ctx.read_at(field::NEWSTATE) }.map_err(i64::from)?;
-    let skaddr: u64 = unsafe { ctx.read_at(field::SKADDR) }.map_err(i64::from)?;
+    let old_state: i32 =
+        unsafe { crate::record::field(ctx, field::OLDSTATE) }.map_err(i64::from)?;
+    let new_state: i32 =
+        unsafe { crate::record::field(ctx, field::NEWSTATE) }.map_err(i64::from)?;
+    let skaddr: u64 = unsafe { crate::record::field(ctx, field::SKADDR) }.map_err(i64::from)?;
 
     // SAFETY: TracePointContext helpers are plain calls.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -101,7 +103,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         _ => return Ok(0),
     };
 
-    let local_port: u16 = unsafe { ctx.read_at(field::SPORT) }.map_err(i64::from)?;
+    let local_port: u16 = unsafe { crate::record::field(ctx, field::SPORT) }.map_err(i64::from)?;
     // Closes are filtered by TRACKED membership (decided at open time), the rest by port.
     if kind != EventKind::ConnClose && !port_wanted(local_port) {
         return Ok(0);
@@ -153,22 +155,22 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
 /// that must be submitted or discarded whatever happens.
 #[inline(always)]
 fn read_endpoints(ctx: &TracePointContext) -> ConnKey {
-    // SAFETY (all `read_at`): offsets checked against the format file at start-up.
-    let family: u16 = unsafe { ctx.read_at(field::FAMILY) }.unwrap_or(0);
+    // SAFETY (all `field`): offsets checked against the format file at start-up.
+    let family: u16 = unsafe { crate::record::field(ctx, field::FAMILY) }.unwrap_or(0);
     let mut key = ConnKey {
         family,
-        local_port: unsafe { ctx.read_at(field::SPORT) }.unwrap_or(0),
-        remote_port: unsafe { ctx.read_at(field::DPORT) }.unwrap_or(0),
+        local_port: unsafe { crate::record::field(ctx, field::SPORT) }.unwrap_or(0),
+        remote_port: unsafe { crate::record::field(ctx, field::DPORT) }.unwrap_or(0),
         ..ConnKey::default()
     };
     if family == AF_INET {
-        let local: [u8; 4] = unsafe { ctx.read_at(field::SADDR) }.unwrap_or([0; 4]);
-        let remote: [u8; 4] = unsafe { ctx.read_at(field::DADDR) }.unwrap_or([0; 4]);
+        let local: [u8; 4] = unsafe { crate::record::field(ctx, field::SADDR) }.unwrap_or([0; 4]);
+        let remote: [u8; 4] = unsafe { crate::record::field(ctx, field::DADDR) }.unwrap_or([0; 4]);
         key.local_addr[..4].copy_from_slice(&local);
         key.remote_addr[..4].copy_from_slice(&remote);
     } else if family == AF_INET6 {
-        key.local_addr = unsafe { ctx.read_at(field::SADDR_V6) }.unwrap_or([0; 16]);
-        key.remote_addr = unsafe { ctx.read_at(field::DADDR_V6) }.unwrap_or([0; 16]);
+        key.local_addr = unsafe { crate::record::field(ctx, field::SADDR_V6) }.unwrap_or([0; 16]);
+        key.remote_addr = unsafe { crate::record::field(ctx, field::DADDR_V6) }.unwrap_or([0; 16]);
     }
     key
 }

@@ -18,12 +18,12 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_send_length(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY (all `read_at`): offsets checked against the format file at start-up.
-    let skaddr: u64 = unsafe { ctx.read_at(field::SK) }.map_err(i64::from)?;
+    // SAFETY (all `field`): offsets checked against the format file at start-up.
+    let skaddr: u64 = unsafe { crate::record::field(ctx, field::SK) }.map_err(i64::from)?;
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
         return Ok(0);
     };
-    let bytes: i32 = unsafe { ctx.read_at(field::RET) }.map_err(i64::from)?;
+    let bytes: i32 = unsafe { crate::record::field(ctx, field::RET) }.map_err(i64::from)?;
     if bytes <= 0 {
         return Ok(0);
     }

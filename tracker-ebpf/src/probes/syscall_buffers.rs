@@ -37,8 +37,8 @@ fn remember(ctx: &TracePointContext, shape: u32, direction: u32) -> u32 {
         return 0;
     }
     // SAFETY: offsets checked against the format files at start-up.
-    let ptr: u64 = unsafe { ctx.read_at(syscall_args::BUF) }.unwrap_or(0);
-    let count: u64 = unsafe { ctx.read_at(syscall_args::COUNT) }.unwrap_or(0);
+    let ptr: u64 = unsafe { crate::record::field(ctx, syscall_args::BUF) }.unwrap_or(0);
+    let count: u64 = unsafe { crate::record::field(ctx, syscall_args::COUNT) }.unwrap_or(0);
     if ptr == 0 {
         return 0;
     }
