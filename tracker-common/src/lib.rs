@@ -65,6 +65,11 @@ pub struct ConnTrack {
     pub walk_in: proto::H2Walk,
     /// HTTP/2 frame walk of what the server sent.
     pub walk_out: proto::H2Walk,
+    /// Non-zero for a connection this host opened (`--connect`): no turns or sessions are
+    /// followed on it, only its life.
+    pub outbound: u32,
+    /// Explicit padding (required for `Pod`).
+    pub _pad: u32,
 }
 
 /// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),
@@ -138,6 +143,12 @@ pub struct ConnKey {
 pub const PREEXISTING_MAP: &str = "PREEXISTING";
 /// Capacity of [`PREEXISTING_MAP`].
 pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
+
+/// Name of the map of destinations whose outbound connections are tracked (`--connect`),
+/// keyed by a [`ConnKey`] with only `family`, `remote_addr` and `remote_port` set.
+pub const CONNECT_TARGETS_MAP: &str = "CONNECT_TARGETS";
+/// Capacity of [`CONNECT_TARGETS_MAP`].
+pub const CONNECT_TARGETS_MAX_ENTRIES: u32 = 1024;
 
 /// Name of the per-thread map of [`UserBuf`]s.
 pub const USER_BUFS_MAP: &str = "USER_BUFS";
@@ -230,6 +241,9 @@ pub enum EventKind {
     /// The frame walker of a connection lost its place (a read failed, or too many frames in
     /// one system call): its sessions are unknown from now on.
     WalkLost = 8,
+    /// A connection this host opened (SYN_SENT → ESTABLISHED) to a destination in
+    /// [`CONNECT_TARGETS_MAP`] was established. Its close comes as [`EventKind::ConnClose`].
+    OutboundOpen = 9,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -245,6 +259,7 @@ impl TryFrom<u32> for EventKind {
             6 => Ok(Self::Protocol),
             7 => Ok(Self::H2Frame),
             8 => Ok(Self::WalkLost),
+            9 => Ok(Self::OutboundOpen),
             other => Err(other),
         }
     }
@@ -265,8 +280,9 @@ pub struct Config {
     /// Non-zero once the daemon has put connections in [`PREEXISTING_MAP`]: closes of
     /// sockets not in [`TRACKED_MAP`] are then looked up there (one more lookup per close).
     pub preexisting: u32,
-    /// Explicit padding (required for `Pod`).
-    pub _pad: u32,
+    /// Non-zero when [`CONNECT_TARGETS_MAP`] holds destinations (`--connect`): client-side
+    /// connections are then checked against it when established.
+    pub connect_targets: u32,
 }
 
 /// One event from the kernel. Fixed size (96 bytes, a multiple of 8 with no padding) so the program reserves ring space without
@@ -340,6 +356,7 @@ mod tests {
             EventKind::Protocol,
             EventKind::H2Frame,
             EventKind::WalkLost,
+            EventKind::OutboundOpen,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracker_common::{
-    Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT, LOST_SLOTS, PORTS_MAX_ENTRIES,
-    PREEXISTING_MAX_ENTRIES, SERVER_TGIDS_MAX_ENTRIES, SockEvent, TRACKED_MAX_ENTRIES,
-    USER_BUFS_MAX_ENTRIES, UserBuf,
+    CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT,
+    LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SERVER_TGIDS_MAX_ENTRIES, SockEvent,
+    TRACKED_MAX_ENTRIES, USER_BUFS_MAX_ENTRIES, UserBuf,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -40,6 +40,11 @@ pub static USER_BUFS: LruHashMap<u64, UserBuf> =
 #[map]
 pub static PREEXISTING: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(PREEXISTING_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Destinations of tracked outbound connections (see `CONNECT_TARGETS_MAP`). Value unused.
+#[map]
+pub static CONNECT_TARGETS: HashMap<ConnKey, u8> =
+    HashMap::with_max_entries(CONNECT_TARGETS_MAX_ENTRIES, 0);
 
 /// Processes that accept connections (see `SERVER_TGIDS_MAP`). Value unused (a set).
 #[map]

@@ -34,10 +34,10 @@ use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
-    AF_INET, AF_INET6, CONFIG_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, EVENTS_MAP,
-    LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, PROG_INET_SOCK_SET_STATE,
-    PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT, TRACKED_MAP,
-    inet_sock_set_state, sock_length, syscall_args,
+    AF_INET, AF_INET6, CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack,
+    DEFAULT_RING_BYTES, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP,
+    PROG_INET_SOCK_SET_STATE, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT,
+    TRACKED_MAP, inet_sock_set_state, sock_length, syscall_args,
 };
 
 use crate::tracefs::{Tracefs, check_format};
@@ -159,6 +159,8 @@ pub struct ProbeOptions {
     pub ring_bytes: Option<u32>,
     /// Read payload to count sessions (attaches the `sys_enter_*` hooks).
     pub sessions: bool,
+    /// Destinations whose outbound connections are tracked (`--connect`).
+    pub connect: Vec<SocketAddr>,
 }
 
 /// Loss counters summed over CPUs, since load.
@@ -385,6 +387,19 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("adding port {port} to {PORTS_MAP}"))?;
         }
     }
+    if !options.connect.is_empty() {
+        let mut map: HashMap<_, ConnKey, u8> =
+            HashMap::try_from(ebpf.map_mut(CONNECT_TARGETS_MAP).ok_or_else(|| {
+                anyhow!("map {CONNECT_TARGETS_MAP} missing from the eBPF object")
+            })?)?;
+        for &target in &options.connect {
+            let mut key = conn_key(target, target);
+            key.local_port = 0;
+            key.local_addr = [0; 16];
+            map.insert(key, 0, 0)
+                .with_context(|| format!("adding {target} to {CONNECT_TARGETS_MAP}"))?;
+        }
+    }
     let mut config: Array<_, Config> = Array::try_from(
         ebpf.map_mut(CONFIG_MAP)
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
@@ -395,7 +410,7 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
         // Wake the daemon early enough that its timer never has to race a filling ring.
         wakeup_bytes: ring_bytes / 8,
         preexisting: 0,
-        _pad: 0,
+        connect_targets: u32::from(!options.connect.is_empty()),
     };
     config
         .set(0, value, 0)

@@ -38,6 +38,8 @@ pub struct Options {
     pub ring_bytes: Option<u32>,
     /// Count sessions from payload.
     pub sessions: bool,
+    /// Destinations whose outbound connections are tracked.
+    pub connect: Vec<std::net::SocketAddr>,
 }
 
 /// Runs until `shutdown` resolves or `options.duration` elapses, then prints a final report.
@@ -52,12 +54,13 @@ pub async fn run(
         ports: options.ports.clone(),
         ring_bytes: options.ring_bytes,
         sessions: options.sessions,
+        connect: options.connect.clone(),
     };
     let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&tracefs, &probe_options)?;
 
     // Scan after attaching: a listener opened in between is then seen by both, never by neither.
     let mut state = State {
-        observer: Observer::new(options.ports.clone()),
+        observer: Observer::new(options.ports.clone()).with_connect_targets(&options.connect),
         probes,
         losses: LossCounters::default(),
         decode_errors: 0,

@@ -55,6 +55,14 @@ pub enum Event {
     },
     /// The kernel lost its place in the connection's HTTP/2 frames.
     WalkLost { sock: SockId },
+    /// A connection this host opened to a `--connect` destination (`remote`) was
+    /// established.
+    OutboundOpen {
+        sock: SockId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        at: Nanos,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -138,6 +146,12 @@ impl Event {
                 }
             }
             EventKind::WalkLost => Self::WalkLost { sock },
+            EventKind::OutboundOpen => Self::OutboundOpen {
+                sock,
+                local: local()?,
+                remote: remote()?,
+                at,
+            },
         })
     }
 }

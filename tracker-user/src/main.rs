@@ -78,6 +78,11 @@ struct Flags {
     #[arg(long, global = true)]
     no_sessions: bool,
 
+    /// Also track the connections this host opens to ADDR:PORT, in a tracker named
+    /// connect:ADDR:PORT; repeat for several. Example: --connect 10.0.0.5:5432
+    #[arg(long = "connect", global = true, value_name = "ADDR:PORT")]
+    connect: Vec<SocketAddr>,
+
     /// Also serve Prometheus metrics at http://ADDR:PORT/metrics. Example: --prometheus
     /// 127.0.0.1:9464
     #[arg(long, global = true, value_name = "ADDR:PORT")]
@@ -159,6 +164,7 @@ fn main() -> ExitCode {
         reset: !flags.no_reset,
         ring_bytes: flags.ring_bytes,
         sessions: !flags.no_sessions,
+        connect: flags.connect.clone(),
     };
     match run(options, flags.prometheus, live_view) {
         Ok(()) => ExitCode::SUCCESS,

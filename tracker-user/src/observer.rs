@@ -63,6 +63,9 @@ pub struct ListenerReport {
     /// Connections the model had to add or close to match the kernel's table in the
     /// interval (events were lost, or the connection predates the daemon).
     pub corrections: u64,
+    /// An outbound tracker (`--connect`): `listener` is the destination, connections are
+    /// keyed by their local address, and the name reads `connect:<destination>`.
+    pub outbound: bool,
     /// Connections waiting in the accept queue when last sampled.
     pub accept_queue: u32,
     /// Most connections waiting in the accept queue among the interval's samples.
@@ -183,6 +186,9 @@ struct ConnRef {
     provisional_idle: Option<Nanos>,
     /// Sessions (requests, streams) by protocol.
     sessions: Sessions,
+    /// Opened by this host (`--connect`): `listener` is the destination and `remote` the
+    /// local address, the key that tells its connections apart.
+    outbound: bool,
     /// The protocol is known to give no session accounting (TLS, not HTTP, or the frame
     /// walk was lost).
     sessions_unknown: bool,
@@ -231,6 +237,8 @@ pub struct Observer {
     /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
     /// remote). Their close arrives with a socket address the observer never saw.
     adopted: HashSet<(SocketAddr, SocketAddr)>,
+    /// Trackers of outbound connections, by destination (`--connect`).
+    outbound: BTreeMap<SocketAddr, Listener>,
     ports: Option<BTreeSet<u16>>,
     stats: ObserverStats,
 }
@@ -242,6 +250,19 @@ impl Observer {
             ports,
             ..Self::default()
         }
+    }
+
+    /// Also tracks the connections this host opens to each of `targets` (`--connect`), each
+    /// in a tracker of its own named `connect:<destination>`.
+    pub fn with_connect_targets(mut self, targets: &[SocketAddr]) -> Self {
+        for &target in targets {
+            let mut group = Listener::new(target);
+            group.tracker = Tracker::new(format!("connect:{target}"));
+            // Never "gone": a destination is reported for as long as the daemon runs.
+            group.scanned_sockets = 1;
+            self.outbound.insert(target, group);
+        }
+        self
     }
 
     /// Whether listeners on `port` are reported.
@@ -309,6 +330,44 @@ impl Observer {
 
     fn apply_inner(&mut self, event: &Event, rescanned: bool) -> Applied {
         match *event {
+            Event::OutboundOpen {
+                sock,
+                local,
+                remote,
+                at,
+            } => {
+                if let Some(group) = self.outbound.get_mut(&remote) {
+                    group.tracker.conn_state(local, at, ConnState::New);
+                    self.conns.insert(
+                        sock,
+                        ConnRef {
+                            listener: remote,
+                            remote: local,
+                            busy: false,
+                            provisional_idle: None,
+                            sessions: Sessions::Unknown,
+                            outbound: true,
+                            sessions_unknown: false,
+                            peak_sessions: 0,
+                        },
+                    );
+                }
+            }
+            Event::ConnClose { sock, at, .. }
+                if self.conns.get(&sock).is_some_and(|conn| conn.outbound) =>
+            {
+                if let Some(conn) = self.conns.remove(&sock)
+                    && let Some(group) = self.outbound.get_mut(&conn.listener)
+                {
+                    if let Some(opened_at) = group.tracker.opened_at(&conn.remote) {
+                        group.closed_log.push(ClosedConnection {
+                            lifetime_ns: at.saturating_sub(opened_at),
+                            peak_sessions: 0,
+                        });
+                    }
+                    group.tracker.conn_state(conn.remote, at, ConnState::Closed);
+                }
+            }
             Event::ListenerUp {
                 sock,
                 addr,
@@ -380,6 +439,7 @@ impl Observer {
                         provisional_idle: None,
                         sessions: Sessions::Unknown,
                         sessions_unknown: false,
+                        outbound: false,
                         peak_sessions: 0,
                     },
                 );
@@ -622,6 +682,7 @@ impl Observer {
             let by_endpoint: HashMap<(SocketAddr, SocketAddr), SockId> = self
                 .conns
                 .iter()
+                .filter(|(_, conn)| !conn.outbound)
                 .map(|(&sock, conn)| ((conn.listener, conn.remote), sock))
                 .collect();
             for &(listener_addr, remote) in &found.model_only {
@@ -682,7 +743,13 @@ impl Observer {
         let reports = self
             .listeners
             .iter_mut()
-            .map(|(&listener, state)| {
+            .map(|(&listener, state)| (false, listener, state))
+            .chain(
+                self.outbound
+                    .iter_mut()
+                    .map(|(&target, state)| (true, target, state)),
+            )
+            .map(|(outbound, listener, state)| {
                 let sessions_unknown = state.unknown_open + state.unknown_closed;
                 let corrections = state.corrections;
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
@@ -699,6 +766,7 @@ impl Observer {
                     sessions_unknown,
                     closed_connections: std::mem::take(&mut state.closed_log),
                     corrections,
+                    outbound,
                     accept_queue: state.accept_queue,
                     accept_queue_peak,
                     accept_backlog: state.accept_backlog,
@@ -1164,5 +1232,33 @@ mod tests {
             next.accept_queue_peak, 1,
             "peak restarts from the current length"
         );
+    }
+
+    #[test]
+    fn outbound_connections_are_tracked_per_destination() {
+        let target = addr("127.0.0.1:5432");
+        let mut observer =
+            Observer::new(Some(BTreeSet::from([80]))).with_connect_targets(&[target]);
+        let outbound_open = |sock, local: &str, at| Event::OutboundOpen {
+            sock,
+            local: addr(local),
+            remote: target,
+            at,
+        };
+        let _ = observer.apply(&outbound_open(20, "127.0.0.1:40000", 0));
+        let _ = observer.apply(&outbound_open(21, "127.0.0.1:40001", 0));
+        let _ = observer.apply(&close(20, "127.0.0.1:40000", "127.0.0.1:5432", SECOND));
+        let reports = observer.report(2 * SECOND, true);
+        let report = reports
+            .iter()
+            .find(|report| report.outbound)
+            .expect("outbound report");
+        assert_eq!(report.listener, target);
+        assert_eq!(report.snapshot.name, "connect:127.0.0.1:5432");
+        assert_eq!((report.snapshot.curr, report.snapshot.peak), (1, 2));
+        assert_eq!((report.snapshot.opened, report.snapshot.closed), (2, 1));
+        assert_eq!(report.snapshot.errors.total(), 0);
+        assert_eq!(report.closed_connections.len(), 1);
+        assert!(!report.gone);
     }
 }

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{ErrorKind, Nanos};
 use crate::observer::ListenerReport;
-use crate::output::{Flow, ReportBatch, ReportSink, listener_name};
+use crate::output::{Flow, ReportBatch, ReportSink};
 
 /// The content type `GET /metrics` answers with; Prometheus picks its parser from it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -391,7 +391,7 @@ impl Inner {
     fn apply_listener(&mut self, report: &ListenerReport, per_interval: bool) {
         let metrics = &self.metrics;
         let labels = ListenerLabels {
-            listener: listener_name(report.listener),
+            listener: report.snapshot.name.clone(),
             port: report.listener.port().to_string(),
             process: report
                 .owners
@@ -591,6 +591,7 @@ mod tests {
             sessions_unknown: 0,
             closed_connections: Vec::new(),
             corrections: 0,
+            outbound: false,
             accept_queue: 0,
             accept_queue_peak: 0,
             accept_backlog: 0,

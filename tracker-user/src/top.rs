@@ -485,6 +485,7 @@ mod tests {
             sessions_unknown: 0,
             closed_connections: Vec::new(),
             corrections: 0,
+            outbound: false,
             accept_queue: 0,
             accept_queue_peak: 0,
             accept_backlog: 0,

@@ -10,7 +10,8 @@
 //!   socket table.
 //! * `LISTEN → CLOSE`: the listener goes away.
 //! * `SYN_RECV → ESTABLISHED` on a child of a listener (softirq context): a server-side
-//!   connection is established. Client sockets go `SYN_SENT → ESTABLISHED` and are ignored.
+//!   connection is established. Client sockets go `SYN_SENT → ESTABLISHED` and are ignored,
+//!   unless their destination is a `--connect` target (`CONNECT_TARGETS`).
 //!   (`LISTEN → SYN_RECV`, the child being cloned from its listener, is ignored too.)
 //! * `* → CLOSE` for a socket in `TRACKED`: the connection is gone. Sockets in TIME_WAIT have
 //!   already passed through CLOSE, so a connection is counted closed once, when its full socket
@@ -51,7 +52,9 @@ use tracker_common::{
 
 use aya_log_ebpf::warn;
 
-use crate::maps::{CONFIG, EVENTS, PREEXISTING, TRACKED, count_lost, port_wanted, submit};
+use crate::maps::{
+    CONFIG, CONNECT_TARGETS, EVENTS, PREEXISTING, TRACKED, count_lost, port_wanted, submit,
+};
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -80,6 +83,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
         (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
+            if !is_connect_target(ctx) {
+                return Ok(0);
+            }
+            EventKind::OutboundOpen
+        }
         (_, tcp_state::CLOSE) => {
             let Some(track) = TRACKED.get_ptr(&skaddr) else {
                 return close_preexisting(ctx, skaddr, now);
@@ -104,8 +113,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     };
 
     let local_port: u16 = unsafe { crate::record::field(ctx, field::SPORT) }.map_err(i64::from)?;
-    // Closes are filtered by TRACKED membership (decided at open time), the rest by port.
-    if kind != EventKind::ConnClose && !port_wanted(local_port) {
+    // Closes are filtered by TRACKED membership (decided at open time), outbound connections
+    // by destination, the rest by port.
+    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port) {
         return Ok(0);
     }
 
@@ -114,9 +124,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
 
-    if kind == EventKind::ConnOpen
+    let track = ConnTrack {
+        outbound: u32::from(kind == EventKind::OutboundOpen),
+        ..ConnTrack::default()
+    };
+    if matches!(kind, EventKind::ConnOpen | EventKind::OutboundOpen)
         && TRACKED
-            .insert(&skaddr, &ConnTrack::default(), u64::from(BPF_NOEXIST))
+            .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
             .is_err()
     {
         // Untrackable: its close would never be reported. Tell the daemon through the counter
@@ -210,4 +224,24 @@ fn close_preexisting(ctx: &TracePointContext, skaddr: u64, now: u64) -> Result<u
     });
     submit(entry);
     Ok(0)
+}
+
+/// Whether this client-side connection goes to a `--connect` destination.
+#[inline(always)]
+fn is_connect_target(ctx: &TracePointContext) -> bool {
+    if CONFIG
+        .get(0)
+        .is_none_or(|config| config.connect_targets == 0)
+    {
+        return false;
+    }
+    let endpoints = read_endpoints(ctx);
+    let target = ConnKey {
+        family: endpoints.family,
+        remote_port: endpoints.remote_port,
+        remote_addr: endpoints.remote_addr,
+        ..ConnKey::default()
+    };
+    // SAFETY: presence test only.
+    unsafe { CONNECT_TARGETS.get(&target) }.is_some()
 }

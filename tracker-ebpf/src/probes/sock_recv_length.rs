@@ -43,6 +43,10 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
     // and at worst split a turn in two.
     let track = unsafe { &mut *track };
+    // Outbound connections (`--connect`) are followed for their life only.
+    if track.outbound != 0 {
+        return Ok(0);
+    }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let bytes = bytes as u32;

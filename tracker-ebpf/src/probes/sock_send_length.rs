@@ -29,6 +29,10 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: a live map value of this connection.
     let track = unsafe { &mut *track };
+    // Outbound connections (`--connect`) are followed for their life only.
+    if track.outbound != 0 {
+        return Ok(0);
+    }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // Sends outside a turn (a greeting before any request) are not busy time.

@@ -140,3 +140,32 @@ fn a_server_that_stops_accepting_fills_its_queue_and_overflows() {
     drop(clients);
     drop(listener);
 }
+
+#[test]
+fn outbound_connections_to_a_connect_target_are_tracked() {
+    // A server this host connects to; its own listener is not watched (another port is).
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap();
+    let unrelated = crate::support::free_port("127.0.0.1");
+    let mut daemon = Daemon::start(&[
+        "--interval",
+        "0.5",
+        "--port",
+        &unrelated.to_string(),
+        "--connect",
+        &target.to_string(),
+    ]);
+    let name = format!("connect:{target}");
+    let mut conns = connect_many(&server, target, 3);
+    let reports = daemon.reports_until(&name, |report| report["curr"] == 3);
+    assert_eq!(reports.last().unwrap()["role"], "connect");
+    assert_eq!(sum(&reports, "opened"), 3.0, "{reports:#?}");
+    for conn in conns.drain(..) {
+        conn.close();
+    }
+    let reports = daemon.reports_until(&name, |report| report["curr"] == 0);
+    assert_eq!(sum(&reports, "closed"), 3.0, "{reports:#?}");
+    for report in &reports {
+        assert_eq!(report["errs"], 0, "{report}");
+    }
+}
