@@ -107,6 +107,27 @@ impl Discrepancies {
     }
 }
 
+#[cfg(test)]
+impl ListenerReport {
+    /// A report with `snapshot` and nothing else going on, for tests of the report's readers
+    /// (set the fields a test cares about with struct update syntax).
+    pub(crate) fn quiet(listener: SocketAddr, snapshot: Snapshot) -> Self {
+        Self {
+            listener,
+            snapshot,
+            owners: Vec::new(),
+            gone: false,
+            sessions_unknown: 0,
+            closed_connections: Vec::new(),
+            corrections: 0,
+            outbound: false,
+            accept_queue: 0,
+            accept_queue_peak: 0,
+            accept_backlog: 0,
+        }
+    }
+}
+
 /// A connection that closed: how long it lived and its most concurrent sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClosedConnection {

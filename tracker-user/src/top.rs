@@ -465,9 +465,9 @@ mod tests {
     use ratatui::buffer::Buffer;
 
     fn listener(name: &str, curr: usize, peak: usize) -> ListenerReport {
-        ListenerReport {
-            listener: name.parse().unwrap(),
-            snapshot: Snapshot {
+        ListenerReport::quiet(
+            name.parse().unwrap(),
+            Snapshot {
                 name: name.to_owned(),
                 curr,
                 peak,
@@ -480,16 +480,7 @@ mod tests {
                 busy: 0,
                 busy_peak: 0,
             },
-            owners: Vec::new(),
-            gone: false,
-            sessions_unknown: 0,
-            closed_connections: Vec::new(),
-            corrections: 0,
-            outbound: false,
-            accept_queue: 0,
-            accept_queue_peak: 0,
-            accept_backlog: 0,
-        }
+        )
     }
 
     fn batch_view(reports: &[ListenerReport], totals: IntervalTotals) -> BatchView {

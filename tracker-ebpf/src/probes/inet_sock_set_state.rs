@@ -144,23 +144,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
 
-    let endpoints = read_endpoints(ctx);
-    entry.write(SockEvent {
-        kind: kind as u32,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        timestamp_ns: now,
+    entry.write(connection_event(
+        kind,
         skaddr,
-        family: endpoints.family,
-        local_port: endpoints.local_port,
-        remote_port: endpoints.remote_port,
-        _pad: 0,
-        local_addr: endpoints.local_addr,
-        remote_addr: endpoints.remote_addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        aux: turn_end_ns,
-        detail: 0,
-        _pad2: 0,
-    });
+        now,
+        &read_endpoints(ctx),
+        turn_end_ns,
+    ));
     submit(entry);
     Ok(0)
 }
@@ -206,22 +196,13 @@ fn close_preexisting(ctx: &TracePointContext, skaddr: u64, now: u64) -> Result<u
         count_lost(LOST_SLOT);
         return Ok(0);
     };
-    entry.write(SockEvent {
-        kind: EventKind::ConnClose as u32,
-        pid: 0,
-        timestamp_ns: now,
+    entry.write(connection_event(
+        EventKind::ConnClose,
         skaddr,
-        family: endpoints.family,
-        local_port: endpoints.local_port,
-        remote_port: endpoints.remote_port,
-        _pad: 0,
-        local_addr: endpoints.local_addr,
-        remote_addr: endpoints.remote_addr,
-        comm: [0; 16],
-        aux: 0,
-        detail: 0,
-        _pad2: 0,
-    });
+        now,
+        &endpoints,
+        0,
+    ));
     submit(entry);
     Ok(0)
 }
@@ -244,4 +225,32 @@ fn is_connect_target(ctx: &TracePointContext) -> bool {
     };
     // SAFETY: presence test only.
     unsafe { CONNECT_TARGETS.get(&target) }.is_some()
+}
+
+/// The event for a socket with these endpoints, stamped with the current task (meaningful
+/// for listen(), which runs in the caller's context).
+#[inline(always)]
+fn connection_event(
+    kind: EventKind,
+    skaddr: u64,
+    now: u64,
+    endpoints: &ConnKey,
+    aux: u64,
+) -> SockEvent {
+    SockEvent {
+        kind: kind as u32,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        timestamp_ns: now,
+        skaddr,
+        family: endpoints.family,
+        local_port: endpoints.local_port,
+        remote_port: endpoints.remote_port,
+        _pad: 0,
+        local_addr: endpoints.local_addr,
+        remote_addr: endpoints.remote_addr,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        aux,
+        detail: 0,
+        _pad2: 0,
+    }
 }
