@@ -283,6 +283,11 @@ pub struct Config {
     /// Non-zero when [`CONNECT_TARGETS_MAP`] holds destinations (`--connect`): client-side
     /// connections are then checked against it when established.
     pub connect_targets: u32,
+    /// Offset of the `struct net *` in a socket (`sock_common.skc_net`), found by the daemon
+    /// in the kernel's BTF; 0 when unknown (events then carry netns 0).
+    pub sock_net_offset: u32,
+    /// Offset of the namespace's inode number in `struct net` (`ns.inum`).
+    pub net_inum_offset: u32,
 }
 
 /// One event from the kernel. Fixed size (96 bytes, a multiple of 8 with no padding) so the program reserves ring space without
@@ -318,8 +323,9 @@ pub struct SockEvent {
     pub aux: u64,
     /// A value whose meaning depends on `kind`; 0 when unused.
     pub detail: u32,
-    /// Explicit padding (required for `Pod`).
-    pub _pad2: u32,
+    /// Inode number of the socket's network namespace (as in `/proc/<pid>/ns/net`), for
+    /// connection and listener events; 0 when unknown.
+    pub netns: u32,
 }
 
 #[cfg(feature = "user")]

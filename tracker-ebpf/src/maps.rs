@@ -105,7 +105,7 @@ pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux: u64, deta
         comm: [0; 16],
         aux,
         detail,
-        _pad2: 0,
+        netns: 0,
     });
     submit(entry);
 }

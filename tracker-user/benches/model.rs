@@ -89,6 +89,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
     let mut events = Vec::with_capacity(remotes.len() * 3);
     for (n, &remote) in remotes.iter().enumerate() {
         events.push(Event::ConnOpen {
+            netns: 0,
             sock: sock(n),
             local: LISTENER,
             remote,
@@ -105,6 +106,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
     for (n, &remote) in remotes.iter().enumerate() {
         let turn_end = tick();
         events.push(Event::ConnClose {
+            netns: 0,
             sock: sock(n),
             local: LISTENER,
             remote,
@@ -123,6 +125,7 @@ fn observer_open_close(c: &mut Criterion) {
     group.bench_function("open_close", |b| {
         let mut observer = Observer::new(None);
         let up = Event::ListenerUp {
+            netns: 0,
             sock: 1,
             addr: LISTENER,
             pid: 1,

@@ -405,12 +405,26 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
     )?;
     let ring_bytes = options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
+    // Where a socket's network namespace is, from the kernel's BTF, so that listeners of
+    // different namespaces are told apart. Without BTF every event counts as the daemon's
+    // own namespace.
+    let netns = std::fs::read("/sys/kernel/btf/vmlinux")
+        .ok()
+        .and_then(|btf| crate::btf::netns_offsets(&btf));
+    if netns.is_none() {
+        log::warn!(
+            "no usable kernel BTF at /sys/kernel/btf/vmlinux: listeners of other network \
+             namespaces are counted as if they were in this one"
+        );
+    }
     let value = Config {
         filter_ports: u32::from(options.ports.is_some()),
         // Wake the daemon early enough that its timer never has to race a filling ring.
         wakeup_bytes: ring_bytes / 8,
         preexisting: 0,
         connect_targets: u32::from(!options.connect.is_empty()),
+        sock_net_offset: netns.map_or(0, |offsets| offsets.sock_net),
+        net_inum_offset: netns.map_or(0, |offsets| offsets.net_inum),
     };
     config
         .set(0, value, 0)

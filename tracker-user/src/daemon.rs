@@ -60,7 +60,9 @@ pub async fn run(
 
     // Scan after attaching: a listener opened in between is then seen by both, never by neither.
     let mut state = State {
-        observer: Observer::new(options.ports.clone()).with_connect_targets(&options.connect),
+        observer: Observer::new(options.ports.clone())
+            .with_connect_targets(&options.connect)
+            .with_own_netns(procfs::own_netns().unwrap_or(0)),
         probes,
         losses: LossCounters::default(),
         decode_errors: 0,

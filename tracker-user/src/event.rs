@@ -10,6 +10,10 @@ use crate::model::Nanos;
 /// Kernel address of a socket: a connection's identity while it lives.
 pub type SockId = u64;
 
+/// Inode number of a network namespace (as in `/proc/<pid>/ns/net`); 0 when unknown, which
+/// counts as the daemon's own namespace.
+pub type Netns = u32;
+
 /// One kernel event, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -19,15 +23,21 @@ pub enum Event {
         addr: SocketAddr,
         pid: u32,
         comm: String,
+        netns: Netns,
     },
     /// A listening socket closed.
-    ListenerDown { sock: SockId, addr: SocketAddr },
+    ListenerDown {
+        sock: SockId,
+        addr: SocketAddr,
+        netns: Netns,
+    },
     /// A server-side connection was established.
     ConnOpen {
         sock: SockId,
         local: SocketAddr,
         remote: SocketAddr,
         at: Nanos,
+        netns: Netns,
     },
     /// A tracked server-side connection closed. `turn_end` is when its last turn ended, if
     /// it was in one.
@@ -37,6 +47,7 @@ pub enum Event {
         remote: SocketAddr,
         at: Nanos,
         turn_end: Option<Nanos>,
+        netns: Netns,
     },
     /// A request/response turn began at `at`; the previous one ended at `previous_end` (None:
     /// the connection was idle).
@@ -102,16 +113,19 @@ impl Event {
                 addr: local()?,
                 pid: raw.pid,
                 comm: comm_to_string(&raw.comm),
+                netns: raw.netns,
             },
             EventKind::ListenerDown => Self::ListenerDown {
                 sock,
                 addr: local()?,
+                netns: raw.netns,
             },
             EventKind::ConnOpen => Self::ConnOpen {
                 sock,
                 local: local()?,
                 remote: remote()?,
                 at,
+                netns: raw.netns,
             },
             EventKind::ConnClose => Self::ConnClose {
                 sock,
@@ -119,6 +133,7 @@ impl Event {
                 remote: remote()?,
                 at,
                 turn_end: aux,
+                netns: raw.netns,
             },
             // Known by socket only: the kernel does not copy addresses for these.
             EventKind::Turn => Self::Turn {
@@ -199,7 +214,7 @@ mod tests {
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
             aux: 0,
             detail: 0,
-            _pad2: 0,
+            netns: 0,
         }
     }
 
@@ -224,6 +239,7 @@ mod tests {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 remote: "127.0.0.2:40000".parse().unwrap(),
                 at: 1_000,
+                netns: 0,
             }
         );
     }
@@ -238,6 +254,7 @@ mod tests {
                 addr: "[::1]:8080".parse().unwrap(),
                 pid: 42,
                 comm: "nginx".to_owned(),
+                netns: 0,
             }
         );
     }

@@ -6,6 +6,7 @@
 //! * [`daemon`], [`output`]: the event loop and the report formats.
 
 pub mod bpf;
+pub mod btf;
 pub mod daemon;
 pub mod event;
 pub mod model;

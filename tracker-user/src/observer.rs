@@ -18,11 +18,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::event::{Event, SockId};
+use crate::event::{Event, Netns, SockId};
 use tracker_common::proto::Protocol;
 
 use crate::model::{ConnState, ErrorKind, Nanos, Snapshot, Tracker};
 use crate::sessions::{self, Sessions};
+
+/// A listener's identity: its network namespace (0 for the daemon's own) and its address.
+/// The same address in two namespaces is two listeners.
+pub type ListenerKey = (Netns, SocketAddr);
 
 /// A process that owns (listens on) a listener.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,6 +67,8 @@ pub struct ListenerReport {
     /// Connections the model had to add or close to match the kernel's table in the
     /// interval (events were lost, or the connection predates the daemon).
     pub corrections: u64,
+    /// The listener's network namespace (inode number), when it is not the daemon's own.
+    pub netns: Option<Netns>,
     /// An outbound tracker (`--connect`): `listener` is the destination, connections are
     /// keyed by their local address, and the name reads `connect:<destination>`.
     pub outbound: bool,
@@ -121,6 +127,7 @@ impl ListenerReport {
             closed_connections: Vec::new(),
             corrections: 0,
             outbound: false,
+            netns: None,
             accept_queue: 0,
             accept_queue_peak: 0,
             accept_backlog: 0,
@@ -161,6 +168,16 @@ struct Listener {
 }
 
 impl Listener {
+    /// A listener named by its address, prefixed with its namespace when it is not the
+    /// daemon's own: `127.0.0.1:8080`, `netns:4026532481/127.0.0.1:8080`.
+    fn for_key((netns, addr): ListenerKey) -> Self {
+        let mut listener = Self::new(addr);
+        if netns != 0 {
+            listener.tracker = Tracker::new(format!("netns:{netns}/{addr}"));
+        }
+        listener
+    }
+
     /// Bookkeeping for an adopted connection about to be closed in the tracker.
     fn forget_adopted(&mut self, remote: SocketAddr, at: Nanos) {
         self.unknown_open = self.unknown_open.saturating_sub(1);
@@ -198,7 +215,7 @@ impl Listener {
 /// last saw it.
 #[derive(Debug, Clone)]
 struct ConnRef {
-    listener: SocketAddr,
+    listener: ListenerKey,
     remote: SocketAddr,
     /// In a turn (Active in the tracker).
     busy: bool,
@@ -253,11 +270,13 @@ pub struct ObserverStats {
 /// Per-listener trackers fed by kernel events.
 #[derive(Debug, Default)]
 pub struct Observer {
-    listeners: BTreeMap<SocketAddr, Listener>,
+    listeners: BTreeMap<ListenerKey, Listener>,
+    /// The daemon's own network namespace: events from it are keyed with netns 0.
+    own_netns: Netns,
     conns: HashMap<SockId, ConnRef>,
     /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
     /// remote). Their close arrives with a socket address the observer never saw.
-    adopted: HashSet<(SocketAddr, SocketAddr)>,
+    adopted: HashSet<(ListenerKey, SocketAddr)>,
     /// Trackers of outbound connections, by destination (`--connect`).
     outbound: BTreeMap<SocketAddr, Listener>,
     ports: Option<BTreeSet<u16>>,
@@ -286,6 +305,16 @@ impl Observer {
         self
     }
 
+    /// Events from namespace `netns` are the daemon's own (keyed 0, named without prefix).
+    pub fn with_own_netns(mut self, netns: Netns) -> Self {
+        self.own_netns = netns;
+        self
+    }
+
+    fn netns_key(&self, netns: Netns) -> Netns {
+        if netns == self.own_netns { 0 } else { netns }
+    }
+
     /// Whether listeners on `port` are reported.
     pub fn watches(&self, port: u16) -> bool {
         self.ports
@@ -304,7 +333,7 @@ impl Observer {
 
     /// Addresses of the listeners currently known.
     pub fn listener_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.listeners.keys().copied()
+        self.listeners.keys().map(|&(_, addr)| addr)
     }
 
     /// Records a listening socket found in the kernel's table (at start-up or on a rescan).
@@ -315,7 +344,7 @@ impl Observer {
         }
         let listener = self
             .listeners
-            .entry(addr)
+            .entry((0, addr))
             .or_insert_with(|| Listener::new(addr));
         if !listener.is_listening() {
             listener.scanned_sockets = 1;
@@ -332,7 +361,7 @@ impl Observer {
         owners: &[Owner],
     ) {
         self.add_scanned_listener(addr, owners);
-        if let Some(listener) = self.listeners.get_mut(&addr) {
+        if let Some(listener) = self.listeners.get_mut(&(0, addr)) {
             listener.scanned_sockets = listener.scanned_sockets.max(sockets);
         }
     }
@@ -362,7 +391,7 @@ impl Observer {
                     self.conns.insert(
                         sock,
                         ConnRef {
-                            listener: remote,
+                            listener: (0, remote),
                             remote: local,
                             busy: false,
                             provisional_idle: None,
@@ -378,7 +407,7 @@ impl Observer {
                 if self.conns.get(&sock).is_some_and(|conn| conn.outbound) =>
             {
                 if let Some(conn) = self.conns.remove(&sock)
-                    && let Some(group) = self.outbound.get_mut(&conn.listener)
+                    && let Some(group) = self.outbound.get_mut(&conn.listener.1)
                 {
                     if let Some(opened_at) = group.tracker.opened_at(&conn.remote) {
                         group.closed_log.push(ClosedConnection {
@@ -394,6 +423,7 @@ impl Observer {
                 addr,
                 pid,
                 ref comm,
+                netns,
             } => {
                 if addr.port() == 0 {
                     // listen() without bind(): the port is assigned just after this event.
@@ -406,10 +436,11 @@ impl Observer {
                 if !self.watches(addr.port()) {
                     return Applied::Done;
                 }
+                let key = (self.netns_key(netns), addr);
                 let listener = self
                     .listeners
-                    .entry(addr)
-                    .or_insert_with(|| Listener::new(addr));
+                    .entry(key)
+                    .or_insert_with(|| Listener::for_key(key));
                 listener.sockets.insert(sock);
                 listener.owners.insert(Owner {
                     pid,
@@ -417,8 +448,9 @@ impl Observer {
                     cmdline: String::new(),
                 });
             }
-            Event::ListenerDown { sock, addr } => {
-                if let Some(listener) = self.listeners.get_mut(&addr)
+            Event::ListenerDown { sock, addr, netns } => {
+                let key = (self.netns_key(netns), addr);
+                if let Some(listener) = self.listeners.get_mut(&key)
                     && !listener.sockets.remove(&sock)
                 {
                     listener.scanned_sockets = listener.scanned_sockets.saturating_sub(1);
@@ -429,6 +461,7 @@ impl Observer {
                 local,
                 remote,
                 at,
+                netns,
             } => {
                 if !self.watches(local.port()) {
                     return Applied::Done;
@@ -443,13 +476,14 @@ impl Observer {
                         listener.tracker.record_error(ErrorKind::DanglingConn);
                     }
                 }
-                let Some(listener_addr) = self.listener_for(local, rescanned) else {
+                let netns = self.netns_key(netns);
+                let Some(listener_addr) = self.listener_for(netns, local, rescanned) else {
                     return Applied::NeedsRescan;
                 };
                 let listener = self
                     .listeners
                     .entry(listener_addr)
-                    .or_insert_with(|| Listener::new(listener_addr));
+                    .or_insert_with(|| Listener::for_key(listener_addr));
                 listener.tracker.conn_state(remote, at, ConnState::New);
                 self.conns.insert(
                     sock,
@@ -471,7 +505,9 @@ impl Observer {
                 remote,
                 at,
                 turn_end,
+                netns,
             } => {
+                let netns = self.netns_key(netns);
                 let conn = self.conns.remove(&sock);
                 let (listener_addr, remote) = match conn {
                     Some(mut conn) => {
@@ -495,7 +531,7 @@ impl Observer {
                         }
                         (conn.listener, conn.remote)
                     }
-                    None => match self.listener_for(local, false) {
+                    None => match self.listener_for(netns, local, false) {
                         Some(listener_addr) => {
                             if self.adopted.remove(&(listener_addr, remote))
                                 && let Some(listener) = self.listeners.get_mut(&listener_addr)
@@ -622,19 +658,24 @@ impl Observer {
     }
 
     /// The listener a connection with local address `local` was accepted through.
-    fn listener_for(&self, local: SocketAddr, fall_back_to_local: bool) -> Option<SocketAddr> {
-        if self.listeners.contains_key(&local) {
-            return Some(local);
+    fn listener_for(
+        &self,
+        netns: Netns,
+        local: SocketAddr,
+        fall_back_to_local: bool,
+    ) -> Option<ListenerKey> {
+        if self.listeners.contains_key(&(netns, local)) {
+            return Some((netns, local));
         }
         let unspecified = match local.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        let wildcard = SocketAddr::new(unspecified, local.port());
+        let wildcard = (netns, SocketAddr::new(unspecified, local.port()));
         if self.listeners.contains_key(&wildcard) {
             return Some(wildcard);
         }
-        fall_back_to_local.then_some(local)
+        fall_back_to_local.then_some((netns, local))
     }
 
     /// Takes a connection the kernel has but the model does not (it predates the daemon, or
@@ -650,28 +691,31 @@ impl Observer {
         if !self.watches(local.port()) {
             return None;
         }
-        let listener_addr = self.listener_for(local, false)?;
-        let listener = self.listeners.get_mut(&listener_addr)?;
+        let key = self.listener_for(0, local, false)?;
+        let listener = self.listeners.get_mut(&key)?;
         if listener.tracker.contains(&remote) {
             return None;
         }
         listener.tracker.conn_state(remote, now, ConnState::New);
         listener.unknown_open += 1;
-        self.adopted.insert((listener_addr, remote));
-        Some(listener_addr)
+        self.adopted.insert((key, remote));
+        Some(key.1)
     }
 
-    /// Compares the model with the kernel's table of connections, given as (local, remote)
-    /// pairs; only connections of watched listeners count.
+    /// Compares the model with the kernel's table of connections of the daemon's own network
+    /// namespace, given as (local, remote) pairs; only connections of watched listeners of that
+    /// namespace count (other namespaces are not in the table).
     pub fn discrepancies(&self, kernel: &[(SocketAddr, SocketAddr)]) -> Discrepancies {
         let in_kernel: BTreeSet<(SocketAddr, SocketAddr)> = kernel
             .iter()
             .filter(|(local, _)| self.watches(local.port()))
-            .filter_map(|&(local, remote)| Some((self.listener_for(local, false)?, remote, local)))
-            .map(|(listener, remote, _)| (listener, remote))
+            .filter_map(|&(local, remote)| Some((self.listener_for(0, local, false)?.1, remote)))
             .collect();
         let mut found = Discrepancies::default();
-        for (&listener_addr, listener) in &self.listeners {
+        for (&(netns, listener_addr), listener) in &self.listeners {
+            if netns != 0 {
+                continue;
+            }
             for &remote in listener.tracker.keys() {
                 if !in_kernel.contains(&(listener_addr, remote)) {
                     found.model_only.insert((listener_addr, remote));
@@ -682,10 +726,10 @@ impl Observer {
             if !self.watches(local.port()) {
                 continue;
             }
-            if let Some(listener_addr) = self.listener_for(local, false)
+            if let Some(key) = self.listener_for(0, local, false)
                 && self
                     .listeners
-                    .get(&listener_addr)
+                    .get(&key)
                     .is_some_and(|listener| !listener.tracker.contains(&remote))
             {
                 found.kernel_only.insert((local, remote));
@@ -700,16 +744,17 @@ impl Observer {
     /// the kernel must be told to report.
     pub fn correct(&mut self, found: &Discrepancies, now: Nanos) -> Vec<(SocketAddr, SocketAddr)> {
         if !found.model_only.is_empty() {
-            let by_endpoint: HashMap<(SocketAddr, SocketAddr), SockId> = self
+            let by_endpoint: HashMap<(ListenerKey, SocketAddr), SockId> = self
                 .conns
                 .iter()
                 .filter(|(_, conn)| !conn.outbound)
                 .map(|(&sock, conn)| ((conn.listener, conn.remote), sock))
                 .collect();
             for &(listener_addr, remote) in &found.model_only {
-                if let Some(sock) = by_endpoint.get(&(listener_addr, remote))
+                let key = (0, listener_addr);
+                if let Some(sock) = by_endpoint.get(&(key, remote))
                     && let Some(mut conn) = self.conns.remove(sock)
-                    && let Some(listener) = self.listeners.get_mut(&listener_addr)
+                    && let Some(listener) = self.listeners.get_mut(&key)
                 {
                     let ended = conn.sessions.close_all();
                     sessions::apply(&mut listener.tracker, &remote, (0, ended));
@@ -717,12 +762,12 @@ impl Observer {
                         listener.unknown_open = listener.unknown_open.saturating_sub(1);
                         listener.unknown_closed += 1;
                     }
-                } else if self.adopted.remove(&(listener_addr, remote))
-                    && let Some(listener) = self.listeners.get_mut(&listener_addr)
+                } else if self.adopted.remove(&(key, remote))
+                    && let Some(listener) = self.listeners.get_mut(&key)
                 {
                     listener.forget_adopted(remote, now);
                 }
-                if let Some(listener) = self.listeners.get_mut(&listener_addr) {
+                if let Some(listener) = self.listeners.get_mut(&key) {
                     listener.tracker.conn_state(remote, now, ConnState::Closed);
                     listener.corrections += 1;
                 }
@@ -731,7 +776,7 @@ impl Observer {
         let mut adopted = Vec::new();
         for &(local, remote) in &found.kernel_only {
             if let Some(listener_addr) = self.adopt(local, remote, now) {
-                if let Some(listener) = self.listeners.get_mut(&listener_addr) {
+                if let Some(listener) = self.listeners.get_mut(&(0, listener_addr)) {
                     listener.corrections += 1;
                 }
                 adopted.push((local, remote));
@@ -749,7 +794,11 @@ impl Observer {
             sum.0 = sum.0.saturating_add(queue);
             sum.1 = sum.1.saturating_add(backlog);
         }
-        for (addr, listener) in &mut self.listeners {
+        // sock_diag lists the daemon's own namespace only.
+        for ((netns, addr), listener) in &mut self.listeners {
+            if *netns != 0 {
+                continue;
+            }
             let (queue, backlog) = sums.get(addr).copied().unwrap_or_default();
             listener.accept_queue = queue;
             listener.accept_backlog = backlog;
@@ -764,13 +813,13 @@ impl Observer {
         let reports = self
             .listeners
             .iter_mut()
-            .map(|(&listener, state)| (false, listener, state))
+            .map(|(&key, state)| (false, key, state))
             .chain(
                 self.outbound
                     .iter_mut()
-                    .map(|(&target, state)| (true, target, state)),
+                    .map(|(&target, state)| (true, (0, target), state)),
             )
-            .map(|(outbound, listener, state)| {
+            .map(|(outbound, (netns, listener), state)| {
                 let sessions_unknown = state.unknown_open + state.unknown_closed;
                 let corrections = state.corrections;
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
@@ -788,6 +837,7 @@ impl Observer {
                     closed_connections: std::mem::take(&mut state.closed_log),
                     corrections,
                     outbound,
+                    netns: (netns != 0).then_some(netns),
                     accept_queue: state.accept_queue,
                     accept_queue_peak,
                     accept_backlog: state.accept_backlog,
@@ -810,6 +860,7 @@ mod tests {
 
     fn open(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
         Event::ConnOpen {
+            netns: 0,
             sock,
             local: addr(local),
             remote: addr(remote),
@@ -819,6 +870,7 @@ mod tests {
 
     fn close(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
         Event::ConnClose {
+            netns: 0,
             sock,
             local: addr(local),
             remote: addr(remote),
@@ -837,6 +889,7 @@ mod tests {
 
     fn up(sock: SockId, listener: &str) -> Event {
         Event::ListenerUp {
+            netns: 0,
             sock,
             addr: addr(listener),
             pid: 7,
@@ -983,6 +1036,7 @@ mod tests {
         let _ = observer.apply(&up(1, "127.0.0.1:8080"));
         let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
         let _ = observer.apply(&Event::ListenerDown {
+            netns: 0,
             sock: 1,
             addr: addr("127.0.0.1:8080"),
         });
@@ -1001,6 +1055,7 @@ mod tests {
         let mut observer = Observer::new(None);
         let _ = observer.apply(&up(1, "127.0.0.1:8080"));
         let _ = observer.apply(&Event::ListenerUp {
+            netns: 0,
             sock: 2,
             addr: addr("127.0.0.1:8080"),
             pid: 8,
@@ -1013,6 +1068,7 @@ mod tests {
 
         for (sock, listener) in [(1, "127.0.0.1:8080"), (99, "127.0.0.1:9090")] {
             let _ = observer.apply(&Event::ListenerDown {
+                netns: 0,
                 sock,
                 addr: addr(listener),
             });
@@ -1025,6 +1081,7 @@ mod tests {
         );
         for (sock, listener) in [(2, "127.0.0.1:8080"), (98, "127.0.0.1:9090")] {
             let _ = observer.apply(&Event::ListenerDown {
+                netns: 0,
                 sock,
                 addr: addr(listener),
             });
@@ -1082,6 +1139,7 @@ mod tests {
         let _ = observer.apply(&turn(10, SECOND, None));
         let _ = observer.apply(&turn(10, 5 * SECOND, Some(3 * SECOND)));
         let _ = observer.apply(&Event::ConnClose {
+            netns: 0,
             sock: 10,
             local: addr("127.0.0.1:80"),
             remote: addr("127.0.0.1:5000"),

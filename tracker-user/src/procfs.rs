@@ -103,6 +103,12 @@ pub fn process_cmdline(pid: u32) -> Option<String> {
     Some(words.join(" "))
 }
 
+/// Inode number of the daemon's own network namespace (`/proc/self/ns/net`).
+pub fn own_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    u32::try_from(fs::metadata("/proc/self/ns/net").ok()?.ino()).ok()
+}
+
 /// `socket:[12345]` → 12345.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?

@@ -41,7 +41,9 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -251,6 +253,31 @@ fn connection_event(
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         aux,
         detail: 0,
-        _pad2: 0,
+        netns: netns_of(skaddr),
     }
+}
+
+/// Inode number of the network namespace of socket `skaddr`, through the offsets the daemon
+/// found in the kernel's BTF; 0 when they are unknown or a read fails.
+#[inline(always)]
+fn netns_of(skaddr: u64) -> u32 {
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
+    };
+    if config.sock_net_offset == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+    let net: u64 = unsafe {
+        bpf_probe_read_kernel(skaddr.wrapping_add(u64::from(config.sock_net_offset)) as *const u64)
+    }
+    .unwrap_or(0);
+    if net == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe {
+        bpf_probe_read_kernel(net.wrapping_add(u64::from(config.net_inum_offset)) as *const u32)
+    }
+    .unwrap_or(0)
 }

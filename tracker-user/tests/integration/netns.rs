@@ -1,0 +1,120 @@
+//! Network namespaces: listeners with the same address in different namespaces are different
+//! listeners, and a server inside a namespace reached from another over a veth pair counts
+//! under its own namespace's listener.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::process::Command;
+use std::thread;
+
+use crate::support::{Daemon, free_port};
+
+/// Network namespaces made with `ip netns`, deleted when dropped.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn create(names: &[String]) -> Self {
+        let namespaces = Self(names.to_vec());
+        for name in names {
+            ip(&["netns", "add", name]);
+            ip(&["-n", name, "link", "set", "lo", "up"]);
+        }
+        namespaces
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("running ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+/// Inode number of a named namespace.
+fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap()
+        .ino()
+}
+
+/// Runs `work` on a thread that has entered namespace `name` (sockets it creates live there).
+fn in_namespace<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{name}")).expect("opening the namespace");
+    thread::spawn(move || {
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        work()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+#[test]
+fn same_address_in_two_namespaces_is_two_listeners_and_veth_traffic_counts_where_it_lands() {
+    let tag = std::process::id() % 100_000;
+    let (a, b) = (format!("trk-a-{tag}"), format!("trk-b-{tag}"));
+    let _namespaces = Namespaces::create(&[a.clone(), b.clone()]);
+    // A veth pair between the two namespaces, on addresses of our own.
+    let (veth_a, veth_b) = (format!("ta{tag}"), format!("tb{tag}"));
+    ip(&[
+        "link", "add", &veth_a, "netns", &a, "type", "veth", "peer", "name", &veth_b, "netns", &b,
+    ]);
+    ip(&["-n", &a, "addr", "add", "10.213.0.1/24", "dev", &veth_a]);
+    ip(&["-n", &b, "addr", "add", "10.213.0.2/24", "dev", &veth_b]);
+    ip(&["-n", &a, "link", "set", &veth_a, "up"]);
+    ip(&["-n", &b, "link", "set", &veth_b, "up"]);
+
+    let port = free_port("127.0.0.1");
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &port.to_string()]);
+
+    // 127.0.0.1:port in the daemon's namespace and in namespace a; 10.213.0.1:port in a.
+    let root_listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (loop_a, veth_listener) = in_namespace(&a, move || {
+        (
+            TcpListener::bind(("127.0.0.1", port)).unwrap(),
+            TcpListener::bind(("10.213.0.1", port)).unwrap(),
+        )
+    });
+    let root_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Two clients inside a on its loopback, one from b over the veth pair.
+    let a_clients = in_namespace(&a, move || {
+        [
+            TcpStream::connect(("127.0.0.1", port)).unwrap(),
+            TcpStream::connect(("127.0.0.1", port)).unwrap(),
+        ]
+    });
+    let veth_target: SocketAddr = format!("10.213.0.1:{port}").parse().unwrap();
+    let b_client = in_namespace(&b, move || TcpStream::connect(veth_target).unwrap());
+
+    let inode_a = netns_inode(&a);
+    let root_name = format!("127.0.0.1:{port}");
+    let a_name = format!("netns:{inode_a}/127.0.0.1:{port}");
+    let veth_name = format!("netns:{inode_a}/10.213.0.1:{port}");
+    let root = daemon.reports_until(&root_name, |report| report["curr"] == 1);
+    assert_eq!(root.last().unwrap()["netns"], serde_json::Value::Null);
+    let in_a = daemon.reports_until(&a_name, |report| report["curr"] == 2);
+    assert_eq!(in_a.last().unwrap()["netns"], inode_a);
+    let over_veth = daemon.reports_until(&veth_name, |report| report["curr"] == 1);
+    for report in root.iter().chain(&in_a).chain(&over_veth) {
+        assert_eq!(report["errs"], 0, "{report}");
+    }
+    drop((
+        root_client,
+        a_clients,
+        b_client,
+        root_listener,
+        loop_a,
+        veth_listener,
+    ));
+}
