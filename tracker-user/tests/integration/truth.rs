@@ -169,3 +169,66 @@ fn outbound_connections_to_a_connect_target_are_tracked() {
         assert_eq!(report["errs"], 0, "{report}");
     }
 }
+
+/// A process listening on `port` with SO_REUSEPORT until the returned child is killed.
+fn reuseport_listener(port: u16) -> std::process::Child {
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         s.bind(('127.0.0.1', {port}))\n\
+         s.listen(16)\n\
+         print('ready', flush=True)\n\
+         time.sleep(120)\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+#[test]
+fn a_reuseport_group_is_one_listener_with_every_owner() {
+    let port = crate::support::free_port("127.0.0.1");
+    let mut first = reuseport_listener(port);
+    let mut second = reuseport_listener(port);
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &port.to_string()]);
+    let report = daemon.next_report(&format!("127.0.0.1:{port}"));
+    let owners: Vec<u64> = report["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|owner| owner["pid"].as_u64().unwrap())
+        .collect();
+    for child in [&first, &second] {
+        assert!(owners.contains(&u64::from(child.id())), "{report}");
+    }
+    assert!(
+        report["owners"][0]["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("SO_REUSEPORT"),
+        "{report}"
+    );
+    assert_eq!(
+        report["accept_backlog"], 32,
+        "two sockets of backlog 16: {report}"
+    );
+    let _ = first.kill();
+    let _ = second.kill();
+    let _ = first.wait();
+    let _ = second.wait();
+    let gone = daemon.reports_until(&format!("127.0.0.1:{port}"), |report| {
+        report["gone"] == true
+    });
+    assert_eq!(gone.last().unwrap()["errs"], 0);
+}
