@@ -405,3 +405,10 @@ pub fn established_server_side(addr: SocketAddr) -> usize {
         .filter(|line| !line.trim().is_empty())
         .count()
 }
+
+/// Sets the listen backlog of `listener` (std listens with 128).
+pub fn set_backlog(listener: &TcpListener, backlog: i32) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: listen() again on a listening socket only updates its backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), backlog) }, 0);
+}

@@ -2,7 +2,6 @@
 //! connection storm, and a server that stops accepting.
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,6 +47,9 @@ fn counts_return_to_the_truth_within_an_interval_after_forced_loss() {
     const STORM: usize = 6_000;
     const HELD: usize = 20;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // No accept-queue overflow: every connect must make the server-side connection the
+    // acceptor below waits for.
+    crate::support::set_backlog(&listener, 4096);
     let addr = listener.local_addr().unwrap();
     // A 4 KiB ring holds about 40 events: a storm of short connections overflows it.
     let mut daemon = Daemon::start(&[
@@ -114,9 +116,8 @@ fn counts_return_to_the_truth_within_an_interval_after_forced_loss() {
 fn a_server_that_stops_accepting_fills_its_queue_and_overflows() {
     const BACKLOG: i32 = 4;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    // A small backlog (std listens with 128); listen() again on a listening socket updates it.
-    // SAFETY: a valid listening socket fd.
-    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) }, 0);
+    // A small backlog (std listens with 128).
+    crate::support::set_backlog(&listener, BACKLOG);
     let addr = listener.local_addr().unwrap();
     let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &addr.port().to_string()]);
 
