@@ -226,6 +226,10 @@ impl State {
         self.drain(ring.get_mut());
         let kernel = self.kernel_connections()?;
         let first = self.observer.discrepancies(&kernel);
+        drop(kernel);
+        // The dump of a busy host's connections is large and short-lived: give the memory
+        // back rather than keep it resident until the next report.
+        release_free_memory();
         if first.is_empty() {
             return Ok(());
         }
@@ -336,6 +340,13 @@ async fn kernel_log_readable(
         Some(log) => log.readable_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// Returns freed heap memory to the kernel (glibc keeps it otherwise, and the resident size
+/// would reflect the largest transient allocation rather than what the daemon holds).
+fn release_free_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns()` stamps events with.

@@ -706,7 +706,7 @@ impl Observer {
     /// namespace, given as (local, remote) pairs; only connections of watched listeners of that
     /// namespace count (other namespaces are not in the table).
     pub fn discrepancies(&self, kernel: &[(SocketAddr, SocketAddr)]) -> Discrepancies {
-        let in_kernel: BTreeSet<(SocketAddr, SocketAddr)> = kernel
+        let in_kernel: HashSet<(SocketAddr, SocketAddr)> = kernel
             .iter()
             .filter(|(local, _)| self.watches(local.port()))
             .filter_map(|&(local, remote)| Some((self.listener_for(0, local, false)?.1, remote)))
