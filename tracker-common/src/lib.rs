@@ -37,12 +37,15 @@ pub const PORTS_MAX_ENTRIES: u32 = 1024;
 /// a 2-core machine.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
-/// Program name of the `sock:inet_sock_set_state` tracepoint handler.
+/// Program names, one per hook and attach method: `RAW_*` for the raw tracepoint (preferred:
+/// the program gets the tracepoint's arguments directly, without the kernel first formatting a
+/// perf record), the others for the classic tracepoint (fallback).
 pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
-/// Program name of the `sock:sock_recv_length` tracepoint handler.
+pub const PROG_RAW_INET_SOCK_SET_STATE: &str = "raw_inet_sock_set_state";
 pub const PROG_SOCK_RECV_LENGTH: &str = "sock_recv_length";
-/// Program name of the `sock:sock_send_length` tracepoint handler.
+pub const PROG_RAW_SOCK_RECV_LENGTH: &str = "raw_sock_recv_length";
 pub const PROG_SOCK_SEND_LENGTH: &str = "sock_send_length";
+pub const PROG_RAW_SOCK_SEND_LENGTH: &str = "raw_sock_send_length";
 
 /// `MSG_PEEK`: a read that leaves the bytes queued; not payload consumed by the server.
 pub const MSG_PEEK: i32 = 2;
@@ -82,23 +85,7 @@ pub mod sock_length {
     pub const FLAGS: usize = 24;
 }
 
-/// Where a system call's user buffer is, remembered per thread between the syscall's entry and
-/// the socket tracepoint that follows it in the same thread ([`USER_BUFS_MAP`] value).
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-pub struct UserBuf {
-    /// User address: the buffer ([`buf_shape::FLAT`]), an `iovec` array
-    /// ([`buf_shape::IOVEC`]) or a `user_msghdr` ([`buf_shape::MSGHDR`]).
-    pub ptr: u64,
-    /// Buffer size, or number of iovecs.
-    pub count: u64,
-    /// One of [`buf_shape`].
-    pub shape: u32,
-    /// [`DIRECTION_IN`] (a read) or [`DIRECTION_OUT`] (a write).
-    pub direction: u32,
-}
-
-/// How a system call passes its buffer.
+/// How a system call passes its buffer ([`SYSCALL_BUFFERS_MAP`] values, with a direction).
 pub mod buf_shape {
     /// `read`, `recvfrom`, `write`, `sendto`: one buffer.
     pub const FLAT: u32 = 1;
@@ -113,12 +100,12 @@ pub const DIRECTION_IN: u32 = 0;
 /// Payload the server sent.
 pub const DIRECTION_OUT: u32 = 1;
 
-/// Name of the map of processes (tgids) that have called `accept()`: only their read/write
-/// system calls have their buffers remembered, so clients and unrelated programs pay one
-/// lookup per call and nothing more.
-pub const SERVER_TGIDS_MAP: &str = "SERVER_TGIDS";
-/// Capacity of [`SERVER_TGIDS_MAP`] (least recently used processes are forgotten first).
-pub const SERVER_TGIDS_MAX_ENTRIES: u32 = 8_192;
+/// Name of the array, indexed by system call number, saying which calls carry a payload
+/// buffer and how: `shape | direction << 8` (see [`buf_shape`], [`DIRECTION_IN`]); 0 for every
+/// other call. Filled by the daemon, which knows its architecture's numbers.
+pub const SYSCALL_BUFFERS_MAP: &str = "SYSCALL_BUFFERS";
+/// Capacity of [`SYSCALL_BUFFERS_MAP`]: above every system call number in use.
+pub const SYSCALL_BUFFERS_MAX_ENTRIES: u32 = 1024;
 
 /// A connection by its endpoints, as the tracepoint shows them: the key of
 /// [`PREEXISTING_MAP`]. Addresses as in [`SockEvent`] (IPv4 in the first four bytes).
@@ -149,21 +136,6 @@ pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
 pub const CONNECT_TARGETS_MAP: &str = "CONNECT_TARGETS";
 /// Capacity of [`CONNECT_TARGETS_MAP`].
 pub const CONNECT_TARGETS_MAX_ENTRIES: u32 = 1024;
-
-/// Name of the per-thread map of [`UserBuf`]s.
-pub const USER_BUFS_MAP: &str = "USER_BUFS";
-/// Capacity of [`USER_BUFS_MAP`]: one entry per thread in a system call; least recently used
-/// entries (threads long gone) are evicted.
-pub const USER_BUFS_MAX_ENTRIES: u32 = 16_384;
-
-/// Argument offsets shared by the `sys_enter_*` tracepoints whose buffers are remembered
-/// (read, recvfrom, readv, recvmsg, write, sendto, writev, sendmsg).
-pub mod syscall_args {
-    /// Second argument (the buffer, iovec array or msghdr).
-    pub const BUF: usize = 24;
-    /// Third argument (the size or iovec count; `flags` for recvmsg/sendmsg, unused there).
-    pub const COUNT: usize = 32;
-}
 
 /// Kernel TCP states (`include/net/tcp_states.h`), as the tracepoint reports them.
 pub mod tcp_state {
@@ -225,15 +197,16 @@ pub enum EventKind {
     /// A server-side child socket went SYN_RECV → ESTABLISHED.
     ConnOpen = 3,
     /// A tracked server-side connection reached CLOSE. `aux` is when its last turn ended
-    /// (0: it was idle), see [`EventKind::Turn`].
+    /// (0: it was idle), see [`EventKind::Turn`]. Endpoints (`family` non-zero) only for a
+    /// connection the daemon adopted from the kernel's table; the others it knows by socket.
     ConnClose = 4,
     /// A tracked connection received payload while idle, or after the server had answered:
     /// a request/response turn begins at `timestamp_ns`. `aux` is when the previous turn
     /// ended (the server's last send before this payload), or 0 if the connection was idle.
+    /// `detail` is non-zero on a connection's first turn only: the [`proto::Protocol`] (as
+    /// `u32`) decided from that first payload. (Kind 6 was a separate protocol event; folding
+    /// it in here saves one event per connection.)
     Turn = 5,
-    /// The protocol of a tracked connection was decided from its first inbound payload.
-    /// `detail` is a [`proto::Protocol`] as `u32`.
-    Protocol = 6,
     /// An HTTP/2 frame that opens or ends streams. `detail` is the frame type, its flags
     /// shifted left by 8 and the direction ([`DIRECTION_IN`]/[`DIRECTION_OUT`]) shifted left
     /// by 16; `aux` is the stream id.
@@ -256,7 +229,6 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(Self::ConnOpen),
             4 => Ok(Self::ConnClose),
             5 => Ok(Self::Turn),
-            6 => Ok(Self::Protocol),
             7 => Ok(Self::H2Frame),
             8 => Ok(Self::WalkLost),
             9 => Ok(Self::OutboundOpen),
@@ -288,6 +260,52 @@ pub struct Config {
     pub sock_net_offset: u32,
     /// Offset of the namespace's inode number in `struct net` (`ns.inum`).
     pub net_inum_offset: u32,
+    /// Non-zero: read payload to detect protocols and follow HTTP/2 streams (sessions). Zero
+    /// with `--no-sessions`, or when [`Config::regs`] is unknown.
+    pub payload: u32,
+    /// Where the fields the raw `inet_sock_set_state` program reads sit in a socket.
+    pub sock: SockLayout,
+    /// Where a task's saved user registers keep the system call number and arguments.
+    pub regs: RegsLayout,
+}
+
+/// Byte offsets of the fields of `struct sock` the raw-tracepoint lifecycle program reads, found
+/// by the daemon in the kernel's BTF (the classic tracepoint copies them into its record
+/// instead). When the daemon cannot find them it attaches the classic tracepoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SockLayout {
+    /// `sk_protocol` (`u16`).
+    pub protocol: u32,
+    /// `__sk_common.skc_family` (`u16`).
+    pub family: u32,
+    /// `__sk_common.skc_num`: local port, host byte order (`u16`).
+    pub local_port: u32,
+    /// `__sk_common.skc_dport`: remote port, network byte order (`__be16`).
+    pub remote_port: u32,
+    /// `__sk_common.skc_rcv_saddr` (`__be32`).
+    pub local_v4: u32,
+    /// `__sk_common.skc_daddr` (`__be32`).
+    pub remote_v4: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (`struct in6_addr`).
+    pub local_v6: u32,
+    /// `__sk_common.skc_v6_daddr` (`struct in6_addr`).
+    pub remote_v6: u32,
+}
+
+/// Byte offsets in the kernel's `struct pt_regs` (the user registers saved when a task
+/// entered the kernel) of the system call number and of its second and third arguments,
+/// which name the payload buffer of read/write-family calls. Architecture-specific and fixed
+/// by its ABI; the daemon fills them in for the architecture it was built for (all zero:
+/// unknown, payload is not read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RegsLayout {
+    pub syscall_nr: u32,
+    pub arg2: u32,
+    pub arg3: u32,
+    /// Explicit padding (required for `Pod`).
+    pub _pad: u32,
 }
 
 /// One event from the kernel. Fixed size (96 bytes, a multiple of 8 with no padding) so the program reserves ring space without
@@ -359,7 +377,6 @@ mod tests {
             EventKind::ConnOpen,
             EventKind::ConnClose,
             EventKind::Turn,
-            EventKind::Protocol,
             EventKind::H2Frame,
             EventKind::WalkLost,
             EventKind::OutboundOpen,
@@ -367,6 +384,7 @@ mod tests {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }
         assert_eq!(EventKind::try_from(0), Err(0));
+        assert_eq!(EventKind::try_from(6), Err(6));
         assert_eq!(EventKind::try_from(99), Err(99));
     }
 }

@@ -4,12 +4,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracker_common::{
     CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT,
-    LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SERVER_TGIDS_MAX_ENTRIES, SockEvent,
-    TRACKED_MAX_ENTRIES, USER_BUFS_MAX_ENTRIES, UserBuf,
+    LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockEvent,
+    TRACKED_MAX_ENTRIES,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -29,11 +29,9 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 pub static TRACKED: HashMap<u64, ConnTrack> =
     HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The user buffer of each thread's current read/write-family system call, keyed by
-/// `pid_tgid` (see `probes::syscall_buffers`).
+/// Which system calls carry a payload buffer, by number (see `SYSCALL_BUFFERS_MAP`).
 #[map]
-pub static USER_BUFS: LruHashMap<u64, UserBuf> =
-    LruHashMap::with_max_entries(USER_BUFS_MAX_ENTRIES, 0);
+pub static SYSCALL_BUFFERS: Array<u32> = Array::with_max_entries(SYSCALL_BUFFERS_MAX_ENTRIES, 0);
 
 /// Connections found in the kernel's table rather than seen open (see `PREEXISTING_MAP`).
 /// Value unused (a set).
@@ -45,11 +43,6 @@ pub static PREEXISTING: HashMap<ConnKey, u8> =
 #[map]
 pub static CONNECT_TARGETS: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(CONNECT_TARGETS_MAX_ENTRIES, 0);
-
-/// Processes that accept connections (see `SERVER_TGIDS_MAP`). Value unused (a set).
-#[map]
-pub static SERVER_TGIDS: LruHashMap<u32, u8> =
-    LruHashMap::with_max_entries(SERVER_TGIDS_MAX_ENTRIES, 0);
 
 /// Per-CPU state of the HTTP/2 frame walk in progress (see `payload::WalkLoop`).
 #[map]

@@ -2,22 +2,35 @@
 //! first bytes the client sends, and the HTTP/2 frame walk in both directions.
 //!
 //! Only bounded copies of frame headers (9 bytes) and of the first 16 bytes are made; payload
-//! itself is skipped by length. The user buffer comes from `USER_BUFS` (see
-//! `probes::syscall_buffers`): a flat buffer, an iovec array, or a msghdr holding one.
+//! itself is skipped by length.
+//!
+//! Where the bytes are: the socket tracepoints run inside the server's read/write-family
+//! system call, in its thread, once the bytes reached (or before they left) the user buffer
+//! the call names. The call's number and arguments are still in the user registers the task
+//! saved when it entered the kernel (`bpf_task_pt_regs` of the current task), so the buffer is
+//! found there, only for the tracked connections that need it. (An earlier design remembered
+//! every server thread's buffer from `syscalls:sys_enter_*` tracepoints; enabling those puts
+//! every system call of every process on the host through the kernel's slow tracing path.)
+//! The buffer is a flat one, an iovec array, or a msghdr holding one; calls that are none of
+//! those (io_uring, sendfile) give no buffer, and the connection's sessions become unknown.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
-    programs::TracePointContext,
+    EbpfContext,
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
+    },
 };
 use aya_log_ebpf::debug;
 use tracker_common::{
-    ConnTrack, DIRECTION_IN, EventKind, UserBuf, buf_shape,
+    ConnTrack, DIRECTION_IN, EventKind, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
     proto::{self, FrameHeader, H2Walk, Protocol, flag, frame},
 };
 
-use crate::maps::{USER_BUFS, WALK_SCRATCH, emit_for_socket};
+use crate::maps::{CONFIG, SYSCALL_BUFFERS, WALK_SCRATCH, emit_for_socket};
+use crate::record::kernel;
 
 /// Most iovecs followed in one system call (nginx batches up to 64 per writev).
 const MAX_IOVECS: u64 = 64;
@@ -53,23 +66,55 @@ struct Segments {
     first_len: u64,
 }
 
-/// Takes this thread's remembered buffer if it belongs to a system call in `direction`; an
-/// all-zero `UserBuf` (no shape) otherwise. Not an `Option`: LLVM may copy the undefined
-/// payload of a `None` through registers, which the verifier rejects as an uninitialised
-/// read.
+/// Where a system call's payload is in user memory.
+#[derive(Clone, Copy, Default)]
+pub struct UserBuf {
+    /// User address: the buffer ([`buf_shape::FLAT`]), an `iovec` array
+    /// ([`buf_shape::IOVEC`]) or a `user_msghdr` ([`buf_shape::MSGHDR`]).
+    ptr: u64,
+    /// Buffer size, or number of iovecs.
+    count: u64,
+    /// One of [`buf_shape`] (0: none).
+    shape: u32,
+}
+
+/// The buffer of the current thread's system call, if it is a read/write-family call in
+/// `direction`; an all-zero `UserBuf` (no shape) otherwise. Not an `Option`: LLVM may copy
+/// the undefined payload of a `None` through registers, which the verifier rejects as an
+/// uninitialised read.
 #[inline(always)]
-pub fn take_user_buf(direction: u32) -> UserBuf {
-    let key = bpf_get_current_pid_tgid();
-    let Some(found) = USER_BUFS.get_ptr(&key) else {
+pub fn syscall_buffer(direction: u32) -> UserBuf {
+    let Some(config) = CONFIG.get(0) else {
         return UserBuf::default();
     };
-    // SAFETY: copied out of the map before removal.
-    let buf = unsafe { *found };
-    let _ = USER_BUFS.remove(&key);
-    if buf.direction == direction {
-        buf
-    } else {
-        UserBuf::default()
+    if config.payload == 0 {
+        return UserBuf::default();
+    }
+    // SAFETY: plain helper calls; the registers pointer is only read through
+    // bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let layout = config.regs;
+    let Some(number) = kernel::<u64>(regs.wrapping_add(u64::from(layout.syscall_nr))) else {
+        return UserBuf::default();
+    };
+    if number >= u64::from(SYSCALL_BUFFERS_MAX_ENTRIES) {
+        return UserBuf::default();
+    }
+    let Some(&kind) = SYSCALL_BUFFERS.get(number as u32) else {
+        return UserBuf::default();
+    };
+    if kind == 0 || kind >> 8 != direction {
+        return UserBuf::default();
+    }
+    let ptr = kernel::<u64>(regs.wrapping_add(u64::from(layout.arg2))).unwrap_or(0);
+    let count = kernel::<u64>(regs.wrapping_add(u64::from(layout.arg3))).unwrap_or(0);
+    if ptr == 0 {
+        return UserBuf::default();
+    }
+    UserBuf {
+        ptr,
+        count,
+        shape: kind & 0xff,
     }
 }
 
@@ -114,9 +159,10 @@ fn segments(buf: &UserBuf, total: u32) -> Option<Segments> {
     })
 }
 
-/// First payload from the client: decide the protocol, tell the daemon, and prepare the walk.
+/// First payload from the client: decide the protocol and prepare the walk. Returns the
+/// protocol as `u32`, for the daemon.
 #[inline(always)]
-pub fn detect_protocol(track: &mut ConnTrack, skaddr: u64, buf: &UserBuf, total: u32, now: u64) {
+pub fn detect_protocol(track: &mut ConnTrack, buf: &UserBuf, total: u32) -> u32 {
     let protocol = match segments(buf, total) {
         Some(segments) => {
             let available = segments.first_len.min(u64::from(total));
@@ -157,7 +203,7 @@ pub fn detect_protocol(track: &mut ConnTrack, skaddr: u64, buf: &UserBuf, total:
         track.walk_in = H2Walk::inbound();
         track.walk_out = H2Walk::outbound();
     }
-    emit_for_socket(EventKind::Protocol as u32, skaddr, now, 0, protocol as u32);
+    protocol as u32
 }
 
 /// Whether the daemon needs this frame to follow streams.
@@ -260,8 +306,8 @@ extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
 
 /// Walks the HTTP/2 frames in one system call's `total` bytes.
 #[inline(always)]
-pub fn walk_frames(
-    ctx: &TracePointContext,
+pub fn walk_frames<C: EbpfContext>(
+    ctx: &C,
     walk: &mut H2Walk,
     skaddr: u64,
     direction: u32,
@@ -312,7 +358,7 @@ pub fn walk_frames(
 }
 
 #[inline(always)]
-fn lose_walk(ctx: &TracePointContext, walk: &mut H2Walk, skaddr: u64, now: u64) {
+fn lose_walk<C: EbpfContext>(ctx: &C, walk: &mut H2Walk, skaddr: u64, now: u64) {
     walk.desync = 1;
     // Reaches the daemon's log (RUST_LOG=debug) through aya-log.
     debug!(

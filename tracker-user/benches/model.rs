@@ -101,6 +101,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
             sock: sock(n),
             at: tick(),
             previous_end: None,
+            protocol: Some(tracker_common::proto::Protocol::Http1),
         });
     }
     for (n, &remote) in remotes.iter().enumerate() {
@@ -108,8 +109,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
         events.push(Event::ConnClose {
             netns: 0,
             sock: sock(n),
-            local: LISTENER,
-            remote,
+            endpoints: None,
             at: tick(),
             turn_end: Some(turn_end),
         });

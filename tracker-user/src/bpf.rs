@@ -1,25 +1,31 @@
 //! Loading, configuring and attaching the eBPF programs, and reading what they send.
 //!
 //! Hook choice. Every hook is listed in [`HOOKS`]: a purpose, then the candidate attach points
-//! in order of preference; the first one this kernel has (and whose layout matches) is used.
-//! On the machines we target kprobes are compiled out and fentry/fexit programs are refused, so
-//! every candidate is a tracepoint:
+//! in order of preference; the first one this kernel has (and can serve) is used. On the
+//! machines we target kprobes are compiled out and fentry/fexit programs are refused, so every
+//! candidate is a tracepoint, attached raw where possible: a raw tracepoint hands the program
+//! the tracepoint's C arguments, while a classic one first makes the kernel format a perf
+//! record of every field, for every firing, including the many the program drops at once
+//! (measured: the classic attach roughly doubled the tracker's cost on nginx, see
+//! BENCHMARKS.md).
 //!
 //! * Connection lifecycle: `sock:inet_sock_set_state` (4.16+). It sees listen(), the
-//!   server-side SYN_RECV → ESTABLISHED step and every CLOSE, with decoded addresses, from one
-//!   attach point. (`tcp:tcp_set_state`, its 4.15 predecessor, has a different layout and is
-//!   not supported; `tcp:tcp_destroy_sock` alone would miss listens and opens.) Required.
-//! * Turn boundaries (busy time): `sock:sock_recv_length` and `sock:sock_send_length` (6.6+).
-//!   They fire after every socket read and write with the socket and byte count, on every
-//!   path (read/recv/recvmsg/readv, write/send/sendmsg/writev, sendfile, io_uring), which
-//!   per-syscall tracepoints would not cover. Optional: on older kernels the daemon warns and
-//!   reports busy time as 0.
-//! * Payload buffers (sessions): `syscalls:sys_enter_{read,recvfrom,readv,recvmsg,write,
-//!   sendto,writev,sendmsg}`. The socket tracepoints above run inside these system calls, in
-//!   the same thread, after the bytes reached (or before they left) the user buffer these
-//!   tracepoints name; so the probes find the buffer by thread id and copy only what they
-//!   need (16 bytes to detect the protocol, then 9-byte HTTP/2 frame headers). Optional, and
-//!   skipped with `--no-sessions`: without them sessions are reported as unknown.
+//!   server-side SYN_RECV → ESTABLISHED step and every CLOSE from one attach point. Raw when
+//!   the kernel's BTF says where `struct sock` keeps protocol, family, ports and addresses
+//!   (the program reads them itself, only for the few firings that matter); classic (the
+//!   record has them decoded) otherwise. (`tcp:tcp_set_state`, its 4.15 predecessor, has a
+//!   different layout and is not supported; `tcp:tcp_destroy_sock` alone would miss listens
+//!   and opens.) Required.
+//! * Turn boundaries (busy time): `sock:sock_recv_length` and `sock:sock_send_length` (6.6+),
+//!   raw, else classic. They fire after every socket read and write with the socket and byte
+//!   count, on every path (read/recv/recvmsg/readv, write/send/sendmsg/writev, sendfile,
+//!   io_uring), which per-syscall tracepoints would not cover. Optional: on older kernels the
+//!   daemon warns and reports busy time as 0.
+//! * Payload (sessions): no hook of its own. The socket programs above run inside the
+//!   server's system call, whose buffer argument they read from the task's saved user
+//!   registers (`bpf_task_pt_regs`), for tracked connections whose protocol is undecided or
+//!   HTTP/2 only. Off with `--no-sessions`, or on an architecture whose register layout this
+//!   build does not know: sessions are then reported as unknown.
 //!
 //! Everything attached here is owned by [`Probes`]; dropping it detaches all of it, also on
 //! error paths, so the daemon never leaves a program attached behind it.
@@ -30,23 +36,37 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
     AF_INET, AF_INET6, CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack,
-    DEFAULT_RING_BYTES, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP,
-    PROG_INET_SOCK_SET_STATE, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, TRACK_FULL_SLOT,
-    TRACKED_MAP, inet_sock_set_state, sock_length, syscall_args,
+    DEFAULT_RING_BYTES, DIRECTION_IN, DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP,
+    PREEXISTING_MAP, PROG_INET_SOCK_SET_STATE, PROG_RAW_INET_SOCK_SET_STATE,
+    PROG_RAW_SOCK_RECV_LENGTH, PROG_RAW_SOCK_SEND_LENGTH, PROG_SOCK_RECV_LENGTH,
+    PROG_SOCK_SEND_LENGTH, RegsLayout, SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP,
+    buf_shape, inet_sock_set_state, sock_length,
 };
 
 use crate::tracefs::{Tracefs, check_format};
 
-/// A tracepoint one program can attach to, with the field layout the program reads from it.
-struct TracepointCandidate {
-    category: &'static str,
-    name: &'static str,
-    fields: &'static [(&'static str, usize, usize)],
+/// One way to serve a hook.
+enum Candidate {
+    /// The raw tracepoint `name`, served by `program`; `needs_sock_layout`: the program reads
+    /// socket fields at offsets found in the kernel's BTF.
+    Raw {
+        name: &'static str,
+        program: &'static str,
+        needs_sock_layout: bool,
+    },
+    /// The classic tracepoint `category:name`, served by `program`, which reads `fields`
+    /// (name, offset, size) from its record; checked against the tracepoint's format file.
+    Classic {
+        category: &'static str,
+        name: &'static str,
+        program: &'static str,
+        fields: &'static [(&'static str, usize, usize)],
+    },
 }
 
 /// Which figures a hook feeds.
@@ -54,55 +74,15 @@ struct TracepointCandidate {
 enum HookGroup {
     /// Connections: without these the daemon cannot work.
     Lifecycle,
-    /// Busy time.
+    /// Busy time (and, through the same programs, sessions).
     Turns,
-    /// Session detection from payload.
-    Payload,
 }
 
-/// A `syscalls:sys_enter_<name>` hook marking the calling process as a server; it reads no
-/// argument, so only the tracepoint's presence is checked.
-macro_rules! server_hook {
-    ($name:literal) => {
-        Hook {
-            group: HookGroup::Payload,
-            purpose: concat!("servers calling ", $name, "()"),
-            program: concat!("sys_enter_", $name),
-            candidates: &[TracepointCandidate {
-                category: "syscalls",
-                name: concat!("sys_enter_", $name),
-                fields: &[],
-            }],
-        }
-    };
-}
-
-/// One purpose, served by one program, attached to the first usable candidate.
+/// One purpose, attached to the first usable candidate.
 struct Hook {
     group: HookGroup,
     purpose: &'static str,
-    program: &'static str,
-    candidates: &'static [TracepointCandidate],
-}
-
-/// A `syscalls:sys_enter_<name>` hook remembering the user buffer (argument `buf` at
-/// [`syscall_args::BUF`], its size or count `count` at [`syscall_args::COUNT`]).
-macro_rules! buffer_hook {
-    ($name:literal, $buf:literal, $count:literal) => {
-        Hook {
-            group: HookGroup::Payload,
-            purpose: concat!("payload buffers of ", $name, "()"),
-            program: concat!("sys_enter_", $name),
-            candidates: &[TracepointCandidate {
-                category: "syscalls",
-                name: concat!("sys_enter_", $name),
-                fields: &[
-                    ($buf, syscall_args::BUF, 8),
-                    ($count, syscall_args::COUNT, 8),
-                ],
-            }],
-        }
-    };
+    candidates: &'static [Candidate],
 }
 
 /// The hook table (see the module documentation for why each entry is what it is).
@@ -110,44 +90,84 @@ const HOOKS: &[Hook] = &[
     Hook {
         group: HookGroup::Lifecycle,
         purpose: "TCP connection lifecycle",
-        program: PROG_INET_SOCK_SET_STATE,
-        candidates: &[TracepointCandidate {
-            category: "sock",
-            name: "inet_sock_set_state",
-            fields: &inet_sock_set_state::FIELDS,
-        }],
+        candidates: &[
+            Candidate::Raw {
+                name: "inet_sock_set_state",
+                program: PROG_RAW_INET_SOCK_SET_STATE,
+                needs_sock_layout: true,
+            },
+            Candidate::Classic {
+                category: "sock",
+                name: "inet_sock_set_state",
+                program: PROG_INET_SOCK_SET_STATE,
+                fields: &inet_sock_set_state::FIELDS,
+            },
+        ],
     },
     Hook {
         group: HookGroup::Turns,
         purpose: "turn starts (busy time)",
-        program: PROG_SOCK_RECV_LENGTH,
-        candidates: &[TracepointCandidate {
-            category: "sock",
-            name: "sock_recv_length",
-            fields: &sock_length::FIELDS,
-        }],
+        candidates: &[
+            Candidate::Raw {
+                name: "sock_recv_length",
+                program: PROG_RAW_SOCK_RECV_LENGTH,
+                needs_sock_layout: false,
+            },
+            Candidate::Classic {
+                category: "sock",
+                name: "sock_recv_length",
+                program: PROG_SOCK_RECV_LENGTH,
+                fields: &sock_length::FIELDS,
+            },
+        ],
     },
     Hook {
         group: HookGroup::Turns,
         purpose: "turn ends (busy time)",
-        program: PROG_SOCK_SEND_LENGTH,
-        candidates: &[TracepointCandidate {
-            category: "sock",
-            name: "sock_send_length",
-            fields: &sock_length::FIELDS,
-        }],
+        candidates: &[
+            Candidate::Raw {
+                name: "sock_send_length",
+                program: PROG_RAW_SOCK_SEND_LENGTH,
+                needs_sock_layout: false,
+            },
+            Candidate::Classic {
+                category: "sock",
+                name: "sock_send_length",
+                program: PROG_SOCK_SEND_LENGTH,
+                fields: &sock_length::FIELDS,
+            },
+        ],
     },
-    buffer_hook!("read", "buf", "count"),
-    buffer_hook!("recvfrom", "ubuf", "size"),
-    buffer_hook!("readv", "vec", "vlen"),
-    buffer_hook!("recvmsg", "msg", "flags"),
-    buffer_hook!("write", "buf", "count"),
-    buffer_hook!("sendto", "buff", "len"),
-    buffer_hook!("writev", "vec", "vlen"),
-    buffer_hook!("sendmsg", "msg", "flags"),
-    server_hook!("accept"),
-    server_hook!("accept4"),
 ];
+
+/// System calls whose buffer the socket programs may read, with how it is passed and in
+/// which direction the bytes go (the second argument is the buffer, iovec array or msghdr;
+/// the third its size or iovec count).
+const SYSCALL_BUFFERS: &[(libc::c_long, u32, u32)] = &[
+    (libc::SYS_read, buf_shape::FLAT, DIRECTION_IN),
+    (libc::SYS_recvfrom, buf_shape::FLAT, DIRECTION_IN),
+    (libc::SYS_readv, buf_shape::IOVEC, DIRECTION_IN),
+    (libc::SYS_recvmsg, buf_shape::MSGHDR, DIRECTION_IN),
+    (libc::SYS_write, buf_shape::FLAT, DIRECTION_OUT),
+    (libc::SYS_sendto, buf_shape::FLAT, DIRECTION_OUT),
+    (libc::SYS_writev, buf_shape::IOVEC, DIRECTION_OUT),
+    (libc::SYS_sendmsg, buf_shape::MSGHDR, DIRECTION_OUT),
+];
+
+/// Where this architecture's `struct pt_regs` keeps the system call number and its second
+/// and third arguments (fixed by the architecture's entry code).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGS: Option<RegsLayout> = Some(RegsLayout {
+    // orig_ax, si, dx in r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di,
+    // orig_ax, ...
+    syscall_nr: 15 * 8,
+    arg2: 13 * 8,
+    arg3: 12 * 8,
+    _pad: 0,
+});
+/// Other architectures: not known (and not tested) yet, so payload is not read.
+#[cfg(not(target_arch = "x86_64"))]
+const SYSCALL_REGS: Option<RegsLayout> = None;
 
 /// Settings applied before the programs are attached.
 #[derive(Debug, Clone, Default)]
@@ -157,7 +177,7 @@ pub struct ProbeOptions {
     /// Ring buffer size in bytes (None: the compiled-in default). A power of two multiple of
     /// the page size.
     pub ring_bytes: Option<u32>,
-    /// Read payload to count sessions (attaches the `sys_enter_*` hooks).
+    /// Read payload to count sessions.
     pub sessions: bool,
     /// Destinations whose outbound connections are tracked (`--connect`).
     pub connect: Vec<SocketAddr>,
@@ -213,7 +233,11 @@ pub fn load_and_attach(
         .map_err(|error| anyhow!(error))
         .context("loading the eBPF object (does this kernel support BPF ring buffers, 5.8+?)")?;
 
-    configure(&mut ebpf, options)?;
+    // Offsets of kernel structures, for the raw lifecycle program and namespaces.
+    let layout = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map(|btf| crate::btf::kernel_layout(&btf))
+        .unwrap_or_default();
+    configure(&mut ebpf, options, &layout)?;
     let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
         // SAFETY: the logger owns its ring buffer's fd for as long as it lives, and the
         // `AsyncFd` owns the logger.
@@ -230,17 +254,11 @@ pub fn load_and_attach(
 
     let mut attached = Vec::new();
     for hook in HOOKS {
-        if hook.group == HookGroup::Payload && !options.sessions {
-            continue;
-        }
-        match (attach_hook(&mut ebpf, tracefs, hook), hook.group) {
+        match (attach_hook(&mut ebpf, tracefs, hook, &layout), hook.group) {
             (Ok(point), _) => attached.push(point),
             (Err(error), HookGroup::Lifecycle) => return Err(error),
             (Err(error), HookGroup::Turns) => {
-                log::warn!("{error:#}: busy time is reported as 0");
-            }
-            (Err(error), HookGroup::Payload) => {
-                log::warn!("{error:#}: sessions through this call are not seen");
+                log::warn!("{error:#}: busy time is reported as 0 and sessions as unknown");
             }
         }
     }
@@ -376,7 +394,11 @@ pub fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&[u8])) -> usiz
     count
 }
 
-fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
+fn configure(
+    ebpf: &mut Ebpf,
+    options: &ProbeOptions,
+    layout: &crate::btf::KernelLayout,
+) -> anyhow::Result<()> {
     if let Some(ports) = &options.ports {
         let mut map: HashMap<_, u16, u8> = HashMap::try_from(
             ebpf.map_mut(PORTS_MAP)
@@ -400,6 +422,15 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("adding {target} to {CONNECT_TARGETS_MAP}"))?;
         }
     }
+    let mut syscalls: Array<_, u32> = Array::try_from(
+        ebpf.map_mut(SYSCALL_BUFFERS_MAP)
+            .ok_or_else(|| anyhow!("map {SYSCALL_BUFFERS_MAP} missing from the eBPF object"))?,
+    )?;
+    for &(number, shape, direction) in SYSCALL_BUFFERS {
+        syscalls
+            .set(number as u32, shape | direction << 8, 0)
+            .with_context(|| format!("describing system call {number} in {SYSCALL_BUFFERS_MAP}"))?;
+    }
     let mut config: Array<_, Config> = Array::try_from(
         ebpf.map_mut(CONFIG_MAP)
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
@@ -408,9 +439,7 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
     // Where a socket's network namespace is, from the kernel's BTF, so that listeners of
     // different namespaces are told apart. Without BTF every event counts as the daemon's
     // own namespace.
-    let netns = std::fs::read("/sys/kernel/btf/vmlinux")
-        .ok()
-        .and_then(|btf| crate::btf::netns_offsets(&btf));
+    let netns = layout.netns;
     if netns.is_none() {
         log::warn!(
             "no usable kernel BTF at /sys/kernel/btf/vmlinux: listeners of other network \
@@ -425,51 +454,106 @@ fn configure(ebpf: &mut Ebpf, options: &ProbeOptions) -> anyhow::Result<()> {
         connect_targets: u32::from(!options.connect.is_empty()),
         sock_net_offset: netns.map_or(0, |offsets| offsets.sock_net),
         net_inum_offset: netns.map_or(0, |offsets| offsets.net_inum),
+        payload: u32::from(options.sessions && SYSCALL_REGS.is_some()),
+        sock: layout.sock.unwrap_or_default(),
+        regs: SYSCALL_REGS.unwrap_or_default(),
     };
+    if options.sessions && SYSCALL_REGS.is_none() {
+        log::warn!(
+            "payload is not read on this architecture (its system call registers are not \
+             known to this build): sessions are reported as unknown"
+        );
+    }
     config
         .set(0, value, 0)
         .context("writing the configuration map")?;
     Ok(())
 }
 
-fn attach_hook(ebpf: &mut Ebpf, tracefs: &Tracefs, hook: &Hook) -> anyhow::Result<String> {
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+    hook: &Hook,
+    layout: &crate::btf::KernelLayout,
+) -> anyhow::Result<String> {
     let mut refusals = Vec::new();
     for candidate in hook.candidates {
-        let format = match tracefs.format(candidate.category, candidate.name) {
-            Ok(format) => format,
-            Err(error) => {
-                refusals.push(format!("{error:#}"));
-                continue;
+        let attached = match *candidate {
+            Candidate::Raw {
+                name,
+                program,
+                needs_sock_layout,
+            } => {
+                if needs_sock_layout && layout.sock.is_none() {
+                    refusals.push(format!(
+                        "raw tracepoint {name}: no socket layout in the kernel's BTF"
+                    ));
+                    continue;
+                }
+                attach_raw(ebpf, name, program)
             }
+            Candidate::Classic {
+                category,
+                name,
+                program,
+                fields,
+            } => attach_classic(ebpf, tracefs, category, name, program, fields),
         };
-        if let Err(mismatch) = check_format(&format, candidate.fields) {
-            refusals.push(format!(
-                "tracepoint {}:{} has a layout this build does not know: {mismatch}",
-                candidate.category, candidate.name
-            ));
-            continue;
+        match attached {
+            Ok(point) => return Ok(point),
+            Err(error) => refusals.push(format!("{error:#}")),
         }
-        let program: &mut TracePoint = ebpf
-            .program_mut(hook.program)
-            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", hook.program))?
-            .try_into()?;
-        program
-            .load()
-            .map_err(|error| anyhow!(error))
-            .with_context(|| {
-                format!("loading program {} (verifier or BPF support)", hook.program)
-            })?;
-        program
-            .attach(candidate.category, candidate.name)
-            .map_err(|error| anyhow!(error))
-            .with_context(|| format!("attaching to {}:{}", candidate.category, candidate.name))?;
-        return Ok(format!("{}:{}", candidate.category, candidate.name));
     }
     bail!(
         "no usable hook for {}: {}",
         hook.purpose,
         refusals.join("; ")
     )
+}
+
+fn attach_raw(ebpf: &mut Ebpf, name: &str, program_name: &str) -> anyhow::Result<String> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(program_name)
+        .ok_or_else(|| anyhow!("program {program_name} missing from the eBPF object"))?
+        .try_into()?;
+    program
+        .load()
+        .map_err(|error| anyhow!(error))
+        .with_context(|| format!("loading program {program_name} (verifier or BPF support)"))?;
+    let attached = program.attach(name).map_err(|error| anyhow!(error));
+    if let Err(error) = attached {
+        // Leave nothing loaded behind for a candidate not used.
+        let _ = program.unload();
+        return Err(error).with_context(|| format!("attaching raw tracepoint {name}"));
+    }
+    Ok(format!("{name} (raw tracepoint)"))
+}
+
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+    category: &str,
+    name: &str,
+    program_name: &str,
+    fields: &[(&str, usize, usize)],
+) -> anyhow::Result<String> {
+    let format = tracefs.format(category, name)?;
+    check_format(&format, fields).map_err(|mismatch| {
+        anyhow!("tracepoint {category}:{name} has a layout this build does not know: {mismatch}")
+    })?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(program_name)
+        .ok_or_else(|| anyhow!("program {program_name} missing from the eBPF object"))?
+        .try_into()?;
+    program
+        .load()
+        .map_err(|error| anyhow!(error))
+        .with_context(|| format!("loading program {program_name} (verifier or BPF support)"))?;
+    program
+        .attach(category, name)
+        .map_err(|error| anyhow!(error))
+        .with_context(|| format!("attaching to {category}:{name}"))?;
+    Ok(format!("{category}:{name}"))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.

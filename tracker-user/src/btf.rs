@@ -1,10 +1,13 @@
-//! Just enough of the kernel's BTF (`/sys/kernel/btf/vmlinux`) to find where a socket keeps
-//! its network namespace: the offset of `skc_net` in `struct sock_common` and of the
-//! namespace's inode number (`ns.inum`) in `struct net`. The eBPF programs read those two
-//! fields with `bpf_probe_read_kernel`, so that listeners of different network namespaces are
-//! told apart without CO-RE support in the toolchain.
+//! Just enough of the kernel's BTF (`/sys/kernel/btf/vmlinux`) to find the socket fields the
+//! eBPF programs read with `bpf_probe_read_kernel` (there is no CO-RE support in the
+//! toolchain): where a socket keeps its network namespace (`skc_net` in `struct sock_common`,
+//! the namespace's inode number `ns.inum` in `struct net`), so that listeners of different
+//! namespaces are told apart; and its protocol, family, ports and addresses, which the raw
+//! `inet_sock_set_state` tracepoint does not format for us.
 
 use std::collections::HashMap;
+
+use tracker_common::SockLayout;
 
 /// BTF kinds (`include/uapi/linux/btf.h`).
 const KIND_INT: u32 = 1;
@@ -27,11 +30,13 @@ pub struct NetnsOffsets {
     pub net_inum: u32,
 }
 
-/// A struct or union member: name, type id, offset in bits.
+/// A struct or union member: name, type id, offset in bits, and its size in bits if it is a
+/// bitfield (0 otherwise).
 struct Member {
     name: String,
     type_id: u32,
     bit_offset: u32,
+    bitfield_bits: u32,
 }
 
 /// Composite types by id, and their names.
@@ -40,15 +45,31 @@ struct Types {
     by_name: HashMap<String, u32>,
 }
 
-/// Finds the offsets in raw BTF data.
-pub fn netns_offsets(btf: &[u8]) -> Option<NetnsOffsets> {
-    let types = parse(btf)?;
+/// What the daemon needs from the kernel's BTF.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub netns: Option<NetnsOffsets>,
+    pub sock: Option<SockLayout>,
+}
+
+/// Finds the offsets in raw BTF data (`Default`, all unknown, if it is not BTF).
+pub fn kernel_layout(btf: &[u8]) -> KernelLayout {
+    let Some(types) = parse(btf) else {
+        return KernelLayout::default();
+    };
+    KernelLayout {
+        netns: netns_offsets(&types),
+        sock: sock_layout(&types),
+    }
+}
+
+fn netns_offsets(types: &Types) -> Option<NetnsOffsets> {
     let sock_common = *types.by_name.get("sock_common")?;
     let net = *types.by_name.get("net")?;
     let ns_common = *types.by_name.get("ns_common")?;
-    let skc_net = member_offset(&types, sock_common, "skc_net")?;
-    let ns = member_offset(&types, net, "ns")?;
-    let inum = member_offset(&types, ns_common, "inum")?;
+    let skc_net = member_offset(types, sock_common, "skc_net")?;
+    let ns = member_offset(types, net, "ns")?;
+    let inum = member_offset(types, ns_common, "inum")?;
     Some(NetnsOffsets {
         // possible_net_t holds the pointer as its only member.
         sock_net: skc_net,
@@ -56,12 +77,34 @@ pub fn netns_offsets(btf: &[u8]) -> Option<NetnsOffsets> {
     })
 }
 
+/// Where `struct sock` keeps what the lifecycle program reads. None if any field is missing
+/// or is a bitfield (`sk_protocol` was one before Linux 5.6).
+fn sock_layout(types: &Types) -> Option<SockLayout> {
+    let sock = *types.by_name.get("sock")?;
+    let common = member_offset(types, sock, "__sk_common")?;
+    let sock_common = *types.by_name.get("sock_common")?;
+    let in_common = |name: &str| Some(common + member_offset(types, sock_common, name)?);
+    Some(SockLayout {
+        protocol: member_offset(types, sock, "sk_protocol")?,
+        family: in_common("skc_family")?,
+        local_port: in_common("skc_num")?,
+        remote_port: in_common("skc_dport")?,
+        local_v4: in_common("skc_rcv_saddr")?,
+        remote_v4: in_common("skc_daddr")?,
+        local_v6: in_common("skc_v6_rcv_saddr")?,
+        remote_v6: in_common("skc_v6_daddr")?,
+    })
+}
+
 /// The byte offset of member `name` of composite `type_id`, looking through anonymous
-/// struct and union members.
+/// struct and union members. Bitfields and members not on a byte boundary are not found.
 fn member_offset(types: &Types, type_id: u32, name: &str) -> Option<u32> {
     let members = types.composites.get(&type_id)?;
     for member in members {
         if member.name == name {
+            if member.bitfield_bits != 0 || member.bit_offset % 8 != 0 {
+                return None;
+            }
             return Some(member.bit_offset / 8);
         }
     }
@@ -116,12 +159,13 @@ fn parse(btf: &[u8]) -> Option<Types> {
                     members.push(Member {
                         name: name(u32_at(base)?),
                         type_id: u32_at(base + 4)?,
-                        // With kind_flag the low 24 bits are the offset (bitfield size above).
+                        // With kind_flag the low 24 bits are the offset, the bitfield size above.
                         bit_offset: if kind_flag {
                             offset & 0xff_ffff
                         } else {
                             offset
                         },
+                        bitfield_bits: if kind_flag { offset >> 24 } else { 0 },
                     });
                 }
                 if name_off != 0 {
@@ -149,7 +193,9 @@ mod tests {
     #[test]
     fn finds_the_namespace_fields_in_this_kernel() {
         let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
-        let offsets = netns_offsets(&btf).expect("sock_common.skc_net and net.ns.inum found");
+        let offsets = kernel_layout(&btf)
+            .netns
+            .expect("sock_common.skc_net and net.ns.inum found");
         // skc_net sits after the addresses, ports, family, state and flags (>= 16 bytes in),
         // well inside sock_common; ns is not the first member of struct net.
         assert!((16..128).contains(&offsets.sock_net), "{offsets:?}");
@@ -160,8 +206,26 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_socket_fields_in_this_kernel() {
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+        let sock = kernel_layout(&btf).sock.expect("struct sock fields found");
+        // The address pair opens sock_common (daddr, then rcv_saddr), the port pair follows
+        // the hash (dport, then num), then the family: a layout stable since Linux 3.x.
+        assert_eq!(sock.remote_v4, 0, "{sock:?}");
+        assert_eq!(sock.local_v4, 4, "{sock:?}");
+        assert_eq!(sock.remote_port, 12, "{sock:?}");
+        assert_eq!(sock.local_port, 14, "{sock:?}");
+        assert_eq!(sock.family, 16, "{sock:?}");
+        assert!(sock.local_v6 > sock.family && sock.remote_v6 > sock.family);
+        assert!(
+            sock.protocol > sock.remote_v6,
+            "sk_protocol lies past sock_common"
+        );
+    }
+
+    #[test]
     fn garbage_is_not_btf() {
-        assert!(netns_offsets(b"not btf at all").is_none());
-        assert!(netns_offsets(&[]).is_none());
+        assert_eq!(kernel_layout(b"not btf at all"), KernelLayout::default());
+        assert_eq!(kernel_layout(&[]), KernelLayout::default());
     }
 }

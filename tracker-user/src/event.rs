@@ -43,21 +43,22 @@ pub enum Event {
     /// it was in one.
     ConnClose {
         sock: SockId,
-        local: SocketAddr,
-        remote: SocketAddr,
+        /// (local, remote), for a connection adopted from the kernel's table rather than seen
+        /// open; None for the others, which the daemon knows by `sock`.
+        endpoints: Option<(SocketAddr, SocketAddr)>,
         at: Nanos,
         turn_end: Option<Nanos>,
         netns: Netns,
     },
     /// A request/response turn began at `at`; the previous one ended at `previous_end` (None:
-    /// the connection was idle).
+    /// the connection was idle). On a connection's first turn, `protocol` is what its first
+    /// bytes showed (None on later turns).
     Turn {
         sock: SockId,
         at: Nanos,
         previous_end: Option<Nanos>,
+        protocol: Option<Protocol>,
     },
-    /// The connection's protocol, from the first bytes the client sent.
-    Protocol { sock: SockId, protocol: Protocol },
     /// An HTTP/2 frame that opens or ends streams; `inbound`: sent by the client.
     H2Frame {
         sock: SockId,
@@ -129,8 +130,11 @@ impl Event {
             },
             EventKind::ConnClose => Self::ConnClose {
                 sock,
-                local: local()?,
-                remote: remote()?,
+                endpoints: if raw.family == 0 {
+                    None
+                } else {
+                    Some((local()?, remote()?))
+                },
                 at,
                 turn_end: aux,
                 netns: raw.netns,
@@ -140,11 +144,9 @@ impl Event {
                 sock,
                 at,
                 previous_end: aux,
-            },
-            EventKind::Protocol => Self::Protocol {
-                sock,
                 // A value from a newer kernel side: no sessions we could interpret.
-                protocol: Protocol::try_from(raw.detail).unwrap_or(Protocol::Other),
+                protocol: (raw.detail != 0)
+                    .then(|| Protocol::try_from(raw.detail).unwrap_or(Protocol::Other)),
             },
             EventKind::H2Frame => {
                 let [kind, flags, direction, _] = raw.detail.to_le_bytes();
@@ -269,6 +271,7 @@ mod tests {
                 sock: 0xffff_8880_0000_1000,
                 at: 1_000,
                 previous_end: Some(500),
+                protocol: None,
             })
         );
         turn.aux = 0;
@@ -299,20 +302,21 @@ mod tests {
                 inbound: false,
             })
         );
-        let mut protocol = raw(EventKind::Protocol as u32, 0);
-        protocol.detail = Protocol::Http2 as u32;
+        // A connection's first turn carries its protocol.
+        let mut first_turn = raw(EventKind::Turn as u32, 0);
+        first_turn.detail = Protocol::Http2 as u32;
         assert!(matches!(
-            Event::from_raw(&protocol),
-            Ok(Event::Protocol {
-                protocol: Protocol::Http2,
+            Event::from_raw(&first_turn),
+            Ok(Event::Turn {
+                protocol: Some(Protocol::Http2),
                 ..
             })
         ));
-        protocol.detail = 99;
+        first_turn.detail = 99;
         assert!(matches!(
-            Event::from_raw(&protocol),
-            Ok(Event::Protocol {
-                protocol: Protocol::Other,
+            Event::from_raw(&first_turn),
+            Ok(Event::Turn {
+                protocol: Some(Protocol::Other),
                 ..
             })
         ));

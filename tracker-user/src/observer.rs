@@ -501,8 +501,7 @@ impl Observer {
             }
             Event::ConnClose {
                 sock,
-                local,
-                remote,
+                endpoints,
                 at,
                 turn_end,
                 netns,
@@ -531,21 +530,30 @@ impl Observer {
                         }
                         (conn.listener, conn.remote)
                     }
-                    None => match self.listener_for(netns, local, false) {
-                        Some(listener_addr) => {
-                            if self.adopted.remove(&(listener_addr, remote))
-                                && let Some(listener) = self.listeners.get_mut(&listener_addr)
-                            {
-                                listener.forget_adopted(remote, at);
+                    // A socket it no longer knows (a correction removed it): nothing to
+                    // attribute the close to.
+                    None if endpoints.is_none() => {
+                        self.stats.unattributed += 1;
+                        return Applied::Done;
+                    }
+                    None => {
+                        let (local, remote) = endpoints.expect("checked above");
+                        match self.listener_for(netns, local, false) {
+                            Some(listener_addr) => {
+                                if self.adopted.remove(&(listener_addr, remote))
+                                    && let Some(listener) = self.listeners.get_mut(&listener_addr)
+                                {
+                                    listener.forget_adopted(remote, at);
+                                }
+                                (listener_addr, remote)
                             }
-                            (listener_addr, remote)
+                            None if !self.watches(local.port()) => return Applied::Done,
+                            None => {
+                                self.stats.unattributed += 1;
+                                return Applied::Done;
+                            }
                         }
-                        None if !self.watches(local.port()) => return Applied::Done,
-                        None => {
-                            self.stats.unattributed += 1;
-                            return Applied::Done;
-                        }
-                    },
+                    }
                 };
                 if let Some(listener) = self.listeners.get_mut(&listener_addr) {
                     // For a connection never seen open this counts no_conn_in_map.
@@ -556,7 +564,11 @@ impl Observer {
                 sock,
                 at,
                 previous_end,
+                protocol,
             } => {
+                if let Some(protocol) = protocol {
+                    self.set_protocol(sock, protocol);
+                }
                 // The kernel only reports turns of connections it reported open, so an unknown
                 // socket here means that open was lost; its close will count the error.
                 let Some(conn) = self.conns.get_mut(&sock) else {
@@ -575,16 +587,6 @@ impl Observer {
                 let started = conn.sessions.turn_started();
                 sessions::apply(&mut listener.tracker, &conn.remote, (started, 0));
                 conn.note_peak_sessions();
-            }
-            Event::Protocol { sock, protocol } => {
-                if let Some((conn, listener)) = self.conn_and_listener(sock) {
-                    conn.sessions = Sessions::new(protocol, true);
-                    let unknown = matches!(protocol, Protocol::Tls | Protocol::Other);
-                    if unknown && !conn.sessions_unknown {
-                        listener.unknown_open += 1;
-                    }
-                    conn.sessions_unknown = unknown;
-                }
             }
             Event::H2Frame {
                 sock,
@@ -616,6 +618,19 @@ impl Observer {
             }
         }
         Applied::Done
+    }
+
+    /// The connection's protocol is known (from the first bytes the client sent): it decides
+    /// what its sessions are.
+    fn set_protocol(&mut self, sock: SockId, protocol: Protocol) {
+        if let Some((conn, listener)) = self.conn_and_listener(sock) {
+            conn.sessions = Sessions::new(protocol, true);
+            let unknown = matches!(protocol, Protocol::Tls | Protocol::Other);
+            if unknown && !conn.sessions_unknown {
+                listener.unknown_open += 1;
+            }
+            conn.sessions_unknown = unknown;
+        }
     }
 
     /// A tracked connection and its listener, by socket.
@@ -872,8 +887,7 @@ mod tests {
         Event::ConnClose {
             netns: 0,
             sock,
-            local: addr(local),
-            remote: addr(remote),
+            endpoints: Some((addr(local), addr(remote))),
             at,
             turn_end: None,
         }
@@ -884,6 +898,7 @@ mod tests {
             sock,
             at,
             previous_end,
+            protocol: None,
         }
     }
 
@@ -1141,8 +1156,7 @@ mod tests {
         let _ = observer.apply(&Event::ConnClose {
             netns: 0,
             sock: 10,
-            local: addr("127.0.0.1:80"),
-            remote: addr("127.0.0.1:5000"),
+            endpoints: None,
             at: 8 * SECOND,
             turn_end: Some(6 * SECOND),
         });
@@ -1204,11 +1218,12 @@ mod tests {
         let mut observer = Observer::new(None);
         let _ = observer.apply(&up(1, "127.0.0.1:80"));
         let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
-        let _ = observer.apply(&Event::Protocol {
+        let _ = observer.apply(&Event::Turn {
             sock: 10,
-            protocol: Protocol::Http1,
+            at: 2 * SECOND,
+            previous_end: None,
+            protocol: Some(Protocol::Http1),
         });
-        let _ = observer.apply(&turn(10, 2 * SECOND, None));
         let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
         let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
         assert_eq!(

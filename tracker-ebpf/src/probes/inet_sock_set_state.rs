@@ -17,8 +17,12 @@
 //!   already passed through CLOSE, so a connection is counted closed once, when its full socket
 //!   is released from the state machine.
 //!
-//! Format on kernel 6.18 (`/sys/kernel/tracing/events/sock/inet_sock_set_state/format`), checked
-//! against `tracker_common::inet_sock_set_state` by the daemon at start-up:
+//! Attached as a raw tracepoint where the daemon found the socket's field offsets in the
+//! kernel's BTF (`TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`):
+//! the state pair decides almost every firing, so the fields are read only for the few that
+//! matter. Otherwise as the classic tracepoint, whose format on kernel 6.18
+//! (`/sys/kernel/tracing/events/sock/inet_sock_set_state/format`) the daemon checks against
+//! `tracker_common::inet_sock_set_state` at start-up:
 //!
 //! ```text
 //! field:unsigned short common_type;       offset:0;       size:2; signed:0;
@@ -41,15 +45,13 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    AF_INET, AF_INET6, ConnKey, ConnTrack, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent,
-    TRACK_FULL_SLOT, inet_sock_set_state as field, tcp_state,
+    Config, ConnKey, ConnTrack, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
+    tcp_state,
 };
 
 use aya_log_ebpf::warn;
@@ -57,73 +59,83 @@ use aya_log_ebpf::warn;
 use crate::maps::{
     CONFIG, CONNECT_TARGETS, EVENTS, PREEXISTING, TRACKED, count_lost, port_wanted, submit,
 };
+use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
+    };
+    let change = RawStateChange {
+        ctx: &ctx,
+        layout: &config.sock,
+    };
+    on_state_change(&change, config);
+    0
+}
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // A failed field read has nowhere to be reported but the return value, which tracepoints
-    // ignore; the daemon's reconciliation with the kernel's tables is the safety net.
-    try_inet_sock_set_state(&ctx).unwrap_or(1)
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
+    };
+    on_state_change(&RecordStateChange(&ctx), config);
+    0
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY (all `field` below): offsets and sizes are those of the tracepoint's format,
-    // verified by the daemon before this program is attached.
-    let protocol: u16 = unsafe { crate::record::field(ctx, field::PROTOCOL) }.map_err(i64::from)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(0);
-    }
-    let old_state: i32 =
-        unsafe { crate::record::field(ctx, field::OLDSTATE) }.map_err(i64::from)?;
-    let new_state: i32 =
-        unsafe { crate::record::field(ctx, field::NEWSTATE) }.map_err(i64::from)?;
-    let skaddr: u64 = unsafe { crate::record::field(ctx, field::SKADDR) }.map_err(i64::from)?;
-
-    // SAFETY: TracePointContext helpers are plain calls.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut turn_end_ns = 0;
+// Nothing here can fail in a way worth a return value (tracepoints ignore it): reads fall back
+// to zeroes, and the daemon's reconciliation with the kernel's tables is the safety net.
+#[inline(always)]
+fn on_state_change<C: StateChange>(change: &C, config: &Config) {
+    let (old_state, new_state) = change.states();
+    let skaddr = change.skaddr();
+    // For a close during a turn: the server's last send in it (0: it never answered).
+    let mut closing_turn = false;
+    let mut last_send_ns = 0;
     let kind = match (old_state, new_state) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
         (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
-            if !is_connect_target(ctx) {
-                return Ok(0);
+            if config.connect_targets == 0 || !is_connect_target(change) {
+                return;
             }
             EventKind::OutboundOpen
         }
         (_, tcp_state::CLOSE) => {
             let Some(track) = TRACKED.get_ptr(&skaddr) else {
-                return close_preexisting(ctx, skaddr, now);
+                if config.preexisting != 0 {
+                    close_preexisting(change, skaddr);
+                }
+                return;
             };
             // SAFETY: a live map value; copied out before the entry is removed.
             let track = unsafe { *track };
-            if track.in_turn != 0 {
-                // The open turn ended with the server's last send, or, if it never answered,
-                // now.
-                turn_end_ns = if track.last_send_ns != 0 {
-                    track.last_send_ns
-                } else {
-                    now
-                };
-            }
+            closing_turn = track.in_turn != 0;
+            last_send_ns = track.last_send_ns;
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets.
             let _ = TRACKED.remove(&skaddr);
             EventKind::ConnClose
         }
-        _ => return Ok(0),
+        _ => return,
     };
-
-    let local_port: u16 = unsafe { crate::record::field(ctx, field::SPORT) }.map_err(i64::from)?;
+    // Tracked sockets are TCP by construction; the other kinds are checked here, after the
+    // state pair has filtered out nearly every firing.
+    if kind != EventKind::ConnClose && change.protocol() != IPPROTO_TCP {
+        return;
+    }
     // Closes are filtered by TRACKED membership (decided at open time), outbound connections
     // by destination, the rest by port.
-    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port) {
-        return Ok(0);
+    let local_port = change.local_port();
+    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port)
+    {
+        return;
     }
 
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
-        return Ok(0);
+        return;
     };
 
     let track = ConnTrack {
@@ -140,85 +152,75 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         entry.discard(0);
         count_lost(TRACK_FULL_SLOT);
         warn!(
-            ctx,
+            change,
             "connection table full: a connection on port {} is not tracked", local_port
         );
-        return Ok(0);
+        return;
     }
 
-    entry.write(connection_event(
-        kind,
-        skaddr,
-        now,
-        &read_endpoints(ctx),
-        turn_end_ns,
-    ));
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if kind == EventKind::ConnClose {
+        // A turn open at the close ended with the server's last send, or, if it never
+        // answered, now.
+        let turn_end_ns = match (closing_turn, last_send_ns) {
+            (false, _) => 0,
+            (true, 0) => now,
+            (true, sent) => sent,
+        };
+        // The daemon knows a tracked socket by its address since its open: no endpoints.
+        entry.write(socket_event(kind, skaddr, now, turn_end_ns));
+    } else {
+        entry.write(connection_event(
+            kind,
+            skaddr,
+            now,
+            &change.endpoints(),
+            0,
+            config,
+        ));
+    }
     submit(entry);
-    Ok(0)
-}
-
-/// The socket's endpoints. Every read has a fallback (zeroes): callers may hold a ring entry
-/// that must be submitted or discarded whatever happens.
-#[inline(always)]
-fn read_endpoints(ctx: &TracePointContext) -> ConnKey {
-    // SAFETY (all `field`): offsets checked against the format file at start-up.
-    let family: u16 = unsafe { crate::record::field(ctx, field::FAMILY) }.unwrap_or(0);
-    let mut key = ConnKey {
-        family,
-        local_port: unsafe { crate::record::field(ctx, field::SPORT) }.unwrap_or(0),
-        remote_port: unsafe { crate::record::field(ctx, field::DPORT) }.unwrap_or(0),
-        ..ConnKey::default()
-    };
-    if family == AF_INET {
-        let local: [u8; 4] = unsafe { crate::record::field(ctx, field::SADDR) }.unwrap_or([0; 4]);
-        let remote: [u8; 4] = unsafe { crate::record::field(ctx, field::DADDR) }.unwrap_or([0; 4]);
-        key.local_addr[..4].copy_from_slice(&local);
-        key.remote_addr[..4].copy_from_slice(&remote);
-    } else if family == AF_INET6 {
-        key.local_addr = unsafe { crate::record::field(ctx, field::SADDR_V6) }.unwrap_or([0; 16]);
-        key.remote_addr = unsafe { crate::record::field(ctx, field::DADDR_V6) }.unwrap_or([0; 16]);
-    }
-    key
 }
 
 /// A socket not seen open reached CLOSE: if the daemon adopted it from the kernel's table
 /// (see `PREEXISTING`), report its close like any other.
 #[inline(always)]
-fn close_preexisting(ctx: &TracePointContext, skaddr: u64, now: u64) -> Result<u32, i64> {
-    if CONFIG.get(0).is_none_or(|config| config.preexisting == 0) {
-        return Ok(0);
+fn close_preexisting<C: StateChange>(change: &C, skaddr: u64) {
+    if change.protocol() != IPPROTO_TCP {
+        return;
     }
-    let endpoints = read_endpoints(ctx);
+    let endpoints = change.endpoints();
     // SAFETY: presence test only.
     if unsafe { PREEXISTING.get(&endpoints) }.is_none() {
-        return Ok(0);
+        return;
     }
     let _ = PREEXISTING.remove(&endpoints);
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
-        return Ok(0);
+        return;
     };
+    let Some(config) = CONFIG.get(0) else {
+        entry.discard(0);
+        return;
+    };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     entry.write(connection_event(
         EventKind::ConnClose,
         skaddr,
         now,
         &endpoints,
         0,
+        config,
     ));
     submit(entry);
-    Ok(0)
 }
 
 /// Whether this client-side connection goes to a `--connect` destination.
 #[inline(always)]
-fn is_connect_target(ctx: &TracePointContext) -> bool {
-    if CONFIG
-        .get(0)
-        .is_none_or(|config| config.connect_targets == 0)
-    {
-        return false;
-    }
-    let endpoints = read_endpoints(ctx);
+fn is_connect_target<C: StateChange>(change: &C) -> bool {
+    let endpoints = change.endpoints();
     let target = ConnKey {
         family: endpoints.family,
         remote_port: endpoints.remote_port,
@@ -229,8 +231,30 @@ fn is_connect_target(ctx: &TracePointContext) -> bool {
     unsafe { CONNECT_TARGETS.get(&target) }.is_some()
 }
 
-/// The event for a socket with these endpoints, stamped with the current task (meaningful
-/// for listen(), which runs in the caller's context).
+/// An event for a socket the daemon knows by address.
+#[inline(always)]
+fn socket_event(kind: EventKind, skaddr: u64, now: u64, aux: u64) -> SockEvent {
+    SockEvent {
+        kind: kind as u32,
+        pid: 0,
+        timestamp_ns: now,
+        skaddr,
+        family: 0,
+        local_port: 0,
+        remote_port: 0,
+        _pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        comm: [0; 16],
+        aux,
+        detail: 0,
+        netns: 0,
+    }
+}
+
+/// The event for a socket with these endpoints. Listener events are stamped with the current
+/// task (listen() runs in the caller's context); the others run wherever the packet was
+/// processed, so they carry no task.
 #[inline(always)]
 fn connection_event(
     kind: EventKind,
@@ -238,10 +262,16 @@ fn connection_event(
     now: u64,
     endpoints: &ConnKey,
     aux: u64,
+    config: &Config,
 ) -> SockEvent {
+    let in_task = matches!(kind, EventKind::ListenerUp | EventKind::ListenerDown);
     SockEvent {
         kind: kind as u32,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pid: if in_task {
+            (bpf_get_current_pid_tgid() >> 32) as u32
+        } else {
+            0
+        },
         timestamp_ns: now,
         skaddr,
         family: endpoints.family,
@@ -250,34 +280,28 @@ fn connection_event(
         _pad: 0,
         local_addr: endpoints.local_addr,
         remote_addr: endpoints.remote_addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: if in_task {
+            bpf_get_current_comm().unwrap_or([0; 16])
+        } else {
+            [0; 16]
+        },
         aux,
         detail: 0,
-        netns: netns_of(skaddr),
+        netns: netns_of(skaddr, config),
     }
 }
 
 /// Inode number of the network namespace of socket `skaddr`, through the offsets the daemon
 /// found in the kernel's BTF; 0 when they are unknown or a read fails.
 #[inline(always)]
-fn netns_of(skaddr: u64) -> u32 {
-    let Some(config) = CONFIG.get(0) else {
-        return 0;
-    };
+fn netns_of(skaddr: u64, config: &Config) -> u32 {
     if config.sock_net_offset == 0 {
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
-    let net: u64 = unsafe {
-        bpf_probe_read_kernel(skaddr.wrapping_add(u64::from(config.sock_net_offset)) as *const u64)
-    }
-    .unwrap_or(0);
+    let net: u64 =
+        kernel(skaddr.wrapping_add(u64::from(config.sock_net_offset))).unwrap_or_default();
     if net == 0 {
         return 0;
     }
-    // SAFETY: as above.
-    unsafe {
-        bpf_probe_read_kernel(net.wrapping_add(u64::from(config.net_inum_offset)) as *const u32)
-    }
-    .unwrap_or(0)
+    kernel(net.wrapping_add(u64::from(config.net_inum_offset))).unwrap_or_default()
 }

@@ -1,7 +1,6 @@
-//! One module per hook. Each exposes the program entry point (`x`) that maps the fallible body
-//! (`try_x`) onto the return value the kernel expects.
+//! One module per hook. Each exposes two program entry points, `raw_x` for the raw tracepoint
+//! and `x` for the classic one (see `record`), around one body.
 
 pub mod inet_sock_set_state;
 pub mod sock_recv_length;
 pub mod sock_send_length;
-pub mod syscall_buffers;

@@ -5,8 +5,9 @@
 //! readv, io_uring). Only sockets in `TRACKED` go further, and only the first payload of a
 //! turn produces an event, so the ring carries one event per request/response turn.
 //!
-//! Format on kernel 6.18 (`events/sock/sock_recv_length/format`; `sock_send_length` is the
-//! same), checked by the daemon at start-up against `tracker_common::sock_length`:
+//! Attached as a raw tracepoint (`TP_PROTO(struct sock *sk, int ret, int flags)`), or as the
+//! classic one whose format on kernel 6.18 (`events/sock/sock_recv_length/format`;
+//! `sock_send_length` is the same) the daemon checks against `tracker_common::sock_length`:
 //!
 //! ```text
 //! field:void * sk;        offset:8;       size:8; signed:0;
@@ -16,53 +17,66 @@
 //! field:int flags;        offset:24;      size:4; signed:1;
 //! ```
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracker_common::{
-    DIRECTION_IN, EventKind, MSG_PEEK, UserBuf, proto::Protocol, sock_length as field,
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
+use tracker_common::{DIRECTION_IN, EventKind, MSG_PEEK, proto::Protocol};
 
 use crate::maps::{TRACKED, emit_for_socket};
-use crate::payload::{detect_protocol, take_user_buf, walk_frames};
+use crate::payload::{UserBuf, detect_protocol, syscall_buffer, walk_frames};
+use crate::record::SockLength;
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    on_recv(&ctx, SockLength::from_raw(&ctx));
+    0
+}
 
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    try_sock_recv_length(&ctx).unwrap_or(1)
+    // SAFETY: attached to sock:sock_recv_length only, after its layout was checked.
+    on_recv(&ctx, unsafe { SockLength::from_record(&ctx) });
+    0
 }
 
-fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY (all `field`): offsets checked against the format file at start-up.
-    let skaddr: u64 = unsafe { crate::record::field(ctx, field::SK) }.map_err(i64::from)?;
+#[inline(always)]
+fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
+    let skaddr = call.skaddr;
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
-        return Ok(0);
+        return;
     };
-    let bytes: i32 = unsafe { crate::record::field(ctx, field::RET) }.map_err(i64::from)?;
-    let flags: i32 = unsafe { crate::record::field(ctx, field::FLAGS) }.map_err(i64::from)?;
-    if bytes <= 0 || flags & MSG_PEEK != 0 {
-        return Ok(0);
+    if call.bytes <= 0 || call.flags & MSG_PEEK != 0 {
+        return;
     }
     // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
     // and at worst split a turn in two.
     let track = unsafe { &mut *track };
     // Outbound connections (`--connect`) are followed for their life only.
     if track.outbound != 0 {
-        return Ok(0);
+        return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let bytes = bytes as u32;
+    let bytes = call.bytes as u32;
 
     // The payload is looked at only to decide the protocol, and then for HTTP/2 frames.
     let undecided = track.protocol == Protocol::Undetermined as u32;
     let http2 = track.protocol == Protocol::Http2 as u32;
     let buf = if undecided || http2 {
-        take_user_buf(DIRECTION_IN)
+        syscall_buffer(DIRECTION_IN)
     } else {
         UserBuf::default()
     };
-    if undecided {
-        // Before the turn starts, so the daemon knows what a turn means for this connection.
-        detect_protocol(track, skaddr, &buf, bytes, now);
-    }
+    // Decided before the turn starts, so the daemon knows what a turn means for this
+    // connection: the first turn's event carries it.
+    let decided = if undecided {
+        detect_protocol(track, &buf, bytes)
+    } else {
+        0
+    };
 
     let turn_starts = if track.in_turn == 0 {
         Some(0)
@@ -76,7 +90,13 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
     if let Some(previous_turn_end) = turn_starts {
         track.in_turn = 1;
         track.last_send_ns = 0;
-        emit_for_socket(EventKind::Turn as u32, skaddr, now, previous_turn_end, 0);
+        emit_for_socket(
+            EventKind::Turn as u32,
+            skaddr,
+            now,
+            previous_turn_end,
+            decided,
+        );
     }
 
     if track.protocol == Protocol::Http2 as u32 {
@@ -90,5 +110,4 @@ fn try_sock_recv_length(ctx: &TracePointContext) -> Result<u32, i64> {
             now,
         );
     }
-    Ok(0)
 }

@@ -1,37 +1,51 @@
 //! `sock:sock_send_length`: the server handed payload to a socket (kernel 6.6+).
 //!
-//! Why this hook: the send-side twin of `sock_recv_length` (same format, see there), fired in
-//! `sock_sendmsg` for every write path including sendfile/splice. A send inside a turn only
+//! Why this hook: the send-side twin of `sock_recv_length` (same arguments and format, see
+//! there; attached the same two ways), fired in `sock_sendmsg` for every write path including
+//! sendfile/splice. A send inside a turn only
 //! records its time in the connection's map entry: the turn's end is the last send before the
 //! next inbound payload, known only when that payload (or the close) arrives, so no event
 //! here for it. On HTTP/2 connections the frames sent are walked (see `payload`).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracker_common::{DIRECTION_OUT, proto::Protocol, sock_length as field};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use tracker_common::{DIRECTION_OUT, proto::Protocol};
 
 use crate::maps::TRACKED;
-use crate::payload::{take_user_buf, walk_frames};
+use crate::payload::{syscall_buffer, walk_frames};
+use crate::record::SockLength;
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
+    on_send(&ctx, SockLength::from_raw(&ctx));
+    0
+}
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    try_sock_send_length(&ctx).unwrap_or(1)
+    // SAFETY: attached to sock:sock_send_length only, after its layout was checked.
+    on_send(&ctx, unsafe { SockLength::from_record(&ctx) });
+    0
 }
 
-fn try_sock_send_length(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY (all `field`): offsets checked against the format file at start-up.
-    let skaddr: u64 = unsafe { crate::record::field(ctx, field::SK) }.map_err(i64::from)?;
+#[inline(always)]
+fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
+    let skaddr = call.skaddr;
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
-        return Ok(0);
+        return;
     };
-    let bytes: i32 = unsafe { crate::record::field(ctx, field::RET) }.map_err(i64::from)?;
-    if bytes <= 0 {
-        return Ok(0);
+    if call.bytes <= 0 {
+        return;
     }
     // SAFETY: a live map value of this connection.
     let track = unsafe { &mut *track };
     // Outbound connections (`--connect`) are followed for their life only.
     if track.outbound != 0 {
-        return Ok(0);
+        return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -40,16 +54,15 @@ fn try_sock_send_length(ctx: &TracePointContext) -> Result<u32, i64> {
         track.last_send_ns = now;
     }
     if track.protocol == Protocol::Http2 as u32 {
-        let buf = take_user_buf(DIRECTION_OUT);
+        let buf = syscall_buffer(DIRECTION_OUT);
         walk_frames(
             ctx,
             &mut track.walk_out,
             skaddr,
             DIRECTION_OUT,
             &buf,
-            bytes as u32,
+            call.bytes as u32,
             now,
         );
     }
-    Ok(0)
 }
