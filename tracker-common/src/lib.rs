@@ -279,7 +279,9 @@ pub struct SockLayout {
     pub protocol: u32,
     /// `__sk_common.skc_family` (`u16`).
     pub family: u32,
-    /// `__sk_common.skc_num`: local port, host byte order (`u16`).
+    /// `inet_sock.inet_sport`: local port, network byte order (`__be16`). Not
+    /// `__sk_common.skc_num`, which the kernel clears when a closing socket gives its port
+    /// back, before the state change is traced.
     pub local_port: u32,
     /// `__sk_common.skc_dport`: remote port, network byte order (`__be16`).
     pub remote_port: u32,

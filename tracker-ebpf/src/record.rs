@@ -89,7 +89,7 @@ impl StateChange for RawStateChange<'_> {
 
     #[inline(always)]
     fn local_port(&self) -> u16 {
-        self.at(self.layout.local_port)
+        u16::from_be(self.at(self.layout.local_port))
     }
 
     #[inline(always)]

@@ -104,7 +104,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
             protocol: Some(tracker_common::proto::Protocol::Http1),
         });
     }
-    for (n, &remote) in remotes.iter().enumerate() {
+    for n in 0..remotes.len() {
         let turn_end = tick();
         events.push(Event::ConnClose {
             netns: 0,

@@ -77,8 +77,9 @@ fn netns_offsets(types: &Types) -> Option<NetnsOffsets> {
     })
 }
 
-/// Where `struct sock` keeps what the lifecycle program reads. None if any field is missing
-/// or is a bitfield (`sk_protocol` was one before Linux 5.6).
+/// Where `struct sock` (and `struct inet_sock`, which begins with it) keeps what the lifecycle
+/// program reads. None if any field is missing or is a bitfield (`sk_protocol` was one before
+/// Linux 5.6).
 fn sock_layout(types: &Types) -> Option<SockLayout> {
     let sock = *types.by_name.get("sock")?;
     let common = member_offset(types, sock, "__sk_common")?;
@@ -87,7 +88,7 @@ fn sock_layout(types: &Types) -> Option<SockLayout> {
     Some(SockLayout {
         protocol: member_offset(types, sock, "sk_protocol")?,
         family: in_common("skc_family")?,
-        local_port: in_common("skc_num")?,
+        local_port: member_offset(types, *types.by_name.get("inet_sock")?, "inet_sport")?,
         remote_port: in_common("skc_dport")?,
         local_v4: in_common("skc_rcv_saddr")?,
         remote_v4: in_common("skc_daddr")?,
@@ -214,12 +215,15 @@ mod tests {
         assert_eq!(sock.remote_v4, 0, "{sock:?}");
         assert_eq!(sock.local_v4, 4, "{sock:?}");
         assert_eq!(sock.remote_port, 12, "{sock:?}");
-        assert_eq!(sock.local_port, 14, "{sock:?}");
         assert_eq!(sock.family, 16, "{sock:?}");
         assert!(sock.local_v6 > sock.family && sock.remote_v6 > sock.family);
         assert!(
             sock.protocol > sock.remote_v6,
             "sk_protocol lies past sock_common"
+        );
+        assert!(
+            sock.local_port > sock.protocol,
+            "inet_sport lies past struct sock"
         );
     }
 

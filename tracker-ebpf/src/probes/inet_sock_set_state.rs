@@ -128,8 +128,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     // Closes are filtered by TRACKED membership (decided at open time), outbound connections
     // by destination, the rest by port.
     let local_port = change.local_port();
-    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port)
-    {
+    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port) {
         return;
     }
 
