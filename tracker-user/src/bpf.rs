@@ -181,6 +181,8 @@ pub struct ProbeOptions {
     pub sessions: bool,
     /// Destinations whose outbound connections are tracked (`--connect`).
     pub connect: Vec<SocketAddr>,
+    /// Skip the raw tracepoint candidates (exercises the fallback).
+    pub classic_tracepoints: bool,
 }
 
 /// Loss counters summed over CPUs, since load.
@@ -254,7 +256,10 @@ pub fn load_and_attach(
 
     let mut attached = Vec::new();
     for hook in HOOKS {
-        match (attach_hook(&mut ebpf, tracefs, hook, &layout), hook.group) {
+        match (
+            attach_hook(&mut ebpf, tracefs, hook, &layout, options),
+            hook.group,
+        ) {
             (Ok(point), _) => attached.push(point),
             (Err(error), HookGroup::Lifecycle) => return Err(error),
             (Err(error), HookGroup::Turns) => {
@@ -475,6 +480,7 @@ fn attach_hook(
     tracefs: &Tracefs,
     hook: &Hook,
     layout: &crate::btf::KernelLayout,
+    options: &ProbeOptions,
 ) -> anyhow::Result<String> {
     let mut refusals = Vec::new();
     for candidate in hook.candidates {
@@ -484,6 +490,9 @@ fn attach_hook(
                 program,
                 needs_sock_layout,
             } => {
+                if options.classic_tracepoints {
+                    continue;
+                }
                 if needs_sock_layout && layout.sock.is_none() {
                     refusals.push(format!(
                         "raw tracepoint {name}: no socket layout in the kernel's BTF"

@@ -26,6 +26,14 @@ const COLLECT_EVERY: Duration = Duration::from_millis(20);
 /// interval's peak.
 const ACCEPT_QUEUE_SAMPLE_TICKS: u64 = 5;
 
+/// Without a sign of trouble from the kernel (lost or undecodable events, connections it
+/// could not track), the model is compared with the kernel's table at a report at most this
+/// often. A dump walks the kernel's whole connection hash table, TIME_WAIT entries included
+/// (hundreds of thousands on a host with connection churn), so doing it every second cost
+/// more than all event handling on a busy server; events are exact unless lost, and a loss
+/// triggers the comparison at the very next report.
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
 /// What the daemon was asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -38,6 +46,8 @@ pub struct Options {
     pub ring_bytes: Option<u32>,
     /// Count sessions from payload.
     pub sessions: bool,
+    /// Use only classic tracepoints (the fallback hooks).
+    pub classic_tracepoints: bool,
     /// Destinations whose outbound connections are tracked.
     pub connect: Vec<std::net::SocketAddr>,
 }
@@ -55,6 +65,7 @@ pub async fn run(
         ring_bytes: options.ring_bytes,
         sessions: options.sessions,
         connect: options.connect.clone(),
+        classic_tracepoints: options.classic_tracepoints,
     };
     let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&tracefs, &probe_options)?;
 
@@ -71,6 +82,7 @@ pub async fn run(
         diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
         listen_counters: procfs::listen_counters().unwrap_or_default(),
         collected: 0,
+        last_reconcile: (monotonic_now(), LossCounters::default(), 0),
     };
     state.rescan_listeners()?;
     state.adopt_existing_connections()?;
@@ -146,6 +158,9 @@ struct State {
     listen_counters: (u64, u64),
     /// Collection timer ticks, to sample the accept queues every few of them.
     collected: u64,
+    /// When the model was last compared with the kernel's table, and the trouble counters
+    /// (losses, decode errors) as of then.
+    last_reconcile: (Nanos, LossCounters, u64),
 }
 
 impl State {
@@ -219,11 +234,21 @@ impl State {
             .collect())
     }
 
-    /// Makes the model match the kernel's table, in favour of the kernel. A difference must
-    /// show in two dumps with the ring drained in between, so that events still in flight are
-    /// not mistaken for lost ones.
+    /// Makes the model match the kernel's table, in favour of the kernel, when the kernel
+    /// reported trouble since the last time or [`RECONCILE_EVERY`] has passed. A difference
+    /// must show in two dumps with the ring drained in between, so that events still in flight
+    /// are not mistaken for lost ones.
     fn reconcile(&mut self, ring: &mut EventRing) -> anyhow::Result<()> {
         self.drain(ring.get_mut());
+        let now = monotonic_now();
+        let losses = self.probes.losses()?;
+        let (last_time, last_losses, last_decode_errors) = self.last_reconcile;
+        let trouble = losses != last_losses || self.decode_errors != last_decode_errors;
+        let due = now.saturating_sub(last_time) >= RECONCILE_EVERY.as_nanos() as Nanos;
+        if !trouble && !due {
+            return Ok(());
+        }
+        self.last_reconcile = (now, losses, self.decode_errors);
         let kernel = self.kernel_connections()?;
         let first = self.observer.discrepancies(&kernel);
         drop(kernel);

@@ -74,7 +74,7 @@ struct Flags {
     no_reset: bool,
 
     /// Do not read payload: no protocol detection or session counts (every connection counts
-    /// in JSON sessions_unknown), and no per-syscall hooks. Example: --no-sessions
+    /// in JSON sessions_unknown). Example: --no-sessions
     #[arg(long, global = true)]
     no_sessions: bool,
 
@@ -92,6 +92,10 @@ struct Flags {
     /// event loss (for tests).
     #[arg(long, global = true, hide = true, value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+    /// Attach the classic tracepoints even where raw ones work (the fallback path, for
+    /// tests and comparison).
+    #[arg(long, global = true, hide = true)]
+    classic_tracepoints: bool,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
         reset: !flags.no_reset,
         ring_bytes: flags.ring_bytes,
         sessions: !flags.no_sessions,
+        classic_tracepoints: flags.classic_tracepoints,
         connect: flags.connect.clone(),
     };
     match run(options, flags.prometheus, live_view) {

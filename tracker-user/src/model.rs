@@ -50,9 +50,10 @@
 //!    overwrites a dangling record drops the old record without accruing its
 //!    time (it is counted as `dangling_conn`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+
+use rustc_hash::FxHashMap;
 
 /// Nanoseconds of a monotonic clock.
 pub type Nanos = u64;
@@ -235,7 +236,7 @@ impl Conn {
 #[derive(Debug, Clone)]
 pub struct Tracker<K> {
     name: String,
-    conns: HashMap<K, Conn>,
+    conns: FxHashMap<K, Conn>,
     /// Peak number of tracked connections in the interval.
     peak: usize,
     /// Peak sessions of connections closed in the interval.
@@ -255,7 +256,7 @@ impl<K: Eq + Hash + Clone> Tracker<K> {
     pub fn new(name: impl Into<String>) -> Self {
         Tracker {
             name: name.into(),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             peak: 0,
             closed_peak_sessions: 0,
             closed_conn_ns: 0,

@@ -16,6 +16,8 @@
 //!   counts `dangling_conn`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::event::{Event, Netns, SockId};
@@ -147,7 +149,7 @@ pub struct ClosedConnection {
 struct Listener {
     tracker: Tracker<SocketAddr>,
     /// Listening sockets known from events.
-    sockets: HashSet<SockId>,
+    sockets: FxHashSet<SockId>,
     /// Listening sockets found by a table scan, whose kernel address is not known.
     scanned_sockets: u32,
     owners: BTreeSet<Owner>,
@@ -193,7 +195,7 @@ impl Listener {
     fn new(addr: SocketAddr) -> Self {
         Self {
             tracker: Tracker::new(addr.to_string()),
-            sockets: HashSet::new(),
+            sockets: FxHashSet::default(),
             scanned_sockets: 0,
             owners: BTreeSet::new(),
             unknown_open: 0,
@@ -270,13 +272,14 @@ pub struct ObserverStats {
 /// Per-listener trackers fed by kernel events.
 #[derive(Debug, Default)]
 pub struct Observer {
-    listeners: BTreeMap<ListenerKey, Listener>,
+    /// Hashed, not ordered: looked up for every event; reports are sorted when made.
+    listeners: FxHashMap<ListenerKey, Listener>,
     /// The daemon's own network namespace: events from it are keyed with netns 0.
     own_netns: Netns,
-    conns: HashMap<SockId, ConnRef>,
+    conns: FxHashMap<SockId, ConnRef>,
     /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
     /// remote). Their close arrives with a socket address the observer never saw.
-    adopted: HashSet<(ListenerKey, SocketAddr)>,
+    adopted: FxHashSet<(ListenerKey, SocketAddr)>,
     /// Trackers of outbound connections, by destination (`--connect`).
     outbound: BTreeMap<SocketAddr, Listener>,
     ports: Option<BTreeSet<u16>>,
@@ -825,7 +828,7 @@ impl Observer {
     /// Listeners that have closed and hold no connections are reported one last time, then
     /// forgotten, so a host that churns listeners does not grow the daemon's memory.
     pub fn report(&mut self, now: Nanos, reset: bool) -> Vec<ListenerReport> {
-        let reports = self
+        let mut reports: Vec<ListenerReport> = self
             .listeners
             .iter_mut()
             .map(|(&key, state)| (false, key, state))
@@ -859,6 +862,8 @@ impl Observer {
                 }
             })
             .collect();
+        // Listeners by namespace and address, then outbound destinations.
+        reports.sort_by_key(|report| (report.outbound, report.netns, report.listener));
         self.listeners
             .retain(|_, state| state.is_listening() || !state.tracker.is_empty());
         reports

@@ -352,11 +352,42 @@ fn request_serially(stream: TcpStream, requests: usize) {
 
 #[test]
 fn busy_time_is_the_sum_of_service_times() {
+    let attached = busy_time_scenario(&[]);
+    // Raw tracepoints on this kernel (the classic ones are the fallback).
+    for hook in [
+        "inet_sock_set_state (raw tracepoint)",
+        "sock_recv_length (raw tracepoint)",
+        "sock_send_length (raw tracepoint)",
+    ] {
+        assert!(attached.contains(hook), "{hook} not in: {attached}");
+    }
+}
+
+#[test]
+fn busy_time_through_the_classic_tracepoint_fallback() {
+    let attached = busy_time_scenario(&["--classic-tracepoints"]);
+    for hook in [
+        "sock:inet_sock_set_state",
+        "sock:sock_recv_length",
+        "sock:sock_send_length",
+    ] {
+        assert!(attached.contains(hook), "{hook} not in: {attached}");
+    }
+    assert!(!attached.contains("raw"), "{attached}");
+}
+
+/// Two clients making serial requests to a server with a fixed service time, and an idle
+/// connection: busy time, busy peak and connection counts must match. Returns the daemon's
+/// start-up line (where it attached).
+fn busy_time_scenario(extra_args: &[&str]) -> String {
     const REQUESTS: usize = 10;
     const SERVICE: Duration = Duration::from_millis(100);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &addr.port().to_string()]);
+    let port = addr.port().to_string();
+    let mut args = vec!["--interval", INTERVAL, "--port", &port];
+    args.extend_from_slice(extra_args);
+    let mut daemon = Daemon::start(&args);
 
     thread::scope(|scope| {
         // Two busy clients at once, plus one keep-alive connection that never sends anything.
@@ -390,4 +421,5 @@ fn busy_time_is_the_sum_of_service_times() {
     assert_eq!(max(&reports, "busy_peak"), 2, "{reports:#?}");
     assert!(max(&reports, "peak") == 3);
     assert_no_errors_or_loss(&reports);
+    daemon.attach_line().to_owned()
 }

@@ -82,6 +82,15 @@ fn h2load_streams_through_nginx_h2c_give_peak_sessions_per_connection() {
 
 #[test]
 fn many_fast_http2_streams_are_balanced() {
+    many_fast_http2_streams(&[]);
+}
+
+#[test]
+fn many_fast_http2_streams_are_balanced_through_the_classic_tracepoints() {
+    many_fast_http2_streams(&["--classic-tracepoints"]);
+}
+
+fn many_fast_http2_streams(extra_args: &[&str]) {
     let port = free_port("127.0.0.1");
     let _nginx = Nginx::start(
         &format!(
@@ -89,7 +98,10 @@ fn many_fast_http2_streams_are_balanced() {
         ),
         &[port],
     );
-    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port.to_string()]);
+    let port_text = port.to_string();
+    let mut args = vec!["--interval", INTERVAL, "--port", &port_text];
+    args.extend_from_slice(extra_args);
+    let mut daemon = Daemon::start(&args);
     let output = run_client(
         "h2load",
         &[

@@ -56,6 +56,14 @@ impl Daemon {
         daemon
     }
 
+    /// The start-up line naming where each hook was attached.
+    pub fn attach_line(&self) -> &str {
+        self.stderr_seen
+            .iter()
+            .find(|line| line.contains("attached to"))
+            .expect("the daemon started")
+    }
+
     /// Waits for a log line containing `needle`; fails with the daemon's stderr if it exits.
     pub fn wait_for_log(&mut self, needle: &str) {
         let deadline = Instant::now() + PATIENCE;
