@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracker_common::{
     CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT,
     LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockEvent,
-    TRACKED_MAX_ENTRIES,
+    SockNote, TRACKED_MAX_ENTRIES,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -76,29 +76,20 @@ pub fn port_wanted(local_port: u16) -> bool {
     !filtering || unsafe { PORTS.get(&local_port) }.is_some()
 }
 
-/// Sends an event that needs no addresses (the daemon knows the connection by `skaddr`).
-/// Counts a loss when the ring is full.
+/// Sends a short event about a socket the daemon knows by address. Counts a loss when the
+/// ring is full.
 #[inline(always)]
 pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux: u64, detail: u32) {
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<SockNote>(0) else {
         count_lost(LOST_SLOT);
         return;
     };
-    entry.write(SockEvent {
+    entry.write(SockNote {
         kind,
-        pid: 0,
+        detail,
         timestamp_ns,
         skaddr,
-        family: 0,
-        local_port: 0,
-        remote_port: 0,
-        _pad: 0,
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        comm: [0; 16],
         aux,
-        detail,
-        netns: 0,
     });
     submit(entry);
 }
@@ -106,7 +97,7 @@ pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux: u64, deta
 /// Commits a ring entry, waking the daemon only when enough data waits (see
 /// `Config::wakeup_bytes`); otherwise the daemon's timer collects it.
 #[inline(always)]
-pub fn submit(entry: aya_ebpf::maps::ring_buf::RingBufEntry<SockEvent>) {
+pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     let threshold = CONFIG
         .get(0)
         .map_or(0, |config| u64::from(config.wakeup_bytes));

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracker_common::proto::{FrameHeader, Protocol};
-use tracker_common::{AF_INET, AF_INET6, DIRECTION_IN, EventKind, SockEvent};
+use tracker_common::{AF_INET, AF_INET6, DIRECTION_IN, EventKind, SockEvent, SockNote};
 
 use crate::model::Nanos;
 
@@ -80,7 +80,11 @@ pub enum Event {
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("event record of {0} bytes, expected {expected}", expected = size_of::<SockEvent>())]
+    #[error(
+        "event record of {0} bytes, expected {full} or {short}",
+        full = size_of::<SockEvent>(),
+        short = size_of::<SockNote>()
+    )]
     Size(usize),
     #[error("unknown event kind {0}")]
     Kind(u32),
@@ -89,8 +93,29 @@ pub enum DecodeError {
 }
 
 impl Event {
-    /// Decodes one ring-buffer record.
+    /// Decodes one ring-buffer record: a [`SockEvent`], or a short [`SockNote`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() == size_of::<SockNote>() {
+            // SAFETY: the length was checked, `SockNote` is `Pod` and `read_unaligned` makes
+            // no alignment assumption.
+            let note = unsafe { bytes.as_ptr().cast::<SockNote>().read_unaligned() };
+            return Self::from_raw(&SockEvent {
+                kind: note.kind,
+                pid: 0,
+                timestamp_ns: note.timestamp_ns,
+                skaddr: note.skaddr,
+                family: 0,
+                local_port: 0,
+                remote_port: 0,
+                _pad: 0,
+                local_addr: [0; 16],
+                remote_addr: [0; 16],
+                comm: [0; 16],
+                aux: note.aux,
+                detail: note.detail,
+                netns: 0,
+            });
+        }
         if bytes.len() < size_of::<SockEvent>() {
             return Err(DecodeError::Size(bytes.len()));
         }
@@ -259,6 +284,32 @@ mod tests {
                 netns: 0,
             }
         );
+    }
+
+    #[test]
+    fn decodes_short_records() {
+        let note = SockNote {
+            kind: EventKind::ConnClose as u32,
+            detail: 0,
+            timestamp_ns: 2_000,
+            skaddr: 0xffff_8880_0000_2000,
+            aux: 1_500,
+        };
+        // SAFETY: `SockNote` is plain old data; viewing it as bytes is what the ring does.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const note).cast::<u8>(), size_of::<SockNote>())
+        };
+        assert_eq!(
+            Event::decode(bytes),
+            Ok(Event::ConnClose {
+                sock: 0xffff_8880_0000_2000,
+                endpoints: None,
+                at: 2_000,
+                turn_end: Some(1_500),
+                netns: 0,
+            })
+        );
+        assert_eq!(Event::decode(&bytes[..31]), Err(DecodeError::Size(31)));
     }
 
     #[test]

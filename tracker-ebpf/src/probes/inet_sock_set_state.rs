@@ -57,7 +57,8 @@ use tracker_common::{
 use aya_log_ebpf::warn;
 
 use crate::maps::{
-    CONFIG, CONNECT_TARGETS, EVENTS, PREEXISTING, TRACKED, count_lost, port_wanted, submit,
+    CONFIG, CONNECT_TARGETS, EVENTS, PREEXISTING, TRACKED, count_lost, emit_for_socket,
+    port_wanted, submit,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -132,6 +133,21 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     }
 
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if kind == EventKind::ConnClose {
+        // A turn open at the close ended with the server's last send, or, if it never
+        // answered, now.
+        let turn_end_ns = match (closing_turn, last_send_ns) {
+            (false, _) => 0,
+            (true, 0) => now,
+            (true, sent) => sent,
+        };
+        // The daemon knows a tracked socket by its address since its open: a short event.
+        emit_for_socket(kind as u32, skaddr, now, turn_end_ns, 0);
+        return;
+    }
+
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         return;
@@ -157,28 +173,14 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     }
 
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if kind == EventKind::ConnClose {
-        // A turn open at the close ended with the server's last send, or, if it never
-        // answered, now.
-        let turn_end_ns = match (closing_turn, last_send_ns) {
-            (false, _) => 0,
-            (true, 0) => now,
-            (true, sent) => sent,
-        };
-        // The daemon knows a tracked socket by its address since its open: no endpoints.
-        entry.write(socket_event(kind, skaddr, now, turn_end_ns));
-    } else {
-        entry.write(connection_event(
-            kind,
-            skaddr,
-            now,
-            &change.endpoints(),
-            0,
-            config,
-        ));
-    }
+    entry.write(connection_event(
+        kind,
+        skaddr,
+        now,
+        &change.endpoints(),
+        0,
+        config,
+    ));
     submit(entry);
 }
 
@@ -228,27 +230,6 @@ fn is_connect_target<C: StateChange>(change: &C) -> bool {
     };
     // SAFETY: presence test only.
     unsafe { CONNECT_TARGETS.get(&target) }.is_some()
-}
-
-/// An event for a socket the daemon knows by address.
-#[inline(always)]
-fn socket_event(kind: EventKind, skaddr: u64, now: u64, aux: u64) -> SockEvent {
-    SockEvent {
-        kind: kind as u32,
-        pid: 0,
-        timestamp_ns: now,
-        skaddr,
-        family: 0,
-        local_port: 0,
-        remote_port: 0,
-        _pad: 0,
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        comm: [0; 16],
-        aux,
-        detail: 0,
-        netns: 0,
-    }
 }
 
 /// The event for a socket with these endpoints. Listener events are stamped with the current
