@@ -183,6 +183,17 @@ pub struct ProbeOptions {
     pub connect: Vec<SocketAddr>,
     /// Skip the raw tracepoint candidates (exercises the fallback).
     pub classic_tracepoints: bool,
+    /// Have the kernel account the programs' run time (`BPF_ENABLE_STATS`, for as long as the
+    /// probes live), so their own cost can be reported.
+    pub run_time_stats: bool,
+}
+
+/// What one attached program cost, as the kernel accounted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub program: String,
+    pub runs: u64,
+    pub run_time: std::time::Duration,
 }
 
 /// Loss counters summed over CPUs, since load.
@@ -204,6 +215,8 @@ pub struct Probes {
     config: Array<MapData, Config>,
     /// Where each hook was attached, for the start-up message.
     pub attached: Vec<String>,
+    /// Keeps the kernel's run-time accounting on while open (`--bpf-stats`).
+    _run_time_stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// The ring buffer, separate from [`Probes`] so the event loop can await it while reading the
@@ -220,6 +233,15 @@ pub fn load_and_attach(
     options: &ProbeOptions,
 ) -> anyhow::Result<(Probes, EventRing, Option<KernelLog>)> {
     raise_memlock_limit();
+    let run_time_stats = if options.run_time_stats {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .map_err(|error| anyhow!(error))
+                .context("enabling the kernel's BPF run-time statistics")?,
+        )
+    } else {
+        None
+    };
     let mut loader = EbpfLoader::new();
     if let Some(bytes) = options.ring_bytes {
         loader.map_max_entries(EVENTS_MAP, bytes);
@@ -301,6 +323,7 @@ pub fn load_and_attach(
             preexisting,
             config,
             attached,
+            _run_time_stats: run_time_stats,
         },
         ring,
         kernel_log,
@@ -326,6 +349,22 @@ impl Probes {
 }
 
 impl Probes {
+    /// Runs and run time of every loaded program since load. Zero unless the kernel accounts
+    /// run time (`--bpf-stats`, or `sysctl kernel.bpf_stats_enabled=1`).
+    pub fn program_costs(&self) -> Vec<ProgramCost> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramCost {
+                    program: name.to_owned(),
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                })
+            })
+            .collect()
+    }
+
     /// The kernel's turn state of a tracked connection (None: not tracked, or gone).
     pub fn conn_track(&self, sock: u64) -> Option<ConnTrack> {
         self.tracked.get(&sock, 0).ok()

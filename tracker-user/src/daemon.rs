@@ -48,6 +48,8 @@ pub struct Options {
     pub sessions: bool,
     /// Use only classic tracepoints (the fallback hooks).
     pub classic_tracepoints: bool,
+    /// Account the eBPF programs' run time and log it at exit.
+    pub bpf_stats: bool,
     /// Destinations whose outbound connections are tracked.
     pub connect: Vec<std::net::SocketAddr>,
 }
@@ -66,6 +68,7 @@ pub async fn run(
         sessions: options.sessions,
         connect: options.connect.clone(),
         classic_tracepoints: options.classic_tracepoints,
+        run_time_stats: options.bpf_stats,
     };
     let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&tracefs, &probe_options)?;
 
@@ -126,7 +129,7 @@ pub async fn run(
             }
             _ = ticker.tick() => {
                 if state.report(&mut ring, &options, sink)? == Flow::Stop {
-                    log::info!("processed {} kernel events", state.events);
+                    state.log_totals();
                     return Ok(());
                 }
             }
@@ -140,7 +143,7 @@ pub async fn run(
         }
     }
     state.report(&mut ring, &options, sink)?;
-    log::info!("processed {} kernel events", state.events);
+    state.log_totals();
     Ok(())
 }
 
@@ -164,6 +167,22 @@ struct State {
 }
 
 impl State {
+    /// What the run handled and, when the kernel accounted it, what each program cost.
+    fn log_totals(&self) {
+        log::info!("processed {} kernel events", self.events);
+        for cost in self.probes.program_costs() {
+            if cost.runs > 0 {
+                log::info!(
+                    "program {}: {} runs, {} ns in all, {} ns per run",
+                    cost.program,
+                    cost.runs,
+                    cost.run_time.as_nanos(),
+                    cost.run_time.as_nanos() / u128::from(cost.runs)
+                );
+            }
+        }
+    }
+
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         let count = bpf::drain(ring, |record| match Event::decode(record) {
             Ok(mut event) => {

@@ -96,6 +96,11 @@ struct Flags {
     /// tests and comparison).
     #[arg(long, global = true, hide = true)]
     classic_tracepoints: bool,
+
+    /// Have the kernel account the eBPF programs' run time and log each program's runs and
+    /// nanoseconds at exit (for benchmarks; the accounting itself costs a little).
+    #[arg(long, global = true, hide = true)]
+    bpf_stats: bool,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
         ring_bytes: flags.ring_bytes,
         sessions: !flags.no_sessions,
         classic_tracepoints: flags.classic_tracepoints,
+        bpf_stats: flags.bpf_stats,
         connect: flags.connect.clone(),
     };
     match run(options, flags.prometheus, live_view) {

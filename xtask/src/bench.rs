@@ -150,10 +150,18 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         churn_levels.push(level);
     }
 
-    // 3. Memory per tracked connection.
+    // 3. What each eBPF program costs, as the kernel accounts it.
+    let mut kernel_costs = Vec::new();
+    for load in [Load::Churn, Load::KeepAlive] {
+        let cost = kernel_cost(&tracker, &url, nginx.port, load, args, &out_dir)?;
+        eprintln!("bench: kernel cost {}: {cost:?}", load.name());
+        kernel_costs.push(cost);
+    }
+
+    // 4. Memory per tracked connection.
     let memory = memory_per_connection(&tracker, args.max_held, &out_dir)?;
 
-    // 4. The model's hot path on one core (criterion).
+    // 5. The model's hot path on one core (criterion).
     let micro = criterion_figures()?;
 
     drop(nginx);
@@ -161,6 +169,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         args,
         &overhead,
         &churn_levels,
+        &kernel_costs,
         &memory,
         &micro,
         started.elapsed(),
@@ -338,7 +347,7 @@ fn start_observer(
             child: None,
             log: None,
         }),
-        Observer::Tracker => start_tracker(tracker, port, out_dir.join("tracker.jsonl")),
+        Observer::Tracker => start_tracker(tracker, port, out_dir.join("tracker.jsonl"), &[]),
         Observer::Bpftrace => {
             let mut child = Command::new("bpftrace")
                 .args(["-e", BPFTRACE_SCRIPT])
@@ -358,7 +367,12 @@ fn start_observer(
 }
 
 /// The daemon as an operator would run it on this port: JSON reports every second to a file.
-fn start_tracker(tracker: &Path, port: u16, reports: PathBuf) -> anyhow::Result<ObserverGuard> {
+fn start_tracker(
+    tracker: &Path,
+    port: u16,
+    reports: PathBuf,
+    extra_args: &[&str],
+) -> anyhow::Result<ObserverGuard> {
     let mut child = Command::new(tracker)
         .args([
             "--format",
@@ -368,6 +382,7 @@ fn start_tracker(tracker: &Path, port: u16, reports: PathBuf) -> anyhow::Result<
             "--port",
             &port.to_string(),
         ])
+        .args(extra_args)
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&reports)?)
         .stderr(Stdio::piped())
@@ -497,7 +512,7 @@ fn churn_level(
     out_dir: &Path,
 ) -> anyhow::Result<ChurnLevel> {
     let reports = out_dir.join(format!("churn-{connections}.jsonl"));
-    let guard = start_tracker(tracker, port, reports.clone())?;
+    let guard = start_tracker(tracker, port, reports.clone(), &[])?;
     let pid = guard.child.as_ref().map(Child::id).expect("tracker runs");
     let before = passive_opens()?;
 
@@ -551,6 +566,60 @@ fn churn_level(
     Ok(level)
 }
 
+/// The kernel's accounting of the eBPF programs during one wrk run (`--bpf-stats`).
+#[derive(Debug)]
+struct KernelCost {
+    load: Load,
+    requests: u64,
+    seconds: f64,
+    /// (program, runs, nanoseconds in all).
+    programs: Vec<(String, u64, u64)>,
+}
+
+fn kernel_cost(
+    tracker: &Path,
+    url: &str,
+    port: u16,
+    load: Load,
+    args: &BenchArgs,
+    out_dir: &Path,
+) -> anyhow::Result<KernelCost> {
+    let guard = start_tracker(
+        tracker,
+        port,
+        out_dir.join("kernel-cost.jsonl"),
+        &["--bpf-stats"],
+    )?;
+    let started = Instant::now();
+    let run = wrk(url, load, args.connections, args.seconds)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let log = guard.finish();
+    // "program NAME: RUNS runs, NS ns in all, ... ns per run"
+    let programs = log
+        .iter()
+        .filter_map(|line| {
+            let rest = line.split("program ").nth(1)?;
+            let (name, rest) = rest.split_once(": ")?;
+            let mut words = rest.split_whitespace();
+            let runs = words.next()?.parse().ok()?;
+            let nanos = words.nth(1)?.parse().ok()?;
+            Some((name.to_owned(), runs, nanos))
+        })
+        .collect::<Vec<_>>();
+    if programs.is_empty() {
+        bail!(
+            "tracker --bpf-stats logged no program costs:\n{}",
+            log.join("\n")
+        );
+    }
+    Ok(KernelCost {
+        load,
+        requests: run.requests,
+        seconds,
+        programs,
+    })
+}
+
 /// Polls `ss` every 100 ms while `polling` holds: (distinct connections seen, most at once).
 fn poll_ss(port: u16, polling: &std::sync::atomic::AtomicBool) -> (usize, usize) {
     let mut seen = BTreeSet::new();
@@ -593,7 +662,7 @@ fn memory_per_connection(
 ) -> anyhow::Result<Vec<MemoryPoint>> {
     let mut held = HeldConnections::listen()?;
     let reports = out_dir.join("memory.jsonl");
-    let guard = start_tracker(tracker, held.port(), reports.clone())?;
+    let guard = start_tracker(tracker, held.port(), reports.clone(), &[])?;
     let pid = guard.child.as_ref().map(Child::id).expect("tracker runs");
     // Wait for a first report so start-up allocations are in the baseline.
     wait_until("a first report", || {
@@ -684,6 +753,16 @@ fn criterion_figures() -> anyhow::Result<Vec<MicroFigure>> {
     Ok(figures)
 }
 
+/// CPUs of this machine.
+fn cpus() -> usize {
+    thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `nanos` of CPU time as a percentage of what the machine has in `seconds`.
+fn share(nanos: u64, seconds: f64) -> f64 {
+    nanos as f64 / (seconds * 1e9 * cpus() as f64) * 100.0
+}
+
 fn stats(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -703,6 +782,7 @@ fn render_report(
     args: &BenchArgs,
     overhead: &[(Load, Observer, Vec<f64>)],
     churn: &[ChurnLevel],
+    kernel_costs: &[KernelCost],
     memory: &[MemoryPoint],
     micro: &[MicroFigure],
     took: Duration,
@@ -727,10 +807,11 @@ fn render_report(
         out,
         "nginx-light, 1 worker, `return 200` on loopback; wrk `-t 2 -c {} -d {}s`; {} \
          interleaved repetitions (baseline, tracker, bpftrace, …). tracker runs as deployed \
-         (`--format json --interval 1 --port <nginx>`, sessions on); bpftrace runs a script \
-         counting events on the same tracepoints (`inet_sock_set_state`, \
-         `sock_recv_length`, `sock_send_length`). Ratio: median throughput with the \
-         observer / median baseline.\n",
+         (`--format json --interval 1 --port <nginx>`, sessions on, raw tracepoints); \
+         bpftrace runs a script counting events on the same tracepoints \
+         (`inet_sock_set_state`, `sock_recv_length`, `sock_send_length`; classic \
+         tracepoints, the only kind Debian's bpftrace attaches). Ratio: median throughput \
+         with the observer / median baseline.\n",
         args.connections, args.seconds, args.reps
     );
     let _ = writeln!(
@@ -814,6 +895,46 @@ fn render_report(
         out,
         "\nHighest loss-free, exact churn measured: **{best:.0} connections/s**.\n"
     );
+
+    let _ = writeln!(out, "## Kernel-side cost per program\n");
+    let _ = writeln!(
+        out,
+        "One more wrk run per scenario with `tracker --bpf-stats`, which turns on the kernel's \
+         accounting of BPF program run time (`BPF_ENABLE_STATS`) and logs each program's runs \
+         and nanoseconds at exit. The accounting itself adds two clock reads to every run \
+         (about 30-40 ns here), so these figures are upper bounds. Share of the machine: the \
+         program's nanoseconds over the run's wall time times {} CPUs.\n",
+        cpus()
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | program | runs | runs per request | ns per run | ns per request | share of the machine |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+    for cost in kernel_costs {
+        let requests = cost.requests.max(1) as f64;
+        let mut total_ns = 0u64;
+        for (program, runs, nanos) in &cost.programs {
+            total_ns += nanos;
+            let _ = writeln!(
+                out,
+                "| {} | `{program}` | {runs} | {:.1} | {:.0} | {:.0} | {:.2}% |",
+                cost.load.name(),
+                *runs as f64 / requests,
+                *nanos as f64 / (*runs).max(1) as f64,
+                *nanos as f64 / requests,
+                share(*nanos, cost.seconds),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| {} | all | | | | {:.0} | {:.2}% |",
+            cost.load.name(),
+            total_ns as f64 / requests,
+            share(total_ns, cost.seconds),
+        );
+    }
+    let _ = writeln!(out);
 
     let _ = writeln!(out, "## Daemon memory per tracked connection\n");
     let _ = writeln!(
