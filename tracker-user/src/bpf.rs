@@ -218,6 +218,10 @@ pub struct Probes {
     pub attached: Vec<String>,
     /// Keeps the kernel's run-time accounting on while open (`--bpf-stats`).
     _run_time_stats: Option<std::os::fd::OwnedFd>,
+    /// tracefs, found or mounted only if a classic tracepoint was needed (raw tracepoints do
+    /// not need it); unmounted on drop if the daemon mounted it. Last, so it outlives the
+    /// programs attached through it.
+    _tracefs: Option<Tracefs>,
 }
 
 /// The ring buffer, separate from [`Probes`] so the event loop can await it while reading the
@@ -230,7 +234,6 @@ pub type KernelLog = AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>;
 
 /// Loads the programs, applies `options`, and attaches every hook.
 pub fn load_and_attach(
-    tracefs: &Tracefs,
     options: &ProbeOptions,
 ) -> anyhow::Result<(Probes, EventRing, Option<KernelLog>)> {
     raise_memlock_limit();
@@ -282,9 +285,10 @@ pub fn load_and_attach(
     };
 
     let mut attached = Vec::new();
+    let mut tracefs = None;
     for hook in HOOKS {
         match (
-            attach_hook(&mut ebpf, tracefs, hook, &layout, options),
+            attach_hook(&mut ebpf, &mut tracefs, hook, &layout, options),
             hook.group,
         ) {
             (Ok(point), _) => attached.push(point),
@@ -329,6 +333,7 @@ pub fn load_and_attach(
             config,
             attached,
             _run_time_stats: run_time_stats,
+            _tracefs: tracefs,
         },
         ring,
         kernel_log,
@@ -521,7 +526,7 @@ fn configure(
 
 fn attach_hook(
     ebpf: &mut Ebpf,
-    tracefs: &Tracefs,
+    tracefs: &mut Option<Tracefs>,
     hook: &Hook,
     layout: &crate::btf::KernelLayout,
     options: &ProbeOptions,
@@ -584,12 +589,16 @@ fn attach_raw(ebpf: &mut Ebpf, name: &str, program_name: &str) -> anyhow::Result
 
 fn attach_classic(
     ebpf: &mut Ebpf,
-    tracefs: &Tracefs,
+    tracefs: &mut Option<Tracefs>,
     category: &str,
     name: &str,
     program_name: &str,
     fields: &[(&str, usize, usize)],
 ) -> anyhow::Result<String> {
+    let tracefs = match tracefs {
+        Some(tracefs) => tracefs,
+        None => tracefs.insert(Tracefs::find_or_mount()?),
+    };
     let format = tracefs.format(category, name)?;
     check_format(&format, fields).map_err(|mismatch| {
         anyhow!("tracepoint {category}:{name} has a layout this build does not know: {mismatch}")

@@ -15,7 +15,6 @@ use crate::observer::{Applied, Observer};
 use crate::output::{Flow, Format, IntervalTotals, ReportBatch, ReportSink};
 use crate::procfs;
 use crate::sockdiag::SockDiag;
-use crate::tracefs::Tracefs;
 
 /// How often the daemon collects events that the kernel queued without waking it. Short
 /// enough that the ring (millions of bytes) cannot fill in between at any rate this host
@@ -61,7 +60,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     sink: &mut dyn ReportSink,
 ) -> anyhow::Result<()> {
-    let tracefs = Tracefs::find_or_mount()?;
     let probe_options = ProbeOptions {
         ports: options.ports.clone(),
         ring_bytes: options.ring_bytes,
@@ -70,7 +68,7 @@ pub async fn run(
         classic_tracepoints: options.classic_tracepoints,
         run_time_stats: options.bpf_stats,
     };
-    let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&tracefs, &probe_options)?;
+    let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&probe_options)?;
 
     // Scan after attaching: a listener opened in between is then seen by both, never by neither.
     let mut state = State {
