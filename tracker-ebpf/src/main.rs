@@ -1,9 +1,11 @@
-//! The tracker's kernel side: tracepoint programs that turn TCP state changes into
-//! [`SockEvent`](tracker_common::SockEvent)s on a ring buffer.
+//! The tracker's kernel side: tracepoint programs that turn TCP state changes and socket
+//! reads and writes into [`SockEvent`](tracker_common::SockEvent)s and
+//! [`SockNote`](tracker_common::SockNote)s on a ring buffer.
 //!
 //! Only events the daemon needs reach the ring: listeners appearing and going away, server-side
-//! connections becoming established, and those same connections closing. Client-side sockets and
-//! other protocols are dropped here, in the kernel, so their cost is a few instructions.
+//! connections becoming established and closing, their request/response turns and the HTTP/2
+//! frames that open or end streams. Client-side sockets and other protocols are dropped here,
+//! in the kernel, so their cost is a few instructions.
 #![no_std]
 #![no_main]
 
@@ -19,8 +21,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The tracepoints used read only their own fields, but the GPL licence is what makes
-/// `bpf_probe_read_kernel` and the ring buffer helpers available to us.
+/// A GPL-compatible licence is what makes `bpf_probe_read_kernel`, `bpf_probe_read_user`,
+/// `bpf_get_current_task_btf` and the ring buffer helpers available to the programs.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
