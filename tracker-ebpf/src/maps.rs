@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use tracker_common::{
     CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT,
-    LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockEvent,
-    SockNote, TRACKED_MAX_ENTRIES,
+    LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockNote,
+    TRACKED_MAX_ENTRIES,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
