@@ -3,8 +3,8 @@
 //! polling), on this machine, written to `BENCHMARKS.md` and `benchmarks.png`.
 //!
 //! Every load runs against a real nginx (one worker, loopback) driven by wrk. Scenarios with
-//! and without observers are interleaved (none, tracker, bpftrace; none, tracker, bpftrace;
-//! ...) so that machine noise hits all of them alike; results are min/median/max over the
+//! and without observers are interleaved (none, tracker, tracker idle, bpftrace; none, ...)
+//! so that machine noise hits all of them alike; results are min/median/max over the
 //! repetitions. Ground truth for connection counts is the kernel's own `TcpPassiveOpens`
 //! counter (/proc/net/snmp), read before and after each run.
 
@@ -62,16 +62,26 @@ tracepoint:sock:sock_send_length { @send = count(); }
 enum Observer {
     None,
     Tracker,
+    /// tracker watching a port nothing listens on: its programs stay attached to the same
+    /// hooks and run on every firing, but drop every socket at their first check. What is
+    /// left is the cost of being attached, before any per-connection work.
+    TrackerIdle,
     Bpftrace,
 }
 
 impl Observer {
-    const ALL: [Observer; 3] = [Observer::None, Observer::Tracker, Observer::Bpftrace];
+    const ALL: [Observer; 4] = [
+        Observer::None,
+        Observer::Tracker,
+        Observer::TrackerIdle,
+        Observer::Bpftrace,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Observer::None => "baseline",
             Observer::Tracker => "tracker",
+            Observer::TrackerIdle => "tracker, idle",
             Observer::Bpftrace => "bpftrace",
         }
     }
@@ -107,6 +117,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: nginx on {url}");
 
     // 1. Overhead, interleaved.
+    // Nothing listens there: the kernel picked it for us and it was released at once.
+    let idle_port = free_port()?;
     let mut overhead: Vec<(Load, Observer, Vec<f64>)> = Vec::new();
     for load in [Load::Churn, Load::KeepAlive] {
         for observer in Observer::ALL {
@@ -116,7 +128,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     for rep in 0..args.reps {
         for load in [Load::Churn, Load::KeepAlive] {
             for observer in Observer::ALL {
-                let guard = start_observer(observer, &tracker, nginx.port, &out_dir)?;
+                let guard = start_observer(observer, &tracker, nginx.port, idle_port, &out_dir)?;
                 let rate = wrk(&url, load, args.connections, args.seconds)?.requests_per_s;
                 drop(guard);
                 eprintln!(
@@ -340,6 +352,7 @@ fn start_observer(
     observer: Observer,
     tracker: &Path,
     port: u16,
+    idle_port: u16,
     out_dir: &Path,
 ) -> anyhow::Result<ObserverGuard> {
     match observer {
@@ -348,6 +361,9 @@ fn start_observer(
             log: None,
         }),
         Observer::Tracker => start_tracker(tracker, port, out_dir.join("tracker.jsonl"), &[]),
+        Observer::TrackerIdle => {
+            start_tracker(tracker, idle_port, out_dir.join("tracker-idle.jsonl"), &[])
+        }
         Observer::Bpftrace => {
             let mut child = Command::new("bpftrace")
                 .args(["-e", BPFTRACE_SCRIPT])
@@ -806,9 +822,12 @@ fn render_report(
     let _ = writeln!(
         out,
         "nginx-light, 1 worker, `return 200` on loopback; wrk `-t 2 -c {} -d {}s`; {} \
-         interleaved repetitions (baseline, tracker, bpftrace, …). tracker runs as deployed \
-         (`--format json --interval 1 --port <nginx>`, sessions on, raw tracepoints); \
-         bpftrace runs a script counting events on the same tracepoints \
+         interleaved repetitions (baseline, tracker, tracker idle, bpftrace, …). tracker runs \
+         as deployed (`--format json --interval 1 --port <nginx>`, sessions on, raw \
+         tracepoints). *tracker, idle* is the same daemon watching a port nothing listens on: \
+         its programs stay attached to the same hooks and run on every firing but drop every \
+         socket at their first check, so its overhead is the cost of being attached, the part \
+         no per-connection design on these hooks avoids. bpftrace runs a script counting events on the same tracepoints \
          (`inet_sock_set_state`, `sock_recv_length`, `sock_send_length`; classic \
          tracepoints, the only kind Debian's bpftrace attaches). Ratio: median throughput \
          with the observer / median baseline.\n",
