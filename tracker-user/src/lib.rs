@@ -18,3 +18,4 @@ pub mod sessions;
 pub mod sockdiag;
 pub mod top;
 pub mod tracefs;
+pub mod tracker_id;

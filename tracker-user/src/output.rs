@@ -3,7 +3,6 @@
 //! listener; other sinks (Prometheus, the live view) live in their own modules.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 
 use serde::Serialize;
 
@@ -169,10 +168,10 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         version: JSON_VERSION,
         time: totals.unix_time_s,
         interval_s: totals.interval_s,
-        listener: report.snapshot.name.clone(),
-        role: if report.outbound { "connect" } else { "listen" },
-        netns: report.netns,
-        port: report.listener.port(),
+        listener: report.id.to_string(),
+        role: report.id.role.name(),
+        netns: report.id.foreign_netns(),
+        port: report.id.port(),
         gone: report.gone,
         curr: snapshot.curr,
         peak: snapshot.peak,
@@ -209,14 +208,11 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
     serde_json::to_string(&json).expect("a report always serialises")
 }
 
-/// `127.0.0.1:8080`, `[::1]:8080`: the name a listener goes by everywhere.
-pub fn listener_name(addr: SocketAddr) -> String {
-    addr.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+
     use crate::model::Tracker;
 
     fn sample() -> ListenerReport {
@@ -231,7 +227,7 @@ mod tests {
                 cmdline: String::new(),
             }],
             ..ListenerReport::quiet(
-                "[::1]:8080".parse().unwrap(),
+                crate::tracker_id::TrackerId::listen(0, "[::1]:8080".parse().unwrap()),
                 tracker.snapshot(1_500_000_000, true),
             )
         }

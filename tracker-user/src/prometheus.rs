@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use crate::model::{ErrorKind, Nanos};
 use crate::observer::ListenerReport;
 use crate::output::{Flow, ReportBatch, ReportSink};
+use crate::tracker_id::TrackerId;
 
 /// The content type `GET /metrics` answers with; Prometheus picks its parser from it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -333,7 +334,7 @@ struct ListenerState {
 struct Inner {
     registry: Registry,
     metrics: Metrics,
-    listeners: HashMap<SocketAddr, ListenerState>,
+    listeners: HashMap<TrackerId, ListenerState>,
     /// The global loss counters' values in the last cumulative report.
     last_lost_events: u64,
     last_untracked_connections: u64,
@@ -391,8 +392,8 @@ impl Inner {
     fn apply_listener(&mut self, report: &ListenerReport, per_interval: bool) {
         let metrics = &self.metrics;
         let labels = ListenerLabels {
-            listener: report.snapshot.name.clone(),
-            port: report.listener.port().to_string(),
+            listener: report.id.to_string(),
+            port: report.id.port().to_string(),
             process: report
                 .owners
                 .first()
@@ -401,7 +402,7 @@ impl Inner {
         };
         let state = self
             .listeners
-            .entry(report.listener)
+            .entry(report.id)
             .or_insert_with(|| ListenerState {
                 labels: labels.clone(),
                 last: Cumulative::default(),
@@ -586,7 +587,7 @@ mod tests {
                 cmdline: String::new(),
             }],
             ..ListenerReport::quiet(
-                "127.0.0.1:8080".parse().unwrap(),
+                TrackerId::listen(0, "127.0.0.1:8080".parse().unwrap()),
                 tracker.snapshot(now, reset),
             )
         }

@@ -24,7 +24,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
 use crate::observer::ListenerReport;
-use crate::output::{Flow, IntervalTotals, ReportBatch, ReportSink, listener_name};
+use crate::output::{Flow, IntervalTotals, ReportBatch, ReportSink};
 
 /// Appended to a PEAK figure when the listener is at that peak right now.
 const AT_PEAK: &str = "▲";
@@ -215,7 +215,7 @@ impl From<&ReportBatch<'_>> for BatchView {
             (
                 Reverse(report.snapshot.curr),
                 Reverse(report.snapshot.peak),
-                report.listener,
+                report.id,
             )
         });
         Self {
@@ -313,7 +313,7 @@ struct RowText {
 fn row_text(report: &ListenerReport) -> RowText {
     let snapshot = &report.snapshot;
     let at_peak = snapshot.curr > 0 && snapshot.curr == snapshot.peak;
-    let mut listener = listener_name(report.listener);
+    let mut listener = report.id.to_string();
     if report.gone {
         listener.push_str(" (gone)");
     }
@@ -466,7 +466,7 @@ mod tests {
 
     fn listener(name: &str, curr: usize, peak: usize) -> ListenerReport {
         ListenerReport::quiet(
-            name.parse().unwrap(),
+            crate::tracker_id::TrackerId::listen(0, name.parse().unwrap()),
             Snapshot {
                 name: name.to_owned(),
                 curr,
