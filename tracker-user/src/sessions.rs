@@ -90,11 +90,6 @@ impl H2Streams {
         self.overflow
     }
 
-    /// Whether a GOAWAY was seen.
-    pub fn goaway_seen(&self) -> bool {
-        self.goaway
-    }
-
     fn client_headers(&mut self, stream_id: u32) -> u32 {
         // Even ids are server-initiated; a client HEADERS on one is a protocol error the
         // server will answer with GOAWAY, not a request.
@@ -362,7 +357,6 @@ mod tests {
             };
             assert_eq!(r, (0, 3));
             assert_eq!(s.open_count(), 0);
-            assert!(s.goaway_seen());
             // The closed streams' ends are ignored, and no new stream opens.
             assert_eq!(s.server_frame(&data_end(3)), (0, 0));
             assert_eq!(s.client_frame(&headers(7)), (0, 0));

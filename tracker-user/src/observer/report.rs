@@ -13,9 +13,11 @@ pub struct ListenerReport {
     pub owners: Vec<Owner>,
     /// The listener has closed; this is its last report once its connections are gone.
     pub gone: bool,
-    /// Connections of the interval whose sessions cannot be counted (TLS, not HTTP, or the
-    /// frame walk was lost): open now, or closed during the interval.
-    pub sessions_unknown: u64,
+    /// Open connections whose sessions cannot be counted (TLS, not HTTP, or the frame walk
+    /// was lost).
+    pub sessions_unknown_open: u64,
+    /// Such connections closed during the interval.
+    pub sessions_unknown_closed: u64,
     /// Every connection that closed since the previous report (for distributions such as
     /// Prometheus histograms).
     pub closed_connections: Vec<ClosedConnection>,
@@ -40,7 +42,8 @@ impl ListenerReport {
             snapshot,
             owners: Vec::new(),
             gone: false,
-            sessions_unknown: 0,
+            sessions_unknown_open: 0,
+            sessions_unknown_closed: 0,
             closed_connections: Vec::new(),
             corrections: 0,
             accept_queue: 0,
@@ -58,31 +61,61 @@ pub struct ClosedConnection {
     pub peak_sessions: u32,
 }
 
+impl ListenerReport {
+    /// Connections of the interval whose sessions cannot be counted: open now, or closed
+    /// during the interval.
+    pub fn sessions_unknown(&self) -> u64 {
+        self.sessions_unknown_open
+            .saturating_add(self.sessions_unknown_closed)
+    }
+
+    /// Running totals: `self` covers the time up to where `next`, the following interval's
+    /// report of the same tracker, begins (see [`Snapshot::then`]). Closed connections are
+    /// `next`'s: they are listed once, in the report of the interval they closed in.
+    pub fn then(&self, next: &ListenerReport) -> ListenerReport {
+        ListenerReport {
+            id: next.id,
+            snapshot: self.snapshot.then(&next.snapshot),
+            owners: next.owners.clone(),
+            gone: next.gone,
+            sessions_unknown_open: next.sessions_unknown_open,
+            sessions_unknown_closed: self
+                .sessions_unknown_closed
+                .saturating_add(next.sessions_unknown_closed),
+            closed_connections: next.closed_connections.clone(),
+            corrections: self.corrections.saturating_add(next.corrections),
+            accept_queue: next.accept_queue,
+            accept_queue_peak: self.accept_queue_peak.max(next.accept_queue_peak),
+            accept_backlog: next.accept_backlog,
+        }
+    }
+
+    /// The tracker's last report: it has closed and holds no connections.
+    pub fn is_last(&self) -> bool {
+        self.gone && self.snapshot.curr == 0
+    }
+}
+
 impl Observer {
-    /// One report per tracker at `now`. With `reset`, the interval counters start again.
-    /// Listeners that have closed and hold no connections are reported one last time, then
+    /// One report per tracker for the interval that ends at `now`; the next interval starts
+    /// there. Listeners that have closed and hold no connections are reported one last time, then
     /// forgotten, so a host that churns listeners does not grow the daemon's memory.
-    pub fn report(&mut self, now: Nanos, reset: bool) -> Vec<ListenerReport> {
+    pub fn report(&mut self, now: Nanos) -> Vec<ListenerReport> {
         let mut reports: Vec<ListenerReport> = self
             .listeners
             .iter_mut()
             .map(|(&id, state)| {
-                let sessions_unknown = state.unknown_open + state.unknown_closed;
-                let corrections = state.corrections;
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
-                if reset {
-                    state.unknown_closed = 0;
-                    state.corrections = 0;
-                    state.accept_queue_peak = state.accept_queue;
-                }
+                state.accept_queue_peak = state.accept_queue;
                 ListenerReport {
                     id,
-                    snapshot: state.tracker.snapshot(now, reset),
+                    snapshot: state.tracker.snapshot(now, true),
                     owners: state.owners.iter().cloned().collect(),
                     gone: !state.is_listening(),
-                    sessions_unknown,
+                    sessions_unknown_open: state.unknown_open,
+                    sessions_unknown_closed: std::mem::take(&mut state.unknown_closed),
                     closed_connections: std::mem::take(&mut state.closed_log),
-                    corrections,
+                    corrections: std::mem::take(&mut state.corrections),
                     accept_queue: state.accept_queue,
                     accept_queue_peak,
                     accept_backlog: state.accept_backlog,

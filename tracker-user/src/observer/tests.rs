@@ -55,7 +55,7 @@ fn up(sock: SockId, listener: &str) -> Event {
 
 fn report_of(observer: &mut Observer, now: Nanos, listener: &str) -> ListenerReport {
     observer
-        .report(now, true)
+        .report(now)
         .into_iter()
         .find(|report| report.id == TrackerId::listen(0, addr(listener)))
         .unwrap_or_else(|| panic!("no report for {listener}"))
@@ -110,7 +110,7 @@ fn wildcard_listeners_take_connections_of_their_family() {
         "[::ffff:127.0.0.1]:5001",
         0,
     ));
-    let reports = observer.report(SECOND, true);
+    let reports = observer.report(SECOND);
     let curr = |name: &str| {
         reports
             .iter()
@@ -203,7 +203,7 @@ fn closed_listener_is_reported_until_its_connections_are_gone() {
     let report = report_of(&mut observer, 3 * SECOND, "127.0.0.1:8080");
     assert!(report.gone);
     assert_eq!(report.snapshot.closed, 1);
-    assert!(observer.report(4 * SECOND, true).is_empty());
+    assert!(observer.report(4 * SECOND).is_empty());
 }
 
 #[test]
@@ -218,7 +218,7 @@ fn reuseport_group_is_one_listener_until_the_last_socket_closes() {
         comm: "worker".into(),
     });
     observer.add_scanned_listener_sockets(addr("127.0.0.1:9090"), 2, &[]);
-    let reports = observer.report(SECOND, true);
+    let reports = observer.report(SECOND);
     assert_eq!(reports.len(), 2);
     assert_eq!(reports[0].owners.len(), 2);
 
@@ -231,7 +231,7 @@ fn reuseport_group_is_one_listener_until_the_last_socket_closes() {
     }
     assert!(
         observer
-            .report(2 * SECOND, true)
+            .report(2 * SECOND)
             .iter()
             .all(|report| !report.gone)
     );
@@ -242,13 +242,8 @@ fn reuseport_group_is_one_listener_until_the_last_socket_closes() {
             addr: addr(listener),
         });
     }
-    assert!(
-        observer
-            .report(3 * SECOND, true)
-            .iter()
-            .all(|report| report.gone)
-    );
-    assert!(observer.report(4 * SECOND, true).is_empty());
+    assert!(observer.report(3 * SECOND).iter().all(|report| report.gone));
+    assert!(observer.report(4 * SECOND).is_empty());
 }
 
 #[test]
@@ -261,7 +256,7 @@ fn port_filter_ignores_other_listeners() {
         observer.apply(&open(10, "127.0.0.1:9090", "127.0.0.1:5000", 0)),
         Applied::Done
     );
-    let reports = observer.report(SECOND, true);
+    let reports = observer.report(SECOND);
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].id, TrackerId::listen(0, addr("127.0.0.1:8080")));
 }
@@ -398,7 +393,7 @@ fn adopted_connections_count_and_close_without_errors() {
         None
     );
     let first = report_of(&mut observer, 2 * SECOND, "0.0.0.0:80");
-    assert_eq!((first.snapshot.curr, first.sessions_unknown), (1, 1));
+    assert_eq!((first.snapshot.curr, first.sessions_unknown()), (1, 1));
     // Its close comes with a socket address the observer never saw.
     let _ = observer.apply(&close(77, "127.0.0.1:80", "127.0.0.1:5000", 3 * SECOND));
     let second = report_of(&mut observer, 4 * SECOND, "0.0.0.0:80");
@@ -482,7 +477,7 @@ fn outbound_connections_are_tracked_per_destination() {
     let _ = observer.apply(&outbound_open(20, "127.0.0.1:40000", 0));
     let _ = observer.apply(&outbound_open(21, "127.0.0.1:40001", 0));
     let _ = observer.apply(&close(20, "127.0.0.1:40000", "127.0.0.1:5432", SECOND));
-    let reports = observer.report(2 * SECOND, true);
+    let reports = observer.report(2 * SECOND);
     let report = reports
         .iter()
         .find(|report| report.id.is_connect())

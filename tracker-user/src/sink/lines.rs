@@ -1,11 +1,11 @@
-//! Where reports go: a [`ReportSink`] receives every listener's report once per interval.
-//! [`LineWriter`] renders them as the original library's text line or as one JSON object per
-//! listener; other sinks (Prometheus, the live view) live in their own modules.
+//! [`LineWriter`]: reports as the original library's text line, or as one JSON object per
+//! tracker, one per line.
 
 use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::model::ErrorKind;
 use crate::observer::{ListenerReport, Owner};
 
@@ -19,44 +19,6 @@ pub enum Format {
     Text,
     /// One JSON object per listener per report, one per line.
     Json,
-}
-
-/// One report: every listener's figures for the interval just ended.
-#[derive(Debug, Clone, Copy)]
-pub struct ReportBatch<'a> {
-    pub reports: &'a [ListenerReport],
-    pub totals: IntervalTotals,
-    /// Figures are per interval (reset after each report). False with `--no-reset`: counts
-    /// then run from start.
-    pub per_interval: bool,
-}
-
-/// What the daemon should do after a sink took a report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// The sink's reader is gone (a closed pipe, the live view quit): stop.
-    Stop,
-}
-
-/// A destination for reports.
-pub trait ReportSink {
-    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow>;
-}
-
-/// Several sinks fed the same reports; stops when any of them asks to.
-pub struct Tee(pub Vec<Box<dyn ReportSink>>);
-
-impl ReportSink for Tee {
-    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow> {
-        let mut flow = Flow::Continue;
-        for sink in &mut self.0 {
-            if sink.publish(batch)? == Flow::Stop {
-                flow = Flow::Stop;
-            }
-        }
-        Ok(flow)
-    }
 }
 
 /// Prints each report as lines of text or JSON.
@@ -87,24 +49,6 @@ impl<W: Write> ReportSink for LineWriter<W> {
             Err(error) => Err(anyhow::Error::new(error).context("writing the report")),
         }
     }
-}
-
-/// Figures that belong to the whole daemon rather than to one listener, for one interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct IntervalTotals {
-    /// Wall-clock time of the report, seconds since the Unix epoch.
-    pub unix_time_s: f64,
-    /// Length of the interval the report covers, seconds.
-    pub interval_s: f64,
-    /// Kernel events dropped in this interval because the ring buffer was full.
-    pub lost_events: u64,
-    /// Connections the kernel could not track in this interval (its table was full).
-    pub untracked_connections: u64,
-    /// Connections refused in this interval because an accept queue was full (the kernel's
-    /// ListenOverflows, for the daemon's network namespace).
-    pub listen_overflows: u64,
-    /// Connections dropped at a listener in this interval, overflows included (ListenDrops).
-    pub listen_drops: u64,
 }
 
 #[derive(Serialize)]
@@ -144,6 +88,7 @@ struct JsonReport<'a> {
     closed: u64,
     lost_events: u64,
     untracked_connections: u64,
+    unattributed_closes: u64,
     pid: Option<u32>,
     comm: Option<&'a str>,
     owners: Vec<JsonOwner<'a>>,
@@ -178,7 +123,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         peak_sessions: snapshot.peak_sessions,
         busy: snapshot.busy,
         busy_peak: snapshot.busy_peak,
-        sessions_unknown: report.sessions_unknown,
+        sessions_unknown: report.sessions_unknown(),
         corrections: report.corrections,
         accept_queue: report.accept_queue,
         accept_queue_peak: report.accept_queue_peak,
@@ -193,6 +138,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         closed: snapshot.closed,
         lost_events: totals.lost_events,
         untracked_connections: totals.untracked_connections,
+        unattributed_closes: totals.unattributed_closes,
         pid: first_owner.map(|owner| owner.pid),
         comm: first_owner.map(|owner| owner.comm.as_str()),
         owners: report
@@ -250,6 +196,7 @@ mod tests {
             untracked_connections: 0,
             listen_overflows: 0,
             listen_drops: 0,
+            unattributed_closes: 2,
         };
         let line = render(Format::Json, &sample(), &totals);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -265,6 +212,7 @@ mod tests {
         assert_eq!(value["opened"], 1);
         assert_eq!(value["closed"], 0);
         assert_eq!(value["lost_events"], 3);
+        assert_eq!(value["unattributed_closes"], 2);
         assert_eq!(value["pid"], 12);
         assert_eq!(value["comm"], "nginx");
         assert!(!line.contains('\n'));
