@@ -70,33 +70,7 @@ pub async fn run(
     // allocation, now freed: give it back rather than keep it resident for the daemon's life.
     release_free_memory();
 
-    // Scan after attaching: a listener opened in between is then seen by both, never by neither.
-    let mut state = State {
-        observer: Observer::new(options.ports.clone())
-            .with_connect_targets(&options.connect)
-            .with_own_netns(procfs::own_netns().unwrap_or(0)),
-        probes,
-        losses: LossCounters::default(),
-        decode_errors: 0,
-        last_report: monotonic_now(),
-        events: 0,
-        diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
-        listen_counters: procfs::listen_counters().unwrap_or_default(),
-        unattributed: 0,
-        collected: 0,
-        last_reconcile: (monotonic_now(), LossCounters::default(), 0),
-    };
-    state.rescan_listeners()?;
-    state.adopt_existing_connections()?;
-    log::info!(
-        "attached to {}; watching {} listener(s){}",
-        state.probes.attached.join(", "),
-        state.observer.listener_addrs().count(),
-        match &options.ports {
-            Some(ports) => format!(" on port(s) {ports:?}"),
-            None => String::new(),
-        }
-    );
+    let mut state = State::start(&options, probes)?;
 
     // The kernel wakes us only when the ring fills up past a threshold (see
     // `Config::wakeup_bytes`); otherwise events are collected in batches on this timer.
@@ -168,6 +142,40 @@ struct State {
 }
 
 impl State {
+    /// The daemon's state once attached: the listeners and connections the kernel already
+    /// has are known.
+    fn start(options: &Options, probes: Probes) -> anyhow::Result<Self> {
+        // Called after attaching: a listener opened in between is then seen by both the scan
+        // and the programs, never by neither.
+        let mut state = Self {
+            observer: Observer::new(options.ports.clone())
+                .with_connect_targets(&options.connect)
+                .with_own_netns(procfs::own_netns().unwrap_or(0)),
+            probes,
+            losses: LossCounters::default(),
+            decode_errors: 0,
+            last_report: monotonic_now(),
+            events: 0,
+            diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
+            listen_counters: procfs::listen_counters().unwrap_or_default(),
+            unattributed: 0,
+            collected: 0,
+            last_reconcile: (monotonic_now(), LossCounters::default(), 0),
+        };
+        state.rescan_listeners()?;
+        state.adopt_existing_connections()?;
+        log::info!(
+            "attached to {}; watching {} listener(s){}",
+            state.probes.attached.join(", "),
+            state.observer.listener_addrs().count(),
+            match &options.ports {
+                Some(ports) => format!(" on port(s) {ports:?}"),
+                None => String::new(),
+            }
+        );
+        Ok(state)
+    }
+
     /// What the run handled and, when the kernel accounted it, what each program cost.
     fn log_totals(&self) {
         log::info!("processed {} kernel events", self.events);

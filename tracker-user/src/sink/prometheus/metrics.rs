@@ -110,122 +110,130 @@ impl Metrics {
             lifetime: Family::new_with_constructor(lifetime_histogram),
             peak_sessions: Family::new_with_constructor(sessions_histogram),
         };
+        metrics.register_counters(registry);
+        metrics.register_gauges_and_histograms(registry);
+        metrics
+    }
+
+    fn register_counters(&self, registry: &mut Registry) {
         // Counter names get their `_total` suffix, and units their `_seconds`, from the
         // encoder; the names here are the stems.
         registry.register(
             "connections_opened",
             "Connections accepted by the listener",
-            metrics.opened.clone(),
+            self.opened.clone(),
         );
         registry.register(
             "connections_closed",
             "Connections of the listener that closed",
-            metrics.closed.clone(),
+            self.closed.clone(),
         );
         registry.register(
             "errors",
             "Inconsistent event sequences seen by the connection model, by kind",
-            metrics.errors.clone(),
+            self.errors.clone(),
         );
         registry.register_with_unit(
             "connection",
             "Connection-seconds: the sum of the time connections were open",
             Unit::Seconds,
-            metrics.connection_seconds.clone(),
+            self.connection_seconds.clone(),
         );
         registry.register_with_unit(
             "busy",
             "Busy-seconds: the sum of the time connections were serving a request",
             Unit::Seconds,
-            metrics.busy_seconds.clone(),
+            self.busy_seconds.clone(),
         );
         registry.register(
             "lost_events",
             "Kernel events dropped because the ring buffer was full",
-            metrics.lost_events.clone(),
+            self.lost_events.clone(),
         );
         registry.register(
             "untracked_connections",
             "Connections the kernel could not track because its table was full",
-            metrics.untracked_connections.clone(),
+            self.untracked_connections.clone(),
         );
         registry.register(
             "listen_overflows",
             "Connections refused because an accept queue was full (network namespace)",
-            metrics.listen_overflows.clone(),
+            self.listen_overflows.clone(),
         );
         registry.register(
             "listen_drops",
             "Connections dropped at a listener, overflows included (network namespace)",
-            metrics.listen_drops.clone(),
+            self.listen_drops.clone(),
         );
         registry.register(
             "unattributed_closes",
             "Connection closes no tracker could be found for",
-            metrics.unattributed_closes.clone(),
+            self.unattributed_closes.clone(),
         );
         registry.register(
             "corrections",
             "Connections the model added or closed to match the kernel's table",
-            metrics.corrections.clone(),
+            self.corrections.clone(),
         );
+    }
+
+    fn register_gauges_and_histograms(&self, registry: &mut Registry) {
         registry.register(
             "accept_queue",
             "Connections waiting in the accept queue at the last sample",
-            metrics.accept_queue.clone(),
+            self.accept_queue.clone(),
         );
         registry.register(
             "accept_queue_peak",
             "Longest accept queue sampled in the last report's interval",
-            metrics.accept_queue_peak.clone(),
+            self.accept_queue_peak.clone(),
         );
         registry.register(
             "accept_backlog",
             "The accept queue's limit (listen backlog)",
-            metrics.accept_backlog.clone(),
+            self.accept_backlog.clone(),
         );
         registry.register(
             "connections",
             "Connections open at the last report",
-            metrics.connections.clone(),
+            self.connections.clone(),
         );
         registry.register(
             "connections_peak",
             "Most connections open at once in the last report's interval",
-            metrics.connections_peak.clone(),
+            self.connections_peak.clone(),
         );
         registry.register(
             "busy_connections",
             "Connections serving a request at the last report",
-            metrics.busy_connections.clone(),
+            self.busy_connections.clone(),
         );
         registry.register(
             "sessions_peak",
             "Most concurrent sessions on one connection in the last report's interval",
-            metrics.sessions_peak.clone(),
+            self.sessions_peak.clone(),
         );
         registry.register(
             "sessions_unknown_connections",
             "Connections of the last report whose sessions could not be counted",
-            metrics.sessions_unknown.clone(),
+            self.sessions_unknown.clone(),
         );
         registry.register(
             "listener_up",
             "1 while the socket is listening, 0 once it has closed",
-            metrics.listener_up.clone(),
+            self.listener_up.clone(),
         );
         registry.register_with_unit(
             "connection_lifetime",
             "How long closed connections lived",
             Unit::Seconds,
-            metrics.lifetime.clone(),
+            self.lifetime.clone(),
         );
         registry.register(
             "connection_peak_sessions",
             "Most concurrent sessions over the life of each closed connection",
-            metrics.peak_sessions.clone(),
+            self.peak_sessions.clone(),
         );
-        metrics
     }
 
     /// Drops the gauges of a label set that no longer describes its listener. Counters and
