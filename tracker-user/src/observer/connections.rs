@@ -223,6 +223,7 @@ impl Observer {
             };
             sessions::apply(&mut listener.tracker, &conn.remote, change);
             conn.note_peak_sessions();
+            listener.sessions_untracked += conn.sessions.take_untracked();
         }
         Applied::Done
     }

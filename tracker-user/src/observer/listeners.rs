@@ -25,6 +25,8 @@ pub(super) struct Listener {
     pub(super) unknown_open: u64,
     /// Connections with unknown sessions closed since the last report.
     pub(super) unknown_closed: u64,
+    /// Sessions that started but could not be tracked since the last report.
+    pub(super) sessions_untracked: u64,
     /// Connections closed since the last report.
     pub(super) closed_log: Vec<ClosedConnection>,
     /// Model entries corrected to match the kernel's table since the last report.
@@ -47,6 +49,7 @@ impl Listener {
             owners: BTreeSet::new(),
             unknown_open: 0,
             unknown_closed: 0,
+            sessions_untracked: 0,
             closed_log: Vec::new(),
             corrections: 0,
             accept_queue: 0,

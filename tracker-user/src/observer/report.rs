@@ -18,6 +18,9 @@ pub struct ListenerReport {
     pub sessions_unknown_open: u64,
     /// Such connections closed during the interval.
     pub sessions_unknown_closed: u64,
+    /// Sessions that started in the interval but were not counted: HTTP/2 streams beyond
+    /// the most tracked open at once on one connection.
+    pub sessions_untracked: u64,
     /// Every connection that closed since the previous report (for distributions such as
     /// Prometheus histograms).
     pub closed_connections: Vec<ClosedConnection>,
@@ -44,6 +47,7 @@ impl ListenerReport {
             gone: false,
             sessions_unknown_open: 0,
             sessions_unknown_closed: 0,
+            sessions_untracked: 0,
             closed_connections: Vec::new(),
             corrections: 0,
             accept_queue: 0,
@@ -82,6 +86,9 @@ impl ListenerReport {
             sessions_unknown_closed: self
                 .sessions_unknown_closed
                 .saturating_add(next.sessions_unknown_closed),
+            sessions_untracked: self
+                .sessions_untracked
+                .saturating_add(next.sessions_untracked),
             closed_connections: next.closed_connections.clone(),
             corrections: self.corrections.saturating_add(next.corrections),
             accept_queue: next.accept_queue,
@@ -114,6 +121,7 @@ impl Observer {
                     gone: !state.is_listening(),
                     sessions_unknown_open: state.unknown_open,
                     sessions_unknown_closed: std::mem::take(&mut state.unknown_closed),
+                    sessions_untracked: std::mem::take(&mut state.sessions_untracked),
                     closed_connections: std::mem::take(&mut state.closed_log),
                     corrections: std::mem::take(&mut state.corrections),
                     accept_queue: state.accept_queue,

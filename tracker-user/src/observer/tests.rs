@@ -490,3 +490,36 @@ fn outbound_connections_are_tracked_per_destination() {
     assert_eq!(report.closed_connections.len(), 1);
     assert!(!report.gone);
 }
+
+#[test]
+fn http2_streams_beyond_the_limit_are_reported_untracked() {
+    use crate::sessions::MAX_OPEN_STREAMS;
+    use tracker_common::proto::{FrameHeader, frame};
+
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&Event::Turn {
+        sock: 10,
+        at: SECOND,
+        previous_end: None,
+        protocol: Some(Protocol::Http2),
+    });
+    for n in 0..=u32::try_from(MAX_OPEN_STREAMS).unwrap() {
+        let _ = observer.apply(&Event::H2Frame {
+            sock: 10,
+            frame: FrameHeader {
+                length: 0,
+                kind: frame::HEADERS,
+                flags: 0x4,
+                stream_id: 2 * n + 1,
+            },
+            inbound: true,
+        });
+    }
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.snapshot.peak_sessions, MAX_OPEN_STREAMS);
+    assert_eq!(report.sessions_untracked, 1);
+    let next = report_of(&mut observer, 3 * SECOND, "127.0.0.1:80");
+    assert_eq!(next.sessions_untracked, 0, "counted in its interval only");
+}

@@ -70,6 +70,7 @@ pub(super) struct Metrics {
     pub(super) listen_drops: Counter,
     pub(super) unattributed_closes: Counter,
     pub(super) corrections: Family<ListenerLabels, Counter>,
+    pub(super) sessions_untracked: Family<ListenerLabels, Counter>,
     pub(super) accept_queue: Family<ListenerLabels, Gauge>,
     pub(super) accept_queue_peak: Family<ListenerLabels, Gauge>,
     pub(super) accept_backlog: Family<ListenerLabels, Gauge>,
@@ -98,6 +99,7 @@ impl Metrics {
             listen_drops: Counter::default(),
             unattributed_closes: Counter::default(),
             corrections: Family::default(),
+            sessions_untracked: Family::default(),
             accept_queue: Family::default(),
             accept_queue_peak: Family::default(),
             accept_backlog: Family::default(),
@@ -174,6 +176,11 @@ impl Metrics {
             "corrections",
             "Connections the model added or closed to match the kernel's table",
             self.corrections.clone(),
+        );
+        registry.register(
+            "sessions_untracked",
+            "Sessions not counted: HTTP/2 streams beyond the limit open on one connection",
+            self.sessions_untracked.clone(),
         );
     }
 

@@ -119,6 +119,7 @@ impl Inner {
         add(&metrics.opened, snapshot.opened);
         add(&metrics.closed, snapshot.closed);
         add(&metrics.corrections, report.corrections);
+        add(&metrics.sessions_untracked, report.sessions_untracked);
         for (kind, count) in snapshot.errors.iter() {
             // Created even at zero, so that every kind is visible from the first scrape.
             metrics
