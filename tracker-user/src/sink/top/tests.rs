@@ -323,3 +323,29 @@ fn quit_keys() {
     released.kind = KeyEventKind::Release;
     assert!(!is_quit_key(released));
 }
+
+#[test]
+fn namespaced_and_connect_trackers_show_their_full_names() {
+    use crate::tracker_id::TrackerId;
+
+    let addr = "127.0.0.1:8080".parse().unwrap();
+    let reports = [
+        TrackerId::listen(0, addr),
+        TrackerId::listen(4026532481, addr),
+        TrackerId::connect(addr),
+    ]
+    .map(|id| ListenerReport {
+        id,
+        ..listener("127.0.0.1:8080", 1, 1)
+    });
+    let buffer = render(120, 8, |frame| draw(frame, &batch_view(&reports, totals())));
+    let screen = lines(&buffer);
+    for name in ["netns:4026532481/127.0.0.1:8080", "connect:127.0.0.1:8080"] {
+        line_with(&screen, name);
+    }
+    let bare = screen
+        .iter()
+        .filter(|line| line.trim_start().starts_with("127.0.0.1:8080"))
+        .count();
+    assert_eq!(bare, 1, "{}", screen.join("\n"));
+}
