@@ -1,7 +1,8 @@
 //! tracker: per-listener TCP occupancy from kernel events.
 //!
 //! * [`model`]: the connection tracker (plain Rust, no I/O), a port of the original library.
-//! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener or destination.
+//! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener
+//!   or destination.
 //! * [`procfs`], [`tracefs`], [`bpf`]: what the daemon reads from and attaches to the kernel.
 //! * [`tracker_id`]: the identity every tracker's report goes by.
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
