@@ -265,10 +265,6 @@ pub fn load_and_attach(
     let layout = std::fs::read("/sys/kernel/btf/vmlinux")
         .map(|btf| crate::btf::kernel_layout(&btf))
         .unwrap_or_default();
-    // Parsing the BTF (megabytes of type names) is the daemon's largest allocation; give it
-    // back rather than keep it resident for the daemon's life.
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
     configure(&mut ebpf, options, &layout)?;
     let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
         // SAFETY: the logger owns its ring buffer's fd for as long as it lives, and the

@@ -1,11 +1,12 @@
 //! The `--prometheus` endpoint as a real Prometheus server sees it: Debian's `prometheus`
 //! (installed by `cargo xtask test`) scrapes the daemon, and the test reads the figures back
-//! through Prometheus's query API, so the exposition format is checked by the real parser.
+//! through Prometheus's query API, so the exposition format is checked by the real parser;
+//! `promtool check metrics` lints what a classic scraper gets.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -127,7 +128,7 @@ fn percent_encode(text: &str) -> String {
 
 /// `GET path` on 127.0.0.1:`port` over a plain socket: the status code and the body.
 /// Prometheus's answers are small, so HTTP/1.0 (no chunked encoding) keeps this simple.
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(PATIENCE))?;
     write!(
@@ -213,5 +214,85 @@ fn prometheus_scrapes_connection_counts() {
             prometheus.log()
         );
     }
+    drop(conns);
+}
+
+/// The value of the series of `metric` whose `listener` label is `listener`, in a scrape in
+/// the classic text format (labels are written `listener` first).
+pub fn series_value(scrape: &str, metric: &str, listener: &str) -> Option<String> {
+    let prefix = format!(r#"{metric}{{listener="{listener}","#);
+    scrape
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+/// Scrapes the daemon's endpoint until `done` holds for the body (which it returns); fails
+/// after [`PATIENCE`] with the last body.
+pub fn scrape_until(metrics_port: u16, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = String::new();
+    loop {
+        if let Ok((200, body)) = http_get(metrics_port, "/metrics") {
+            if done(&body) {
+                return body;
+            }
+            last = body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scrape did not show what was expected within {PATIENCE:?}; last:\n{last}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn promtool_finds_nothing_to_lint_in_a_scrape() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let metrics_port = free_port("127.0.0.1");
+    let _daemon = Daemon::start(&[
+        "--interval",
+        "0.5",
+        "--port",
+        &addr.port().to_string(),
+        "--prometheus",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let mut conns = connect_many(&server, addr, 3);
+    conns.pop().expect("three connections").close();
+    // Every kind of series there: counters, gauges and a histogram with an observation.
+    let listener = addr.to_string();
+    let scrape = scrape_until(metrics_port, |body| {
+        series_value(body, "tracker_connections_closed_total", &listener).as_deref() == Some("1")
+            && series_value(body, "tracker_connection_lifetime_seconds_count", &listener).as_deref()
+                == Some("1")
+    });
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool (`cargo xtask test` installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(scrape.as_bytes())
+        .expect("feeding promtool");
+    let output = promtool.wait_with_output().expect("waiting for promtool");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && findings.trim().is_empty(),
+        "promtool check metrics ({}):\n{findings}\nscrape:\n{scrape}",
+        output.status
+    );
     drop(conns);
 }
