@@ -1,13 +1,21 @@
-//! Types shared by the eBPF programs (`tracker-ebpf`) and the daemon (`tracker-user`).
+//! Types and code shared by the eBPF programs (`tracker-ebpf`) and the daemon (`tracker-user`).
 //!
-//! Everything here is `no_std` and `#[repr(C)]` so both sides agree on the byte layout of what
-//! crosses the ring buffer and the maps. The daemon-only trait impls (`aya::Pod`) sit behind the
-//! `user` feature so the BPF build never pulls in aya.
+//! Everything here is `no_std`. What crosses the ring buffer and the maps is `#[repr(C)]`, so
+//! both sides agree on its byte layout, and each field that is packed on one side and unpacked
+//! on the other has its codec beside its type ([`FrameDetail`], [`wire_addr`], [`ConnKey::new`]).
+//! The daemon-only trait impls (`aya::Pod`) sit behind the `user` feature so the BPF build never
+//! pulls in aya.
+//!
+//! [`proto`] (protocol detection, the HTTP/2 frame walker) and [`walk`] (finding a system
+//! call's bytes and driving the walker through them) are the payload reading the kernel runs,
+//! written as plain Rust the verifier accepts, so that the host's property tests and the fuzzer
+//! (through the `sim` feature's simulated user memory) run the very code the eBPF program runs.
 #![no_std]
 
 use core::net::{IpAddr, SocketAddr};
 
 pub mod proto;
+pub mod walk;
 
 /// Name of the ring buffer map that carries [`SockEvent`]s to the daemon.
 pub const EVENTS_MAP: &str = "EVENTS";
