@@ -33,7 +33,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -41,12 +41,11 @@ use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
-    AF_INET, AF_INET6, CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack,
-    DEFAULT_RING_BYTES, DIRECTION_IN, DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP,
-    PREEXISTING_MAP, PROG_INET_SOCK_SET_STATE, PROG_RAW_INET_SOCK_SET_STATE,
-    PROG_RAW_SOCK_RECV_LENGTH, PROG_RAW_SOCK_SEND_LENGTH, PROG_SOCK_RECV_LENGTH,
-    PROG_SOCK_SEND_LENGTH, RegsLayout, SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP,
-    buf_shape, inet_sock_set_state, sock_length,
+    CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, DIRECTION_IN,
+    DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP,
+    PROG_INET_SOCK_SET_STATE, PROG_RAW_INET_SOCK_SET_STATE, PROG_RAW_SOCK_RECV_LENGTH,
+    PROG_RAW_SOCK_SEND_LENGTH, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, RegsLayout,
+    SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape, inet_sock_set_state, sock_length,
 };
 
 use crate::tracefs::{Tracefs, check_format};
@@ -387,7 +386,7 @@ impl Probes {
         }
         for &(local, remote) in connections {
             self.preexisting
-                .insert(conn_key(local, remote), 0, 0)
+                .insert(ConnKey::new(local, remote), 0, 0)
                 .with_context(|| format!("tracking the close of {remote} → {local}"))?;
         }
         let mut config = self
@@ -401,36 +400,6 @@ impl Probes {
                 .context("writing the configuration map")?;
         }
         Ok(())
-    }
-}
-
-/// The kernel's view of a connection's endpoints (as `sock:inet_sock_set_state` gives them).
-/// IPv4-mapped IPv6 addresses stay IPv6: the socket is an AF_INET6 one.
-fn conn_key(local: SocketAddr, remote: SocketAddr) -> ConnKey {
-    let (family, local_addr, remote_addr) = match (local.ip(), remote.ip()) {
-        (IpAddr::V4(local), IpAddr::V4(remote)) => {
-            let mut local_bytes = [0u8; 16];
-            let mut remote_bytes = [0u8; 16];
-            local_bytes[..4].copy_from_slice(&local.octets());
-            remote_bytes[..4].copy_from_slice(&remote.octets());
-            (AF_INET, local_bytes, remote_bytes)
-        }
-        (local, remote) => (AF_INET6, v6_octets(local), v6_octets(remote)),
-    };
-    ConnKey {
-        family,
-        local_port: local.port(),
-        remote_port: remote.port(),
-        _pad: 0,
-        local_addr,
-        remote_addr,
-    }
-}
-
-fn v6_octets(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -465,10 +434,7 @@ fn configure(
                 anyhow!("map {CONNECT_TARGETS_MAP} missing from the eBPF object")
             })?)?;
         for &target in &options.connect {
-            let mut key = conn_key(target, target);
-            key.local_port = 0;
-            key.local_addr = [0; 16];
-            map.insert(key, 0, 0)
+            map.insert(ConnKey::destination(target), 0, 0)
                 .with_context(|| format!("adding {target} to {CONNECT_TARGETS_MAP}"))?;
         }
     }
