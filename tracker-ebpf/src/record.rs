@@ -162,8 +162,13 @@ impl StateChange for RecordStateChange<'_> {
             ..ConnKey::default()
         };
         if family == AF_INET {
-            key.local_addr = wire_addr::v4(unsafe { field(self.0, state_field::SADDR) });
-            key.remote_addr = wire_addr::v4(unsafe { field(self.0, state_field::DADDR) });
+            // Copied in place, the layout of `wire_addr::v4`: through that function LLVM
+            // lowers the IPv6 copies below to loads through a moved context pointer, which
+            // the verifier refuses.
+            let local: [u8; 4] = unsafe { field(self.0, state_field::SADDR) };
+            let remote: [u8; 4] = unsafe { field(self.0, state_field::DADDR) };
+            key.local_addr[..4].copy_from_slice(&local);
+            key.remote_addr[..4].copy_from_slice(&remote);
         } else if family == AF_INET6 {
             key.local_addr = unsafe { field(self.0, state_field::SADDR_V6) };
             key.remote_addr = unsafe { field(self.0, state_field::DADDR_V6) };
