@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Daemon, PATIENCE, connect_many, free_port};
+use crate::support::{Daemon, connect_many, free_port, patience};
 
 /// How often the test asks Prometheus again; it scrapes every second.
 const POLL: Duration = Duration::from_millis(200);
@@ -62,7 +62,7 @@ scrape_configs:
     }
 
     fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             if let Ok((200, _)) = http_get(self.port, "/-/ready") {
                 return;
@@ -72,7 +72,8 @@ scrape_configs:
             }
             assert!(
                 Instant::now() < deadline,
-                "prometheus not ready within {PATIENCE:?}:\n{}",
+                "prometheus not ready within {:?}:\n{}",
+                patience(),
                 self.log()
             );
             thread::sleep(POLL);
@@ -130,7 +131,7 @@ fn percent_encode(text: &str) -> String {
 /// Prometheus's answers are small, so HTTP/1.0 (no chunked encoding) keeps this simple.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_read_timeout(Some(patience()))?;
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
@@ -178,7 +179,7 @@ fn prometheus_scrapes_connection_counts() {
         ("tracker_connections_closed_total", 2.0),
         ("tracker_connections", 3.0),
     ];
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     let mut last_answer = String::new();
     loop {
         let mut all_there = true;
@@ -195,8 +196,9 @@ fn prometheus_scrapes_connection_counts() {
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus did not see {expected:?} within {PATIENCE:?}; last answer:\n\
+            "Prometheus did not see {expected:?} within {:?}; last answer:\n\
              {last_answer}\nprometheus log:\n{}",
+            patience(),
             prometheus.log()
         );
         thread::sleep(POLL);
