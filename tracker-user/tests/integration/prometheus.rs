@@ -231,9 +231,10 @@ pub fn series_value(scrape: &str, metric: &str, listener: &str) -> Option<String
 }
 
 /// Scrapes the daemon's endpoint until `done` holds for the body (which it returns); fails
-/// after [`PATIENCE`] with the last body.
+/// after [`patience`] with the last body.
 pub fn scrape_until(metrics_port: u16, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
+    let patience = patience();
+    let deadline = Instant::now() + patience;
     let mut last = String::new();
     loop {
         if let Ok((200, body)) = http_get(metrics_port, "/metrics") {
@@ -244,7 +245,7 @@ pub fn scrape_until(metrics_port: u16, done: impl Fn(&str) -> bool) -> String {
         }
         assert!(
             Instant::now() < deadline,
-            "the scrape did not show what was expected within {PATIENCE:?}; last:\n{last}"
+            "the scrape did not show what was expected within {patience:?}; last:\n{last}"
         );
         thread::sleep(POLL);
     }
