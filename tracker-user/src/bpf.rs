@@ -5,10 +5,7 @@
 //! machines we target kprobes are compiled out and fentry/fexit programs are refused, so every
 //! candidate is a tracepoint, attached raw where possible: a raw tracepoint hands the program
 //! the tracepoint's C arguments, while a classic one first makes the kernel format a perf
-//! record of every field, for every firing, including the many the program drops at once
-//! (on nginx under connection churn, classic tracepoints with the per-syscall hooks an earlier
-//! version used cost 14.6% of throughput, raw tracepoints with the register-read buffers
-//! below 7.8%, measured side by side).
+//! record of every field, for every firing, including the many the program drops at once.
 //!
 //! * Connection lifecycle: `sock:inet_sock_set_state` (4.16+). It sees listen(), the
 //!   server-side SYN_RECV → ESTABLISHED step and every CLOSE from one attach point. Raw when
