@@ -91,6 +91,22 @@ pub(crate) fn run_step(step: &str, command: &mut Command) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Runs `command` and returns its standard output, failing with `step` and its standard error
+/// when it does not succeed.
+pub(crate) fn output_of(step: &str, command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("{step}: could not start {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{step} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 pub(crate) fn build() -> anyhow::Result<PathBuf> {
     toolchain::ensure_ebpf_toolchain()?;
     run_step(

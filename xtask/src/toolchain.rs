@@ -10,27 +10,13 @@ use std::process::Command;
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::run_step;
+use crate::{output_of, run_step};
 
 const NIGHTLY: &str = "nightly";
 
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()
-}
-
-fn output_of(step: &str, command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("{step}: could not start {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{step} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn rustup() -> anyhow::Result<PathBuf> {

@@ -17,6 +17,7 @@ use crate::vm_kernel::Kernel;
 const MEMORY: &str = "3G";
 
 /// What one VM run gave.
+#[derive(Default)]
 pub struct VmOutcome {
     /// The tests' exit status, or `None` when the VM never reported one (crash, timeout).
     pub exit_status: Option<i32>,
@@ -51,14 +52,7 @@ pub fn run(
             }
         }
     });
-    let mut outcome = VmOutcome {
-        exit_status: None,
-        passed: Vec::new(),
-        failed: Vec::new(),
-        boot_time: None,
-        total_time: Duration::ZERO,
-        timed_out: false,
-    };
+    let mut outcome = VmOutcome::default();
     let deadline = started + timeout;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -155,14 +149,7 @@ mod tests {
     #[test]
     fn reads_results_and_the_exit_marker() {
         let started = Instant::now();
-        let mut outcome = VmOutcome {
-            exit_status: None,
-            passed: Vec::new(),
-            failed: Vec::new(),
-            boot_time: None,
-            total_time: Duration::ZERO,
-            timed_out: false,
-        };
+        let mut outcome = VmOutcome::default();
         for line in [
             "TRACKER_VM_BOOTED 6.1.0-57-amd64",
             "running 3 tests",

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{run_step, workspace_root};
+use crate::{output_of, run_step, workspace_root};
 
 /// A kernel series of the matrix: package names `<prefix><digits><suffix>`.
 pub struct Series {
@@ -65,20 +65,6 @@ impl Kernel {
 
 fn cache_dir() -> PathBuf {
     workspace_root().join("target/vm-kernels")
-}
-
-fn output_of(step: &str, command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("{step}: could not start {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{step} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The newest package of `series` with its version, fetched and unpacked if not cached.
