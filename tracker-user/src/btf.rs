@@ -3,7 +3,9 @@
 //! toolchain): where a socket keeps its network namespace (`skc_net` in `struct sock_common`,
 //! the namespace's inode number `ns.inum` in `struct net`), so that listeners of different
 //! namespaces are told apart; and its protocol, family, ports and addresses, which the raw
-//! `inet_sock_set_state` tracepoint does not format for us.
+//! `inet_sock_set_state` tracepoint does not format for us. Also how many parameters the
+//! kernel functions the function hooks read arguments of take, where that changed across
+//! versions (see `hooks`).
 
 use std::collections::HashMap;
 
@@ -15,6 +17,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -43,6 +46,25 @@ struct Member {
 struct Types {
     composites: HashMap<u32, Vec<Member>>,
     by_name: HashMap<String, u32>,
+    /// Parameter counts of function prototypes, by type id.
+    proto_params: HashMap<u32, u16>,
+    /// Prototype type ids of the functions in [`FUNCTIONS`], by name.
+    functions: HashMap<&'static str, u32>,
+}
+
+/// The functions whose parameter counts are looked up.
+const FUNCTIONS: [&str; 2] = ["tcp_recvmsg", "inet_csk_accept"];
+
+/// Parameter counts of the functions in [`FUNCTIONS`] (None: not in the BTF).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionParams([Option<u16>; FUNCTIONS.len()]);
+
+impl FunctionParams {
+    /// How many parameters `function` takes on this kernel (None: not known).
+    pub fn count(&self, function: &str) -> Option<usize> {
+        let index = FUNCTIONS.iter().position(|&name| name == function)?;
+        self.0[index].map(usize::from)
+    }
 }
 
 /// What the daemon needs from the kernel's BTF.
@@ -50,6 +72,7 @@ struct Types {
 pub struct KernelLayout {
     pub netns: Option<NetnsOffsets>,
     pub sock: Option<SockLayout>,
+    pub params: FunctionParams,
 }
 
 /// Finds the offsets in raw BTF data (`Default`, all unknown, if it is not BTF).
@@ -60,6 +83,10 @@ pub fn kernel_layout(btf: &[u8]) -> KernelLayout {
     KernelLayout {
         netns: netns_offsets(&types),
         sock: sock_layout(&types),
+        params: FunctionParams(FUNCTIONS.map(|name| {
+            let proto = types.functions.get(name)?;
+            types.proto_params.get(proto).copied()
+        })),
     }
 }
 
@@ -140,6 +167,8 @@ fn parse(btf: &[u8]) -> Option<Types> {
     let mut types = Types {
         composites: HashMap::new(),
         by_name: HashMap::new(),
+        proto_params: HashMap::new(),
+        functions: HashMap::new(),
     };
     let mut at = header_len + type_off;
     let end = at + type_len;
@@ -147,6 +176,7 @@ fn parse(btf: &[u8]) -> Option<Types> {
     while at + 12 <= end {
         let name_off = u32_at(at)?;
         let info = u32_at(at + 4)?;
+        let size_or_type = u32_at(at + 8)?;
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 != 0;
@@ -178,7 +208,17 @@ fn parse(btf: &[u8]) -> Option<Types> {
             }
             KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
             KIND_ARRAY => at += 12,
-            KIND_ENUM | KIND_FUNC_PROTO => at += vlen * 8,
+            KIND_FUNC_PROTO => {
+                types.proto_params.insert(id, vlen as u16);
+                at += vlen * 8;
+            }
+            KIND_FUNC => {
+                let func_name = name(name_off);
+                if let Some(&function) = FUNCTIONS.iter().find(|&&f| func_name == f) {
+                    types.functions.entry(function).or_insert(size_or_type);
+                }
+            }
+            KIND_ENUM => at += vlen * 8,
             KIND_DATASEC | KIND_ENUM64 => at += vlen * 12,
             _ => {}
         }
@@ -225,6 +265,23 @@ mod tests {
             sock.local_port > sock.protocol,
             "inet_sport lies past struct sock"
         );
+    }
+
+    #[test]
+    fn finds_the_parameter_counts_in_this_kernel() {
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+        let params = kernel_layout(&btf).params;
+        // 5.19 dropped tcp_recvmsg's `nonblock`, 6.16 its `addr_len`; 6.10 folded inet_csk_accept's flags, err
+        // and kern into one argument.
+        assert!(
+            matches!(params.count("tcp_recvmsg"), Some(4..=6)),
+            "{params:?}"
+        );
+        assert!(
+            matches!(params.count("inet_csk_accept"), Some(2 | 4)),
+            "{params:?}"
+        );
+        assert_eq!(params.count("not_a_function"), None);
     }
 
     #[test]

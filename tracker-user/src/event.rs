@@ -67,6 +67,10 @@ pub enum Event {
     },
     /// The kernel lost its place in the connection's HTTP/2 frames.
     WalkLost { sock: SockId },
+    /// The server accepted a tracked connection (took it off the accept queue).
+    Accepted { sock: SockId, at: Nanos },
+    /// The server closed a tracked connection (its last reference to the socket).
+    ServerClosed { sock: SockId, at: Nanos },
     /// A connection this host opened to a `--connect` destination (`remote`) was
     /// established.
     OutboundOpen {
@@ -188,6 +192,8 @@ impl Event {
                 }
             }
             EventKind::WalkLost => Self::WalkLost { sock },
+            EventKind::Accepted => Self::Accepted { sock, at },
+            EventKind::ServerClosed => Self::ServerClosed { sock, at },
             EventKind::OutboundOpen => Self::OutboundOpen {
                 sock,
                 local: local()?,

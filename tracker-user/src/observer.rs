@@ -80,6 +80,11 @@ pub struct ListenerReport {
     pub accept_queue_peak: u32,
     /// The accept queue's limit (the listen backlog).
     pub accept_backlog: u32,
+    /// Connections the server accepted (`accept()` returned them) in the interval; 0 where
+    /// the kernel offers no accept hook (the report says which capabilities are served).
+    pub accepted: u64,
+    /// Connections the server closed itself (`close()` on the socket) in the interval.
+    pub server_closed: u64,
 }
 
 /// Where the model and the kernel's table disagree (see [`Observer::discrepancies`]).
@@ -133,6 +138,8 @@ impl ListenerReport {
             accept_queue: 0,
             accept_queue_peak: 0,
             accept_backlog: 0,
+            accepted: 0,
+            server_closed: 0,
         }
     }
 }
@@ -167,6 +174,9 @@ struct Listener {
     accept_backlog: u32,
     /// Longest accept queue sampled since the last reset.
     accept_queue_peak: u32,
+    /// Server accepts and closes of its connections since the last reset.
+    accepted: u64,
+    server_closed: u64,
 }
 
 impl Listener {
@@ -205,6 +215,8 @@ impl Listener {
             accept_queue: 0,
             accept_backlog: 0,
             accept_queue_peak: 0,
+            accepted: 0,
+            server_closed: 0,
         }
     }
 
@@ -606,6 +618,16 @@ impl Observer {
                     conn.note_peak_sessions();
                 }
             }
+            Event::Accepted { sock, .. } => {
+                if let Some((_, listener)) = self.conn_and_listener(sock) {
+                    listener.accepted += 1;
+                }
+            }
+            Event::ServerClosed { sock, .. } => {
+                if let Some((_, listener)) = self.conn_and_listener(sock) {
+                    listener.server_closed += 1;
+                }
+            }
             Event::WalkLost { sock } => {
                 if let Some((conn, listener)) = self.conn_and_listener(sock) {
                     // What is open can no longer be followed: end it now rather than count it
@@ -841,7 +863,10 @@ impl Observer {
                 let sessions_unknown = state.unknown_open + state.unknown_closed;
                 let corrections = state.corrections;
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
+                let (accepted, server_closed) = (state.accepted, state.server_closed);
                 if reset {
+                    state.accepted = 0;
+                    state.server_closed = 0;
                     state.unknown_closed = 0;
                     state.corrections = 0;
                     state.accept_queue_peak = state.accept_queue;
@@ -859,6 +884,8 @@ impl Observer {
                     accept_queue: state.accept_queue,
                     accept_queue_peak,
                     accept_backlog: state.accept_backlog,
+                    accepted,
+                    server_closed,
                 }
             })
             .collect();
@@ -1128,6 +1155,24 @@ mod tests {
         let reports = observer.report(SECOND, true);
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].listener, addr("127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn server_accepts_and_closes_are_counted_per_listener_and_reset() {
+        let mut observer = Observer::new(None);
+        let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+        let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+        let _ = observer.apply(&open(11, "127.0.0.1:8080", "127.0.0.1:5001", 0));
+        for sock in [10, 11] {
+            let _ = observer.apply(&Event::Accepted { sock, at: 1 });
+        }
+        let _ = observer.apply(&Event::ServerClosed { sock: 10, at: 2 });
+        // A socket the observer does not track counts nowhere.
+        let _ = observer.apply(&Event::Accepted { sock: 99, at: 3 });
+        let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+        assert_eq!((report.accepted, report.server_closed), (2, 1));
+        let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:8080");
+        assert_eq!((report.accepted, report.server_closed), (0, 0));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::task::JoinHandle;
 
+use crate::hooks::{Capability, HookChoice};
 use crate::model::{ErrorKind, Nanos};
 use crate::observer::ListenerReport;
 use crate::output::{Flow, ReportBatch, ReportSink};
@@ -42,6 +43,13 @@ struct ListenerLabels {
     listener: String,
     port: String,
     process: String,
+}
+
+/// Which hook serves a capability (`tracker_hook_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HookLabels {
+    capability: String,
+    hook: String,
 }
 
 /// The error counter adds the kind to the listener's labels.
@@ -105,6 +113,9 @@ struct Metrics {
     listener_up: Family<ListenerLabels, Gauge>,
     lifetime: HistogramFamily,
     peak_sessions: HistogramFamily,
+    hook_info: Family<HookLabels, Gauge>,
+    accepted: Family<ListenerLabels, Counter>,
+    server_closed: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -132,6 +143,9 @@ impl Metrics {
             listener_up: Family::default(),
             lifetime: Family::new_with_constructor(lifetime_histogram),
             peak_sessions: Family::new_with_constructor(sessions_histogram),
+            hook_info: Family::default(),
+            accepted: Family::default(),
+            server_closed: Family::default(),
         };
         // Counter names get their `_total` suffix, and units their `_seconds`, from the
         // encoder; the names here are the stems.
@@ -243,6 +257,22 @@ impl Metrics {
             "Most concurrent sessions over the life of each closed connection",
             metrics.peak_sessions.clone(),
         );
+        registry.register(
+            "hook_info",
+            "1 for the kernel hook serving each capability; a capability without one has no \
+             series, and neither have its figures",
+            metrics.hook_info.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Connections the server accepted (absent where the kernel has no accept hook)",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "connections_server_closed",
+            "Connections the server closed itself (absent where the kernel has no close hook)",
+            metrics.server_closed.clone(),
+        );
         metrics
     }
 
@@ -274,6 +304,8 @@ struct Cumulative {
     conn_for_ns: Nanos,
     active_for_ns: Nanos,
     corrections: u64,
+    accepted: u64,
+    server_closed: u64,
 }
 
 impl Cumulative {
@@ -286,6 +318,8 @@ impl Cumulative {
             conn_for_ns: snapshot.conn_for_ns,
             active_for_ns: snapshot.active_for_ns,
             corrections: report.corrections,
+            accepted: report.accepted,
+            server_closed: report.server_closed,
         }
     }
 
@@ -298,6 +332,8 @@ impl Cumulative {
             conn_for_ns: growth(self.conn_for_ns, now.conn_for_ns),
             active_for_ns: growth(self.active_for_ns, now.active_for_ns),
             corrections: growth(self.corrections, now.corrections),
+            accepted: growth(self.accepted, now.accepted),
+            server_closed: growth(self.server_closed, now.server_closed),
         }
     }
 }
@@ -383,12 +419,23 @@ impl Inner {
         };
         self.metrics.listen_overflows.inc_by(overflows);
         self.metrics.listen_drops.inc_by(drops);
+        for (capability, hook) in totals.hooks.iter() {
+            if let Some(hook) = hook {
+                self.metrics
+                    .hook_info
+                    .get_or_create(&HookLabels {
+                        capability: capability.name().to_owned(),
+                        hook: hook.to_owned(),
+                    })
+                    .set(1);
+            }
+        }
         for report in batch.reports {
-            self.apply_listener(report, batch.per_interval);
+            self.apply_listener(report, batch.per_interval, &totals.hooks);
         }
     }
 
-    fn apply_listener(&mut self, report: &ListenerReport, per_interval: bool) {
+    fn apply_listener(&mut self, report: &ListenerReport, per_interval: bool, hooks: &HookChoice) {
         let metrics = &self.metrics;
         let labels = ListenerLabels {
             listener: report.snapshot.name.clone(),
@@ -434,10 +481,26 @@ impl Inner {
             .connection_seconds
             .get_or_create(&labels)
             .inc_by(seconds(added.conn_for_ns));
-        metrics
-            .busy_seconds
-            .get_or_create(&labels)
-            .inc_by(seconds(added.active_for_ns));
+        // The figures of a capability no hook serves have no series at all (not zeroes).
+        let turns = hooks.has(Capability::Turns);
+        if turns {
+            metrics
+                .busy_seconds
+                .get_or_create(&labels)
+                .inc_by(seconds(added.active_for_ns));
+        }
+        if hooks.has(Capability::Accept) {
+            metrics
+                .accepted
+                .get_or_create(&labels)
+                .inc_by(added.accepted);
+        }
+        if hooks.has(Capability::Close) {
+            metrics
+                .server_closed
+                .get_or_create(&labels)
+                .inc_by(added.server_closed);
+        }
 
         let snapshot = &report.snapshot;
         let set = |family: &Family<ListenerLabels, Gauge>, value: i64| {
@@ -445,8 +508,10 @@ impl Inner {
         };
         set(&metrics.connections, gauge_value(snapshot.curr));
         set(&metrics.connections_peak, gauge_value(snapshot.peak));
-        set(&metrics.busy_connections, gauge_value(snapshot.busy));
-        set(&metrics.sessions_peak, gauge_value(snapshot.peak_sessions));
+        if turns {
+            set(&metrics.busy_connections, gauge_value(snapshot.busy));
+            set(&metrics.sessions_peak, gauge_value(snapshot.peak_sessions));
+        }
         set(
             &metrics.sessions_unknown,
             i64::try_from(report.sessions_unknown).unwrap_or(i64::MAX),
@@ -624,6 +689,7 @@ mod tests {
             untracked_connections: 1,
             listen_overflows: 0,
             listen_drops: 0,
+            hooks: all_hooks(),
         };
         // Per interval: 2 then 3 events lost. From start: 2 then 5.
         let second_lost = if reset { 3 } else { 5 };
@@ -640,6 +706,49 @@ mod tests {
                 },
             ),
         ]
+    }
+
+    /// Every capability served, as on a kernel with fentry.
+    fn all_hooks() -> HookChoice {
+        let mut hooks = HookChoice::default();
+        hooks.set(
+            Capability::Lifecycle,
+            Some("raw tracepoint inet_sock_set_state"),
+        );
+        hooks.set(Capability::Turns, Some("fexit tcp_recvmsg/tcp_sendmsg"));
+        hooks.set(Capability::Accept, Some("fexit inet_csk_accept"));
+        hooks.set(Capability::Close, Some("fentry tcp_close"));
+        hooks
+    }
+
+    #[test]
+    fn hooks_are_named_and_unserved_figures_have_no_series() {
+        let mut hooks = all_hooks();
+        hooks.set(Capability::Turns, None);
+        hooks.set(Capability::Close, None);
+        let [(report, totals), _] = two_reports(true);
+        let mut sink = Inner::new();
+        publish(&mut sink, &report, IntervalTotals { hooks, ..totals }, true);
+        let text = sink.encode().unwrap();
+        assert!(
+            text.contains(
+                "tracker_hook_info{capability=\"accept\",hook=\"fexit inet_csk_accept\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("capability=\"turns\""), "{text}");
+        assert!(
+            text.contains("tracker_connections_accepted_total{"),
+            "{text}"
+        );
+        for absent in [
+            "tracker_busy_seconds_total{",
+            "tracker_busy_connections{",
+            "tracker_sessions_peak{",
+            "tracker_connections_server_closed_total{",
+        ] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
     }
 
     fn publish(sink: &mut Inner, report: &ListenerReport, totals: IntervalTotals, reset: bool) {

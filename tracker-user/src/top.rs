@@ -23,6 +23,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
+use crate::hooks::Capability;
 use crate::observer::ListenerReport;
 use crate::output::{Flow, IntervalTotals, ReportBatch, ReportSink, listener_name};
 
@@ -278,6 +279,12 @@ fn title(batch: &BatchView) -> String {
 
 fn warning_lines(totals: &IntervalTotals) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
+    if !totals.hooks.has(Capability::Turns) {
+        lines.push(Line::styled(
+            "⚠ busy time and sessions unavailable: this kernel has no hook for turns",
+            warning_style(),
+        ));
+    }
     if totals.lost_events > 0 {
         let n = totals.lost_events;
         let noun = if n == 1 { "event" } else { "events" };
@@ -459,6 +466,7 @@ fn draw_table(frame: &mut Frame, area: Rect, reports: &[ListenerReport]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::HookChoice;
     use crate::model::{ErrorKind, Snapshot};
     use crate::observer::Owner;
     use ratatui::backend::TestBackend;
@@ -499,6 +507,11 @@ mod tests {
             untracked_connections: 0,
             listen_overflows: 0,
             listen_drops: 0,
+            hooks: {
+                let mut hooks = HookChoice::default();
+                hooks.set(Capability::Turns, Some("fexit tcp_recvmsg/tcp_sendmsg"));
+                hooks
+            },
         }
     }
 
