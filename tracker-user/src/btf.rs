@@ -35,17 +35,19 @@ pub struct NetnsOffsets {
 
 /// A struct or union member: name, type id, offset in bits, and its size in bits if it is a
 /// bitfield (0 otherwise).
-struct Member {
-    name: String,
+struct Member<'a> {
+    name: &'a str,
     type_id: u32,
     bit_offset: u32,
     bitfield_bits: u32,
 }
 
-/// Composite types by id, and their names.
-struct Types {
-    composites: HashMap<u32, Vec<Member>>,
-    by_name: HashMap<String, u32>,
+/// Composite types by id, and their names. Names borrow the BTF's string section: the
+/// kernel's BTF holds hundreds of thousands of them, and copying each was most of the parse
+/// (seconds on an emulated CPU).
+struct Types<'a> {
+    composites: HashMap<u32, Vec<Member<'a>>>,
+    by_name: HashMap<&'a str, u32>,
     /// Parameter counts of function prototypes, by type id.
     proto_params: HashMap<u32, u16>,
     /// Prototype type ids of the functions in [`FUNCTIONS`], by name.
@@ -90,7 +92,7 @@ pub fn kernel_layout(btf: &[u8]) -> KernelLayout {
     }
 }
 
-fn netns_offsets(types: &Types) -> Option<NetnsOffsets> {
+fn netns_offsets(types: &Types<'_>) -> Option<NetnsOffsets> {
     let sock_common = *types.by_name.get("sock_common")?;
     let net = *types.by_name.get("net")?;
     let ns_common = *types.by_name.get("ns_common")?;
@@ -107,7 +109,7 @@ fn netns_offsets(types: &Types) -> Option<NetnsOffsets> {
 /// Where `struct sock` (and `struct inet_sock`, which begins with it) keeps what the lifecycle
 /// program reads. None if any field is missing or is a bitfield (`sk_protocol` was one before
 /// Linux 5.6).
-fn sock_layout(types: &Types) -> Option<SockLayout> {
+fn sock_layout(types: &Types<'_>) -> Option<SockLayout> {
     let sock = *types.by_name.get("sock")?;
     let common = member_offset(types, sock, "__sk_common")?;
     let sock_common = *types.by_name.get("sock_common")?;
@@ -126,7 +128,7 @@ fn sock_layout(types: &Types) -> Option<SockLayout> {
 
 /// The byte offset of member `name` of composite `type_id`, looking through anonymous
 /// struct and union members. Bitfields and members not on a byte boundary are not found.
-fn member_offset(types: &Types, type_id: u32, name: &str) -> Option<u32> {
+fn member_offset(types: &Types<'_>, type_id: u32, name: &str) -> Option<u32> {
     let members = types.composites.get(&type_id)?;
     for member in members {
         if member.name == name {
@@ -144,7 +146,7 @@ fn member_offset(types: &Types, type_id: u32, name: &str) -> Option<u32> {
     None
 }
 
-fn parse(btf: &[u8]) -> Option<Types> {
+fn parse(btf: &[u8]) -> Option<Types<'_>> {
     let u16_at = |at: usize| Some(u16::from_le_bytes(btf.get(at..at + 2)?.try_into().ok()?));
     let u32_at = |at: usize| Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?));
     if u16_at(0)? != 0xeb9f {
@@ -155,14 +157,16 @@ fn parse(btf: &[u8]) -> Option<Types> {
     let type_len = u32_at(12)? as usize;
     let str_off = u32_at(16)? as usize;
     let strings = btf.get(header_len + str_off..)?;
-    let name = |offset: u32| -> String {
+    // A name that is not UTF-8 is no name this module looks for.
+    let name = |offset: u32| -> &[u8] {
         let rest = strings.get(offset as usize..).unwrap_or_default();
         let end = rest
             .iter()
             .position(|&byte| byte == 0)
             .unwrap_or(rest.len());
-        String::from_utf8_lossy(&rest[..end]).into_owned()
+        &rest[..end]
     };
+    let name = |offset: u32| std::str::from_utf8(name(offset)).unwrap_or_default();
 
     let mut types = Types {
         composites: HashMap::new(),
@@ -214,7 +218,7 @@ fn parse(btf: &[u8]) -> Option<Types> {
             }
             KIND_FUNC => {
                 let func_name = name(name_off);
-                if let Some(&function) = FUNCTIONS.iter().find(|&&f| func_name == f) {
+                if let Some(&function) = FUNCTIONS.iter().find(|&&f| f == func_name) {
                     types.functions.entry(function).or_insert(size_or_type);
                 }
             }

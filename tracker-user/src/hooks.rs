@@ -484,7 +484,14 @@ pub fn attach_all(
                     choice.set(capability, Some(candidate.label));
                     break;
                 }
-                Err(error) => refusals.push(format!("{}: {error:#}", candidate.label)),
+                Err(error) => {
+                    log::debug!(
+                        "{}: {} not used: {error:#}",
+                        capability.name(),
+                        candidate.label
+                    );
+                    refusals.push(format!("{}: {error:#}", candidate.label));
+                }
             }
         }
         if choice.has(capability) {

@@ -423,7 +423,7 @@ fn busy_time_through_the_fentry_path() {
 fn busy_time_setup(extra_args: &[&str]) -> (TcpListener, Vec<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let mut args: Vec<String> = ["--interval", INTERVAL, "--port", &port]
+    let args: Vec<String> = ["--interval", INTERVAL, "--port", &port]
         .iter()
         .chain(extra_args)
         .map(|arg| arg.to_string())

@@ -45,6 +45,11 @@ fn h2load_streams_through_nginx_h2c_give_peak_sessions_per_connection() {
 }
 
 #[test]
+fn h2load_streams_through_nginx_h2c_through_the_tracepoint_path() {
+    h2load_streams_through_nginx_h2c(Some("tracepoint"));
+}
+
+#[test]
 fn h2load_streams_through_nginx_h2c_through_the_kprobe_path() {
     h2load_streams_through_nginx_h2c(Some("kprobe"));
 }
