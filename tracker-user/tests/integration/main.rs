@@ -445,7 +445,7 @@ fn busy_time_scenario(daemon: &mut Daemon, listener: &TcpListener) {
 
     thread::scope(|scope| {
         // Two busy clients at once, plus one keep-alive connection that never sends anything.
-        scope.spawn(|| serve_lines(&listener, 3, SERVICE));
+        scope.spawn(|| serve_lines(listener, 3, SERVICE));
         let idle = TcpStream::connect(addr).unwrap();
         let clients: Vec<_> = (0..2)
             .map(|_| {
