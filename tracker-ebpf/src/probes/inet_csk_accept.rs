@@ -20,11 +20,12 @@ use aya_ebpf::{
 use tracker_common::EventKind;
 
 use crate::maps::{TRACKED, emit_for_socket};
+use crate::record::btf_arg_value;
 
 /// 6.10+: `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
 #[fexit(function = "inet_csk_accept")]
 pub fn fexit_inet_csk_accept_2(ctx: FExitContext) -> i32 {
-    accepted(ctx.arg(2));
+    accepted(btf_arg_value(&ctx, 2));
     0
 }
 
@@ -32,7 +33,7 @@ pub fn fexit_inet_csk_accept_2(ctx: FExitContext) -> i32 {
 /// bool kern)`.
 #[fexit(function = "inet_csk_accept")]
 pub fn fexit_inet_csk_accept_4(ctx: FExitContext) -> i32 {
-    accepted(ctx.arg(4));
+    accepted(btf_arg_value(&ctx, 4));
     0
 }
 

@@ -18,10 +18,11 @@ use aya_ebpf::{
 use tracker_common::EventKind;
 
 use crate::maps::{TRACKED, emit_for_socket};
+use crate::record::btf_arg_value;
 
 #[fentry(function = "tcp_close")]
 pub fn fentry_tcp_close(ctx: FEntryContext) -> i32 {
-    closing(ctx.arg(0));
+    closing(btf_arg_value(&ctx, 0));
     0
 }
 

@@ -30,7 +30,7 @@ use aya_ebpf::{
 
 use crate::maps::TRACKED;
 use crate::probes::sock_recv_length::on_recv;
-use crate::record::SockLength;
+use crate::record::{SockLength, btf_arg_value};
 
 /// A read in progress on a tracked socket, from kprobe to kretprobe.
 #[derive(Clone, Copy)]
@@ -51,7 +51,7 @@ static RECV_CALLS: HashMap<u64, RecvCall> = HashMap::with_max_entries(16384, 0);
 pub fn fexit_tcp_recvmsg_4(ctx: FExitContext) -> i32 {
     finish(
         &ctx,
-        ctx.arg(0),
+        btf_arg_value(&ctx, 0),
         ctx.arg::<u64>(3) as i32,
         ctx.arg::<u64>(4),
     );
@@ -64,7 +64,7 @@ pub fn fexit_tcp_recvmsg_4(ctx: FExitContext) -> i32 {
 pub fn fexit_tcp_recvmsg_5(ctx: FExitContext) -> i32 {
     finish(
         &ctx,
-        ctx.arg(0),
+        btf_arg_value(&ctx, 0),
         ctx.arg::<u64>(3) as i32,
         ctx.arg::<u64>(5),
     );
@@ -77,7 +77,7 @@ pub fn fexit_tcp_recvmsg_5(ctx: FExitContext) -> i32 {
 pub fn fexit_tcp_recvmsg_6(ctx: FExitContext) -> i32 {
     finish(
         &ctx,
-        ctx.arg(0),
+        btf_arg_value(&ctx, 0),
         ctx.arg::<u64>(4) as i32,
         ctx.arg::<u64>(6),
     );

@@ -18,7 +18,7 @@ use aya_ebpf::{
 
 use crate::maps::TRACKED;
 use crate::probes::sock_send_length::on_send;
-use crate::record::SockLength;
+use crate::record::{SockLength, btf_arg_value};
 
 /// Sends in progress on tracked sockets by thread (`pid_tgid`), from kprobe to kretprobe.
 #[map]
@@ -26,7 +26,7 @@ static SEND_CALLS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
 #[fexit(function = "tcp_sendmsg")]
 pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
-    finish(&ctx, ctx.arg(0), ctx.arg::<u64>(3));
+    finish(&ctx, btf_arg_value(&ctx, 0), ctx.arg::<u64>(3));
     0
 }
 
