@@ -1,11 +1,21 @@
-//! Types shared by the eBPF programs (`tracker-ebpf`) and the daemon (`tracker-user`).
+//! Types and code shared by the eBPF programs (`tracker-ebpf`) and the daemon (`tracker-user`).
 //!
-//! Everything here is `no_std` and `#[repr(C)]` so both sides agree on the byte layout of what
-//! crosses the ring buffer and the maps. The daemon-only trait impls (`aya::Pod`) sit behind the
-//! `user` feature so the BPF build never pulls in aya.
+//! Everything here is `no_std`. What crosses the ring buffer and the maps is `#[repr(C)]`, so
+//! both sides agree on its byte layout, and each field that is packed on one side and unpacked
+//! on the other has its codec beside its type ([`FrameDetail`], [`wire_addr`], [`ConnKey::new`]).
+//! The daemon-only trait impls (`aya::Pod`) sit behind the `user` feature so the BPF build never
+//! pulls in aya.
+//!
+//! [`proto`] (protocol detection, the HTTP/2 frame walker) and [`walk`] (finding a system
+//! call's bytes and driving the walker through them) are the payload reading the kernel runs,
+//! written as plain Rust the verifier accepts, so that the host's property tests and the fuzzer
+//! (through the `sim` feature's simulated user memory) run the very code the eBPF program runs.
 #![no_std]
 
+use core::net::{IpAddr, SocketAddr};
+
 pub mod proto;
+pub mod walk;
 
 /// Name of the ring buffer map that carries [`SockEvent`]s to the daemon.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -144,6 +154,75 @@ pub struct ConnKey {
     pub remote_addr: [u8; 16],
 }
 
+impl ConnKey {
+    /// The key of the connection between `local` and `remote`. A pair with an IPv6 side is
+    /// an AF_INET6 socket, whose IPv4 side (if any) the kernel shows IPv4-mapped.
+    pub fn new(local: SocketAddr, remote: SocketAddr) -> Self {
+        let (family, local_addr, remote_addr) = match (local.ip(), remote.ip()) {
+            (IpAddr::V4(l), IpAddr::V4(r)) => (
+                AF_INET,
+                wire_addr::v4(l.octets()),
+                wire_addr::v4(r.octets()),
+            ),
+            (l, r) => (AF_INET6, wire_addr::v6(l), wire_addr::v6(r)),
+        };
+        Self {
+            family,
+            local_port: local.port(),
+            remote_port: remote.port(),
+            _pad: 0,
+            local_addr,
+            remote_addr,
+        }
+    }
+
+    /// The key of a [`CONNECT_TARGETS_MAP`] destination: its local side zeroed.
+    pub fn destination(remote: SocketAddr) -> Self {
+        let key = Self::new(remote, remote);
+        Self {
+            local_port: 0,
+            local_addr: [0; 16],
+            ..key
+        }
+    }
+}
+
+/// How [`SockEvent`] and [`ConnKey`] carry an IP address: 16 bytes, an IPv4 address in the
+/// first four (the rest zero), an IPv6 address whole; the `family` beside it says which.
+pub mod wire_addr {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use crate::{AF_INET, AF_INET6};
+
+    /// An IPv4 address (network byte order, as the kernel keeps it).
+    #[inline(always)]
+    pub fn v4(octets: [u8; 4]) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&octets);
+        bytes
+    }
+
+    /// An address of an AF_INET6 socket: IPv4 addresses IPv4-mapped.
+    pub fn v6(ip: IpAddr) -> [u8; 16] {
+        match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+
+    /// The address in `bytes` of a socket of `family`; `Err(family)` for a family that is
+    /// neither [`AF_INET`] nor [`AF_INET6`].
+    pub fn decode(family: u16, bytes: [u8; 16]) -> Result<IpAddr, u16> {
+        match family {
+            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
+            AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
+            other => Err(other),
+        }
+    }
+}
+
 /// Name of the map of server-side connections that the daemon found in the kernel's table
 /// rather than saw open (they existed before it started, or their open event was lost): the
 /// kernel reports their close too. Keyed by [`ConnKey`] because their socket address is not
@@ -225,12 +304,11 @@ pub enum EventKind {
     /// a request/response turn begins at `timestamp_ns`. `aux` is when the previous turn
     /// ended (the server's last send before this payload), or 0 if the connection was idle.
     /// `detail` is non-zero on a connection's first turn only: the [`proto::Protocol`] (as
-    /// `u32`) decided from that first payload. (Kind 6 was a separate protocol event; folding
-    /// it in here saves one event per connection.)
+    /// `u32`) decided from that first payload, carried here rather than in an event of its
+    /// own to save one event per connection.
     Turn = 5,
-    /// An HTTP/2 frame that opens or ends streams. `detail` is the frame type, its flags
-    /// shifted left by 8 and the direction ([`DIRECTION_IN`]/[`DIRECTION_OUT`]) shifted left
-    /// by 16; `aux` is the stream id.
+    /// An HTTP/2 frame that opens or ends streams. `detail` is a packed [`FrameDetail`];
+    /// `aux` is the stream id.
     H2Frame = 7,
     /// The frame walker of a connection lost its place (a read failed, or too many frames in
     /// one system call): its sessions are unknown from now on.
@@ -243,6 +321,44 @@ pub enum EventKind {
     /// The server closed tracked connection `skaddr` (`tcp_close`, its last reference to
     /// the socket went away), before the socket reached CLOSE.
     ServerClosed = 11,
+}
+
+/// The `detail` of an [`EventKind::H2Frame`]: which frame, and which way it went. Packed by
+/// the kernel, unpacked by the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameDetail {
+    /// Frame type, see [`proto::frame`].
+    pub kind: u8,
+    /// Frame flags, see [`proto::flag`].
+    pub flags: u8,
+    /// [`DIRECTION_IN`] or [`DIRECTION_OUT`].
+    pub direction: u32,
+}
+
+impl FrameDetail {
+    #[inline(always)]
+    pub fn new(header: &proto::FrameHeader, direction: u32) -> Self {
+        Self {
+            kind: header.kind,
+            flags: header.flags,
+            direction,
+        }
+    }
+
+    /// Type in bits 0..8, flags in 8..16, direction in 16..24.
+    #[inline(always)]
+    pub const fn pack(self) -> u32 {
+        self.kind as u32 | (self.flags as u32) << 8 | (self.direction & 0xff) << 16
+    }
+
+    pub const fn unpack(detail: u32) -> Self {
+        let [kind, flags, direction, _] = detail.to_le_bytes();
+        Self {
+            kind,
+            flags,
+            direction: direction as u32,
+        }
+    }
 }
 
 impl TryFrom<u32> for EventKind {
@@ -416,6 +532,66 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockEvent>(), 96);
         assert_eq!(core::mem::align_of::<SockEvent>(), 8);
         assert_eq!(core::mem::size_of::<SockNote>(), 32);
+    }
+
+    #[test]
+    fn frame_detail_round_trips() {
+        let header = proto::FrameHeader {
+            length: 9,
+            kind: proto::frame::HEADERS,
+            flags: proto::flag::END_STREAM | 0x4,
+            stream_id: 3,
+        };
+        for direction in [DIRECTION_IN, DIRECTION_OUT] {
+            let detail = FrameDetail::new(&header, direction);
+            assert_eq!(FrameDetail::unpack(detail.pack()), detail);
+        }
+        assert_eq!(FrameDetail::new(&header, DIRECTION_OUT).pack(), 0x01_05_01);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_the_wire_layout() {
+        let key = ConnKey::new(
+            "127.0.0.1:80".parse().unwrap(),
+            "10.1.2.3:4000".parse().unwrap(),
+        );
+        assert_eq!(
+            (key.family, key.local_port, key.remote_port),
+            (AF_INET, 80, 4000)
+        );
+        assert_eq!(
+            key.remote_addr,
+            [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            wire_addr::decode(key.family, key.local_addr),
+            Ok("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            wire_addr::decode(key.family, key.remote_addr),
+            Ok("10.1.2.3".parse().unwrap())
+        );
+        // A pair with an IPv6 side is an IPv6 socket: its IPv4 side is mapped.
+        let key = ConnKey::new(
+            "[::1]:443".parse().unwrap(),
+            "192.0.2.7:5000".parse().unwrap(),
+        );
+        assert_eq!(key.family, AF_INET6);
+        assert_eq!(
+            wire_addr::decode(key.family, key.local_addr),
+            Ok("::1".parse().unwrap())
+        );
+        assert_eq!(
+            wire_addr::decode(key.family, key.remote_addr),
+            Ok("::ffff:192.0.2.7".parse().unwrap())
+        );
+        let target = ConnKey::destination("192.0.2.7:5000".parse().unwrap());
+        assert_eq!((target.local_port, target.local_addr), (0, [0; 16]));
+        assert_eq!(
+            (target.remote_port, target.remote_addr),
+            (5000, wire_addr::v4([192, 0, 2, 7]))
+        );
+        assert_eq!(wire_addr::decode(3, [0; 16]), Err(3));
     }
 
     #[test]

@@ -44,11 +44,6 @@ pub static PREEXISTING: HashMap<ConnKey, u8> =
 pub static CONNECT_TARGETS: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(CONNECT_TARGETS_MAX_ENTRIES, 0);
 
-/// Per-CPU state of the HTTP/2 frame walk in progress (see `payload::WalkLoop`).
-#[map]
-pub static WALK_SCRATCH: PerCpuArray<crate::payload::WalkLoop> =
-    PerCpuArray::with_max_entries(1, 0);
-
 /// Local ports to watch, when `Config::filter_ports` is set. Value unused (a set).
 #[map]
 pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(PORTS_MAX_ENTRIES, 0);

@@ -11,7 +11,9 @@ use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracker_common::{AF_INET, AF_INET6, ConnKey, SockLayout, inet_sock_set_state as state_field};
+use tracker_common::{
+    AF_INET, AF_INET6, ConnKey, SockLayout, inet_sock_set_state as state_field, wire_addr,
+};
 
 /// Reads the field at `offset` of the tracepoint record straight from the program's context.
 /// Tracepoint programs may load from their context within the record, which saves the
@@ -112,10 +114,8 @@ impl StateChange for RawStateChange<'_> {
             ..ConnKey::default()
         };
         if family == AF_INET {
-            let local: [u8; 4] = self.at(self.layout.local_v4);
-            let remote: [u8; 4] = self.at(self.layout.remote_v4);
-            key.local_addr[..4].copy_from_slice(&local);
-            key.remote_addr[..4].copy_from_slice(&remote);
+            key.local_addr = wire_addr::v4(self.at(self.layout.local_v4));
+            key.remote_addr = wire_addr::v4(self.at(self.layout.remote_v4));
         } else if family == AF_INET6 {
             key.local_addr = self.at(self.layout.local_v6);
             key.remote_addr = self.at(self.layout.remote_v6);
@@ -172,6 +172,9 @@ impl StateChange for RecordStateChange<'_> {
             ..ConnKey::default()
         };
         if family == AF_INET {
+            // Copied in place, the layout of `wire_addr::v4`: through that function LLVM
+            // lowers the IPv6 copies below to loads through a moved context pointer, which
+            // the verifier refuses.
             let local: [u8; 4] = unsafe { field(self.0, state_field::SADDR) };
             let remote: [u8; 4] = unsafe { field(self.0, state_field::DADDR) };
             key.local_addr[..4].copy_from_slice(&local);

@@ -13,16 +13,16 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
-    AF_INET, AF_INET6, CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack,
-    DEFAULT_RING_BYTES, DIRECTION_IN, DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP,
-    PREEXISTING_MAP, RegsLayout, SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
+    CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, DIRECTION_IN,
+    DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout,
+    SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
 };
 
 use crate::hooks::{AttachSettings, HookChoice, HookKind, attach_all};
@@ -154,10 +154,6 @@ pub fn load_and_attach(
     let layout = std::fs::read("/sys/kernel/btf/vmlinux")
         .map(|btf| crate::btf::kernel_layout(&btf))
         .unwrap_or_default();
-    // Parsing the BTF (megabytes of type names) is the daemon's largest allocation; give it
-    // back rather than keep it resident for the daemon's life.
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
     configure(&mut ebpf, options, &layout)?;
     let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
         // SAFETY: the logger owns its ring buffer's fd for as long as it lives, and the
@@ -276,7 +272,7 @@ impl Probes {
         }
         for &(local, remote) in connections {
             self.preexisting
-                .insert(conn_key(local, remote), 0, 0)
+                .insert(ConnKey::new(local, remote), 0, 0)
                 .with_context(|| format!("tracking the close of {remote} → {local}"))?;
         }
         let mut config = self
@@ -290,36 +286,6 @@ impl Probes {
                 .context("writing the configuration map")?;
         }
         Ok(())
-    }
-}
-
-/// The kernel's view of a connection's endpoints (as `sock:inet_sock_set_state` gives them).
-/// IPv4-mapped IPv6 addresses stay IPv6: the socket is an AF_INET6 one.
-fn conn_key(local: SocketAddr, remote: SocketAddr) -> ConnKey {
-    let (family, local_addr, remote_addr) = match (local.ip(), remote.ip()) {
-        (IpAddr::V4(local), IpAddr::V4(remote)) => {
-            let mut local_bytes = [0u8; 16];
-            let mut remote_bytes = [0u8; 16];
-            local_bytes[..4].copy_from_slice(&local.octets());
-            remote_bytes[..4].copy_from_slice(&remote.octets());
-            (AF_INET, local_bytes, remote_bytes)
-        }
-        (local, remote) => (AF_INET6, v6_octets(local), v6_octets(remote)),
-    };
-    ConnKey {
-        family,
-        local_port: local.port(),
-        remote_port: remote.port(),
-        _pad: 0,
-        local_addr,
-        remote_addr,
-    }
-}
-
-fn v6_octets(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -354,10 +320,7 @@ fn configure(
                 anyhow!("map {CONNECT_TARGETS_MAP} missing from the eBPF object")
             })?)?;
         for &target in &options.connect {
-            let mut key = conn_key(target, target);
-            key.local_port = 0;
-            key.local_addr = [0; 16];
-            map.insert(key, 0, 0)
+            map.insert(ConnKey::destination(target), 0, 0)
                 .with_context(|| format!("adding {target} to {CONNECT_TARGETS_MAP}"))?;
         }
     }

@@ -12,8 +12,8 @@ use crate::bpf::{self, EventRing, KernelLog, LossCounters, ProbeOptions, Probes}
 use crate::event::Event;
 use crate::model::Nanos;
 use crate::observer::{Applied, Observer};
-use crate::output::{Flow, Format, IntervalTotals, ReportBatch, ReportSink};
 use crate::procfs;
+use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::sockdiag::SockDiag;
 
 /// How often the daemon collects events that the kernel queued without waking it. Short
@@ -38,10 +38,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 pub struct Options {
     pub interval: Duration,
     pub ports: Option<BTreeSet<u16>>,
-    pub format: Format,
     pub duration: Option<Duration>,
-    /// Reset peaks and totals at each report (the original's `Report(true)`).
-    pub reset: bool,
     pub ring_bytes: Option<u32>,
     /// Count sessions from payload.
     pub sessions: bool,
@@ -72,33 +69,11 @@ pub async fn run(
         run_time_stats: options.bpf_stats,
     };
     let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&probe_options)?;
+    // Loading parsed the kernel's BTF (megabytes of type names), the daemon's largest
+    // allocation, now freed: give it back rather than keep it resident for the daemon's life.
+    release_free_memory();
 
-    // Scan after attaching: a listener opened in between is then seen by both, never by neither.
-    let mut state = State {
-        observer: Observer::new(options.ports.clone())
-            .with_connect_targets(&options.connect)
-            .with_own_netns(procfs::own_netns().unwrap_or(0)),
-        probes,
-        losses: LossCounters::default(),
-        decode_errors: 0,
-        last_report: monotonic_now(),
-        events: 0,
-        diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
-        listen_counters: procfs::listen_counters().unwrap_or_default(),
-        collected: 0,
-        last_reconcile: (monotonic_now(), LossCounters::default(), 0),
-    };
-    state.rescan_listeners()?;
-    state.adopt_existing_connections()?;
-    log::info!(
-        "attached to {}; watching {} listener(s){}",
-        state.probes.hooks.describe(),
-        state.observer.listener_addrs().count(),
-        match &options.ports {
-            Some(ports) => format!(" on port(s) {ports:?}"),
-            None => String::new(),
-        }
-    );
+    let mut state = State::start(&options, probes)?;
 
     // The kernel wakes us only when the ring fills up past a threshold (see
     // `Config::wakeup_bytes`); otherwise events are collected in batches on this timer.
@@ -129,7 +104,7 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
-                if state.report(&mut ring, &options, sink)? == Flow::Stop {
+                if state.report(&mut ring, sink)? == Flow::Stop {
                     state.log_totals();
                     return Ok(());
                 }
@@ -143,7 +118,7 @@ pub async fn run(
             () = &mut deadline => break,
         }
     }
-    state.report(&mut ring, &options, sink)?;
+    state.report(&mut ring, sink)?;
     state.log_totals();
     Ok(())
 }
@@ -160,6 +135,8 @@ struct State {
     diag: SockDiag,
     /// ListenOverflows and ListenDrops as of the last report.
     listen_counters: (u64, u64),
+    /// The observer's count of unattributed closes as of the last report.
+    unattributed: u64,
     /// Collection timer ticks, to sample the accept queues every few of them.
     collected: u64,
     /// When the model was last compared with the kernel's table, and the trouble counters
@@ -168,6 +145,40 @@ struct State {
 }
 
 impl State {
+    /// The daemon's state once attached: the listeners and connections the kernel already
+    /// has are known.
+    fn start(options: &Options, probes: Probes) -> anyhow::Result<Self> {
+        // Called after attaching: a listener opened in between is then seen by both the scan
+        // and the programs, never by neither.
+        let mut state = Self {
+            observer: Observer::new(options.ports.clone())
+                .with_connect_targets(&options.connect)
+                .with_own_netns(procfs::own_netns().unwrap_or(0)),
+            probes,
+            losses: LossCounters::default(),
+            decode_errors: 0,
+            last_report: monotonic_now(),
+            events: 0,
+            diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
+            listen_counters: procfs::listen_counters().unwrap_or_default(),
+            unattributed: 0,
+            collected: 0,
+            last_reconcile: (monotonic_now(), LossCounters::default(), 0),
+        };
+        state.rescan_listeners()?;
+        state.adopt_existing_connections()?;
+        log::info!(
+            "attached to {}; watching {} listener(s){}",
+            state.probes.hooks.describe(),
+            state.observer.listener_addrs().count(),
+            match &options.ports {
+                Some(ports) => format!(" on port(s) {ports:?}"),
+                None => String::new(),
+            }
+        );
+        Ok(state)
+    }
+
     /// What the run handled and, when the kernel accounted it, what each program cost.
     fn log_totals(&self) {
         log::info!("processed {} kernel events", self.events);
@@ -308,12 +319,7 @@ impl State {
     }
 
     /// Makes one report and hands it to the sink.
-    fn report(
-        &mut self,
-        ring: &mut EventRing,
-        options: &Options,
-        sink: &mut dyn ReportSink,
-    ) -> anyhow::Result<Flow> {
+    fn report(&mut self, ring: &mut EventRing, sink: &mut dyn ReportSink) -> anyhow::Result<Flow> {
         // Everything the kernel sent before this instant belongs in this report, corrected
         // against the kernel's own table.
         self.reconcile(ring)?;
@@ -328,8 +334,29 @@ impl State {
                 self.observer.provisional_idle(sock, track.last_send_ns);
             }
         }
+        let totals = self.interval_totals(now)?;
+        let mut reports = self.observer.report(now);
+        // Owners known from listen() events carry no command line yet.
+        for owner in reports
+            .iter_mut()
+            .flat_map(|report| report.owners.iter_mut())
+        {
+            if owner.cmdline.is_empty() {
+                owner.cmdline = procfs::process_cmdline(owner.pid).unwrap_or_default();
+            }
+        }
+        sink.publish(&ReportBatch {
+            reports: &reports,
+            totals,
+            per_interval: true,
+        })
+    }
+
+    /// The daemon-wide figures of the interval that ends at `now`, which starts the next one.
+    fn interval_totals(&mut self, now: Nanos) -> anyhow::Result<IntervalTotals> {
         let losses = self.probes.losses()?;
         let listen_counters = procfs::listen_counters().unwrap_or(self.listen_counters);
+        let unattributed = self.observer.stats().unattributed;
         let totals = IntervalTotals {
             unix_time_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -339,6 +366,7 @@ impl State {
             untracked_connections: losses.table_full - self.losses.table_full,
             listen_overflows: listen_counters.0.saturating_sub(self.listen_counters.0),
             listen_drops: listen_counters.1.saturating_sub(self.listen_counters.1),
+            unattributed_closes: unattributed.saturating_sub(self.unattributed),
             hooks: self.probes.hooks,
         };
         if totals.lost_events > 0 {
@@ -353,26 +381,11 @@ impl State {
                 totals.untracked_connections
             );
         }
-        if options.reset {
-            self.losses = losses;
-            self.listen_counters = listen_counters;
-            self.last_report = now;
-        }
-        let mut reports = self.observer.report(now, options.reset);
-        // Owners known from listen() events carry no command line yet.
-        for owner in reports
-            .iter_mut()
-            .flat_map(|report| report.owners.iter_mut())
-        {
-            if owner.cmdline.is_empty() {
-                owner.cmdline = procfs::process_cmdline(owner.pid).unwrap_or_default();
-            }
-        }
-        sink.publish(&ReportBatch {
-            reports: &reports,
-            totals,
-            per_interval: options.reset,
-        })
+        self.losses = losses;
+        self.listen_counters = listen_counters;
+        self.unattributed = unattributed;
+        self.last_report = now;
+        Ok(totals)
     }
 }
 

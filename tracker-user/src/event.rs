@@ -1,9 +1,10 @@
-//! Decoding of the kernel's [`SockEvent`] records into typed events.
+//! Decoding of the kernel's ring records ([`SockEvent`], and the short [`SockNote`]) into
+//! typed events.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use tracker_common::proto::{FrameHeader, Protocol};
-use tracker_common::{AF_INET, AF_INET6, DIRECTION_IN, EventKind, SockEvent, SockNote};
+use tracker_common::{DIRECTION_IN, EventKind, FrameDetail, SockEvent, SockNote, wire_addr};
 
 use crate::model::Nanos;
 
@@ -92,33 +93,21 @@ pub enum DecodeError {
     Size(usize),
     #[error("unknown event kind {0}")]
     Kind(u32),
+    #[error("{kind:?} event in a {len}-byte record, which cannot carry it")]
+    Record { kind: EventKind, len: usize },
     #[error("unknown address family {0}")]
     Family(u16),
 }
 
 impl Event {
-    /// Decodes one ring-buffer record: a [`SockEvent`], or a short [`SockNote`].
+    /// Decodes one ring-buffer record: a [`SockEvent`], or a short [`SockNote`] (told apart
+    /// by length).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() == size_of::<SockNote>() {
             // SAFETY: the length was checked, `SockNote` is `Pod` and `read_unaligned` makes
             // no alignment assumption.
             let note = unsafe { bytes.as_ptr().cast::<SockNote>().read_unaligned() };
-            return Self::from_raw(&SockEvent {
-                kind: note.kind,
-                pid: 0,
-                timestamp_ns: note.timestamp_ns,
-                skaddr: note.skaddr,
-                family: 0,
-                local_port: 0,
-                remote_port: 0,
-                _pad: 0,
-                local_addr: [0; 16],
-                remote_addr: [0; 16],
-                comm: [0; 16],
-                aux: note.aux,
-                detail: note.detail,
-                netns: 0,
-            });
+            return Self::from_note(&note);
         }
         if bytes.len() < size_of::<SockEvent>() {
             return Err(DecodeError::Size(bytes.len()));
@@ -126,15 +115,14 @@ impl Event {
         // SAFETY: the length was checked, `SockEvent` is `Pod` (any bit pattern is valid) and
         // `read_unaligned` makes no alignment assumption about the ring's memory.
         let raw = unsafe { bytes.as_ptr().cast::<SockEvent>().read_unaligned() };
-        Self::from_raw(&raw)
+        Self::from_event(&raw)
     }
 
-    /// Decodes an already copied record.
-    pub fn from_raw(raw: &SockEvent) -> Result<Self, DecodeError> {
+    /// Decodes a full record: an event that carries endpoints.
+    pub fn from_event(raw: &SockEvent) -> Result<Self, DecodeError> {
         let kind = EventKind::try_from(raw.kind).map_err(DecodeError::Kind)?;
         let sock = raw.skaddr;
         let at = raw.timestamp_ns;
-        let aux = (raw.aux != 0).then_some(raw.aux);
         let local = || socket_addr(raw.family, raw.local_addr, raw.local_port);
         let remote = || socket_addr(raw.family, raw.remote_addr, raw.remote_port);
         Ok(match kind {
@@ -157,6 +145,8 @@ impl Event {
                 at,
                 netns: raw.netns,
             },
+            // A connection adopted from the kernel's table, known by its endpoints (none when
+            // the kernel could not read them).
             EventKind::ConnClose => Self::ConnClose {
                 sock,
                 endpoints: if raw.family == 0 {
@@ -165,51 +155,82 @@ impl Event {
                     Some((local()?, remote()?))
                 },
                 at,
-                turn_end: aux,
+                turn_end: (raw.aux != 0).then_some(raw.aux),
                 netns: raw.netns,
             },
-            // Known by socket only: the kernel does not copy addresses for these.
-            EventKind::Turn => Self::Turn {
-                sock,
-                at,
-                previous_end: aux,
-                // A value from a newer kernel side: no sessions we could interpret.
-                protocol: (raw.detail != 0)
-                    .then(|| Protocol::try_from(raw.detail).unwrap_or(Protocol::Other)),
-            },
-            EventKind::H2Frame => {
-                let [kind, flags, direction, _] = raw.detail.to_le_bytes();
-                Self::H2Frame {
-                    sock,
-                    frame: FrameHeader {
-                        // Only the header fields that decide streams are carried.
-                        length: 0,
-                        kind,
-                        flags,
-                        stream_id: raw.aux as u32,
-                    },
-                    inbound: u32::from(direction) == DIRECTION_IN,
-                }
-            }
-            EventKind::WalkLost => Self::WalkLost { sock },
-            EventKind::Accepted => Self::Accepted { sock, at },
-            EventKind::ServerClosed => Self::ServerClosed { sock, at },
             EventKind::OutboundOpen => Self::OutboundOpen {
                 sock,
                 local: local()?,
                 remote: remote()?,
                 at,
             },
+            EventKind::Turn
+            | EventKind::H2Frame
+            | EventKind::WalkLost
+            | EventKind::Accepted
+            | EventKind::ServerClosed => {
+                return Err(DecodeError::Record {
+                    kind,
+                    len: size_of::<SockEvent>(),
+                });
+            }
+        })
+    }
+
+    /// Decodes a short record: an event about a socket the daemon knows by address.
+    pub fn from_note(note: &SockNote) -> Result<Self, DecodeError> {
+        let kind = EventKind::try_from(note.kind).map_err(DecodeError::Kind)?;
+        let sock = note.skaddr;
+        let at = note.timestamp_ns;
+        let aux = (note.aux != 0).then_some(note.aux);
+        Ok(match kind {
+            EventKind::ConnClose => Self::ConnClose {
+                sock,
+                endpoints: None,
+                at,
+                turn_end: aux,
+                netns: 0,
+            },
+            EventKind::Turn => Self::Turn {
+                sock,
+                at,
+                previous_end: aux,
+                // A value from a newer kernel side: no sessions we could interpret.
+                protocol: (note.detail != 0)
+                    .then(|| Protocol::try_from(note.detail).unwrap_or(Protocol::Other)),
+            },
+            EventKind::H2Frame => {
+                let detail = FrameDetail::unpack(note.detail);
+                Self::H2Frame {
+                    sock,
+                    frame: FrameHeader {
+                        // Only the header fields that decide streams are carried.
+                        length: 0,
+                        kind: detail.kind,
+                        flags: detail.flags,
+                        stream_id: note.aux as u32,
+                    },
+                    inbound: detail.direction == DIRECTION_IN,
+                }
+            }
+            EventKind::WalkLost => Self::WalkLost { sock },
+            EventKind::Accepted => Self::Accepted { sock, at },
+            EventKind::ServerClosed => Self::ServerClosed { sock, at },
+            EventKind::ListenerUp
+            | EventKind::ListenerDown
+            | EventKind::ConnOpen
+            | EventKind::OutboundOpen => {
+                return Err(DecodeError::Record {
+                    kind,
+                    len: size_of::<SockNote>(),
+                });
+            }
         })
     }
 }
 
 fn socket_addr(family: u16, addr: [u8; 16], port: u16) -> Result<SocketAddr, DecodeError> {
-    let ip = match family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-        AF_INET6 => IpAddr::V6(Ipv6Addr::from(addr)),
-        other => return Err(DecodeError::Family(other)),
-    };
+    let ip = wire_addr::decode(family, addr).map_err(DecodeError::Family)?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -222,17 +243,15 @@ pub fn comm_to_string(comm: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracker_common::{AF_INET, AF_INET6, DIRECTION_OUT};
 
     fn raw(kind: u32, family: u16) -> SockEvent {
-        let mut local_addr = [0u8; 16];
-        let mut remote_addr = [0u8; 16];
-        if family == AF_INET {
-            local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-            remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        let (local_addr, remote_addr) = if family == AF_INET {
+            (wire_addr::v4([127, 0, 0, 1]), wire_addr::v4([127, 0, 0, 2]))
         } else {
-            local_addr[15] = 1;
-            remote_addr[15] = 2;
-        }
+            let ip = |last: &str| wire_addr::v6(format!("::{last}").parse().unwrap());
+            (ip("1"), ip("2"))
+        };
         SockEvent {
             kind,
             pid: 42,
@@ -292,19 +311,30 @@ mod tests {
         );
     }
 
-    #[test]
-    fn decodes_short_records() {
-        let note = SockNote {
-            kind: EventKind::ConnClose as u32,
-            detail: 0,
+    fn note(kind: EventKind, aux: u64, detail: u32) -> SockNote {
+        SockNote {
+            kind: kind as u32,
+            detail,
             timestamp_ns: 2_000,
             skaddr: 0xffff_8880_0000_2000,
-            aux: 1_500,
-        };
+            aux,
+        }
+    }
+
+    fn note_bytes(note: &SockNote) -> &[u8] {
         // SAFETY: `SockNote` is plain old data; viewing it as bytes is what the ring does.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const note).cast::<u8>(), size_of::<SockNote>())
-        };
+        unsafe {
+            std::slice::from_raw_parts(
+                (note as *const SockNote).cast::<u8>(),
+                size_of::<SockNote>(),
+            )
+        }
+    }
+
+    #[test]
+    fn decodes_short_records() {
+        let close = note(EventKind::ConnClose, 1_500, 0);
+        let bytes = note_bytes(&close);
         assert_eq!(
             Event::decode(bytes),
             Ok(Event::ConnClose {
@@ -316,24 +346,47 @@ mod tests {
             })
         );
         assert_eq!(Event::decode(&bytes[..31]), Err(DecodeError::Size(31)));
+        assert_eq!(
+            Event::decode(note_bytes(&note(EventKind::WalkLost, 0, 0))),
+            Ok(Event::WalkLost {
+                sock: 0xffff_8880_0000_2000
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_server_accepts_and_closes_from_short_records() {
+        let sock = 0xffff_8880_0000_2000;
+        assert_eq!(
+            Event::decode(note_bytes(&note(EventKind::Accepted, 0, 0))),
+            Ok(Event::Accepted { sock, at: 2_000 })
+        );
+        assert_eq!(
+            Event::decode(note_bytes(&note(EventKind::ServerClosed, 0, 0))),
+            Ok(Event::ServerClosed { sock, at: 2_000 })
+        );
+        assert!(matches!(
+            Event::from_event(&raw(EventKind::Accepted as u32, AF_INET)),
+            Err(DecodeError::Record {
+                kind: EventKind::Accepted,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn decodes_turns_without_addresses() {
-        let mut turn = raw(EventKind::Turn as u32, 0);
-        turn.aux = 500;
         assert_eq!(
-            Event::from_raw(&turn),
+            Event::from_note(&note(EventKind::Turn, 500, 0)),
             Ok(Event::Turn {
-                sock: 0xffff_8880_0000_1000,
-                at: 1_000,
+                sock: 0xffff_8880_0000_2000,
+                at: 2_000,
                 previous_end: Some(500),
                 protocol: None,
             })
         );
-        turn.aux = 0;
         assert!(matches!(
-            Event::from_raw(&turn),
+            Event::from_note(&note(EventKind::Turn, 0, 0)),
             Ok(Event::Turn {
                 previous_end: None,
                 ..
@@ -343,35 +396,33 @@ mod tests {
 
     #[test]
     fn decodes_http2_frames_and_protocols() {
-        let mut frame = raw(EventKind::H2Frame as u32, 0);
-        frame.detail = 0x01 | 0x01 << 8 | 1 << 16;
-        frame.aux = 7;
-        assert_eq!(
-            Event::from_raw(&frame),
-            Ok(Event::H2Frame {
-                sock: 0xffff_8880_0000_1000,
-                frame: FrameHeader {
-                    length: 0,
-                    kind: 1,
-                    flags: 1,
-                    stream_id: 7
-                },
-                inbound: false,
-            })
-        );
+        let header = FrameHeader {
+            length: 0,
+            kind: 1,
+            flags: 1,
+            stream_id: 7,
+        };
+        for (direction, inbound) in [(DIRECTION_IN, true), (DIRECTION_OUT, false)] {
+            let detail = FrameDetail::new(&header, direction).pack();
+            assert_eq!(
+                Event::from_note(&note(EventKind::H2Frame, 7, detail)),
+                Ok(Event::H2Frame {
+                    sock: 0xffff_8880_0000_2000,
+                    frame: header,
+                    inbound,
+                })
+            );
+        }
         // A connection's first turn carries its protocol.
-        let mut first_turn = raw(EventKind::Turn as u32, 0);
-        first_turn.detail = Protocol::Http2 as u32;
         assert!(matches!(
-            Event::from_raw(&first_turn),
+            Event::from_note(&note(EventKind::Turn, 0, Protocol::Http2 as u32)),
             Ok(Event::Turn {
                 protocol: Some(Protocol::Http2),
                 ..
             })
         ));
-        first_turn.detail = 99;
         assert!(matches!(
-            Event::from_raw(&first_turn),
+            Event::from_note(&note(EventKind::Turn, 0, 99)),
             Ok(Event::Turn {
                 protocol: Some(Protocol::Other),
                 ..
@@ -380,14 +431,51 @@ mod tests {
     }
 
     #[test]
+    fn a_close_with_endpoints_comes_in_a_full_record() {
+        let mut close = raw(EventKind::ConnClose as u32, AF_INET);
+        close.aux = 900;
+        assert_eq!(
+            Event::decode(&bytes_of(&close)),
+            Ok(Event::ConnClose {
+                sock: 0xffff_8880_0000_1000,
+                endpoints: Some((
+                    "127.0.0.1:8080".parse().unwrap(),
+                    "127.0.0.2:40000".parse().unwrap()
+                )),
+                at: 1_000,
+                turn_end: Some(900),
+                netns: 0,
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_events_in_the_wrong_record() {
+        assert_eq!(
+            Event::from_event(&raw(EventKind::Turn as u32, 0)),
+            Err(DecodeError::Record {
+                kind: EventKind::Turn,
+                len: 96
+            })
+        );
+        assert_eq!(
+            Event::decode(note_bytes(&note(EventKind::ConnOpen, 0, 0))),
+            Err(DecodeError::Record {
+                kind: EventKind::ConnOpen,
+                len: 32
+            })
+        );
+    }
+
+    #[test]
     fn rejects_bad_records() {
         assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Size(10)));
         assert_eq!(
-            Event::from_raw(&raw(77, AF_INET)),
+            Event::from_event(&raw(77, AF_INET)),
             Err(DecodeError::Kind(77))
         );
         assert_eq!(
-            Event::from_raw(&raw(EventKind::ConnOpen as u32, 3)),
+            Event::from_event(&raw(EventKind::ConnOpen as u32, 3)),
             Err(DecodeError::Family(3))
         );
     }

@@ -1,9 +1,11 @@
 //! tracker: per-listener TCP occupancy from kernel events.
 //!
 //! * [`model`]: the connection tracker (plain Rust, no I/O), a port of the original library.
-//! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener.
+//! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener
+//!   or destination.
 //! * [`procfs`], [`tracefs`], [`bpf`]: what the daemon reads from and attaches to the kernel.
-//! * [`daemon`], [`output`]: the event loop and the report formats.
+//! * [`tracker_id`]: the identity every tracker's report goes by.
+//! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
 pub mod bpf;
 pub mod btf;
@@ -12,10 +14,9 @@ pub mod event;
 pub mod hooks;
 pub mod model;
 pub mod observer;
-pub mod output;
 pub mod procfs;
-pub mod prometheus;
 pub mod sessions;
+pub mod sink;
 pub mod sockdiag;
-pub mod top;
 pub mod tracefs;
+pub mod tracker_id;

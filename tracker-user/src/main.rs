@@ -11,9 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::daemon::{self, Options};
-use tracker::output::{Format, LineWriter, ReportSink, Tee};
-use tracker::prometheus::PrometheusSink;
-use tracker::top::{self, TopView};
+use tracker::sink::lines::{Format, LineWriter};
+use tracker::sink::prometheus::PrometheusSink;
+use tracker::sink::top::{self, TopView};
+use tracker::sink::{ReportSink, RunningTotals, Tee};
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
 ///
@@ -172,9 +173,7 @@ fn main() -> ExitCode {
         interval: flags.interval,
         ports: (!flags.ports.is_empty())
             .then(|| flags.ports.iter().copied().collect::<BTreeSet<_>>()),
-        format: flags.format,
         duration: flags.duration,
-        reset: !flags.no_reset,
         ring_bytes: flags.ring_bytes,
         sessions: !flags.no_sessions,
         classic_tracepoints: flags.classic_tracepoints,
@@ -182,7 +181,13 @@ fn main() -> ExitCode {
         bpf_stats: flags.bpf_stats,
         connect: flags.connect.clone(),
     };
-    match run(options, flags.prometheus, live_view) {
+    let outputs = Outputs {
+        format: flags.format,
+        running_totals: flags.no_reset,
+        prometheus: flags.prometheus,
+        live_view,
+    };
+    match run(options, outputs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tracker: {error:#}");
@@ -191,7 +196,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: Options, prometheus: Option<SocketAddr>, live_view: bool) -> anyhow::Result<()> {
+/// Where reports go, and how.
+struct Outputs {
+    format: Format,
+    /// Print totals since start rather than the interval's figures (`--no-reset`).
+    running_totals: bool,
+    prometheus: Option<SocketAddr>,
+    live_view: bool,
+}
+
+impl Outputs {
+    /// The sink that prints (lines or the live view), with running totals when asked.
+    fn printer(&self) -> anyhow::Result<Box<dyn ReportSink>> {
+        fn totals_if<S: ReportSink + 'static>(running: bool, sink: S) -> Box<dyn ReportSink> {
+            if running {
+                Box::new(RunningTotals::new(sink))
+            } else {
+                Box::new(sink)
+            }
+        }
+        Ok(if self.live_view {
+            totals_if(self.running_totals, TopView::enter()?)
+        } else {
+            totals_if(
+                self.running_totals,
+                LineWriter::new(std::io::stdout(), self.format),
+            )
+        })
+    }
+}
+
+fn run(options: Options, outputs: Outputs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -205,7 +240,7 @@ fn run(options: Options, prometheus: Option<SocketAddr>, live_view: bool) -> any
             }
         };
         let mut sinks: Vec<Box<dyn ReportSink>> = Vec::new();
-        if let Some(addr) = prometheus {
+        if let Some(addr) = outputs.prometheus {
             let sink = PrometheusSink::start(addr).await?;
             log::info!(
                 "serving Prometheus metrics at http://{}/metrics",
@@ -213,8 +248,8 @@ fn run(options: Options, prometheus: Option<SocketAddr>, live_view: bool) -> any
             );
             sinks.push(Box::new(sink));
         }
-        if live_view {
-            sinks.push(Box::new(TopView::enter()?));
+        sinks.push(outputs.printer()?);
+        if outputs.live_view {
             let shutdown = async move {
                 tokio::select! {
                     () = signals => {}
@@ -223,7 +258,6 @@ fn run(options: Options, prometheus: Option<SocketAddr>, live_view: bool) -> any
             };
             daemon::run(options, shutdown, &mut Tee(sinks)).await
         } else {
-            sinks.push(Box::new(LineWriter::new(std::io::stdout(), options.format)));
             daemon::run(options, signals, &mut Tee(sinks)).await
         }
     })

@@ -37,7 +37,8 @@ pub struct H2Streams {
     highest_client_stream: u32,
     /// A GOAWAY was seen from either side: the connection is shutting down.
     goaway: bool,
-    /// New streams not tracked because [`MAX_OPEN_STREAMS`] were already open.
+    /// New streams not tracked because [`MAX_OPEN_STREAMS`] were already open, since
+    /// [`H2Streams::take_overflow`] last took them.
     overflow: u64,
 }
 
@@ -85,14 +86,10 @@ impl H2Streams {
         self.open.len()
     }
 
-    /// New streams that were not tracked because [`MAX_OPEN_STREAMS`] were already open.
-    pub fn overflow(&self) -> u64 {
-        self.overflow
-    }
-
-    /// Whether a GOAWAY was seen.
-    pub fn goaway_seen(&self) -> bool {
-        self.goaway
+    /// New streams that were not tracked because [`MAX_OPEN_STREAMS`] were already open,
+    /// since the last call.
+    pub fn take_overflow(&mut self) -> u64 {
+        std::mem::take(&mut self.overflow)
     }
 
     fn client_headers(&mut self, stream_id: u32) -> u32 {
@@ -210,6 +207,15 @@ impl Sessions {
             Self::Unknown => 0,
             Self::Http1 { .. } => self.turn_ended(),
             Self::Http2(streams) => streams.close_all(),
+        }
+    }
+
+    /// Sessions that started but could not be tracked (see [`H2Streams::take_overflow`]),
+    /// since the last call.
+    pub fn take_untracked(&mut self) -> u64 {
+        match self {
+            Self::Http2(streams) => streams.take_overflow(),
+            _ => 0,
         }
     }
 
@@ -362,7 +368,6 @@ mod tests {
             };
             assert_eq!(r, (0, 3));
             assert_eq!(s.open_count(), 0);
-            assert!(s.goaway_seen());
             // The closed streams' ends are ignored, and no new stream opens.
             assert_eq!(s.server_frame(&data_end(3)), (0, 0));
             assert_eq!(s.client_frame(&headers(7)), (0, 0));
@@ -437,14 +442,14 @@ mod tests {
         let untracked = id;
         assert_eq!(s.client_frame(&headers(untracked)), (0, 0));
         assert_eq!(s.open_count(), MAX_OPEN_STREAMS);
-        assert_eq!(s.overflow(), 1);
+        assert_eq!(s.take_overflow(), 1);
         // The untracked stream's end is ignored; its trailers do not open it either.
         assert_eq!(s.client_frame(&headers(untracked)), (0, 0));
         assert_eq!(s.server_frame(&data_end(untracked)), (0, 0));
         // Once one closes, new streams are tracked again.
         assert_eq!(s.server_frame(&data_end(1)), (0, 1));
         assert_eq!(s.client_frame(&headers(untracked + 2)), (1, 0));
-        assert_eq!(s.overflow(), 1);
+        assert_eq!(s.take_overflow(), 0, "taken already, none since");
         assert_eq!(s.close_all(), count(MAX_OPEN_STREAMS));
     }
 

@@ -7,7 +7,11 @@
 
 mod bench;
 mod bench_memory;
+mod test;
 mod toolchain;
+mod vm;
+mod vm_initramfs;
+mod vm_kernel;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,12 +39,9 @@ enum Task {
     /// Measure overhead, loss-free rate, memory and cost per event (as root); writes
     /// BENCHMARKS.md and benchmarks.png.
     Bench(bench::BenchArgs),
-    /// Install what the tests need, then run the unit and integration tests (as root).
-    Test {
-        /// Extra arguments for the test binaries (e.g. a test name filter).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Install what the tests need, then run the unit and integration tests (as root), and
+    /// the integration tests again in a VM per Debian kernel of the matrix.
+    Test(test::TestArgs),
 }
 
 fn main() {
@@ -48,7 +49,7 @@ fn main() {
     let result = match cli.command {
         Task::Build => build().map(|_| ()),
         Task::Run { args } => run(&args),
-        Task::Test { args } => test(&args),
+        Task::Test(args) => test::test(&args),
         Task::Bench(args) => {
             if is_root() {
                 bench::bench(&args)
@@ -106,7 +107,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join("target/release/tracker"))
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -131,21 +132,6 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// Debian packages the integration tests drive: (command they provide, package).
-const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("nginx", "nginx-light"),
-    ("h2load", "nghttp2-client"),
-    ("wrk", "wrk"),
-    ("curl", "curl"),
-    ("prometheus", "prometheus"),
-    ("tmux", "tmux"),
-];
-
-/// Installs the servers and load generators the tests use, when any is missing.
-fn ensure_test_packages() -> anyhow::Result<()> {
-    ensure_packages(TEST_PACKAGES, "the tests")
-}
-
 /// Installs, from Debian's packages, each `(command, package)` whose command is missing.
 pub(crate) fn ensure_packages(packages: &[(&str, &str)], purpose: &str) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
@@ -167,26 +153,5 @@ pub(crate) fn ensure_packages(packages: &[(&str, &str)], purpose: &str) -> anyho
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn test(args: &[String]) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!(
-            "the integration tests load eBPF programs and must run as root: \
-             run `cargo xtask test` as root"
-        );
-    }
-    toolchain::ensure_ebpf_toolchain()?;
-    ensure_test_packages()?;
-    // Unit tests of every crate, then the integration tests, which attach real programs and
-    // drive real traffic: one thread, so that the daemons they start never watch each other's
-    // ports at the same moment and timing tolerances hold on a 2-core machine.
-    run_step(
-        "tests",
-        cargo()
-            .args(["test", "--workspace", "--exclude", "tracker-ebpf", "--"])
-            .arg("--test-threads=1")
-            .args(args),
     )
 }

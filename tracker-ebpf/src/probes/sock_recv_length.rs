@@ -23,10 +23,10 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracker_common::{DIRECTION_IN, EventKind, MSG_PEEK, proto::Protocol};
+use tracker_common::{DIRECTION_IN, EventKind, MSG_PEEK, proto::Protocol, walk::SyscallBuffer};
 
 use crate::maps::{TRACKED, emit_for_socket};
-use crate::payload::{UserBuf, detect_protocol, syscall_buffer, walk_frames};
+use crate::payload::{detect_protocol, syscall_buffer, walk_frames};
 use crate::record::SockLength;
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
@@ -68,7 +68,7 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
     let buf = if undecided || http2 {
         syscall_buffer(DIRECTION_IN)
     } else {
-        UserBuf::default()
+        SyscallBuffer::default()
     };
     // Decided before the turn starts, so the daemon knows what a turn means for this
     // connection: the first turn's event carries it.

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd as _;
 use std::process::Command;
 use std::thread;
 
+use crate::prometheus::{scrape_until, series_value};
 use crate::support::{Daemon, free_port};
 
 /// Network namespaces made with `ip netns`, deleted when dropped.
@@ -117,4 +118,53 @@ fn same_address_in_two_namespaces_is_two_listeners_and_veth_traffic_counts_where
         loop_a,
         veth_listener,
     ));
+}
+
+#[test]
+fn same_address_in_two_namespaces_is_two_sets_of_prometheus_series() {
+    let tag = std::process::id() % 100_000;
+    let name = format!("trk-p-{tag}");
+    let _namespace = Namespaces::create(std::slice::from_ref(&name));
+    let port = free_port("127.0.0.1");
+    let metrics_port = free_port("127.0.0.1");
+    let _daemon = Daemon::start(&[
+        "--interval",
+        "0.5",
+        "--port",
+        &port.to_string(),
+        "--prometheus",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+
+    // One client on 127.0.0.1:port here, two on the same address in the namespace.
+    let root_listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let root_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let in_namespace_sockets = in_namespace(&name, move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let clients = [
+            TcpStream::connect(("127.0.0.1", port)).unwrap(),
+            TcpStream::connect(("127.0.0.1", port)).unwrap(),
+        ];
+        (listener, clients)
+    });
+
+    let root_name = format!("127.0.0.1:{port}");
+    let namespaced_name = format!("netns:{}/127.0.0.1:{port}", netns_inode(&name));
+    let scrape = scrape_until(metrics_port, |body| {
+        series_value(body, "tracker_connections", &root_name).as_deref() == Some("1")
+            && series_value(body, "tracker_connections", &namespaced_name).as_deref() == Some("2")
+    });
+    for (listener, opened) in [(&root_name, "1"), (&namespaced_name, "2")] {
+        assert_eq!(
+            series_value(&scrape, "tracker_connections_opened_total", listener).as_deref(),
+            Some(opened),
+            "{listener}:\n{scrape}"
+        );
+        assert_eq!(
+            series_value(&scrape, "tracker_listener_up", listener).as_deref(),
+            Some("1"),
+            "{listener}:\n{scrape}"
+        );
+    }
+    drop((root_client, root_listener, in_namespace_sockets));
 }

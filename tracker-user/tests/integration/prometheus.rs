@@ -1,17 +1,18 @@
 //! The `--prometheus` endpoint as a real Prometheus server sees it: Debian's `prometheus`
 //! (installed by `cargo xtask test`) scrapes the daemon, and the test reads the figures back
-//! through Prometheus's query API, so the exposition format is checked by the real parser.
+//! through Prometheus's query API, so the exposition format is checked by the real parser;
+//! `promtool check metrics` lints what a classic scraper gets.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Daemon, PATIENCE, connect_many, free_port};
+use crate::support::{Daemon, connect_many, free_port, patience};
 
 /// How often the test asks Prometheus again; it scrapes every second.
 const POLL: Duration = Duration::from_millis(200);
@@ -61,7 +62,7 @@ scrape_configs:
     }
 
     fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             if let Ok((200, _)) = http_get(self.port, "/-/ready") {
                 return;
@@ -71,7 +72,8 @@ scrape_configs:
             }
             assert!(
                 Instant::now() < deadline,
-                "prometheus not ready within {PATIENCE:?}:\n{}",
+                "prometheus not ready within {:?}:\n{}",
+                patience(),
                 self.log()
             );
             thread::sleep(POLL);
@@ -127,9 +129,9 @@ fn percent_encode(text: &str) -> String {
 
 /// `GET path` on 127.0.0.1:`port` over a plain socket: the status code and the body.
 /// Prometheus's answers are small, so HTTP/1.0 (no chunked encoding) keeps this simple.
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_read_timeout(Some(patience()))?;
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
@@ -177,7 +179,7 @@ fn prometheus_scrapes_connection_counts() {
         ("tracker_connections_closed_total", 2.0),
         ("tracker_connections", 3.0),
     ];
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     let mut last_answer = String::new();
     loop {
         let mut all_there = true;
@@ -194,8 +196,9 @@ fn prometheus_scrapes_connection_counts() {
         }
         assert!(
             Instant::now() < deadline,
-            "Prometheus did not see {expected:?} within {PATIENCE:?}; last answer:\n\
+            "Prometheus did not see {expected:?} within {:?}; last answer:\n\
              {last_answer}\nprometheus log:\n{}",
+            patience(),
             prometheus.log()
         );
         thread::sleep(POLL);
@@ -213,5 +216,86 @@ fn prometheus_scrapes_connection_counts() {
             prometheus.log()
         );
     }
+    drop(conns);
+}
+
+/// The value of the series of `metric` whose `listener` label is `listener`, in a scrape in
+/// the classic text format (labels are written `listener` first).
+pub fn series_value(scrape: &str, metric: &str, listener: &str) -> Option<String> {
+    let prefix = format!(r#"{metric}{{listener="{listener}","#);
+    scrape
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+/// Scrapes the daemon's endpoint until `done` holds for the body (which it returns); fails
+/// after [`patience`] with the last body.
+pub fn scrape_until(metrics_port: u16, done: impl Fn(&str) -> bool) -> String {
+    let patience = patience();
+    let deadline = Instant::now() + patience;
+    let mut last = String::new();
+    loop {
+        if let Ok((200, body)) = http_get(metrics_port, "/metrics") {
+            if done(&body) {
+                return body;
+            }
+            last = body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scrape did not show what was expected within {patience:?}; last:\n{last}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn promtool_finds_nothing_to_lint_in_a_scrape() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let metrics_port = free_port("127.0.0.1");
+    let _daemon = Daemon::start(&[
+        "--interval",
+        "0.5",
+        "--port",
+        &addr.port().to_string(),
+        "--prometheus",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let mut conns = connect_many(&server, addr, 3);
+    conns.pop().expect("three connections").close();
+    // Every kind of series there: counters, gauges and a histogram with an observation.
+    let listener = addr.to_string();
+    let scrape = scrape_until(metrics_port, |body| {
+        series_value(body, "tracker_connections_closed_total", &listener).as_deref() == Some("1")
+            && series_value(body, "tracker_connection_lifetime_seconds_count", &listener).as_deref()
+                == Some("1")
+    });
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool (`cargo xtask test` installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(scrape.as_bytes())
+        .expect("feeding promtool");
+    let output = promtool.wait_with_output().expect("waiting for promtool");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && findings.trim().is_empty(),
+        "promtool check metrics ({}):\n{findings}\nscrape:\n{scrape}",
+        output.status
+    );
     drop(conns);
 }

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::support::{Daemon, Nginx, free_port, max, run_client, slow_backend, sum};
+use crate::support::{Daemon, Nginx, free_port, max, run_client, slow_backend, slowdown, sum};
 
 const INTERVAL: &str = "0.5";
 
@@ -62,8 +62,10 @@ fn h2load_streams_through_nginx_h2c_through_the_fentry_path() {
 fn h2load_streams_through_nginx_h2c(forced: Option<&str>) {
     const CONNECTIONS: u64 = 2;
     const STREAMS: u64 = 10;
-    // Each response is held 300 ms by the backend, so the streams of a connection overlap.
-    let backend = slow_backend(Duration::from_millis(300));
+    // Each response is held 300 ms by the backend, so the streams of a connection overlap;
+    // longer on a slower machine, so that the proxying around it stays small against it.
+    let hold = Duration::from_millis(300) * slowdown();
+    let backend = slow_backend(hold);
     let port = free_port("127.0.0.1");
     let _nginx = Nginx::start(
         &format!(
@@ -102,9 +104,9 @@ fn h2load_streams_through_nginx_h2c(forced: Option<&str>) {
     assert_eq!(max(&reports, "peak"), CONNECTIONS, "{reports:#?}");
     assert_eq!(max(&reports, "peak_sessions"), STREAMS, "{reports:#?}");
     assert_eq!(max(&reports, "busy_peak"), CONNECTIONS, "{reports:#?}");
-    // Each connection is busy for two rounds of 300 ms (20 requests, 10 at a time), plus the
-    // few milliseconds of its set-up turn.
-    let expected = CONNECTIONS as f64 * 2.0 * 0.3;
+    // Each connection is busy for two rounds of the hold (20 requests, 10 at a time), plus
+    // the few milliseconds of its set-up turn.
+    let expected = CONNECTIONS as f64 * 2.0 * hold.as_secs_f64();
     let busy = sum(&reports, "active_for_s");
     assert!(
         busy >= expected * 0.95 && busy <= expected * 1.05 + 0.1,

@@ -13,8 +13,30 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long any single wait may take before the test fails. Generous: CI machines are busy.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long any single wait may take on the host before the test fails. Generous: CI
+/// machines are busy.
+const PATIENCE_ON_HOST: Duration = Duration::from_secs(30);
+
+/// How many times slower than the host this machine runs the tests, from
+/// `TRACKER_TEST_SLOWDOWN` (set by `cargo xtask test` in its VMs, which emulate every
+/// instruction), else 1. It stretches how long the tests wait, never what they assert.
+pub fn slowdown() -> u32 {
+    match std::env::var("TRACKER_TEST_SLOWDOWN") {
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|&factor| factor >= 1)
+            .unwrap_or_else(|| {
+                panic!("TRACKER_TEST_SLOWDOWN={value:?} is not a whole number >= 1")
+            }),
+        Err(_) => 1,
+    }
+}
+
+/// How long any single wait may take before the test fails.
+pub fn patience() -> Duration {
+    PATIENCE_ON_HOST * slowdown()
+}
 
 /// The daemon under test, stopped with SIGTERM when dropped.
 pub struct Daemon {
@@ -111,7 +133,7 @@ impl Daemon {
 
     /// Waits for a log line containing `needle`; the exit status if the daemon exits first.
     fn wait_for_log_or_exit(&mut self, needle: &str) -> Result<(), ExitStatus> {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             match self.stderr.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
@@ -128,7 +150,8 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "tracker did not log {needle:?} within {PATIENCE:?}; stderr:\n{}",
+                "tracker did not log {needle:?} within {:?}; stderr:\n{}",
+                patience(),
                 self.stderr_seen.join("\n")
             );
         }
@@ -136,13 +159,14 @@ impl Daemon {
 
     /// The next report line for `listener`, parsed.
     pub fn next_report(&mut self, listener: &str) -> Value {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let line = match self.lines.recv_timeout(remaining) {
                 Ok(line) => line,
                 Err(error) => panic!(
-                    "no report for {listener} within {PATIENCE:?} ({error}); stderr:\n{}",
+                    "no report for {listener} within {:?} ({error}); stderr:\n{}",
+                    patience(),
                     self.drain_stderr()
                 ),
             };
@@ -156,7 +180,7 @@ impl Daemon {
 
     /// Reports for `listener` until one satisfies `done`; returns all of them, that one last.
     pub fn reports_until(&mut self, listener: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         let mut reports = Vec::new();
         loop {
             let report = self.next_report(listener);
@@ -167,7 +191,8 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "condition not reached for {listener} within {PATIENCE:?}; reports:\n{reports:#?}"
+                "condition not reached for {listener} within {:?}; reports:\n{reports:#?}",
+                patience()
             );
         }
     }
@@ -175,8 +200,8 @@ impl Daemon {
     /// The next raw output line (for text mode).
     pub fn next_line(&mut self) -> String {
         self.lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|error| panic!("no output line within {PATIENCE:?} ({error})"))
+            .recv_timeout(patience())
+            .unwrap_or_else(|error| panic!("no output line within {:?} ({error})", patience()))
     }
 
     /// Sends SIGTERM and collects the remaining output lines and the exit status.
@@ -209,7 +234,7 @@ fn signal(child: &Child, signal: i32) {
 }
 
 fn wait_with_deadline(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         if let Some(status) = child.try_wait().expect("waiting for tracker") {
             return status;
@@ -360,7 +385,7 @@ http {{
     }
 
     fn wait_for_port(&mut self, port: u16) {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + patience();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();

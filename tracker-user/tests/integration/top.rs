@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{PATIENCE, connect_many};
+use crate::support::{connect_many, patience};
 
 /// Pause between two looks at the screen: short, since each look only costs a tmux command.
 const POLL: Duration = Duration::from_millis(50);
@@ -126,7 +126,8 @@ impl TmuxSession {
 
     /// Polls the screen until `found` picks something out of it; fails with the last screen.
     fn wait_for<T>(&self, what: &str, found: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + PATIENCE;
+        let patience = patience();
+        let deadline = Instant::now() + patience;
         loop {
             // Exit first, screen second: a screen read after the exit shows all that tracker
             // wrote, its error message included.
@@ -143,7 +144,7 @@ impl TmuxSession {
             }
             assert!(
                 Instant::now() < deadline,
-                "the screen did not show {what} within {PATIENCE:?}; stderr:\n{}\nlast screen:\n{screen}",
+                "the screen did not show {what} within {patience:?}; stderr:\n{}\nlast screen:\n{screen}",
                 self.stderr()
             );
             thread::sleep(POLL);
@@ -255,7 +256,8 @@ fn top_shows_live_connections_and_quits_on_q() {
 
     let pid = session.pane_pid();
     session.tmux(&["send-keys", "-t", &session.name, "q"]);
-    let deadline = Instant::now() + PATIENCE;
+    let patience = patience();
+    let deadline = Instant::now() + patience;
     let exit = loop {
         if let Some(exit) = session.exit() {
             break exit;
@@ -267,7 +269,7 @@ fn top_shows_live_connections_and_quits_on_q() {
         }
         assert!(
             Instant::now() < deadline,
-            "tracker top did not quit on q within {PATIENCE:?} ({}); stderr:\n{}\nlast screen:\n{}",
+            "tracker top did not quit on q within {patience:?} ({}); stderr:\n{}\nlast screen:\n{}",
             kernel_wait(pid),
             session.stderr(),
             session.screen()

@@ -1,13 +1,12 @@
-//! Where reports go: a [`ReportSink`] receives every listener's report once per interval.
-//! [`LineWriter`] renders them as the original library's text line or as one JSON object per
-//! listener; other sinks (Prometheus, the live view) live in their own modules.
+//! [`LineWriter`]: reports as the original library's text line, or as one JSON object per
+//! tracker, one per line.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::hooks::{Capability, HookChoice};
+use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
+use crate::hooks::Capability;
 use crate::model::ErrorKind;
 use crate::observer::{ListenerReport, Owner};
 
@@ -21,44 +20,6 @@ pub enum Format {
     Text,
     /// One JSON object per listener per report, one per line.
     Json,
-}
-
-/// One report: every listener's figures for the interval just ended.
-#[derive(Debug, Clone, Copy)]
-pub struct ReportBatch<'a> {
-    pub reports: &'a [ListenerReport],
-    pub totals: IntervalTotals,
-    /// Figures are per interval (reset after each report). False with `--no-reset`: counts
-    /// then run from start.
-    pub per_interval: bool,
-}
-
-/// What the daemon should do after a sink took a report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// The sink's reader is gone (a closed pipe, the live view quit): stop.
-    Stop,
-}
-
-/// A destination for reports.
-pub trait ReportSink {
-    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow>;
-}
-
-/// Several sinks fed the same reports; stops when any of them asks to.
-pub struct Tee(pub Vec<Box<dyn ReportSink>>);
-
-impl ReportSink for Tee {
-    fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow> {
-        let mut flow = Flow::Continue;
-        for sink in &mut self.0 {
-            if sink.publish(batch)? == Flow::Stop {
-                flow = Flow::Stop;
-            }
-        }
-        Ok(flow)
-    }
 }
 
 /// Prints each report as lines of text or JSON.
@@ -91,26 +52,6 @@ impl<W: Write> ReportSink for LineWriter<W> {
     }
 }
 
-/// Figures that belong to the whole daemon rather than to one listener, for one interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct IntervalTotals {
-    /// Wall-clock time of the report, seconds since the Unix epoch.
-    pub unix_time_s: f64,
-    /// Length of the interval the report covers, seconds.
-    pub interval_s: f64,
-    /// Kernel events dropped in this interval because the ring buffer was full.
-    pub lost_events: u64,
-    /// Connections the kernel could not track in this interval (its table was full).
-    pub untracked_connections: u64,
-    /// Connections refused in this interval because an accept queue was full (the kernel's
-    /// ListenOverflows, for the daemon's network namespace).
-    pub listen_overflows: u64,
-    /// Connections dropped at a listener in this interval, overflows included (ListenDrops).
-    pub listen_drops: u64,
-    /// The hook serving each capability; the figures of an unserved one are unavailable.
-    pub hooks: HookChoice,
-}
-
 #[derive(Serialize)]
 struct JsonOwner<'a> {
     pid: u32,
@@ -134,6 +75,7 @@ struct JsonReport<'a> {
     busy: Option<usize>,
     busy_peak: Option<usize>,
     sessions_unknown: u64,
+    sessions_untracked: u64,
     corrections: u64,
     accept_queue: u32,
     accept_queue_peak: u32,
@@ -148,6 +90,7 @@ struct JsonReport<'a> {
     closed: u64,
     lost_events: u64,
     untracked_connections: u64,
+    unattributed_closes: u64,
     pid: Option<u32>,
     comm: Option<&'a str>,
     owners: Vec<JsonOwner<'a>>,
@@ -178,17 +121,18 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         version: JSON_VERSION,
         time: totals.unix_time_s,
         interval_s: totals.interval_s,
-        listener: report.snapshot.name.clone(),
-        role: if report.outbound { "connect" } else { "listen" },
-        netns: report.netns,
-        port: report.listener.port(),
+        listener: report.id.to_string(),
+        role: report.id.role.name(),
+        netns: report.id.foreign_netns(),
+        port: report.id.port(),
         gone: report.gone,
         curr: snapshot.curr,
         peak: snapshot.peak,
         peak_sessions: turns(snapshot.peak_sessions),
         busy: turns(snapshot.busy),
         busy_peak: turns(snapshot.busy_peak),
-        sessions_unknown: report.sessions_unknown,
+        sessions_unknown: report.sessions_unknown(),
+        sessions_untracked: report.sessions_untracked,
         corrections: report.corrections,
         accept_queue: report.accept_queue,
         accept_queue_peak: report.accept_queue_peak,
@@ -205,6 +149,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         closed: snapshot.closed,
         lost_events: totals.lost_events,
         untracked_connections: totals.untracked_connections,
+        unattributed_closes: totals.unattributed_closes,
         pid: first_owner.map(|owner| owner.pid),
         comm: first_owner.map(|owner| owner.comm.as_str()),
         owners: report
@@ -226,14 +171,13 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
     serde_json::to_string(&json).expect("a report always serialises")
 }
 
-/// `127.0.0.1:8080`, `[::1]:8080`: the name a listener goes by everywhere.
-pub fn listener_name(addr: SocketAddr) -> String {
-    addr.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+
+    use crate::hooks::HookChoice;
+
     use crate::model::Tracker;
 
     fn sample() -> ListenerReport {
@@ -248,7 +192,7 @@ mod tests {
                 cmdline: String::new(),
             }],
             ..ListenerReport::quiet(
-                "[::1]:8080".parse().unwrap(),
+                crate::tracker_id::TrackerId::listen(0, "[::1]:8080".parse().unwrap()),
                 tracker.snapshot(1_500_000_000, true),
             )
         }
@@ -271,6 +215,7 @@ mod tests {
             untracked_connections: 0,
             listen_overflows: 0,
             listen_drops: 0,
+            unattributed_closes: 2,
             hooks: HookChoice::default(),
         };
         let mut hooks = HookChoice::default();
@@ -295,6 +240,7 @@ mod tests {
         assert_eq!(value["opened"], 1);
         assert_eq!(value["closed"], 0);
         assert_eq!(value["lost_events"], 3);
+        assert_eq!(value["unattributed_closes"], 2);
         assert_eq!(value["pid"], 12);
         assert_eq!(value["comm"], "nginx");
         assert_eq!(value["active_for_s"], 0.0);

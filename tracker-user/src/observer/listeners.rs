@@ -1,0 +1,176 @@
+//! The registry of listeners: which addresses listen, through which sockets, owned by whom,
+//! and which listener a connection was accepted through.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use rustc_hash::FxHashSet;
+
+use super::report::ClosedConnection;
+use super::{Applied, Observer, Owner};
+use crate::event::{Netns, SockId};
+use crate::model::Tracker;
+use crate::tracker_id::{Role, TrackerId};
+
+/// What the observer holds for one tracker (a listener or a `--connect` destination).
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) tracker: Tracker<SocketAddr>,
+    /// Listening sockets known from events.
+    pub(super) sockets: FxHashSet<SockId>,
+    /// Listening sockets found by a table scan, whose kernel address is not known.
+    pub(super) scanned_sockets: u32,
+    pub(super) owners: BTreeSet<Owner>,
+    /// Open connections whose sessions are unknown.
+    pub(super) unknown_open: u64,
+    /// Connections with unknown sessions closed since the last report.
+    pub(super) unknown_closed: u64,
+    /// Sessions that started but could not be tracked since the last report.
+    pub(super) sessions_untracked: u64,
+    /// Connections closed since the last report.
+    pub(super) closed_log: Vec<ClosedConnection>,
+    /// Model entries corrected to match the kernel's table since the last report.
+    pub(super) corrections: u64,
+    /// Accept queue as last sampled: waiting connections, and the limit (summed over the
+    /// sockets of an SO_REUSEPORT group).
+    pub(super) accept_queue: u32,
+    pub(super) accept_backlog: u32,
+    /// Longest accept queue sampled since the last report.
+    pub(super) accept_queue_peak: u32,
+    /// Server accepts and closes of its connections since the last report.
+    pub(super) accepted: u64,
+    pub(super) server_closed: u64,
+}
+
+impl Listener {
+    /// A tracker named after its identity.
+    pub(super) fn new(id: TrackerId) -> Self {
+        Self {
+            tracker: Tracker::new(id.to_string()),
+            sockets: FxHashSet::default(),
+            scanned_sockets: 0,
+            owners: BTreeSet::new(),
+            unknown_open: 0,
+            unknown_closed: 0,
+            sessions_untracked: 0,
+            closed_log: Vec::new(),
+            corrections: 0,
+            accept_queue: 0,
+            accept_backlog: 0,
+            accept_queue_peak: 0,
+            accepted: 0,
+            server_closed: 0,
+        }
+    }
+
+    pub(super) fn is_listening(&self) -> bool {
+        !self.sockets.is_empty() || self.scanned_sockets > 0
+    }
+}
+
+impl Observer {
+    /// Addresses of the listeners currently known.
+    pub fn listener_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listeners
+            .keys()
+            .filter(|id| id.role == Role::Listen)
+            .map(|id| id.addr)
+    }
+
+    /// Records a listening socket found in the kernel's table (at start-up or on a rescan).
+    /// A listener already known from events or an earlier scan only gains the owners.
+    pub fn add_scanned_listener(&mut self, addr: SocketAddr, owners: &[Owner]) {
+        if !self.watches(addr.port()) {
+            return;
+        }
+        let id = TrackerId::listen(0, addr);
+        let listener = self
+            .listeners
+            .entry(id)
+            .or_insert_with(|| Listener::new(id));
+        if !listener.is_listening() {
+            listener.scanned_sockets = 1;
+        }
+        listener.owners.extend(owners.iter().cloned());
+    }
+
+    /// Records several listening sockets on one address found by the first scan (an
+    /// SO_REUSEPORT group counts each socket so that each later close is matched).
+    pub fn add_scanned_listener_sockets(
+        &mut self,
+        addr: SocketAddr,
+        sockets: u32,
+        owners: &[Owner],
+    ) {
+        self.add_scanned_listener(addr, owners);
+        if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, addr)) {
+            listener.scanned_sockets = listener.scanned_sockets.max(sockets);
+        }
+    }
+
+    pub(super) fn listener_up(
+        &mut self,
+        netns: Netns,
+        sock: SockId,
+        addr: SocketAddr,
+        owner: Owner,
+        rescanned: bool,
+    ) -> Applied {
+        if addr.port() == 0 {
+            // listen() without bind(): the port is assigned just after this event.
+            return if rescanned {
+                Applied::Done
+            } else {
+                Applied::NeedsRescan
+            };
+        }
+        if !self.watches(addr.port()) {
+            return Applied::Done;
+        }
+        let id = TrackerId::listen(self.netns_key(netns), addr);
+        let listener = self
+            .listeners
+            .entry(id)
+            .or_insert_with(|| Listener::new(id));
+        listener.sockets.insert(sock);
+        listener.owners.insert(owner);
+        Applied::Done
+    }
+
+    pub(super) fn listener_down(
+        &mut self,
+        netns: Netns,
+        sock: SockId,
+        addr: SocketAddr,
+    ) -> Applied {
+        let id = TrackerId::listen(self.netns_key(netns), addr);
+        if let Some(listener) = self.listeners.get_mut(&id)
+            && !listener.sockets.remove(&sock)
+        {
+            listener.scanned_sockets = listener.scanned_sockets.saturating_sub(1);
+        }
+        Applied::Done
+    }
+
+    /// The listener a connection with local address `local` was accepted through.
+    pub(super) fn listener_for(
+        &self,
+        netns: Netns,
+        local: SocketAddr,
+        fall_back_to_local: bool,
+    ) -> Option<TrackerId> {
+        let exact = TrackerId::listen(netns, local);
+        if self.listeners.contains_key(&exact) {
+            return Some(exact);
+        }
+        let unspecified = match local.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let wildcard = TrackerId::listen(netns, SocketAddr::new(unspecified, local.port()));
+        if self.listeners.contains_key(&wildcard) {
+            return Some(wildcard);
+        }
+        fall_back_to_local.then_some(exact)
+    }
+}

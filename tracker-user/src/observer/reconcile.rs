@@ -1,0 +1,147 @@
+//! Adoption and reconciliation: making the model match the kernel's table of connections
+//! when events were lost, or when connections predate the daemon.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::Observer;
+use super::connections::Closing;
+use crate::event::SockId;
+use crate::model::{ConnState, Nanos};
+use crate::tracker_id::{Role, TrackerId};
+
+/// Where the model and the kernel's table disagree (see [`Observer::discrepancies`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discrepancies {
+    /// (listener, remote) in the model but not in the kernel: their close was lost.
+    pub model_only: BTreeSet<(SocketAddr, SocketAddr)>,
+    /// (local, remote) in the kernel but not in the model: their open was lost, or they
+    /// predate the daemon.
+    pub kernel_only: BTreeSet<(SocketAddr, SocketAddr)>,
+}
+
+impl Discrepancies {
+    pub fn is_empty(&self) -> bool {
+        self.model_only.is_empty() && self.kernel_only.is_empty()
+    }
+
+    /// Only what both `self` and `other` report: a discrepancy seen twice, with the events
+    /// in flight drained in between, is real rather than a race with the ring buffer.
+    pub fn confirmed_by(&self, other: &Self) -> Self {
+        Self {
+            model_only: self
+                .model_only
+                .intersection(&other.model_only)
+                .copied()
+                .collect(),
+            kernel_only: self
+                .kernel_only
+                .intersection(&other.kernel_only)
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+impl Observer {
+    /// Takes a connection the kernel has but the model does not (it predates the daemon, or
+    /// its open event was lost) into the tracker of its listener, opened at `now`. Its sessions
+    /// are unknown (its first bytes were missed). Returns its listener, or None when no
+    /// watched listener takes it or the tracker already has that remote address.
+    pub fn adopt(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Nanos,
+    ) -> Option<SocketAddr> {
+        if !self.watches(local.port()) {
+            return None;
+        }
+        let id = self.listener_for(0, local, false)?;
+        let listener = self.listeners.get_mut(&id)?;
+        if listener.tracker.contains(&remote) {
+            return None;
+        }
+        listener.tracker.conn_state(remote, now, ConnState::New);
+        listener.unknown_open += 1;
+        self.adopted.insert((id, remote));
+        Some(id.addr)
+    }
+
+    /// Compares the model with the kernel's table of connections of the daemon's own network
+    /// namespace, given as (local, remote) pairs; only connections of watched listeners of that
+    /// namespace count (other namespaces, and outbound connections, are not compared).
+    pub fn discrepancies(&self, kernel: &[(SocketAddr, SocketAddr)]) -> Discrepancies {
+        let in_kernel: HashSet<(SocketAddr, SocketAddr)> = kernel
+            .iter()
+            .filter(|(local, _)| self.watches(local.port()))
+            .filter_map(|&(local, remote)| Some((self.listener_for(0, local, false)?.addr, remote)))
+            .collect();
+        let mut found = Discrepancies::default();
+        let own_listeners = self
+            .listeners
+            .iter()
+            .filter(|(id, _)| id.role == Role::Listen && id.netns == 0);
+        for (id, listener) in own_listeners {
+            for &remote in listener.tracker.keys() {
+                if !in_kernel.contains(&(id.addr, remote)) {
+                    found.model_only.insert((id.addr, remote));
+                }
+            }
+        }
+        for &(local, remote) in kernel {
+            if !self.watches(local.port()) {
+                continue;
+            }
+            if let Some(id) = self.listener_for(0, local, false)
+                && self
+                    .listeners
+                    .get(&id)
+                    .is_some_and(|listener| !listener.tracker.contains(&remote))
+            {
+                found.kernel_only.insert((local, remote));
+            }
+        }
+        found
+    }
+
+    /// Makes the model match the kernel (the original's rule: favour the current state):
+    /// closes what the kernel no longer has, adopts what only the kernel has, and counts each
+    /// as a correction of its listener. Returns the adopted (local, remote) pairs, whose close
+    /// the kernel must be told to report.
+    pub fn correct(&mut self, found: &Discrepancies, now: Nanos) -> Vec<(SocketAddr, SocketAddr)> {
+        if !found.model_only.is_empty() {
+            let by_endpoint: HashMap<(TrackerId, SocketAddr), SockId> = self
+                .conns
+                .iter()
+                .map(|(&sock, conn)| ((conn.listener, conn.remote), sock))
+                .collect();
+            for &(listener_addr, remote) in &found.model_only {
+                let id = TrackerId::listen(0, listener_addr);
+                let closing = match by_endpoint.get(&(id, remote)) {
+                    Some(sock) => self
+                        .conns
+                        .remove(sock)
+                        .map_or(Closing::Unseen, Closing::Tracked),
+                    None if self.adopted.remove(&(id, remote)) => Closing::Adopted,
+                    None => Closing::Unseen,
+                };
+                if let Some(listener) = self.listeners.get_mut(&id) {
+                    listener.close_connection(remote, now, closing);
+                    listener.corrections += 1;
+                }
+            }
+        }
+        let mut adopted = Vec::new();
+        for &(local, remote) in &found.kernel_only {
+            if let Some(listener_addr) = self.adopt(local, remote, now) {
+                if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, listener_addr))
+                {
+                    listener.corrections += 1;
+                }
+                adopted.push((local, remote));
+            }
+        }
+        adopted
+    }
+}

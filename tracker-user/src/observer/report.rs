@@ -1,0 +1,149 @@
+//! Report assembly: one [`ListenerReport`] per tracker and interval.
+
+use super::{Observer, Owner};
+use crate::model::{Nanos, Snapshot};
+use crate::tracker_id::TrackerId;
+
+/// One tracker's report for one interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerReport {
+    /// Which tracker this is; its `Display` is the name the report goes by.
+    pub id: TrackerId,
+    pub snapshot: Snapshot,
+    pub owners: Vec<Owner>,
+    /// The listener has closed; this is its last report once its connections are gone.
+    pub gone: bool,
+    /// Open connections whose sessions cannot be counted (TLS, not HTTP, or the frame walk
+    /// was lost).
+    pub sessions_unknown_open: u64,
+    /// Such connections closed during the interval.
+    pub sessions_unknown_closed: u64,
+    /// Sessions that started in the interval but were not counted: HTTP/2 streams beyond
+    /// the most tracked open at once on one connection.
+    pub sessions_untracked: u64,
+    /// Every connection that closed since the previous report (for distributions such as
+    /// Prometheus histograms).
+    pub closed_connections: Vec<ClosedConnection>,
+    /// Connections the model had to add or close to match the kernel's table in the
+    /// interval (events were lost, or the connection predates the daemon).
+    pub corrections: u64,
+    /// Connections waiting in the accept queue when last sampled.
+    pub accept_queue: u32,
+    /// Most connections waiting in the accept queue among the interval's samples.
+    pub accept_queue_peak: u32,
+    /// The accept queue's limit (the listen backlog).
+    pub accept_backlog: u32,
+    /// Connections the server accepted (`accept()` returned them) in the interval; 0 where
+    /// the kernel offers no accept hook (the report says which capabilities are served).
+    pub accepted: u64,
+    /// Connections the server closed itself (`close()` on the socket) in the interval.
+    pub server_closed: u64,
+}
+
+#[cfg(test)]
+impl ListenerReport {
+    /// A report with `snapshot` and nothing else going on, for tests of the report's readers
+    /// (set the fields a test cares about with struct update syntax).
+    pub(crate) fn quiet(id: TrackerId, snapshot: Snapshot) -> Self {
+        Self {
+            id,
+            snapshot,
+            owners: Vec::new(),
+            gone: false,
+            sessions_unknown_open: 0,
+            sessions_unknown_closed: 0,
+            sessions_untracked: 0,
+            closed_connections: Vec::new(),
+            corrections: 0,
+            accept_queue: 0,
+            accept_queue_peak: 0,
+            accept_backlog: 0,
+            accepted: 0,
+            server_closed: 0,
+        }
+    }
+}
+
+/// A connection that closed: how long it lived and its most concurrent sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedConnection {
+    pub lifetime_ns: Nanos,
+    /// Most sessions open at once over its whole life (0 when unknown or none).
+    pub peak_sessions: u32,
+}
+
+impl ListenerReport {
+    /// Connections of the interval whose sessions cannot be counted: open now, or closed
+    /// during the interval.
+    pub fn sessions_unknown(&self) -> u64 {
+        self.sessions_unknown_open
+            .saturating_add(self.sessions_unknown_closed)
+    }
+
+    /// Running totals: `self` covers the time up to where `next`, the following interval's
+    /// report of the same tracker, begins (see [`Snapshot::then`]). Closed connections are
+    /// `next`'s: they are listed once, in the report of the interval they closed in.
+    pub fn then(&self, next: &ListenerReport) -> ListenerReport {
+        ListenerReport {
+            id: next.id,
+            snapshot: self.snapshot.then(&next.snapshot),
+            owners: next.owners.clone(),
+            gone: next.gone,
+            sessions_unknown_open: next.sessions_unknown_open,
+            sessions_unknown_closed: self
+                .sessions_unknown_closed
+                .saturating_add(next.sessions_unknown_closed),
+            sessions_untracked: self
+                .sessions_untracked
+                .saturating_add(next.sessions_untracked),
+            closed_connections: next.closed_connections.clone(),
+            corrections: self.corrections.saturating_add(next.corrections),
+            accept_queue: next.accept_queue,
+            accept_queue_peak: self.accept_queue_peak.max(next.accept_queue_peak),
+            accept_backlog: next.accept_backlog,
+            accepted: self.accepted.saturating_add(next.accepted),
+            server_closed: self.server_closed.saturating_add(next.server_closed),
+        }
+    }
+
+    /// The tracker's last report: it has closed and holds no connections.
+    pub fn is_last(&self) -> bool {
+        self.gone && self.snapshot.curr == 0
+    }
+}
+
+impl Observer {
+    /// One report per tracker for the interval that ends at `now`; the next interval starts
+    /// there. Listeners that have closed and hold no connections are reported one last time, then
+    /// forgotten, so a host that churns listeners does not grow the daemon's memory.
+    pub fn report(&mut self, now: Nanos) -> Vec<ListenerReport> {
+        let mut reports: Vec<ListenerReport> = self
+            .listeners
+            .iter_mut()
+            .map(|(&id, state)| {
+                let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
+                state.accept_queue_peak = state.accept_queue;
+                ListenerReport {
+                    id,
+                    snapshot: state.tracker.snapshot(now, true),
+                    owners: state.owners.iter().cloned().collect(),
+                    gone: !state.is_listening(),
+                    sessions_unknown_open: state.unknown_open,
+                    sessions_unknown_closed: std::mem::take(&mut state.unknown_closed),
+                    sessions_untracked: std::mem::take(&mut state.sessions_untracked),
+                    closed_connections: std::mem::take(&mut state.closed_log),
+                    corrections: std::mem::take(&mut state.corrections),
+                    accept_queue: state.accept_queue,
+                    accept_queue_peak,
+                    accept_backlog: state.accept_backlog,
+                    accepted: std::mem::take(&mut state.accepted),
+                    server_closed: std::mem::take(&mut state.server_closed),
+                }
+            })
+            .collect();
+        reports.sort_by_key(|report| report.id);
+        self.listeners
+            .retain(|_, state| state.is_listening() || !state.tracker.is_empty());
+        reports
+    }
+}

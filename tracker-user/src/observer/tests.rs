@@ -1,0 +1,548 @@
+//! The observer's unit tests: events in, reports out.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use tracker_common::proto::Protocol;
+
+use super::*;
+use crate::event::{Event, SockId};
+use crate::model::{ErrorKind, Nanos};
+use crate::tracker_id::TrackerId;
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn open(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
+    Event::ConnOpen {
+        netns: 0,
+        sock,
+        local: addr(local),
+        remote: addr(remote),
+        at,
+    }
+}
+
+fn close(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
+    Event::ConnClose {
+        netns: 0,
+        sock,
+        endpoints: Some((addr(local), addr(remote))),
+        at,
+        turn_end: None,
+    }
+}
+
+fn turn(sock: SockId, at: Nanos, previous_end: Option<Nanos>) -> Event {
+    Event::Turn {
+        sock,
+        at,
+        previous_end,
+        protocol: None,
+    }
+}
+
+fn up(sock: SockId, listener: &str) -> Event {
+    Event::ListenerUp {
+        netns: 0,
+        sock,
+        addr: addr(listener),
+        pid: 7,
+        comm: "srv".into(),
+    }
+}
+
+fn report_of(observer: &mut Observer, now: Nanos, listener: &str) -> ListenerReport {
+    observer
+        .report(now)
+        .into_iter()
+        .find(|report| report.id == TrackerId::listen(0, addr(listener)))
+        .unwrap_or_else(|| panic!("no report for {listener}"))
+}
+
+const SECOND: Nanos = 1_000_000_000;
+
+#[test]
+fn connections_count_under_their_exact_listener() {
+    let mut observer = Observer::new(None);
+    assert_eq!(observer.apply(&up(1, "127.0.0.1:8080")), Applied::Done);
+    assert_eq!(
+        observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0)),
+        Applied::Done
+    );
+    assert_eq!(
+        observer.apply(&open(11, "127.0.0.1:8080", "127.0.0.1:5001", 0)),
+        Applied::Done
+    );
+    assert_eq!(
+        observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", 2 * SECOND)),
+        Applied::Done
+    );
+    let report = report_of(&mut observer, 3 * SECOND, "127.0.0.1:8080");
+    assert_eq!(report.snapshot.curr, 1);
+    assert_eq!(report.snapshot.peak, 2);
+    assert_eq!(report.snapshot.opened, 2);
+    assert_eq!(report.snapshot.closed, 1);
+    assert_eq!(report.snapshot.conn_for_ns, 5 * SECOND);
+    assert_eq!(report.snapshot.errors.total(), 0);
+    assert_eq!(
+        report.owners,
+        vec![Owner {
+            pid: 7,
+            comm: "srv".into(),
+            cmdline: String::new(),
+        }]
+    );
+    assert!(!report.gone);
+}
+
+#[test]
+fn wildcard_listeners_take_connections_of_their_family() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "0.0.0.0:80"));
+    let _ = observer.apply(&up(2, "[::]:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&open(11, "[::1]:80", "[::1]:5000", 0));
+    let _ = observer.apply(&open(
+        12,
+        "[::ffff:127.0.0.1]:80",
+        "[::ffff:127.0.0.1]:5001",
+        0,
+    ));
+    let reports = observer.report(SECOND);
+    let curr = |name: &str| {
+        reports
+            .iter()
+            .find(|report| report.id == TrackerId::listen(0, addr(name)))
+            .unwrap()
+            .snapshot
+            .curr
+    };
+    assert_eq!(curr("0.0.0.0:80"), 1);
+    assert_eq!(curr("[::]:80"), 2);
+}
+
+#[test]
+fn unknown_listener_asks_for_a_rescan_then_counts() {
+    let mut observer = Observer::new(None);
+    let event = open(10, "127.0.0.1:9000", "127.0.0.1:5000", 0);
+    assert_eq!(observer.apply(&event), Applied::NeedsRescan);
+    observer.add_scanned_listener(addr("0.0.0.0:9000"), &[]);
+    observer.apply_after_rescan(&event);
+    assert_eq!(
+        report_of(&mut observer, SECOND, "0.0.0.0:9000")
+            .snapshot
+            .curr,
+        1
+    );
+
+    // Still unknown after the rescan: tracked under its own local address.
+    let event = open(11, "127.0.0.1:9100", "127.0.0.1:5000", 0);
+    assert_eq!(observer.apply(&event), Applied::NeedsRescan);
+    observer.apply_after_rescan(&event);
+    assert_eq!(
+        report_of(&mut observer, SECOND, "127.0.0.1:9100")
+            .snapshot
+            .curr,
+        1
+    );
+}
+
+#[test]
+fn listener_with_unassigned_port_asks_for_a_rescan() {
+    let mut observer = Observer::new(None);
+    assert_eq!(observer.apply(&up(1, "0.0.0.0:0")), Applied::NeedsRescan);
+    assert_eq!(observer.listener_addrs().count(), 0);
+}
+
+#[test]
+fn close_never_seen_open_counts_no_conn_in_map() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", SECOND));
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+    assert_eq!(report.snapshot.errors.get(ErrorKind::NoConnInMap), 1);
+    assert_eq!(report.snapshot.closed, 0);
+}
+
+#[test]
+fn close_for_an_unknown_listener_is_counted_as_unattributed() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", SECOND));
+    assert_eq!(observer.stats().unattributed, 1);
+}
+
+#[test]
+fn reused_socket_address_closes_the_dangling_connection() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+    // Close lost; the kernel reuses socket 10 for a new connection.
+    let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5001", SECOND));
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:8080");
+    assert_eq!(report.snapshot.curr, 1);
+    assert_eq!(report.snapshot.errors.get(ErrorKind::DanglingConn), 1);
+    assert_eq!(observer.connections(), 1);
+}
+
+#[test]
+fn closed_listener_is_reported_until_its_connections_are_gone() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&Event::ListenerDown {
+        netns: 0,
+        sock: 1,
+        addr: addr("127.0.0.1:8080"),
+    });
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+    assert!(report.gone);
+    assert_eq!(report.snapshot.curr, 1);
+    let _ = observer.apply(&close(10, "127.0.0.1:8080", "127.0.0.1:5000", 2 * SECOND));
+    let report = report_of(&mut observer, 3 * SECOND, "127.0.0.1:8080");
+    assert!(report.gone);
+    assert_eq!(report.snapshot.closed, 1);
+    assert!(observer.report(4 * SECOND).is_empty());
+}
+
+#[test]
+fn reuseport_group_is_one_listener_until_the_last_socket_closes() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&Event::ListenerUp {
+        netns: 0,
+        sock: 2,
+        addr: addr("127.0.0.1:8080"),
+        pid: 8,
+        comm: "worker".into(),
+    });
+    observer.add_scanned_listener_sockets(addr("127.0.0.1:9090"), 2, &[]);
+    let reports = observer.report(SECOND);
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].owners.len(), 2);
+
+    for (sock, listener) in [(1, "127.0.0.1:8080"), (99, "127.0.0.1:9090")] {
+        let _ = observer.apply(&Event::ListenerDown {
+            netns: 0,
+            sock,
+            addr: addr(listener),
+        });
+    }
+    assert!(
+        observer
+            .report(2 * SECOND)
+            .iter()
+            .all(|report| !report.gone)
+    );
+    for (sock, listener) in [(2, "127.0.0.1:8080"), (98, "127.0.0.1:9090")] {
+        let _ = observer.apply(&Event::ListenerDown {
+            netns: 0,
+            sock,
+            addr: addr(listener),
+        });
+    }
+    assert!(observer.report(3 * SECOND).iter().all(|report| report.gone));
+    assert!(observer.report(4 * SECOND).is_empty());
+}
+
+#[test]
+fn port_filter_ignores_other_listeners() {
+    let mut observer = Observer::new(Some(BTreeSet::from([8080])));
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&up(2, "127.0.0.1:9090"));
+    observer.add_scanned_listener(addr("127.0.0.1:7070"), &[]);
+    assert_eq!(
+        observer.apply(&open(10, "127.0.0.1:9090", "127.0.0.1:5000", 0)),
+        Applied::Done
+    );
+    let reports = observer.report(SECOND);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].id, TrackerId::listen(0, addr("127.0.0.1:8080")));
+}
+
+#[test]
+fn thousands_of_short_connections_are_counted_exactly() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "[::1]:8080"));
+    for n in 0..5_000u64 {
+        let remote = format!("[::1]:{}", 10_000 + n % 50_000);
+        let _ = observer.apply(&open(100 + n, "[::1]:8080", &remote, n * 1_000));
+        let _ = observer.apply(&close(100 + n, "[::1]:8080", &remote, n * 1_000 + 500));
+    }
+    let report = report_of(&mut observer, SECOND, "[::1]:8080");
+    assert_eq!(
+        (report.snapshot.opened, report.snapshot.closed),
+        (5_000, 5_000)
+    );
+    assert_eq!(report.snapshot.curr, 0);
+    assert_eq!(report.snapshot.peak, 1);
+    assert_eq!(report.snapshot.conn_for_ns, 5_000 * 500);
+    assert_eq!(observer.connections(), 0);
+}
+
+#[test]
+fn turns_make_busy_time() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    // Request at 1 s answered by 3 s; next request at 5 s answered by 6 s; close at 8 s.
+    let _ = observer.apply(&turn(10, SECOND, None));
+    let _ = observer.apply(&turn(10, 5 * SECOND, Some(3 * SECOND)));
+    let _ = observer.apply(&Event::ConnClose {
+        netns: 0,
+        sock: 10,
+        endpoints: None,
+        at: 8 * SECOND,
+        turn_end: Some(6 * SECOND),
+    });
+    let report = report_of(&mut observer, 9 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.snapshot.active_for_ns, 3 * SECOND);
+    assert_eq!(report.snapshot.conn_for_ns, 8 * SECOND);
+    assert_eq!(report.snapshot.busy_peak, 1);
+    assert_eq!(report.snapshot.errors.total(), 0);
+}
+
+#[test]
+fn unused_connection_is_never_busy() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
+    let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.snapshot.active_for_ns, 0);
+    assert_eq!(report.snapshot.busy_peak, 0);
+}
+
+#[test]
+fn provisional_idle_at_a_report_is_corrected_by_the_real_turn_end() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&turn(10, SECOND, None));
+    assert_eq!(observer.busy_sockets(), vec![10]);
+    // At the 4 s report the server had last sent at 2 s.
+    observer.provisional_idle(10, 2 * SECOND);
+    assert!(observer.busy_sockets().is_empty());
+    let first = report_of(&mut observer, 4 * SECOND, "127.0.0.1:80");
+    assert_eq!(first.snapshot.active_for_ns, SECOND);
+    assert_eq!(first.snapshot.busy, 0);
+    // It went on sending until 5 s; the next request comes at 6 s.
+    let _ = observer.apply(&turn(10, 6 * SECOND, Some(5 * SECOND)));
+    observer.provisional_idle(10, 7 * SECOND);
+    let second = report_of(&mut observer, 8 * SECOND, "127.0.0.1:80");
+    // 2→5 s added back, plus 6→7 s.
+    assert_eq!(second.snapshot.active_for_ns, 4 * SECOND);
+}
+
+#[test]
+fn provisional_idle_without_more_sends_changes_nothing_later() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&turn(10, SECOND, None));
+    observer.provisional_idle(10, 2 * SECOND);
+    let first = report_of(&mut observer, 4 * SECOND, "127.0.0.1:80");
+    assert_eq!(first.snapshot.active_for_ns, SECOND);
+    let _ = observer.apply(&turn(10, 6 * SECOND, Some(2 * SECOND)));
+    let second = report_of(&mut observer, 7 * SECOND, "127.0.0.1:80");
+    assert_eq!(second.snapshot.active_for_ns, SECOND);
+}
+
+#[test]
+fn closed_connections_are_logged_once_with_lifetime_and_sessions() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
+    let _ = observer.apply(&Event::Turn {
+        sock: 10,
+        at: 2 * SECOND,
+        previous_end: None,
+        protocol: Some(Protocol::Http1),
+    });
+    let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
+    let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
+    assert_eq!(
+        report.closed_connections,
+        vec![ClosedConnection {
+            lifetime_ns: 3 * SECOND,
+            peak_sessions: 1
+        }]
+    );
+    assert_eq!(report.snapshot.errors.total(), 0);
+    let later = report_of(&mut observer, 6 * SECOND, "127.0.0.1:80");
+    assert!(later.closed_connections.is_empty());
+}
+
+#[test]
+fn adopted_connections_count_and_close_without_errors() {
+    let mut observer = Observer::new(None);
+    observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+    let local = addr("127.0.0.1:80");
+    assert_eq!(
+        observer.adopt(local, addr("127.0.0.1:5000"), SECOND),
+        Some(addr("0.0.0.0:80"))
+    );
+    assert_eq!(
+        observer.adopt(local, addr("127.0.0.1:5000"), SECOND),
+        None,
+        "already there"
+    );
+    assert_eq!(
+        observer.adopt(addr("127.0.0.1:81"), addr("127.0.0.1:5000"), SECOND),
+        None
+    );
+    let first = report_of(&mut observer, 2 * SECOND, "0.0.0.0:80");
+    assert_eq!((first.snapshot.curr, first.sessions_unknown()), (1, 1));
+    // Its close comes with a socket address the observer never saw.
+    let _ = observer.apply(&close(77, "127.0.0.1:80", "127.0.0.1:5000", 3 * SECOND));
+    let second = report_of(&mut observer, 4 * SECOND, "0.0.0.0:80");
+    assert_eq!((second.snapshot.curr, second.snapshot.closed), (0, 1));
+    assert_eq!(second.snapshot.errors.total(), 0);
+    assert_eq!(second.closed_connections.len(), 1);
+}
+
+#[test]
+fn reconciliation_closes_lost_closes_and_adopts_lost_opens() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&open(11, "127.0.0.1:80", "127.0.0.1:5001", 0));
+    // The kernel still has 5001, no longer 5000 (close lost), and has 5002 (open lost).
+    let kernel = [
+        (addr("127.0.0.1:80"), addr("127.0.0.1:5001")),
+        (addr("127.0.0.1:80"), addr("127.0.0.1:5002")),
+        (addr("127.0.0.1:9999"), addr("127.0.0.1:6000")),
+    ];
+    let found = observer.discrepancies(&kernel);
+    assert_eq!(
+        found.model_only,
+        BTreeSet::from([(addr("127.0.0.1:80"), addr("127.0.0.1:5000"))])
+    );
+    assert_eq!(
+        found.kernel_only,
+        BTreeSet::from([(addr("127.0.0.1:80"), addr("127.0.0.1:5002"))])
+    );
+    let again = observer.discrepancies(&kernel[..1]);
+    let confirmed = found.confirmed_by(&again);
+    assert!(confirmed.kernel_only.is_empty(), "5002 was seen only once");
+    assert_eq!(confirmed.model_only.len(), 1);
+
+    let adopted = observer.correct(&found, SECOND);
+    assert_eq!(
+        adopted,
+        vec![(addr("127.0.0.1:80"), addr("127.0.0.1:5002"))]
+    );
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.snapshot.curr, 2);
+    assert_eq!(report.corrections, 2);
+    assert_eq!(report.snapshot.errors.total(), 0);
+    assert_eq!(observer.connections(), 1, "socket 10 forgotten");
+    assert!(observer.discrepancies(&kernel).is_empty());
+}
+
+#[test]
+fn accept_queue_samples_sum_reuseport_groups_and_keep_the_peak() {
+    let mut observer = Observer::new(None);
+    observer.add_scanned_listener_sockets(addr("127.0.0.1:80"), 2, &[]);
+    let listener = addr("127.0.0.1:80");
+    observer.sample_accept_queues(&[(listener, 3, 128), (listener, 4, 128)]);
+    observer.sample_accept_queues(&[(listener, 1, 128), (listener, 0, 128)]);
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:80");
+    assert_eq!(
+        (
+            report.accept_queue,
+            report.accept_queue_peak,
+            report.accept_backlog
+        ),
+        (1, 7, 256)
+    );
+    let next = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!(
+        next.accept_queue_peak, 1,
+        "peak restarts from the current length"
+    );
+}
+
+#[test]
+fn outbound_connections_are_tracked_per_destination() {
+    let target = addr("127.0.0.1:5432");
+    let mut observer = Observer::new(Some(BTreeSet::from([80]))).with_connect_targets(&[target]);
+    let outbound_open = |sock, local: &str, at| Event::OutboundOpen {
+        sock,
+        local: addr(local),
+        remote: target,
+        at,
+    };
+    let _ = observer.apply(&outbound_open(20, "127.0.0.1:40000", 0));
+    let _ = observer.apply(&outbound_open(21, "127.0.0.1:40001", 0));
+    let _ = observer.apply(&close(20, "127.0.0.1:40000", "127.0.0.1:5432", SECOND));
+    let reports = observer.report(2 * SECOND);
+    let report = reports
+        .iter()
+        .find(|report| report.id.is_connect())
+        .expect("outbound report");
+    assert_eq!(report.id, TrackerId::connect(target));
+    assert_eq!(report.snapshot.name, "connect:127.0.0.1:5432");
+    assert_eq!((report.snapshot.curr, report.snapshot.peak), (1, 2));
+    assert_eq!((report.snapshot.opened, report.snapshot.closed), (2, 1));
+    assert_eq!(report.snapshot.errors.total(), 0);
+    assert_eq!(report.closed_connections.len(), 1);
+    assert!(!report.gone);
+}
+
+#[test]
+fn http2_streams_beyond_the_limit_are_reported_untracked() {
+    use crate::sessions::MAX_OPEN_STREAMS;
+    use tracker_common::proto::{FrameHeader, frame};
+
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let _ = observer.apply(&open(10, "127.0.0.1:80", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&Event::Turn {
+        sock: 10,
+        at: SECOND,
+        previous_end: None,
+        protocol: Some(Protocol::Http2),
+    });
+    for n in 0..=u32::try_from(MAX_OPEN_STREAMS).unwrap() {
+        let _ = observer.apply(&Event::H2Frame {
+            sock: 10,
+            frame: FrameHeader {
+                length: 0,
+                kind: frame::HEADERS,
+                flags: 0x4,
+                stream_id: 2 * n + 1,
+            },
+            inbound: true,
+        });
+    }
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.snapshot.peak_sessions, MAX_OPEN_STREAMS);
+    assert_eq!(report.sessions_untracked, 1);
+    let next = report_of(&mut observer, 3 * SECOND, "127.0.0.1:80");
+    assert_eq!(next.sessions_untracked, 0, "counted in its interval only");
+}
+
+#[test]
+fn server_accepts_and_closes_are_counted_per_listener_and_interval() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&open(11, "127.0.0.1:8080", "127.0.0.1:5001", 0));
+    for sock in [10, 11] {
+        assert_eq!(
+            observer.apply(&Event::Accepted { sock, at: 1 }),
+            Applied::Done
+        );
+    }
+    let _ = observer.apply(&Event::ServerClosed { sock: 10, at: 2 });
+    // A socket the observer does not track counts nowhere.
+    let _ = observer.apply(&Event::Accepted { sock: 99, at: 3 });
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+    assert_eq!((report.accepted, report.server_closed), (2, 1));
+    let next = report_of(&mut observer, 2 * SECOND, "127.0.0.1:8080");
+    assert_eq!((next.accepted, next.server_closed), (0, 0));
+    let running = report.then(&next);
+    assert_eq!((running.accepted, running.server_closed), (2, 1));
+}

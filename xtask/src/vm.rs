@@ -1,0 +1,192 @@
+//! Boots one Debian kernel under QEMU (TCG: this machine's KVM cannot boot stock kernels)
+//! with the host's `/` shared read-only over virtio-9p, runs the integration tests inside,
+//! and reads their results from the serial console.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::vm_initramfs::{self, BOOT_MARKER, EXIT_MARKER, GuestCommand};
+use crate::vm_kernel::Kernel;
+
+/// Guest memory: the daemon, nginx, prometheus and the load generators at once.
+const MEMORY: &str = "3G";
+
+/// What one VM run gave.
+pub struct VmOutcome {
+    /// The tests' exit status, or `None` when the VM never reported one (crash, timeout).
+    pub exit_status: Option<i32>,
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// From QEMU's start to the first line stage two prints (the kernel and stage one).
+    pub boot_time: Option<Duration>,
+    pub total_time: Duration,
+    pub timed_out: bool,
+}
+
+/// Boots `kernel`, runs `command` inside, kills QEMU after `timeout`.
+pub fn run(
+    kernel: &Kernel,
+    command: &GuestCommand,
+    timeout: Duration,
+) -> anyhow::Result<VmOutcome> {
+    let initramfs = kernel.root.join("initramfs.cpio");
+    vm_initramfs::build(kernel, command, &initramfs)?;
+    let started = Instant::now();
+    let mut child = qemu(kernel, &initramfs)
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let console = child.stdout.take().expect("stdout is piped");
+    let (sender, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(console).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut outcome = VmOutcome {
+        exit_status: None,
+        passed: Vec::new(),
+        failed: Vec::new(),
+        boot_time: None,
+        total_time: Duration::ZERO,
+        timed_out: false,
+    };
+    let deadline = started + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(remaining) {
+            Ok(line) => {
+                println!("[{}] {line}", kernel.series);
+                read_console_line(&line, started, &mut outcome);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                outcome.timed_out = true;
+                eprintln!(
+                    "xtask: the {} VM did not finish within {timeout:?}; killing it",
+                    kernel.series
+                );
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    reap(&mut child, kernel);
+    outcome.total_time = started.elapsed();
+    Ok(outcome)
+}
+
+fn reap(child: &mut Child, kernel: &Kernel) {
+    match child.wait() {
+        Ok(status) if !status.success() => {
+            eprintln!("xtask: qemu for {} exited with {status}", kernel.series);
+        }
+        Ok(_) => {}
+        Err(error) => eprintln!("xtask: waiting for qemu: {error}"),
+    }
+}
+
+/// Updates `outcome` from one console line: libtest's per-test lines, the exit marker, and
+/// the first line after boot.
+fn read_console_line(line: &str, started: Instant, outcome: &mut VmOutcome) {
+    if let Some(status) = line.strip_prefix(EXIT_MARKER) {
+        outcome.exit_status = status.trim().parse().ok();
+        return;
+    }
+    if line.starts_with(BOOT_MARKER) {
+        outcome.boot_time = Some(started.elapsed());
+    }
+    if let Some(test) = line.strip_prefix("test ") {
+        if let Some(name) = test.strip_suffix(" ... ok") {
+            outcome.passed.push(name.to_owned());
+        } else if let Some(name) = test.strip_suffix(" ... FAILED") {
+            outcome.failed.push(name.to_owned());
+        }
+    }
+}
+
+fn qemu(kernel: &Kernel, initramfs: &std::path::Path) -> Command {
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
+        .args(["-m", MEMORY, "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinux)
+        .arg("-initrd")
+        .arg(initramfs)
+        // Quiet kernel: its messages would interleave with the test lines on the console.
+        .args(["-append", "console=ttyS0 loglevel=1 panic=-1 rdinit=/init"])
+        .args(["-chardev", "stdio,id=console,signal=off"])
+        .args(["-serial", "chardev:console"])
+        .args([
+            "-fsdev",
+            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .args(["-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    command
+}
+
+/// The integration test binary cargo built, from `cargo test --no-run --message-format=json`.
+pub fn integration_test_binary(build_output: &str) -> Option<PathBuf> {
+    build_output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["profile"]["test"] == true)
+        .filter(|message| message["target"]["name"] == "integration")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_results_and_the_exit_marker() {
+        let started = Instant::now();
+        let mut outcome = VmOutcome {
+            exit_status: None,
+            passed: Vec::new(),
+            failed: Vec::new(),
+            boot_time: None,
+            total_time: Duration::ZERO,
+            timed_out: false,
+        };
+        for line in [
+            "TRACKER_VM_BOOTED 6.1.0-57-amd64",
+            "running 3 tests",
+            "test netns::counts ... ok",
+            "test sessions::h2 ... FAILED",
+            "test busy ... ignored",
+            "TRACKER_VM_EXIT=101",
+        ] {
+            read_console_line(line, started, &mut outcome);
+        }
+        assert_eq!(outcome.passed, ["netns::counts"]);
+        assert_eq!(outcome.failed, ["sessions::h2"]);
+        assert_eq!(outcome.exit_status, Some(101));
+        assert!(outcome.boot_time.is_some());
+    }
+
+    #[test]
+    fn finds_the_integration_binary() {
+        let output = r#"{"reason":"compiler-artifact","profile":{"test":false},"target":{"name":"tracker"},"executable":"/t/tracker"}
+{"reason":"compiler-artifact","profile":{"test":true},"target":{"name":"integration"},"executable":"/t/deps/integration-0f"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            integration_test_binary(output),
+            Some(PathBuf::from("/t/deps/integration-0f"))
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! The VM's initramfs: Debian's static busybox, the few modules needed to reach the host's
+//! filesystem (virtio PCI, 9p over virtio, overlayfs), and two scripts.
+//!
+//! Stage one (busybox, in the initramfs) loads the modules, mounts the host's `/` read-only
+//! over 9p, lays tmpfs (or tmpfs-backed overlays) where programs write, lays the kernel
+//! package's modules over `/usr/lib` and `switch_root`s into the host's root: the kernel's
+//! on-demand module loading (`tcp_diag` for `ss`) runs `/sbin/modprobe` from PID 1's root, so
+//! a chroot below PID 1 is not enough. Stage two (the host's `/bin/sh`, as PID 1) mounts the
+//! kernel filesystems the daemon uses, brings up loopback, runs the integration tests and
+//! prints their exit status on the console.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::vm_kernel::Kernel;
+
+/// The line stage two prints with the tests' exit status; the runner looks for it.
+pub const EXIT_MARKER: &str = "TRACKER_VM_EXIT=";
+/// The line stage two prints first, followed by the kernel release: boot is over.
+pub const BOOT_MARKER: &str = "TRACKER_VM_BOOTED ";
+
+/// What needs writing inside the VM (host paths stay read-only): tmpfs where the host's
+/// content does not matter, tmpfs overlays where it does (nginx's /var/lib/nginx, root's
+/// home).
+const EMPTY_TMPFS: &[&str] = &["/tmp", "/run"];
+const OVERLAID: &[&str] = &["/var", "/root"];
+
+/// Modules stage one loads, in a working order once their dependencies are added.
+const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+
+/// What the tests run inside the VM: the binary, its arguments, where, and with what
+/// extra environment.
+pub struct GuestCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// Writes the initramfs for `kernel` running `command` and returns its path.
+pub fn build(kernel: &Kernel, command: &GuestCommand, out: &Path) -> anyhow::Result<()> {
+    let mut archive = Cpio::default();
+    for dir in ["/bin", "/dev", "/proc", "/sys", "/newroot", "/modules"] {
+        archive.directory(dir);
+    }
+    let busybox =
+        std::fs::read("/bin/busybox").context("reading /bin/busybox (Debian's busybox-static)")?;
+    archive.file("/bin/busybox", 0o755, &busybox);
+    archive.symlink("/bin/sh", "busybox");
+    for (index, module) in load_order(kernel)?.iter().enumerate() {
+        let name = module
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| anyhow!("bad module path {}", module.display()))?;
+        let plain = name.split(".ko").next().unwrap_or(name);
+        // Busybox's insmod takes plain ELF objects; Debian compresses some kernels' modules.
+        let object = read_module(module)?;
+        archive.file(&format!("/modules/{index:02}-{plain}.ko"), 0o644, &object);
+    }
+    archive.file("/init", 0o755, stage_one(kernel).as_bytes());
+    archive.file("/stage-two", 0o755, stage_two(command).as_bytes());
+    std::fs::write(out, archive.finish()).with_context(|| format!("writing {}", out.display()))
+}
+
+/// The modules to load, dependencies first, skipping those built into the kernel.
+fn load_order(kernel: &Kernel) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = kernel.modules_dir();
+    let dep = std::fs::read_to_string(dir.join("modules.dep"))
+        .with_context(|| format!("reading {}/modules.dep", dir.display()))?;
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let mut order = Vec::new();
+    for wanted in ROOT_MODULES {
+        if builtin.lines().any(|line| module_name(line) == *wanted) {
+            continue;
+        }
+        let (path, _) = dep
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(path, _)| module_name(path) == *wanted)
+            .ok_or_else(|| anyhow!("{} has no module {wanted}", kernel.package))?;
+        add_with_dependencies(&dep, path, &mut order);
+    }
+    Ok(order.into_iter().map(|path| dir.join(path)).collect())
+}
+
+/// `kernel/fs/9p/9p.ko.xz` → `9p`.
+fn module_name(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file)
+}
+
+/// Appends `path` after its dependencies (modules.dep lists each module's whole closure,
+/// innermost last).
+fn add_with_dependencies(dep: &str, path: &str, order: &mut Vec<String>) {
+    if order.iter().any(|known| known == path) {
+        return;
+    }
+    let dependencies = dep
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(module, _)| *module == path)
+        .map(|(_, dependencies)| dependencies.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for dependency in dependencies.into_iter().rev() {
+        add_with_dependencies(dep, dependency, order);
+    }
+    order.push(path.to_owned());
+}
+
+fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".ko.xz") {
+        "xz"
+    } else if name.ends_with(".ko.zst") {
+        "zstd"
+    } else if name.ends_with(".ko.gz") {
+        "gzip"
+    } else {
+        return std::fs::read(path).with_context(|| format!("reading {name}"));
+    };
+    let output = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("starting {tool} for {name}"))?;
+    if !output.status.success() {
+        bail!("{tool} -dc {name} failed ({})", output.status);
+    }
+    Ok(output.stdout)
+}
+
+fn stage_one(kernel: &Kernel) -> String {
+    let modules_lower = format!("/newroot{}", kernel.root.join("lib").display());
+    let mut script = String::from(
+        r#"#!/bin/busybox sh
+bb=/bin/busybox
+fail() {
+    echo "tracker-vm: $*"
+    echo "EXIT_MARKER125"
+    $bb poweroff -f
+}
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+for module in /modules/*.ko; do
+    $bb insmod "$module" || fail "loading $module"
+done
+$bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot \
+    || fail "mounting the host's root over 9p"
+"#,
+    )
+    .replace("EXIT_MARKER", EXIT_MARKER);
+    for dir in EMPTY_TMPFS {
+        script += &format!(
+            "$bb mount -t tmpfs -o mode=1777 tmpfs /newroot{dir} || fail \"tmpfs on {dir}\"\n"
+        );
+    }
+    // Overlay upper layers live on the guest's /run, which the tests never empty.
+    for dir in OVERLAID {
+        let layer = format!("/newroot/run/vm-overlay{dir}");
+        script += &format!(
+            "$bb mkdir -p {layer}/upper {layer}/work\n\
+             $bb mount -t overlay overlay -o lowerdir=/newroot{dir},upperdir={layer}/upper,workdir={layer}/work /newroot{dir} \
+             || fail \"overlay on {dir}\"\n"
+        );
+    }
+    // The package's modules under /usr/lib/modules/<release> (/lib is a link to usr/lib on
+    // Debian 12), over the host's own: a read-only overlay of two lower layers.
+    script += &format!(
+        "$bb mount -t overlay overlay -o lowerdir={modules_lower}:/newroot/usr/lib /newroot/usr/lib \
+         || fail \"overlay of the kernel's modules on /usr/lib\"\n\
+         $bb cp /stage-two /newroot/run/vm-stage-two\n\
+         $bb mount --move /dev /newroot/dev\n\
+         $bb mount --move /proc /newroot/proc\n\
+         $bb mount --move /sys /newroot/sys\n\
+         exec $bb switch_root /newroot /run/vm-stage-two\n"
+    );
+    script
+}
+
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fn stage_two(command: &GuestCommand) -> String {
+    let mut script = String::from(
+        r#"#!/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+echo "BOOT_MARKER$(uname -r)"
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t bpf bpf /sys/fs/bpf
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hostname tracker-vm
+ip link set lo up
+"#,
+    )
+    .replace("BOOT_MARKER", BOOT_MARKER);
+    for (name, value) in &command.env {
+        script += &format!("export {name}={}\n", shell_quote(value));
+    }
+    script += &format!("cd {}\n", shell_quote(&command.dir.to_string_lossy()));
+    script += &shell_quote(&command.program.to_string_lossy());
+    for arg in &command.args {
+        script += " ";
+        script += &shell_quote(arg);
+    }
+    script += &format!(
+        "\nstatus=$?\n\
+         echo \"{EXIT_MARKER}$status\"\n\
+         kill -KILL -1 2>/dev/null\n\
+         sync\n\
+         /bin/busybox poweroff -f\n"
+    );
+    script
+}
+
+/// A newc ("070701") cpio archive, the format the kernel unpacks into its rootfs.
+#[derive(Default)]
+struct Cpio {
+    bytes: Vec<u8>,
+    next_inode: u32,
+}
+
+impl Cpio {
+    fn directory(&mut self, path: &str) {
+        self.entry(path, 0o040_755, b"");
+    }
+
+    fn file(&mut self, path: &str, permissions: u32, data: &[u8]) {
+        self.entry(path, 0o100_000 | permissions, data);
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.entry(path, 0o120_777, target.as_bytes());
+    }
+
+    fn entry(&mut self, path: &str, mode: u32, data: &[u8]) {
+        self.next_inode += 1;
+        let name = path.trim_start_matches('/');
+        let size = u32::try_from(data.len()).expect("initramfs files are under 4 GiB");
+        let name_size = u32::try_from(name.len() + 1).expect("short names");
+        let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
+        // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor
+        // namesize check
+        let fields = [
+            self.next_inode,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            size,
+            0,
+            0,
+            0,
+            0,
+            name_size,
+            0,
+        ];
+        self.bytes.extend_from_slice(b"070701");
+        for field in fields {
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(0);
+        self.pad();
+        self.bytes.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, b"");
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_entries_are_aligned_and_end_with_the_trailer() {
+        let mut archive = Cpio::default();
+        archive.directory("/bin");
+        archive.file("/bin/x", 0o755, b"hello");
+        let bytes = archive.finish();
+        assert!(bytes.starts_with(b"070701"));
+        // Header (110) + "bin\0" (4) = 114, padded to 116; the file's header follows.
+        assert_eq!(&bytes[116..122], b"070701");
+        assert_eq!(&bytes[116 + 6 + 6 * 8..116 + 6 + 7 * 8], b"00000005");
+        assert!(bytes.len().is_multiple_of(4));
+        assert!(bytes.ends_with(b"TRAILER!!!\0\0\0\0"));
+    }
+
+    #[test]
+    fn dependencies_come_first_once() {
+        let dep = "kernel/fs/9p/9p.ko.xz: kernel/net/9p/9pnet.ko.xz kernel/fs/netfs/netfs.ko.xz\n\
+                   kernel/net/9p/9pnet.ko.xz:\n\
+                   kernel/fs/netfs/netfs.ko.xz:\n\
+                   kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz\n";
+        let mut order = Vec::new();
+        add_with_dependencies(dep, "kernel/net/9p/9pnet_virtio.ko.xz", &mut order);
+        add_with_dependencies(dep, "kernel/fs/9p/9p.ko.xz", &mut order);
+        assert_eq!(
+            order,
+            [
+                "kernel/net/9p/9pnet.ko.xz",
+                "kernel/net/9p/9pnet_virtio.ko.xz",
+                "kernel/fs/netfs/netfs.ko.xz",
+                "kernel/fs/9p/9p.ko.xz",
+            ]
+        );
+        assert_eq!(module_name("kernel/fs/9p/9p.ko.xz"), "9p");
+        assert_eq!(module_name("kernel/fs/overlayfs/overlay.ko"), "overlay");
+    }
+
+    #[test]
+    fn stage_two_quotes_what_it_runs() {
+        let script = stage_two(&GuestCommand {
+            program: "/t/integration-abc".into(),
+            args: vec!["it's".into(), "--test-threads=1".into()],
+            dir: "/src".into(),
+            env: vec![("SCALE".into(), "4".into())],
+        });
+        assert!(script.contains(
+            "export SCALE='4'\ncd '/src'\n'/t/integration-abc' 'it'\\''s' '--test-threads=1'\n"
+        ));
+        assert!(script.contains(EXIT_MARKER));
+    }
+}
