@@ -177,7 +177,6 @@ mod tests {
     use std::net::SocketAddr;
 
     use crate::hooks::HookChoice;
-
     use crate::model::Tracker;
 
     fn sample() -> ListenerReport {
