@@ -57,6 +57,27 @@ pub const PROG_RAW_SOCK_RECV_LENGTH: &str = "raw_sock_recv_length";
 pub const PROG_SOCK_SEND_LENGTH: &str = "sock_send_length";
 pub const PROG_RAW_SOCK_SEND_LENGTH: &str = "raw_sock_send_length";
 
+/// Program names of the function hooks (fentry/fexit, else kprobe/kretprobe), for kernels
+/// without `sock:sock_{recv,send}_length` and for the server's accept and close. Where a
+/// function's parameter list changed across kernels there is one program per list, named by
+/// its parameter count: fentry/fexit programs read arguments at fixed positions the verifier
+/// checks against the kernel's BTF, and the daemon picks the variant the BTF describes.
+pub const PROG_FEXIT_TCP_RECVMSG_4: &str = "fexit_tcp_recvmsg_4";
+pub const PROG_FEXIT_TCP_RECVMSG_5: &str = "fexit_tcp_recvmsg_5";
+pub const PROG_FEXIT_TCP_RECVMSG_6: &str = "fexit_tcp_recvmsg_6";
+/// For 4 or 5 parameters (`flags` is the fourth of both lists).
+pub const PROG_KPROBE_TCP_RECVMSG: &str = "kprobe_tcp_recvmsg";
+pub const PROG_KPROBE_TCP_RECVMSG_6: &str = "kprobe_tcp_recvmsg_6";
+pub const PROG_KRETPROBE_TCP_RECVMSG: &str = "kretprobe_tcp_recvmsg";
+pub const PROG_FEXIT_TCP_SENDMSG: &str = "fexit_tcp_sendmsg";
+pub const PROG_KPROBE_TCP_SENDMSG: &str = "kprobe_tcp_sendmsg";
+pub const PROG_KRETPROBE_TCP_SENDMSG: &str = "kretprobe_tcp_sendmsg";
+pub const PROG_FEXIT_INET_CSK_ACCEPT_2: &str = "fexit_inet_csk_accept_2";
+pub const PROG_FEXIT_INET_CSK_ACCEPT_4: &str = "fexit_inet_csk_accept_4";
+pub const PROG_KRETPROBE_INET_CSK_ACCEPT: &str = "kretprobe_inet_csk_accept";
+pub const PROG_FENTRY_TCP_CLOSE: &str = "fentry_tcp_close";
+pub const PROG_KPROBE_TCP_CLOSE: &str = "kprobe_tcp_close";
+
 /// `MSG_PEEK`: a read that leaves the bytes queued; not payload consumed by the server.
 pub const MSG_PEEK: i32 = 2;
 
@@ -295,6 +316,11 @@ pub enum EventKind {
     /// A connection this host opened (SYN_SENT → ESTABLISHED) to a destination in
     /// [`CONNECT_TARGETS_MAP`] was established. Its close comes as [`EventKind::ConnClose`].
     OutboundOpen = 9,
+    /// The server accepted tracked connection `skaddr` (`inet_csk_accept` returned it).
+    Accepted = 10,
+    /// The server closed tracked connection `skaddr` (`tcp_close`, its last reference to
+    /// the socket went away), before the socket reached CLOSE.
+    ServerClosed = 11,
 }
 
 /// The `detail` of an [`EventKind::H2Frame`]: which frame, and which way it went. Packed by
@@ -348,6 +374,8 @@ impl TryFrom<u32> for EventKind {
             7 => Ok(Self::H2Frame),
             8 => Ok(Self::WalkLost),
             9 => Ok(Self::OutboundOpen),
+            10 => Ok(Self::Accepted),
+            11 => Ok(Self::ServerClosed),
             other => Err(other),
         }
     }
@@ -577,6 +605,8 @@ mod tests {
             EventKind::H2Frame,
             EventKind::WalkLost,
             EventKind::OutboundOpen,
+            EventKind::Accepted,
+            EventKind::ServerClosed,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }

@@ -30,6 +30,16 @@ pub unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
+/// Argument `n` (or, in an fexit program, the return value after the last one) of an
+/// fentry/fexit program, as a plain number. The context hands pointer arguments over as typed
+/// kernel pointers, on which the verifier forbids arithmetic (aya-log's formatting of an
+/// address at debug level shifts it); copied out with a helper it is a value like the one a
+/// tracepoint gives.
+#[inline(always)]
+pub fn btf_arg_value<C: EbpfContext>(ctx: &C, n: usize) -> u64 {
+    kernel((ctx.as_ptr() as u64).wrapping_add(8 * n as u64)).unwrap_or(0)
+}
+
 /// Reads kernel memory at `address`; `None` if it cannot be read.
 #[inline(always)]
 pub fn kernel<T>(address: u64) -> Option<T> {

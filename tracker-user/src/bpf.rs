@@ -1,29 +1,12 @@
 //! Loading, configuring and attaching the eBPF programs, and reading what they send.
 //!
-//! Hook choice. Every hook is listed in [`HOOKS`]: a purpose, then the candidate attach points
-//! in order of preference; the first one this kernel has (and can serve) is used. On the
-//! machines we target kprobes are compiled out and fentry/fexit programs are refused, so every
-//! candidate is a tracepoint, attached raw where possible: a raw tracepoint hands the program
-//! the tracepoint's C arguments, while a classic one first makes the kernel format a perf
-//! record of every field, for every firing, including the many the program drops at once.
-//!
-//! * Connection lifecycle: `sock:inet_sock_set_state` (4.16+). It sees listen(), the
-//!   server-side SYN_RECV → ESTABLISHED step and every CLOSE from one attach point. Raw when
-//!   the kernel's BTF says where `struct sock` keeps protocol, family, ports and addresses
-//!   (the program reads them itself, only for the few firings that matter); classic (the
-//!   record has them decoded) otherwise. (`tcp:tcp_set_state`, its 4.15 predecessor, has a
-//!   different layout and is not supported; `tcp:tcp_destroy_sock` alone would miss listens
-//!   and opens.) Required.
-//! * Turn boundaries (busy time): `sock:sock_recv_length` and `sock:sock_send_length` (6.6+),
-//!   raw, else classic. They fire after every socket read and write with the socket and byte
-//!   count, on every path (read/recv/recvmsg/readv, write/send/sendmsg/writev, sendfile,
-//!   io_uring), which per-syscall tracepoints would not cover. Optional: on older kernels the
-//!   daemon warns and reports busy time as 0.
-//! * Payload (sessions): no hook of its own. The socket programs above run inside the
-//!   server's system call, whose buffer argument they read from the task's saved user
-//!   registers (`bpf_task_pt_regs`), for tracked connections whose protocol is undecided or
-//!   HTTP/2 only. Off with `--no-sessions`, or on an architecture whose register layout this
-//!   build does not know: sessions are then reported as unknown.
+//! Hook choice: see [`crate::hooks`], which tries each capability's candidate hooks (fentry/
+//! fexit, kprobes, raw then classic tracepoints) best first. Payload (sessions) has no hook of
+//! its own: the turn programs run inside the server's system call, whose buffer argument they
+//! read from the task's saved user registers (`bpf_task_pt_regs`), for tracked connections
+//! whose protocol is undecided or HTTP/2 only. Off with `--no-sessions`, or on an
+//! architecture whose register layout this build does not know: sessions are then reported
+//! as unknown.
 //!
 //! Everything attached here is owned by [`Probes`]; dropping it detaches all of it, also on
 //! error paths, so the daemon never leaves a program attached behind it.
@@ -32,110 +15,18 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
     CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, DIRECTION_IN,
-    DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP,
-    PROG_INET_SOCK_SET_STATE, PROG_RAW_INET_SOCK_SET_STATE, PROG_RAW_SOCK_RECV_LENGTH,
-    PROG_RAW_SOCK_SEND_LENGTH, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, RegsLayout,
-    SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape, inet_sock_set_state, sock_length,
+    DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout,
+    SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
 };
 
-use crate::tracefs::{Tracefs, check_format};
-
-/// One way to serve a hook.
-enum Candidate {
-    /// The raw tracepoint `name`, served by `program`; `needs_sock_layout`: the program reads
-    /// socket fields at offsets found in the kernel's BTF.
-    Raw {
-        name: &'static str,
-        program: &'static str,
-        needs_sock_layout: bool,
-    },
-    /// The classic tracepoint `category:name`, served by `program`, which reads `fields`
-    /// (name, offset, size) from its record; checked against the tracepoint's format file.
-    Classic {
-        category: &'static str,
-        name: &'static str,
-        program: &'static str,
-        fields: &'static [(&'static str, usize, usize)],
-    },
-}
-
-/// Which figures a hook feeds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum HookGroup {
-    /// Connections: without these the daemon cannot work.
-    Lifecycle,
-    /// Busy time (and, through the same programs, sessions).
-    Turns,
-}
-
-/// One purpose, attached to the first usable candidate.
-struct Hook {
-    group: HookGroup,
-    purpose: &'static str,
-    candidates: &'static [Candidate],
-}
-
-/// The hook table (see the module documentation for why each entry is what it is).
-const HOOKS: &[Hook] = &[
-    Hook {
-        group: HookGroup::Lifecycle,
-        purpose: "TCP connection lifecycle",
-        candidates: &[
-            Candidate::Raw {
-                name: "inet_sock_set_state",
-                program: PROG_RAW_INET_SOCK_SET_STATE,
-                needs_sock_layout: true,
-            },
-            Candidate::Classic {
-                category: "sock",
-                name: "inet_sock_set_state",
-                program: PROG_INET_SOCK_SET_STATE,
-                fields: &inet_sock_set_state::FIELDS,
-            },
-        ],
-    },
-    Hook {
-        group: HookGroup::Turns,
-        purpose: "turn starts (busy time)",
-        candidates: &[
-            Candidate::Raw {
-                name: "sock_recv_length",
-                program: PROG_RAW_SOCK_RECV_LENGTH,
-                needs_sock_layout: false,
-            },
-            Candidate::Classic {
-                category: "sock",
-                name: "sock_recv_length",
-                program: PROG_SOCK_RECV_LENGTH,
-                fields: &sock_length::FIELDS,
-            },
-        ],
-    },
-    Hook {
-        group: HookGroup::Turns,
-        purpose: "turn ends (busy time)",
-        candidates: &[
-            Candidate::Raw {
-                name: "sock_send_length",
-                program: PROG_RAW_SOCK_SEND_LENGTH,
-                needs_sock_layout: false,
-            },
-            Candidate::Classic {
-                category: "sock",
-                name: "sock_send_length",
-                program: PROG_SOCK_SEND_LENGTH,
-                fields: &sock_length::FIELDS,
-            },
-        ],
-    },
-];
+use crate::hooks::{AttachSettings, HookChoice, HookKind, attach_all};
+use crate::tracefs::Tracefs;
 
 /// System calls whose buffer the socket programs may read, with how it is passed and in
 /// which direction the bytes go (the second argument is the buffer, iovec array or msghdr;
@@ -180,6 +71,8 @@ pub struct ProbeOptions {
     pub connect: Vec<SocketAddr>,
     /// Skip the raw tracepoint candidates (exercises the fallback).
     pub classic_tracepoints: bool,
+    /// Use only this kind of hook where a capability has one (`--hooks`).
+    pub forced_hooks: Option<HookKind>,
     /// Have the kernel account the programs' run time (`BPF_ENABLE_STATS`, for as long as the
     /// probes live), so their own cost can be reported.
     pub run_time_stats: bool,
@@ -210,8 +103,8 @@ pub struct Probes {
     tracked: HashMap<MapData, u64, ConnTrack>,
     preexisting: HashMap<MapData, ConnKey, u8>,
     config: Array<MapData, Config>,
-    /// Where each hook was attached, for the start-up message.
-    pub attached: Vec<String>,
+    /// The hook serving each capability.
+    pub hooks: HookChoice,
     /// Keeps the kernel's run-time accounting on while open (`--bpf-stats`).
     _run_time_stats: Option<std::os::fd::OwnedFd>,
     /// tracefs, found or mounted only if a classic tracepoint was needed (raw tracepoints do
@@ -276,20 +169,16 @@ pub fn load_and_attach(
         }
     };
 
-    let mut attached = Vec::new();
     let mut tracefs = None;
-    for hook in HOOKS {
-        match (
-            attach_hook(&mut ebpf, &mut tracefs, hook, &layout, options),
-            hook.group,
-        ) {
-            (Ok(point), _) => attached.push(point),
-            (Err(error), HookGroup::Lifecycle) => return Err(error),
-            (Err(error), HookGroup::Turns) => {
-                log::warn!("{error:#}: busy time is reported as 0 and sessions as unknown");
-            }
-        }
-    }
+    let hooks = attach_all(
+        &mut ebpf,
+        &mut tracefs,
+        &AttachSettings {
+            layout: &layout,
+            classic_tracepoints: options.classic_tracepoints,
+            forced: options.forced_hooks,
+        },
+    )?;
 
     let ring = RingBuf::try_from(
         ebpf.take_map(EVENTS_MAP)
@@ -323,7 +212,7 @@ pub fn load_and_attach(
             tracked,
             preexisting,
             config,
-            attached,
+            hooks,
             _run_time_stats: run_time_stats,
             _tracefs: tracefs,
         },
@@ -481,100 +370,6 @@ fn configure(
         .set(0, value, 0)
         .context("writing the configuration map")?;
     Ok(())
-}
-
-fn attach_hook(
-    ebpf: &mut Ebpf,
-    tracefs: &mut Option<Tracefs>,
-    hook: &Hook,
-    layout: &crate::btf::KernelLayout,
-    options: &ProbeOptions,
-) -> anyhow::Result<String> {
-    let mut refusals = Vec::new();
-    for candidate in hook.candidates {
-        let attached = match *candidate {
-            Candidate::Raw {
-                name,
-                program,
-                needs_sock_layout,
-            } => {
-                if options.classic_tracepoints {
-                    continue;
-                }
-                if needs_sock_layout && layout.sock.is_none() {
-                    refusals.push(format!(
-                        "raw tracepoint {name}: no socket layout in the kernel's BTF"
-                    ));
-                    continue;
-                }
-                attach_raw(ebpf, name, program)
-            }
-            Candidate::Classic {
-                category,
-                name,
-                program,
-                fields,
-            } => attach_classic(ebpf, tracefs, category, name, program, fields),
-        };
-        match attached {
-            Ok(point) => return Ok(point),
-            Err(error) => refusals.push(format!("{error:#}")),
-        }
-    }
-    bail!(
-        "no usable hook for {}: {}",
-        hook.purpose,
-        refusals.join("; ")
-    )
-}
-
-fn attach_raw(ebpf: &mut Ebpf, name: &str, program_name: &str) -> anyhow::Result<String> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(program_name)
-        .ok_or_else(|| anyhow!("program {program_name} missing from the eBPF object"))?
-        .try_into()?;
-    program
-        .load()
-        .map_err(|error| anyhow!(error))
-        .with_context(|| format!("loading program {program_name} (verifier or BPF support)"))?;
-    let attached = program.attach(name).map_err(|error| anyhow!(error));
-    if let Err(error) = attached {
-        // Leave nothing loaded behind for a candidate not used.
-        let _ = program.unload();
-        return Err(error).with_context(|| format!("attaching raw tracepoint {name}"));
-    }
-    Ok(format!("{name} (raw tracepoint)"))
-}
-
-fn attach_classic(
-    ebpf: &mut Ebpf,
-    tracefs: &mut Option<Tracefs>,
-    category: &str,
-    name: &str,
-    program_name: &str,
-    fields: &[(&str, usize, usize)],
-) -> anyhow::Result<String> {
-    let tracefs = match tracefs {
-        Some(tracefs) => tracefs,
-        None => tracefs.insert(Tracefs::find_or_mount()?),
-    };
-    let format = tracefs.format(category, name)?;
-    check_format(&format, fields).map_err(|mismatch| {
-        anyhow!("tracepoint {category}:{name} has a layout this build does not know: {mismatch}")
-    })?;
-    let program: &mut TracePoint = ebpf
-        .program_mut(program_name)
-        .ok_or_else(|| anyhow!("program {program_name} missing from the eBPF object"))?
-        .try_into()?;
-    program
-        .load()
-        .map_err(|error| anyhow!(error))
-        .with_context(|| format!("loading program {program_name} (verifier or BPF support)"))?;
-    program
-        .attach(category, name)
-        .map_err(|error| anyhow!(error))
-        .with_context(|| format!("attaching to {category}:{name}"))?;
-    Ok(format!("{category}:{name}"))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.

@@ -3,7 +3,9 @@
 //! toolchain): where a socket keeps its network namespace (`skc_net` in `struct sock_common`,
 //! the namespace's inode number `ns.inum` in `struct net`), so that listeners of different
 //! namespaces are told apart; and its protocol, family, ports and addresses, which the raw
-//! `inet_sock_set_state` tracepoint does not format for us.
+//! `inet_sock_set_state` tracepoint does not format for us. Also how many parameters the
+//! kernel functions the function hooks read arguments of take, where that changed across
+//! versions (see `hooks`).
 
 use std::collections::HashMap;
 
@@ -15,6 +17,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -32,17 +35,38 @@ pub struct NetnsOffsets {
 
 /// A struct or union member: name, type id, offset in bits, and its size in bits if it is a
 /// bitfield (0 otherwise).
-struct Member {
-    name: String,
+struct Member<'a> {
+    name: &'a str,
     type_id: u32,
     bit_offset: u32,
     bitfield_bits: u32,
 }
 
-/// Composite types by id, and their names.
-struct Types {
-    composites: HashMap<u32, Vec<Member>>,
-    by_name: HashMap<String, u32>,
+/// Composite types by id, and their names. Names borrow the BTF's string section: the
+/// kernel's BTF holds hundreds of thousands of them, and copying each was most of the parse
+/// (seconds on an emulated CPU).
+struct Types<'a> {
+    composites: HashMap<u32, Vec<Member<'a>>>,
+    by_name: HashMap<&'a str, u32>,
+    /// Parameter counts of function prototypes, by type id.
+    proto_params: HashMap<u32, u16>,
+    /// Prototype type ids of the functions in [`FUNCTIONS`], by name.
+    functions: HashMap<&'static str, u32>,
+}
+
+/// The functions whose parameter counts are looked up.
+const FUNCTIONS: [&str; 2] = ["tcp_recvmsg", "inet_csk_accept"];
+
+/// Parameter counts of the functions in [`FUNCTIONS`] (None: not in the BTF).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionParams([Option<u16>; FUNCTIONS.len()]);
+
+impl FunctionParams {
+    /// How many parameters `function` takes on this kernel (None: not known).
+    pub fn count(&self, function: &str) -> Option<usize> {
+        let index = FUNCTIONS.iter().position(|&name| name == function)?;
+        self.0[index].map(usize::from)
+    }
 }
 
 /// What the daemon needs from the kernel's BTF.
@@ -50,6 +74,7 @@ struct Types {
 pub struct KernelLayout {
     pub netns: Option<NetnsOffsets>,
     pub sock: Option<SockLayout>,
+    pub params: FunctionParams,
 }
 
 /// Finds the offsets in raw BTF data (`Default`, all unknown, if it is not BTF).
@@ -60,10 +85,14 @@ pub fn kernel_layout(btf: &[u8]) -> KernelLayout {
     KernelLayout {
         netns: netns_offsets(&types),
         sock: sock_layout(&types),
+        params: FunctionParams(FUNCTIONS.map(|name| {
+            let proto = types.functions.get(name)?;
+            types.proto_params.get(proto).copied()
+        })),
     }
 }
 
-fn netns_offsets(types: &Types) -> Option<NetnsOffsets> {
+fn netns_offsets(types: &Types<'_>) -> Option<NetnsOffsets> {
     let sock_common = *types.by_name.get("sock_common")?;
     let net = *types.by_name.get("net")?;
     let ns_common = *types.by_name.get("ns_common")?;
@@ -80,7 +109,7 @@ fn netns_offsets(types: &Types) -> Option<NetnsOffsets> {
 /// Where `struct sock` (and `struct inet_sock`, which begins with it) keeps what the lifecycle
 /// program reads. None if any field is missing or is a bitfield (`sk_protocol` was one before
 /// Linux 5.6).
-fn sock_layout(types: &Types) -> Option<SockLayout> {
+fn sock_layout(types: &Types<'_>) -> Option<SockLayout> {
     let sock = *types.by_name.get("sock")?;
     let common = member_offset(types, sock, "__sk_common")?;
     let sock_common = *types.by_name.get("sock_common")?;
@@ -99,7 +128,7 @@ fn sock_layout(types: &Types) -> Option<SockLayout> {
 
 /// The byte offset of member `name` of composite `type_id`, looking through anonymous
 /// struct and union members. Bitfields and members not on a byte boundary are not found.
-fn member_offset(types: &Types, type_id: u32, name: &str) -> Option<u32> {
+fn member_offset(types: &Types<'_>, type_id: u32, name: &str) -> Option<u32> {
     let members = types.composites.get(&type_id)?;
     for member in members {
         if member.name == name {
@@ -117,7 +146,7 @@ fn member_offset(types: &Types, type_id: u32, name: &str) -> Option<u32> {
     None
 }
 
-fn parse(btf: &[u8]) -> Option<Types> {
+fn parse(btf: &[u8]) -> Option<Types<'_>> {
     let u16_at = |at: usize| Some(u16::from_le_bytes(btf.get(at..at + 2)?.try_into().ok()?));
     let u32_at = |at: usize| Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?));
     if u16_at(0)? != 0xeb9f {
@@ -128,18 +157,22 @@ fn parse(btf: &[u8]) -> Option<Types> {
     let type_len = u32_at(12)? as usize;
     let str_off = u32_at(16)? as usize;
     let strings = btf.get(header_len + str_off..)?;
-    let name = |offset: u32| -> String {
+    // A name that is not UTF-8 is no name this module looks for.
+    let name = |offset: u32| -> &[u8] {
         let rest = strings.get(offset as usize..).unwrap_or_default();
         let end = rest
             .iter()
             .position(|&byte| byte == 0)
             .unwrap_or(rest.len());
-        String::from_utf8_lossy(&rest[..end]).into_owned()
+        &rest[..end]
     };
+    let name = |offset: u32| std::str::from_utf8(name(offset)).unwrap_or_default();
 
     let mut types = Types {
         composites: HashMap::new(),
         by_name: HashMap::new(),
+        proto_params: HashMap::new(),
+        functions: HashMap::new(),
     };
     let mut at = header_len + type_off;
     let end = at + type_len;
@@ -147,6 +180,7 @@ fn parse(btf: &[u8]) -> Option<Types> {
     while at + 12 <= end {
         let name_off = u32_at(at)?;
         let info = u32_at(at + 4)?;
+        let size_or_type = u32_at(at + 8)?;
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 != 0;
@@ -178,7 +212,17 @@ fn parse(btf: &[u8]) -> Option<Types> {
             }
             KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
             KIND_ARRAY => at += 12,
-            KIND_ENUM | KIND_FUNC_PROTO => at += vlen * 8,
+            KIND_FUNC_PROTO => {
+                types.proto_params.insert(id, vlen as u16);
+                at += vlen * 8;
+            }
+            KIND_FUNC => {
+                let func_name = name(name_off);
+                if let Some(&function) = FUNCTIONS.iter().find(|&&f| f == func_name) {
+                    types.functions.entry(function).or_insert(size_or_type);
+                }
+            }
+            KIND_ENUM => at += vlen * 8,
             KIND_DATASEC | KIND_ENUM64 => at += vlen * 12,
             _ => {}
         }
@@ -225,6 +269,23 @@ mod tests {
             sock.local_port > sock.protocol,
             "inet_sport lies past struct sock"
         );
+    }
+
+    #[test]
+    fn finds_the_parameter_counts_in_this_kernel() {
+        let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+        let params = kernel_layout(&btf).params;
+        // 5.19 dropped tcp_recvmsg's `nonblock`, 6.16 its `addr_len`; 6.10 folded inet_csk_accept's flags, err
+        // and kern into one argument.
+        assert!(
+            matches!(params.count("tcp_recvmsg"), Some(4..=6)),
+            "{params:?}"
+        );
+        assert!(
+            matches!(params.count("inet_csk_accept"), Some(2 | 4)),
+            "{params:?}"
+        );
+        assert_eq!(params.count("not_a_function"), None);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Options {
     pub sessions: bool,
     /// Use only classic tracepoints (the fallback hooks).
     pub classic_tracepoints: bool,
+    /// Use only this kind of hook where a capability has one (`--hooks`).
+    pub forced_hooks: Option<crate::hooks::HookKind>,
     /// Account the eBPF programs' run time and log it at exit.
     pub bpf_stats: bool,
     /// Destinations whose outbound connections are tracked.
@@ -63,6 +65,7 @@ pub async fn run(
         sessions: options.sessions,
         connect: options.connect.clone(),
         classic_tracepoints: options.classic_tracepoints,
+        forced_hooks: options.forced_hooks,
         run_time_stats: options.bpf_stats,
     };
     let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&probe_options)?;
@@ -166,7 +169,7 @@ impl State {
         state.adopt_existing_connections()?;
         log::info!(
             "attached to {}; watching {} listener(s){}",
-            state.probes.attached.join(", "),
+            state.probes.hooks.describe(),
             state.observer.listener_addrs().count(),
             match &options.ports {
                 Some(ports) => format!(" on port(s) {ports:?}"),
@@ -364,6 +367,7 @@ impl State {
             listen_overflows: listen_counters.0.saturating_sub(self.listen_counters.0),
             listen_drops: listen_counters.1.saturating_sub(self.listen_counters.1),
             unattributed_closes: unattributed.saturating_sub(self.unattributed),
+            hooks: self.probes.hooks,
         };
         if totals.lost_events > 0 {
             log::warn!(

@@ -68,6 +68,10 @@ pub enum Event {
     },
     /// The kernel lost its place in the connection's HTTP/2 frames.
     WalkLost { sock: SockId },
+    /// The server accepted a tracked connection (took it off the accept queue).
+    Accepted { sock: SockId, at: Nanos },
+    /// The server closed a tracked connection (its last reference to the socket).
+    ServerClosed { sock: SockId, at: Nanos },
     /// A connection this host opened to a `--connect` destination (`remote`) was
     /// established.
     OutboundOpen {
@@ -160,7 +164,11 @@ impl Event {
                 remote: remote()?,
                 at,
             },
-            EventKind::Turn | EventKind::H2Frame | EventKind::WalkLost => {
+            EventKind::Turn
+            | EventKind::H2Frame
+            | EventKind::WalkLost
+            | EventKind::Accepted
+            | EventKind::ServerClosed => {
                 return Err(DecodeError::Record {
                     kind,
                     len: size_of::<SockEvent>(),
@@ -206,6 +214,8 @@ impl Event {
                 }
             }
             EventKind::WalkLost => Self::WalkLost { sock },
+            EventKind::Accepted => Self::Accepted { sock, at },
+            EventKind::ServerClosed => Self::ServerClosed { sock, at },
             EventKind::ListenerUp
             | EventKind::ListenerDown
             | EventKind::ConnOpen
@@ -342,6 +352,26 @@ mod tests {
                 sock: 0xffff_8880_0000_2000
             })
         );
+    }
+
+    #[test]
+    fn decodes_server_accepts_and_closes_from_short_records() {
+        let sock = 0xffff_8880_0000_2000;
+        assert_eq!(
+            Event::decode(note_bytes(&note(EventKind::Accepted, 0, 0))),
+            Ok(Event::Accepted { sock, at: 2_000 })
+        );
+        assert_eq!(
+            Event::decode(note_bytes(&note(EventKind::ServerClosed, 0, 0))),
+            Ok(Event::ServerClosed { sock, at: 2_000 })
+        );
+        assert!(matches!(
+            Event::from_event(&raw(EventKind::Accepted as u32, AF_INET)),
+            Err(DecodeError::Record {
+                kind: EventKind::Accepted,
+                ..
+            })
+        ));
     }
 
     #[test]

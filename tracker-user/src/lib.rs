@@ -11,6 +11,7 @@ pub mod bpf;
 pub mod btf;
 pub mod daemon;
 pub mod event;
+pub mod hooks;
 pub mod model;
 pub mod observer;
 pub mod procfs;

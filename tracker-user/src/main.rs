@@ -97,6 +97,10 @@ struct Flags {
     /// tests and comparison).
     #[arg(long, global = true, hide = true)]
     classic_tracepoints: bool,
+    /// Serve every capability that has such a hook with this kind only, failing if the
+    /// kernel refuses it (the fallback paths, for tests and cost comparison).
+    #[arg(long, global = true, hide = true, value_name = "KIND")]
+    hooks: Option<tracker::hooks::HookKind>,
 
     /// Have the kernel account the eBPF programs' run time and log each program's runs and
     /// nanoseconds at exit (for benchmarks; the accounting itself costs a little).
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
         ring_bytes: flags.ring_bytes,
         sessions: !flags.no_sessions,
         classic_tracepoints: flags.classic_tracepoints,
+        forced_hooks: flags.hooks,
         bpf_stats: flags.bpf_stats,
         connect: flags.connect.clone(),
     };

@@ -23,6 +23,10 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::bench_memory::{HeldConnections, rss_bytes};
 use crate::{run_step, workspace_root};
 
+/// Everything in BENCHMARKS.md from this line on was measured outside `cargo xtask bench`
+/// and survives its rewrite of the file.
+const KEPT_SECTIONS_MARKER: &str = "<!-- sections below are not written by cargo xtask bench -->";
+
 /// Settings of one `cargo xtask bench` run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -186,7 +190,16 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         &micro,
         started.elapsed(),
     );
-    std::fs::write(workspace_root().join("BENCHMARKS.md"), &report)?;
+    let path = workspace_root().join("BENCHMARKS.md");
+    // Sections measured by other means (inside VMs, say) follow a marker and are kept.
+    let kept = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|old| {
+            old.find(KEPT_SECTIONS_MARKER)
+                .map(|start| old[start..].to_owned())
+        })
+        .unwrap_or_default();
+    std::fs::write(&path, format!("{report}\n{kept}"))?;
     plot(&overhead, &out_dir)?;
     eprintln!("bench: wrote BENCHMARKS.md and benchmarks.png");
     Ok(())

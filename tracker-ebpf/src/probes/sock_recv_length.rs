@@ -43,7 +43,7 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
+pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
     let skaddr = call.skaddr;
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
         return;

@@ -33,7 +33,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
+pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
     let skaddr = call.skaddr;
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
         return;

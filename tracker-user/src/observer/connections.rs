@@ -243,6 +243,22 @@ impl Observer {
         Applied::Done
     }
 
+    /// The server took a tracked connection off its accept queue.
+    pub(super) fn accepted(&mut self, sock: SockId) -> Applied {
+        if let Some((_, listener)) = self.conn_and_listener(sock) {
+            listener.accepted += 1;
+        }
+        Applied::Done
+    }
+
+    /// The server closed a tracked connection itself (its last reference to the socket).
+    pub(super) fn server_closed(&mut self, sock: SockId) -> Applied {
+        if let Some((_, listener)) = self.conn_and_listener(sock) {
+            listener.server_closed += 1;
+        }
+        Applied::Done
+    }
+
     /// The connection's protocol is known (from the first bytes the client sent): it decides
     /// what its sessions are.
     fn set_protocol(&mut self, sock: SockId, protocol: Protocol) {

@@ -37,6 +37,9 @@ pub(super) struct Listener {
     pub(super) accept_backlog: u32,
     /// Longest accept queue sampled since the last report.
     pub(super) accept_queue_peak: u32,
+    /// Server accepts and closes of its connections since the last report.
+    pub(super) accepted: u64,
+    pub(super) server_closed: u64,
 }
 
 impl Listener {
@@ -55,6 +58,8 @@ impl Listener {
             accept_queue: 0,
             accept_backlog: 0,
             accept_queue_peak: 0,
+            accepted: 0,
+            server_closed: 0,
         }
     }
 

@@ -180,6 +180,8 @@ impl Observer {
                 inbound,
             } => self.h2_frame(sock, frame, inbound),
             Event::WalkLost { sock } => self.walk_lost(sock),
+            Event::Accepted { sock, .. } => self.accepted(sock),
+            Event::ServerClosed { sock, .. } => self.server_closed(sock),
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct ListenerReport {
     pub accept_queue_peak: u32,
     /// The accept queue's limit (the listen backlog).
     pub accept_backlog: u32,
+    /// Connections the server accepted (`accept()` returned them) in the interval; 0 where
+    /// the kernel offers no accept hook (the report says which capabilities are served).
+    pub accepted: u64,
+    /// Connections the server closed itself (`close()` on the socket) in the interval.
+    pub server_closed: u64,
 }
 
 #[cfg(test)]
@@ -53,6 +58,8 @@ impl ListenerReport {
             accept_queue: 0,
             accept_queue_peak: 0,
             accept_backlog: 0,
+            accepted: 0,
+            server_closed: 0,
         }
     }
 }
@@ -94,6 +101,8 @@ impl ListenerReport {
             accept_queue: next.accept_queue,
             accept_queue_peak: self.accept_queue_peak.max(next.accept_queue_peak),
             accept_backlog: next.accept_backlog,
+            accepted: self.accepted.saturating_add(next.accepted),
+            server_closed: self.server_closed.saturating_add(next.server_closed),
         }
     }
 
@@ -127,6 +136,8 @@ impl Observer {
                     accept_queue: state.accept_queue,
                     accept_queue_peak,
                     accept_backlog: state.accept_backlog,
+                    accepted: std::mem::take(&mut state.accepted),
+                    server_closed: std::mem::take(&mut state.server_closed),
                 }
             })
             .collect();

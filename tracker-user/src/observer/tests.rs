@@ -523,3 +523,26 @@ fn http2_streams_beyond_the_limit_are_reported_untracked() {
     let next = report_of(&mut observer, 3 * SECOND, "127.0.0.1:80");
     assert_eq!(next.sessions_untracked, 0, "counted in its interval only");
 }
+
+#[test]
+fn server_accepts_and_closes_are_counted_per_listener_and_interval() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:8080"));
+    let _ = observer.apply(&open(10, "127.0.0.1:8080", "127.0.0.1:5000", 0));
+    let _ = observer.apply(&open(11, "127.0.0.1:8080", "127.0.0.1:5001", 0));
+    for sock in [10, 11] {
+        assert_eq!(
+            observer.apply(&Event::Accepted { sock, at: 1 }),
+            Applied::Done
+        );
+    }
+    let _ = observer.apply(&Event::ServerClosed { sock: 10, at: 2 });
+    // A socket the observer does not track counts nowhere.
+    let _ = observer.apply(&Event::Accepted { sock: 99, at: 3 });
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
+    assert_eq!((report.accepted, report.server_closed), (2, 1));
+    let next = report_of(&mut observer, 2 * SECOND, "127.0.0.1:8080");
+    assert_eq!((next.accepted, next.server_closed), (0, 0));
+    let running = report.then(&next);
+    assert_eq!((running.accepted, running.server_closed), (2, 1));
+}

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
+use crate::hooks::Capability;
 use crate::model::ErrorKind;
 use crate::observer::{ListenerReport, Owner};
 
@@ -70,9 +71,9 @@ struct JsonReport<'a> {
     gone: bool,
     curr: usize,
     peak: usize,
-    peak_sessions: usize,
-    busy: usize,
-    busy_peak: usize,
+    peak_sessions: Option<usize>,
+    busy: Option<usize>,
+    busy_peak: Option<usize>,
     sessions_unknown: u64,
     sessions_untracked: u64,
     corrections: u64,
@@ -84,7 +85,7 @@ struct JsonReport<'a> {
     errs: u64,
     errors: serde_json::Map<String, serde_json::Value>,
     conn_for_s: f64,
-    active_for_s: f64,
+    active_for_s: Option<f64>,
     opened: u64,
     closed: u64,
     lost_events: u64,
@@ -93,6 +94,9 @@ struct JsonReport<'a> {
     pid: Option<u32>,
     comm: Option<&'a str>,
     owners: Vec<JsonOwner<'a>>,
+    accepted: Option<u64>,
+    server_closed: Option<u64>,
+    hooks: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Renders one listener's report in `format` (no trailing newline).
@@ -110,6 +114,9 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         .map(|&kind| (kind.name().to_owned(), snapshot.errors.get(kind).into()))
         .collect();
     let first_owner: Option<&Owner> = report.owners.first();
+    // Figures of a capability no hook serves on this kernel are null, never a made-up 0.
+    let hooks = &totals.hooks;
+    let turns = |value| hooks.has(Capability::Turns).then_some(value);
     let json = JsonReport {
         version: JSON_VERSION,
         time: totals.unix_time_s,
@@ -121,9 +128,9 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         gone: report.gone,
         curr: snapshot.curr,
         peak: snapshot.peak,
-        peak_sessions: snapshot.peak_sessions,
-        busy: snapshot.busy,
-        busy_peak: snapshot.busy_peak,
+        peak_sessions: turns(snapshot.peak_sessions),
+        busy: turns(snapshot.busy),
+        busy_peak: turns(snapshot.busy_peak),
         sessions_unknown: report.sessions_unknown(),
         sessions_untracked: report.sessions_untracked,
         corrections: report.corrections,
@@ -135,7 +142,9 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         errs: snapshot.errors.total(),
         errors,
         conn_for_s: snapshot.conn_for_secs(),
-        active_for_s: snapshot.active_for_secs(),
+        active_for_s: hooks
+            .has(Capability::Turns)
+            .then(|| snapshot.active_for_secs()),
         opened: snapshot.opened,
         closed: snapshot.closed,
         lost_events: totals.lost_events,
@@ -152,6 +161,12 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
                 cmdline: &owner.cmdline,
             })
             .collect(),
+        accepted: hooks.has(Capability::Accept).then_some(report.accepted),
+        server_closed: hooks.has(Capability::Close).then_some(report.server_closed),
+        hooks: hooks
+            .iter()
+            .map(|(capability, label)| (capability.name().to_owned(), label.into()))
+            .collect(),
     };
     serde_json::to_string(&json).expect("a report always serialises")
 }
@@ -161,6 +176,7 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
 
+    use crate::hooks::HookChoice;
     use crate::model::Tracker;
 
     fn sample() -> ListenerReport {
@@ -199,7 +215,16 @@ mod tests {
             listen_overflows: 0,
             listen_drops: 0,
             unattributed_closes: 2,
+            hooks: HookChoice::default(),
         };
+        let mut hooks = HookChoice::default();
+        hooks.set(
+            Capability::Lifecycle,
+            Some("raw tracepoint inet_sock_set_state"),
+        );
+        hooks.set(Capability::Turns, Some("fexit tcp_recvmsg/tcp_sendmsg"));
+        hooks.set(Capability::Accept, Some("fexit inet_csk_accept"));
+        let totals = IntervalTotals { hooks, ..totals };
         let line = render(Format::Json, &sample(), &totals);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["version"], 1);
@@ -217,6 +242,29 @@ mod tests {
         assert_eq!(value["unattributed_closes"], 2);
         assert_eq!(value["pid"], 12);
         assert_eq!(value["comm"], "nginx");
+        assert_eq!(value["active_for_s"], 0.0);
+        assert_eq!(value["accepted"], 0);
+        assert_eq!(value["server_closed"], serde_json::Value::Null);
+        assert_eq!(value["hooks"]["turns"], "fexit tcp_recvmsg/tcp_sendmsg");
+        assert_eq!(value["hooks"]["close"], serde_json::Value::Null);
+        assert_eq!(value["hooks"].as_object().unwrap().len(), 4);
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn json_marks_the_figures_of_an_unserved_capability_null() {
+        let line = render(Format::Json, &sample(), &IntervalTotals::default());
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for field in [
+            "active_for_s",
+            "busy",
+            "busy_peak",
+            "peak_sessions",
+            "accepted",
+            "server_closed",
+        ] {
+            assert_eq!(value[field], serde_json::Value::Null, "{field}");
+        }
+        assert_eq!(value["curr"], 1);
     }
 }

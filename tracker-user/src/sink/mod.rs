@@ -13,6 +13,7 @@ pub mod top;
 
 use std::collections::BTreeMap;
 
+use crate::hooks::HookChoice;
 use crate::observer::ListenerReport;
 use crate::tracker_id::TrackerId;
 
@@ -72,6 +73,8 @@ pub struct IntervalTotals {
     /// Connection closes in this interval that no tracker could be found for (a watched port
     /// whose listener is unknown, or a socket the model had already closed).
     pub unattributed_closes: u64,
+    /// The hook serving each capability; the figures of an unserved one are unavailable.
+    pub hooks: HookChoice,
 }
 
 impl IntervalTotals {
@@ -89,6 +92,7 @@ impl IntervalTotals {
             unattributed_closes: self
                 .unattributed_closes
                 .saturating_add(next.unattributed_closes),
+            hooks: next.hooks,
         }
     }
 }

@@ -352,48 +352,102 @@ fn request_serially(stream: TcpStream, requests: usize) {
 
 #[test]
 fn busy_time_is_the_sum_of_service_times() {
-    let attached = busy_time_scenario(&[]);
-    // Raw tracepoints on this kernel (the classic ones are the fallback).
-    for hook in [
-        "inet_sock_set_state (raw tracepoint)",
-        "sock_recv_length (raw tracepoint)",
-        "sock_send_length (raw tracepoint)",
-    ] {
-        assert!(attached.contains(hook), "{hook} not in: {attached}");
-    }
+    let (listener, args) = busy_time_setup(&[]);
+    let mut daemon = Daemon::start(&strs(&args));
+    busy_time_scenario(&mut daemon, &listener);
+    let attached = daemon.attach_line();
+    // The best hook this kernel offers serves turns; lifecycle has only tracepoints.
+    assert!(
+        attached.contains("lifecycle: raw tracepoint inet_sock_set_state"),
+        "{attached}"
+    );
+    assert!(
+        [
+            "turns: fexit tcp_recvmsg/tcp_sendmsg",
+            "turns: kprobe tcp_recvmsg/tcp_sendmsg",
+            "turns: raw tracepoint sock_recv_length/sock_send_length",
+        ]
+        .iter()
+        .any(|hook| attached.contains(hook)),
+        "{attached}"
+    );
 }
 
 #[test]
 fn busy_time_through_the_classic_tracepoint_fallback() {
-    let attached = busy_time_scenario(&["--classic-tracepoints"]);
+    let (listener, args) = busy_time_setup(&["--classic-tracepoints"]);
+    let Ok(mut daemon) = Daemon::start_forced("tracepoint", &strs(&args)) else {
+        return;
+    };
+    busy_time_scenario(&mut daemon, &listener);
+    let attached = daemon.attach_line();
     for hook in [
-        "sock:inet_sock_set_state",
-        "sock:sock_recv_length",
-        "sock:sock_send_length",
+        "lifecycle: tracepoint sock:inet_sock_set_state",
+        "turns: tracepoint sock:sock_recv_length/sock_send_length",
     ] {
         assert!(attached.contains(hook), "{hook} not in: {attached}");
     }
     assert!(!attached.contains("raw"), "{attached}");
 }
 
+#[test]
+fn busy_time_through_the_kprobe_path() {
+    let (listener, args) = busy_time_setup(&[]);
+    let Ok(mut daemon) = Daemon::start_forced("kprobe", &strs(&args)) else {
+        return;
+    };
+    busy_time_scenario(&mut daemon, &listener);
+    let attached = daemon.attach_line();
+    assert!(
+        attached.contains("turns: kprobe tcp_recvmsg/tcp_sendmsg"),
+        "{attached}"
+    );
+}
+
+#[test]
+fn busy_time_through_the_fentry_path() {
+    let (listener, args) = busy_time_setup(&[]);
+    let Ok(mut daemon) = Daemon::start_forced("fentry", &strs(&args)) else {
+        return;
+    };
+    busy_time_scenario(&mut daemon, &listener);
+    let attached = daemon.attach_line();
+    assert!(
+        attached.contains("turns: fexit tcp_recvmsg/tcp_sendmsg"),
+        "{attached}"
+    );
+}
+
+/// The busy-time scenario's listener, bound before the daemon starts, and the daemon's
+/// arguments watching its port plus `extra_args`.
+fn busy_time_setup(extra_args: &[&str]) -> (TcpListener, Vec<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let args: Vec<String> = ["--interval", INTERVAL, "--port", &port]
+        .iter()
+        .chain(extra_args)
+        .map(|arg| arg.to_string())
+        .collect();
+    (listener, args)
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// Two clients making serial requests to a server with a fixed service time, and an idle
-/// connection: busy time, busy peak and connection counts must match. Returns the daemon's
-/// start-up line (where it attached).
-fn busy_time_scenario(extra_args: &[&str]) -> String {
+/// connection: busy time, busy peak and connection counts must match; where the kernel has
+/// accept and close hooks, the server's three accepts and three closes are counted.
+fn busy_time_scenario(daemon: &mut Daemon, listener: &TcpListener) {
     const REQUESTS: usize = 10;
     // Stretched with the machine's slowdown, so that the server's own overhead around each
     // request stays small against the service time under emulation.
     let service = Duration::from_millis(100) * support::slowdown();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let port = addr.port().to_string();
-    let mut args = vec!["--interval", INTERVAL, "--port", &port];
-    args.extend_from_slice(extra_args);
-    let mut daemon = Daemon::start(&args);
 
     thread::scope(|scope| {
         // Two busy clients at once, plus one keep-alive connection that never sends anything.
-        scope.spawn(|| serve_lines(&listener, 3, service));
+        scope.spawn(|| serve_lines(listener, 3, service));
         let idle = TcpStream::connect(addr).unwrap();
         let clients: Vec<_> = (0..2)
             .map(|_| {
@@ -423,5 +477,19 @@ fn busy_time_scenario(extra_args: &[&str]) -> String {
     assert_eq!(max(&reports, "busy_peak"), 2, "{reports:#?}");
     assert!(max(&reports, "peak") == 3);
     assert_no_errors_or_loss(&reports);
-    daemon.attach_line().to_owned()
+    assert_server_accepts_and_closes(&reports, 3);
+}
+
+/// `accepted` and `server_closed` count `connections` each where the kernel has the hooks
+/// (the report names them), and are null where it has not.
+fn assert_server_accepts_and_closes(reports: &[Value], connections: u64) {
+    for (field, capability) in [("accepted", "accept"), ("server_closed", "close")] {
+        let served = !reports[0]["hooks"][capability].is_null();
+        if served {
+            let total: u64 = reports.iter().map(|r| r[field].as_u64().unwrap()).sum();
+            assert_eq!(total, connections, "{field}: {reports:#?}");
+        } else {
+            assert!(reports.iter().all(|r| r[field].is_null()), "{reports:#?}");
+        }
+    }
 }

@@ -30,8 +30,36 @@ fn reports_until_closed(
     })
 }
 
+/// Starts the daemon with `args`, with `--hooks <kind>` if `forced`; None where this kernel
+/// lacks that kind of hook (the daemon's refusal was checked, see `Daemon::start_forced`).
+fn start_daemon(forced: Option<&str>, args: &[&str]) -> Option<Daemon> {
+    match forced {
+        None => Some(Daemon::start(args)),
+        Some(kind) => Daemon::start_forced(kind, args).ok(),
+    }
+}
+
 #[test]
 fn h2load_streams_through_nginx_h2c_give_peak_sessions_per_connection() {
+    h2load_streams_through_nginx_h2c(None);
+}
+
+#[test]
+fn h2load_streams_through_nginx_h2c_through_the_tracepoint_path() {
+    h2load_streams_through_nginx_h2c(Some("tracepoint"));
+}
+
+#[test]
+fn h2load_streams_through_nginx_h2c_through_the_kprobe_path() {
+    h2load_streams_through_nginx_h2c(Some("kprobe"));
+}
+
+#[test]
+fn h2load_streams_through_nginx_h2c_through_the_fentry_path() {
+    h2load_streams_through_nginx_h2c(Some("fentry"));
+}
+
+fn h2load_streams_through_nginx_h2c(forced: Option<&str>) {
     const CONNECTIONS: u64 = 2;
     const STREAMS: u64 = 10;
     // Each response is held 300 ms by the backend, so the streams of a connection overlap;
@@ -46,7 +74,12 @@ fn h2load_streams_through_nginx_h2c_give_peak_sessions_per_connection() {
         ),
         &[port],
     );
-    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port.to_string()]);
+    let Some(mut daemon) = start_daemon(
+        forced,
+        &["--interval", INTERVAL, "--port", &port.to_string()],
+    ) else {
+        return;
+    };
 
     let requests = (CONNECTIONS * STREAMS * 2).to_string();
     let output = run_client(
@@ -84,15 +117,25 @@ fn h2load_streams_through_nginx_h2c_give_peak_sessions_per_connection() {
 
 #[test]
 fn many_fast_http2_streams_are_balanced() {
-    many_fast_http2_streams(&[]);
+    many_fast_http2_streams(None, &[]);
 }
 
 #[test]
 fn many_fast_http2_streams_are_balanced_through_the_classic_tracepoints() {
-    many_fast_http2_streams(&["--classic-tracepoints"]);
+    many_fast_http2_streams(Some("tracepoint"), &["--classic-tracepoints"]);
 }
 
-fn many_fast_http2_streams(extra_args: &[&str]) {
+#[test]
+fn many_fast_http2_streams_are_balanced_through_the_kprobe_path() {
+    many_fast_http2_streams(Some("kprobe"), &[]);
+}
+
+#[test]
+fn many_fast_http2_streams_are_balanced_through_the_fentry_path() {
+    many_fast_http2_streams(Some("fentry"), &[]);
+}
+
+fn many_fast_http2_streams(forced: Option<&str>, extra_args: &[&str]) {
     let port = free_port("127.0.0.1");
     let _nginx = Nginx::start(
         &format!(
@@ -103,7 +146,9 @@ fn many_fast_http2_streams(extra_args: &[&str]) {
     let port_text = port.to_string();
     let mut args = vec!["--interval", INTERVAL, "--port", &port_text];
     args.extend_from_slice(extra_args);
-    let mut daemon = Daemon::start(&args);
+    let Some(mut daemon) = start_daemon(forced, &args) else {
+        return;
+    };
     let output = run_client(
         "h2load",
         &[

@@ -56,8 +56,45 @@ impl Daemon {
         Self::start_with_log_level(format, "info", args)
     }
 
+    /// Starts `tracker --format json --hooks <kind>` with `args`: the daemon attached, or,
+    /// where this kernel lacks that kind of hook, the daemon's one-line refusal, checked here
+    /// (non-zero exit, one error line naming the forced kind and the capability it cannot
+    /// serve) and printed so the test's output says why it could not run its scenario.
+    pub fn start_forced(kind: &str, args: &[&str]) -> Result<Self, String> {
+        let mut all_args = vec!["--hooks", kind];
+        all_args.extend_from_slice(args);
+        let mut daemon = Self::spawn("json", "info", &all_args);
+        match daemon.wait_for_log_or_exit("attached to") {
+            Ok(()) => Ok(daemon),
+            Err(status) => {
+                assert!(!status.success(), "a refusal exits non-zero: {status:?}");
+                let errors: Vec<&String> = daemon
+                    .stderr_seen
+                    .iter()
+                    .filter(|line| line.starts_with("tracker: "))
+                    .collect();
+                assert_eq!(errors.len(), 1, "one error line: {:?}", daemon.stderr_seen);
+                let refusal = errors[0].clone();
+                assert!(
+                    refusal.starts_with(&format!(
+                        "tracker: --hooks {kind}: this kernel cannot serve "
+                    )),
+                    "{refusal}"
+                );
+                eprintln!("not run on this kernel: {refusal}");
+                Err(refusal)
+            }
+        }
+    }
+
     /// Like [`Daemon::start_with_format`], with `RUST_LOG` set to `level`.
     pub fn start_with_log_level(format: &str, level: &str, args: &[&str]) -> Self {
+        let mut daemon = Self::spawn(format, level, args);
+        daemon.wait_for_log("attached to");
+        daemon
+    }
+
+    fn spawn(format: &str, level: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tracker"))
             .args(["--format", format])
             .args(args)
@@ -68,14 +105,12 @@ impl Daemon {
             .expect("spawning the tracker binary");
         let lines = forward_lines(child.stdout.take().expect("stdout is piped"));
         let stderr = forward_lines(child.stderr.take().expect("stderr is piped"));
-        let mut daemon = Self {
+        Self {
             child,
             lines,
             stderr,
             stderr_seen: Vec::new(),
-        };
-        daemon.wait_for_log("attached to");
-        daemon
+        }
     }
 
     /// The start-up line naming where each hook was attached.
@@ -88,6 +123,16 @@ impl Daemon {
 
     /// Waits for a log line containing `needle`; fails with the daemon's stderr if it exits.
     pub fn wait_for_log(&mut self, needle: &str) {
+        if let Err(status) = self.wait_for_log_or_exit(needle) {
+            panic!(
+                "tracker exited ({status:?}) before logging {needle:?}; stderr:\n{}",
+                self.stderr_seen.join("\n")
+            );
+        }
+    }
+
+    /// Waits for a log line containing `needle`; the exit status if the daemon exits first.
+    fn wait_for_log_or_exit(&mut self, needle: &str) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + patience();
         loop {
             match self.stderr.recv_timeout(Duration::from_millis(100)) {
@@ -95,15 +140,11 @@ impl Daemon {
                     let found = line.contains(needle);
                     self.stderr_seen.push(line);
                     if found {
-                        return;
+                        return Ok(());
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    panic!(
-                        "tracker exited ({status:?}) before logging {needle:?}; stderr:\n{}",
-                        self.stderr_seen.join("\n")
-                    );
+                    return Err(self.child.wait().expect("waiting for tracker"));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }

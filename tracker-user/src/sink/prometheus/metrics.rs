@@ -39,6 +39,13 @@ impl ErrorLabels {
     }
 }
 
+/// Which hook serves a capability (`tracker_hook_info`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct HookLabels {
+    pub(super) capability: String,
+    pub(super) hook: String,
+}
+
 /// Seconds are fractional, so their counters hold an `f64`.
 type SecondsCounter = Counter<f64, AtomicU64>;
 /// A `Family` needs a constructor to give histograms their buckets; a plain function pointer
@@ -82,6 +89,9 @@ pub(super) struct Metrics {
     pub(super) listener_up: Family<ListenerLabels, Gauge>,
     pub(super) lifetime: HistogramFamily,
     pub(super) peak_sessions: HistogramFamily,
+    pub(super) hook_info: Family<HookLabels, Gauge>,
+    pub(super) accepted: Family<ListenerLabels, Counter>,
+    pub(super) server_closed: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -111,6 +121,9 @@ impl Metrics {
             listener_up: Family::default(),
             lifetime: Family::new_with_constructor(lifetime_histogram),
             peak_sessions: Family::new_with_constructor(sessions_histogram),
+            hook_info: Family::default(),
+            accepted: Family::default(),
+            server_closed: Family::default(),
         };
         metrics.register_counters(registry);
         metrics.register_gauges_and_histograms(registry);
@@ -182,6 +195,16 @@ impl Metrics {
             "Sessions not counted: HTTP/2 streams beyond the limit open on one connection",
             self.sessions_untracked.clone(),
         );
+        registry.register(
+            "connections_accepted",
+            "Connections the server accepted (absent where the kernel has no accept hook)",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "connections_server_closed",
+            "Connections the server closed itself (absent where the kernel has no close hook)",
+            self.server_closed.clone(),
+        );
     }
 
     fn register_gauges_and_histograms(&self, registry: &mut Registry) {
@@ -240,6 +263,12 @@ impl Metrics {
             "connection_peak_sessions",
             "Most concurrent sessions over the life of each closed connection",
             self.peak_sessions.clone(),
+        );
+        registry.register(
+            "hook_info",
+            "1 for the kernel hook serving each capability; a capability without one has no \
+             series, and neither have its figures",
+            self.hook_info.clone(),
         );
     }
 

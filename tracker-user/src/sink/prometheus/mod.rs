@@ -30,10 +30,11 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
 use super::{Flow, ReportBatch, ReportSink};
+use crate::hooks::{Capability, HookChoice};
 use crate::model::Nanos;
 use crate::observer::ListenerReport;
 use crate::tracker_id::TrackerId;
-use metrics::{ErrorLabels, ListenerLabels, Metrics};
+use metrics::{ErrorLabels, HookLabels, ListenerLabels, Metrics};
 
 /// The content type of the classic text format, served by default.
 pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -82,8 +83,19 @@ impl Inner {
         metrics
             .unattributed_closes
             .inc_by(totals.unattributed_closes);
+        for (capability, hook) in totals.hooks.iter() {
+            if let Some(hook) = hook {
+                metrics
+                    .hook_info
+                    .get_or_create(&HookLabels {
+                        capability: capability.name().to_owned(),
+                        hook: hook.to_owned(),
+                    })
+                    .set(1);
+            }
+        }
         for report in batch.reports {
-            self.apply_tracker(report);
+            self.apply_tracker(report, &totals.hooks);
         }
     }
 
@@ -107,7 +119,7 @@ impl Inner {
         labels
     }
 
-    fn apply_tracker(&mut self, report: &ListenerReport) {
+    fn apply_tracker(&mut self, report: &ListenerReport, hooks: &HookChoice) {
         let labels = self.labels_of(report);
         let metrics = &self.metrics;
         let snapshot = &report.snapshot;
@@ -131,18 +143,30 @@ impl Inner {
             .connection_seconds
             .get_or_create(&labels)
             .inc_by(seconds(snapshot.conn_for_ns));
-        metrics
-            .busy_seconds
-            .get_or_create(&labels)
-            .inc_by(seconds(snapshot.active_for_ns));
+        // The figures of a capability no hook serves have no series at all (not zeroes).
+        let turns = hooks.has(Capability::Turns);
+        if turns {
+            metrics
+                .busy_seconds
+                .get_or_create(&labels)
+                .inc_by(seconds(snapshot.active_for_ns));
+        }
+        if hooks.has(Capability::Accept) {
+            add(&metrics.accepted, report.accepted);
+        }
+        if hooks.has(Capability::Close) {
+            add(&metrics.server_closed, report.server_closed);
+        }
 
         let set = |family: &Family<ListenerLabels, Gauge>, value: i64| {
             family.get_or_create(&labels).set(value);
         };
         set(&metrics.connections, gauge_value(snapshot.curr));
         set(&metrics.connections_peak, gauge_value(snapshot.peak));
-        set(&metrics.busy_connections, gauge_value(snapshot.busy));
-        set(&metrics.sessions_peak, gauge_value(snapshot.peak_sessions));
+        if turns {
+            set(&metrics.busy_connections, gauge_value(snapshot.busy));
+            set(&metrics.sessions_peak, gauge_value(snapshot.peak_sessions));
+        }
         set(
             &metrics.sessions_unknown,
             i64::try_from(report.sessions_unknown()).unwrap_or(i64::MAX),

@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use super::*;
+use crate::hooks::{Capability, HookChoice};
 use crate::model::{ConnState, Tracker};
 use crate::observer::{ClosedConnection, Owner};
 use crate::sink::IntervalTotals;
@@ -37,6 +38,19 @@ fn closed(lifetime_ns: Nanos, peak_sessions: u32) -> ClosedConnection {
     }
 }
 
+/// Every capability served, as on a kernel with fentry.
+fn all_hooks() -> HookChoice {
+    let mut hooks = HookChoice::default();
+    hooks.set(
+        Capability::Lifecycle,
+        Some("raw tracepoint inet_sock_set_state"),
+    );
+    hooks.set(Capability::Turns, Some("fexit tcp_recvmsg/tcp_sendmsg"));
+    hooks.set(Capability::Accept, Some("fexit inet_csk_accept"));
+    hooks.set(Capability::Close, Some("fentry tcp_close"));
+    hooks
+}
+
 /// The same traffic in two reports, made as the daemon does: three
 /// connections, one of which closes in the first interval and one in the second; an error
 /// in each interval; ring buffer losses in both.
@@ -63,6 +77,7 @@ fn two_reports() -> [(ListenerReport, IntervalTotals); 2] {
         listen_overflows: 0,
         listen_drops: 0,
         unattributed_closes: 1,
+        hooks: all_hooks(),
     };
     [
         (first, totals(2)),
@@ -181,6 +196,41 @@ fn per_interval_reports_are_added_up() {
         sample(&text, &format!("tracker_connections_peak{{{LABELS}}}")),
         "2"
     );
+}
+
+#[test]
+fn hooks_are_named_and_unserved_figures_have_no_series() {
+    let mut hooks = all_hooks();
+    hooks.set(Capability::Turns, None);
+    hooks.set(Capability::Close, None);
+    let [(mut report, totals), _] = two_reports();
+    report.accepted = 2;
+    let mut sink = Inner::new();
+    publish(&mut sink, &report, IntervalTotals { hooks, ..totals });
+    let text = sink.encode_openmetrics().unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            r#"tracker_hook_info{capability="accept",hook="fexit inet_csk_accept"}"#
+        ),
+        "1"
+    );
+    assert!(!text.contains("capability=\"turns\""), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("tracker_connections_accepted_total{{{LABELS}}}")
+        ),
+        "2"
+    );
+    for absent in [
+        "tracker_busy_seconds_total{",
+        "tracker_busy_connections{",
+        "tracker_sessions_peak{",
+        "tracker_connections_server_closed_total{",
+    ] {
+        assert!(!text.contains(absent), "{absent} in {text}");
+    }
 }
 
 #[test]

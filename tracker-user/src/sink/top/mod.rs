@@ -23,6 +23,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
+use crate::hooks::Capability;
 use crate::observer::ListenerReport;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 
@@ -278,6 +279,12 @@ fn title(batch: &BatchView) -> String {
 
 fn warning_lines(totals: &IntervalTotals) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
+    if !totals.hooks.has(Capability::Turns) {
+        lines.push(Line::styled(
+            "⚠ busy time and sessions unavailable: this kernel has no hook for turns",
+            warning_style(),
+        ));
+    }
     if totals.lost_events > 0 {
         let n = totals.lost_events;
         let noun = if n == 1 { "event" } else { "events" };

@@ -1,6 +1,7 @@
 //! The live view's tests, drawn on a test backend.
 
 use super::*;
+use crate::hooks::HookChoice;
 use crate::model::{ErrorKind, Snapshot};
 use crate::observer::Owner;
 use ratatui::backend::TestBackend;
@@ -42,6 +43,11 @@ fn totals() -> IntervalTotals {
         listen_overflows: 0,
         listen_drops: 0,
         unattributed_closes: 0,
+        hooks: {
+            let mut hooks = HookChoice::default();
+            hooks.set(Capability::Turns, Some("fexit tcp_recvmsg/tcp_sendmsg"));
+            hooks
+        },
     }
 }
 

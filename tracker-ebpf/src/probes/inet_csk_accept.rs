@@ -1,0 +1,56 @@
+//! `inet_csk_accept`: the server took a connection off a listener's accept queue.
+//!
+//! Why this hook: `accept()`, `accept4()` and io_uring's accept all end in
+//! `inet_csk_accept`, which returns the accepted socket: the moment the server (not the
+//! kernel) starts on a connection. No tracepoint marks it. Only sockets in `TRACKED`
+//! (established server-side connections the daemon follows) produce an event, so the ring
+//! carries one short note per accepted connection.
+//!
+//! fexit where BPF trampolines work, else kretprobe (the return value is all it needs, so
+//! there is no entry half). The parameters changed in 6.10: `(sk, flags, err, kern)` before,
+//! `(sk, struct proto_accept_arg *arg)` since; the return value follows the last parameter
+//! in an fexit program's context, so each list has its own program and the daemon loads the
+//! one the kernel's BTF describes. The kretprobe reads the return register and fits both.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{fexit, kretprobe},
+    programs::{FExitContext, RetProbeContext},
+};
+use tracker_common::EventKind;
+
+use crate::maps::{TRACKED, emit_for_socket};
+use crate::record::btf_arg_value;
+
+/// 6.10+: `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
+#[fexit(function = "inet_csk_accept")]
+pub fn fexit_inet_csk_accept_2(ctx: FExitContext) -> i32 {
+    accepted(btf_arg_value(&ctx, 2));
+    0
+}
+
+/// Before 6.10: `struct sock *inet_csk_accept(struct sock *sk, int flags, int *err,
+/// bool kern)`.
+#[fexit(function = "inet_csk_accept")]
+pub fn fexit_inet_csk_accept_4(ctx: FExitContext) -> i32 {
+    accepted(btf_arg_value(&ctx, 4));
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
+    accepted(ctx.ret());
+    0
+}
+
+/// `skaddr` was accepted (0: the accept failed).
+#[inline(always)]
+fn accepted(skaddr: u64) {
+    // SAFETY: presence test only.
+    if skaddr == 0 || unsafe { TRACKED.get(&skaddr) }.is_none() {
+        return;
+    }
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit_for_socket(EventKind::Accepted as u32, skaddr, now, 0, 0);
+}
