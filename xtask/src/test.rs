@@ -18,8 +18,8 @@ pub struct TestArgs {
     /// Run the VM matrix on this kernel series only.
     #[arg(long, value_parser = SERIES.iter().map(|series| series.name).collect::<Vec<_>>())]
     kernel: Option<String>,
-    /// Also run the VM kernel matrix after the host's tests. Not the default yet: on 6.1
-    /// the busy-time and session tests fail until the fentry/kprobe turn hooks land.
+    /// Also run the VM kernel matrix after the host's tests. Not the default until every
+    /// test passes under emulation on every kernel of the matrix.
     #[arg(long)]
     vm: bool,
     /// Only the VM matrix, without the host's unit and integration tests.
