@@ -14,7 +14,7 @@ use crate::model::Nanos;
 use crate::observer::{Applied, Observer};
 use crate::procfs;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
-use crate::sockdiag::SockDiag;
+use crate::tcp_table::{TableSource, TcpTable};
 
 /// How often the daemon collects events that the kernel queued without waking it. Short
 /// enough that the ring (millions of bytes) cannot fill in between at any rate this host
@@ -50,6 +50,8 @@ pub struct Options {
     pub bpf_stats: bool,
     /// Destinations whose outbound connections are tracked.
     pub connect: Vec<std::net::SocketAddr>,
+    /// Where the kernel's table of TCP sockets is read from.
+    pub tcp_table: TableSource,
 }
 
 /// Runs until `shutdown` resolves or `options.duration` elapses, then prints a final report.
@@ -132,7 +134,8 @@ struct State {
     last_report: Nanos,
     /// Kernel events handled since start (for cost-per-event figures).
     events: u64,
-    diag: SockDiag,
+    /// The kernel's table of TCP sockets.
+    table: TcpTable,
     /// ListenOverflows and ListenDrops as of the last report.
     listen_counters: (u64, u64),
     /// The observer's count of unattributed closes as of the last report.
@@ -159,7 +162,7 @@ impl State {
             decode_errors: 0,
             last_report: monotonic_now(),
             events: 0,
-            diag: SockDiag::open().context("opening a sock_diag netlink socket")?,
+            table: TcpTable::open(options.tcp_table)?,
             listen_counters: procfs::listen_counters().unwrap_or_default(),
             unattributed: 0,
             collected: 0,
@@ -168,8 +171,9 @@ impl State {
         state.rescan_listeners()?;
         state.adopt_existing_connections()?;
         log::info!(
-            "attached to {}; watching {} listener(s){}",
+            "attached to {}; reading the TCP table from {}; watching {} listener(s){}",
             state.probes.hooks.describe(),
+            state.table.source(),
             state.observer.listener_addrs().count(),
             match &options.ports {
                 Some(ports) => format!(" on port(s) {ports:?}"),
@@ -225,7 +229,7 @@ impl State {
 
     fn rescan_listeners(&mut self) -> anyhow::Result<()> {
         let listeners = self
-            .diag
+            .table
             .listeners()
             .context("reading the kernel's listening sockets")?;
         for (addr, (sockets, owners)) in procfs::group_listeners(&listeners) {
@@ -257,7 +261,7 @@ impl State {
         &mut self,
     ) -> anyhow::Result<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
         Ok(self
-            .diag
+            .table
             .connections()
             .context("reading the kernel's connections")?
             .into_iter()
@@ -308,11 +312,11 @@ impl State {
     /// Samples every listener's accept queue.
     fn sample_accept_queues(&mut self) -> anyhow::Result<()> {
         let samples: Vec<_> = self
-            .diag
+            .table
             .listeners()
             .context("reading the kernel's listening sockets")?
             .into_iter()
-            .map(|socket| (socket.local, socket.recv_queue, socket.send_queue))
+            .map(|socket| (socket.local, socket.recv_queue, socket.backlog))
             .collect();
         self.observer.sample_accept_queues(&samples);
         Ok(())

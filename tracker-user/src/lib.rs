@@ -3,7 +3,8 @@
 //! * [`model`]: the connection tracker (plain Rust, no I/O), a port of the original library.
 //! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener
 //!   or destination.
-//! * [`procfs`], [`tracefs`], [`bpf`]: what the daemon reads from and attaches to the kernel.
+//! * [`procfs`], [`tcp_table`], [`tracefs`], [`bpf`]: what the daemon reads from and attaches
+//!   to the kernel.
 //! * [`tracker_id`]: the identity every tracker's report goes by.
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
@@ -17,6 +18,6 @@ pub mod observer;
 pub mod procfs;
 pub mod sessions;
 pub mod sink;
-pub mod sockdiag;
+pub mod tcp_table;
 pub mod tracefs;
 pub mod tracker_id;

@@ -15,6 +15,7 @@ use tracker::sink::lines::{Format, LineWriter};
 use tracker::sink::prometheus::PrometheusSink;
 use tracker::sink::top::{self, TopView};
 use tracker::sink::{ReportSink, RunningTotals, Tee};
+use tracker::tcp_table::TableSource;
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
 ///
@@ -106,6 +107,11 @@ struct Flags {
     /// nanoseconds at exit (for benchmarks; the accounting itself costs a little).
     #[arg(long, global = true, hide = true)]
     bpf_stats: bool,
+
+    /// Where to read the kernel's table of TCP sockets: sock_diag, falling back to
+    /// /proc/net/tcp (auto), or only one of them (for tests of the fallback).
+    #[arg(long, global = true, hide = true, value_enum, default_value_t = TableSource::Auto)]
+    tcp_table: TableSource,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
         forced_hooks: flags.hooks,
         bpf_stats: flags.bpf_stats,
         connect: flags.connect.clone(),
+        tcp_table: flags.tcp_table,
     };
     let outputs = Outputs {
         format: flags.format,

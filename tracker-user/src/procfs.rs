@@ -8,11 +8,11 @@ use std::path::Path;
 
 use crate::event::comm_to_string;
 use crate::observer::Owner;
-use crate::sockdiag::DiagSocket;
+use crate::tcp_table::TcpSocket;
 
 /// Listening sockets grouped by address, each with the number of sockets on it (more than
 /// one for SO_REUSEPORT groups) and the processes holding them.
-pub fn group_listeners(listeners: &[DiagSocket]) -> BTreeMap<SocketAddr, (u32, Vec<Owner>)> {
+pub fn group_listeners(listeners: &[TcpSocket]) -> BTreeMap<SocketAddr, (u32, Vec<Owner>)> {
     let owners = socket_owners(Path::new("/proc"));
     let mut grouped: BTreeMap<SocketAddr, (u32, Vec<Owner>)> = BTreeMap::new();
     for listener in listeners {
@@ -120,7 +120,7 @@ fn socket_inode(link: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockdiag::SockDiag;
+    use crate::tcp_table::SockDiag;
 
     #[test]
     fn listen_counters_are_read_by_name() {

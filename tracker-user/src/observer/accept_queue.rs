@@ -8,13 +8,14 @@ use crate::tracker_id::Role;
 
 impl Observer {
     /// Records an accept-queue sample: (listening socket address, waiting connections,
-    /// backlog) for every listening socket; sockets sharing an address are summed.
-    pub fn sample_accept_queues(&mut self, samples: &[(SocketAddr, u32, u32)]) {
-        let mut sums: HashMap<SocketAddr, (u32, u32)> = HashMap::new();
+    /// backlog if known) for every listening socket; sockets sharing an address are summed,
+    /// and their backlog is unknown if one socket's is.
+    pub fn sample_accept_queues(&mut self, samples: &[(SocketAddr, u32, Option<u32>)]) {
+        let mut sums: HashMap<SocketAddr, (u32, Option<u32>)> = HashMap::new();
         for &(addr, queue, backlog) in samples {
-            let sum = sums.entry(addr).or_default();
+            let sum = sums.entry(addr).or_insert((0, Some(0)));
             sum.0 = sum.0.saturating_add(queue);
-            sum.1 = sum.1.saturating_add(backlog);
+            sum.1 = sum.1.zip(backlog).map(|(sum, one)| sum.saturating_add(one));
         }
         // sock_diag lists the daemon's own namespace only.
         let own_listeners = self
@@ -22,7 +23,7 @@ impl Observer {
             .iter_mut()
             .filter(|(id, _)| id.role == Role::Listen && id.netns == 0);
         for (id, listener) in own_listeners {
-            let (queue, backlog) = sums.get(&id.addr).copied().unwrap_or_default();
+            let (queue, backlog) = sums.get(&id.addr).copied().unwrap_or((0, Some(0)));
             listener.accept_queue = queue;
             listener.accept_backlog = backlog;
             listener.accept_queue_peak = listener.accept_queue_peak.max(queue);

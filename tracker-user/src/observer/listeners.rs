@@ -34,7 +34,7 @@ pub(super) struct Listener {
     /// Accept queue as last sampled: waiting connections, and the limit (summed over the
     /// sockets of an SO_REUSEPORT group).
     pub(super) accept_queue: u32,
-    pub(super) accept_backlog: u32,
+    pub(super) accept_backlog: Option<u32>,
     /// Longest accept queue sampled since the last report.
     pub(super) accept_queue_peak: u32,
     /// Server accepts and closes of its connections since the last report.
@@ -56,7 +56,7 @@ impl Listener {
             closed_log: Vec::new(),
             corrections: 0,
             accept_queue: 0,
-            accept_backlog: 0,
+            accept_backlog: Some(0),
             accept_queue_peak: 0,
             accepted: 0,
             server_closed: 0,

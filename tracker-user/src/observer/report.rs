@@ -31,8 +31,8 @@ pub struct ListenerReport {
     pub accept_queue: u32,
     /// Most connections waiting in the accept queue among the interval's samples.
     pub accept_queue_peak: u32,
-    /// The accept queue's limit (the listen backlog).
-    pub accept_backlog: u32,
+    /// The accept queue's limit (the listen backlog), when the kernel's table tells it.
+    pub accept_backlog: Option<u32>,
     /// Connections the server accepted (`accept()` returned them) in the interval; 0 where
     /// the kernel offers no accept hook (the report says which capabilities are served).
     pub accepted: u64,
@@ -57,7 +57,7 @@ impl ListenerReport {
             corrections: 0,
             accept_queue: 0,
             accept_queue_peak: 0,
-            accept_backlog: 0,
+            accept_backlog: Some(0),
             accepted: 0,
             server_closed: 0,
         }

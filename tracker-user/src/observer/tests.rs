@@ -446,8 +446,8 @@ fn accept_queue_samples_sum_reuseport_groups_and_keep_the_peak() {
     let mut observer = Observer::new(None);
     observer.add_scanned_listener_sockets(addr("127.0.0.1:80"), 2, &[]);
     let listener = addr("127.0.0.1:80");
-    observer.sample_accept_queues(&[(listener, 3, 128), (listener, 4, 128)]);
-    observer.sample_accept_queues(&[(listener, 1, 128), (listener, 0, 128)]);
+    observer.sample_accept_queues(&[(listener, 3, Some(128)), (listener, 4, Some(128))]);
+    observer.sample_accept_queues(&[(listener, 1, Some(128)), (listener, 0, Some(128))]);
     let report = report_of(&mut observer, SECOND, "127.0.0.1:80");
     assert_eq!(
         (
@@ -455,13 +455,23 @@ fn accept_queue_samples_sum_reuseport_groups_and_keep_the_peak() {
             report.accept_queue_peak,
             report.accept_backlog
         ),
-        (1, 7, 256)
+        (1, 7, Some(256))
     );
     let next = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
     assert_eq!(
         next.accept_queue_peak, 1,
         "peak restarts from the current length"
     );
+}
+
+#[test]
+fn a_backlog_unknown_for_one_socket_of_a_group_is_unknown_for_the_group() {
+    let mut observer = Observer::new(None);
+    let listener = addr("127.0.0.1:80");
+    observer.add_scanned_listener_sockets(listener, 2, &[]);
+    observer.sample_accept_queues(&[(listener, 3, Some(128)), (listener, 4, None)]);
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:80");
+    assert_eq!((report.accept_queue, report.accept_backlog), (7, None));
 }
 
 #[test]

@@ -79,7 +79,7 @@ struct JsonReport<'a> {
     corrections: u64,
     accept_queue: u32,
     accept_queue_peak: u32,
-    accept_backlog: u32,
+    accept_backlog: Option<u32>,
     listen_overflows: u64,
     listen_drops: u64,
     errs: u64,

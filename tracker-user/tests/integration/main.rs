@@ -3,6 +3,7 @@
 //! Run as root through `cargo xtask test` (one test at a time). Each test watches only ports
 //! the kernel picked for it (`--port`), so other traffic on the host cannot disturb it.
 
+mod kernel_table;
 mod netns;
 mod operability;
 mod prometheus;

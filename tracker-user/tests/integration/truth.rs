@@ -62,11 +62,14 @@ fn counts_return_to_the_truth_within_an_interval_after_forced_loss() {
     ]);
 
     let held = thread::scope(|scope| {
-        scope.spawn(|| {
-            for _ in 0..STORM + HELD {
-                let (stream, _) = listener.accept().expect("accepting");
-                drop(stream);
-            }
+        // The storm's connections are all queued before the held ones are made, and the
+        // accept queue is first in, first out: the last HELD accepted are the held ones, and
+        // their server side stays open.
+        let acceptor = scope.spawn(|| {
+            let mut accepted: Vec<_> = (0..STORM + HELD)
+                .map(|_| listener.accept().expect("accepting").0)
+                .collect();
+            accepted.split_off(STORM)
         });
         let clients: Vec<_> = (0..2)
             .map(|_| {
@@ -80,11 +83,10 @@ fn counts_return_to_the_truth_within_an_interval_after_forced_loss() {
         for client in clients {
             client.join().unwrap();
         }
-        // HELD connections stay open (their server side was accepted and closed, so the
-        // kernel side goes to CLOSE_WAIT: still a connection until the client closes).
-        (0..HELD)
+        let clients: Vec<_> = (0..HELD)
             .map(|_| TcpStream::connect(addr).expect("connecting"))
-            .collect::<Vec<_>>()
+            .collect();
+        (clients, acceptor.join().unwrap())
     });
     let storm_over = Instant::now();
 
@@ -121,7 +123,7 @@ fn a_server_that_stops_accepting_fills_its_queue_and_overflows() {
     let addr = listener.local_addr().unwrap();
     let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &addr.port().to_string()]);
 
-    // Nobody accepts: the queue fills (backlog + 1 entries), later handshakes are refused and
+    // Nobody accepts: the queue fills (about backlog + 1 entries), later handshakes are refused and
     // those clients keep retrying until their timeout.
     let clients: Vec<_> = (0..12)
         .map(|_| {
@@ -134,8 +136,11 @@ fn a_server_that_stops_accepting_fills_its_queue_and_overflows() {
     });
     let last = reports.last().unwrap();
     assert_eq!(last["accept_backlog"], BACKLOG, "{last}");
+    // The kernel queues one more than the backlog; handshakes completing at the same moment
+    // on other CPUs each pass its full-queue check before any of them is queued.
+    let cpus = thread::available_parallelism().map_or(1, usize::from) as u64;
     assert!(
-        max(&reports, "accept_queue_peak") <= BACKLOG as u64 + 1,
+        max(&reports, "accept_queue_peak") <= BACKLOG as u64 + cpus,
         "{reports:#?}"
     );
     drop(clients);

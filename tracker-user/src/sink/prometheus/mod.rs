@@ -177,7 +177,9 @@ impl Inner {
             &metrics.accept_queue_peak,
             i64::from(report.accept_queue_peak),
         );
-        set(&metrics.accept_backlog, i64::from(report.accept_backlog));
+        if let Some(backlog) = report.accept_backlog {
+            set(&metrics.accept_backlog, i64::from(backlog));
+        }
 
         let lifetime = metrics.lifetime.get_or_create(&labels);
         let peak_sessions = metrics.peak_sessions.get_or_create(&labels);

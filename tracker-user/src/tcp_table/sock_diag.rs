@@ -1,9 +1,6 @@
-//! The kernel's own TCP socket tables, through netlink `sock_diag` (INET_DIAG dumps), using the
-//! `netlink-packet-sock-diag` crate rather than parsing `/proc/net/tcp` text.
-//!
-//! The daemon reads them at start-up (listeners and connections that already exist), at every
-//! report (to reconcile its model with the kernel after lost events) and between reports (to
-//! sample accept-queue occupancy). A dump covers the daemon's network namespace.
+//! The TCP table through netlink `sock_diag` (INET_DIAG dumps, decoded by the
+//! `netlink-packet-sock-diag` crate): binary, filtered by state in the kernel, and with each
+//! listener's backlog.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,34 +10,11 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
 
-/// One TCP socket as the kernel lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiagSocket {
-    /// TCP state (`include/net/tcp_states.h`).
-    pub state: u8,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// For a listener, connections waiting in its accept queue; otherwise bytes unread.
-    pub recv_queue: u32,
-    /// For a listener, its backlog (the accept queue's limit); otherwise bytes unsent.
-    pub send_queue: u32,
-    pub inode: u32,
-}
-
-/// States in which a server-side connection exists for the model: from ESTABLISHED until its
-/// socket reaches CLOSE (TIME_WAIT sockets have already passed through CLOSE).
-pub fn connection_states() -> StateFlags {
-    StateFlags::ESTABLISHED
-        | StateFlags::FIN_WAIT1
-        | StateFlags::FIN_WAIT2
-        | StateFlags::CLOSE_WAIT
-        | StateFlags::LAST_ACK
-        | StateFlags::CLOSING
-}
+use super::{CONNECTION_STATES, LISTEN, TcpSocket};
 
 /// A netlink socket for sock_diag dumps, reused across dumps.
 pub struct SockDiag {
@@ -60,17 +34,22 @@ impl SockDiag {
     }
 
     /// TCP listening sockets, IPv4 and IPv6.
-    pub fn listeners(&mut self) -> io::Result<Vec<DiagSocket>> {
-        self.dump(StateFlags::LISTEN)
+    pub fn listeners(&mut self) -> io::Result<Vec<TcpSocket>> {
+        self.dump(StateFlags::from_bits_truncate(1 << LISTEN))
     }
 
-    /// TCP connections in [`connection_states`], IPv4 and IPv6.
-    pub fn connections(&mut self) -> io::Result<Vec<DiagSocket>> {
-        self.dump(connection_states())
+    /// TCP connections in [`CONNECTION_STATES`], IPv4 and IPv6.
+    pub fn connections(&mut self) -> io::Result<Vec<TcpSocket>> {
+        let states = CONNECTION_STATES
+            .iter()
+            .fold(StateFlags::empty(), |flags, &state| {
+                flags | StateFlags::from_bits_truncate(1 << state)
+            });
+        self.dump(states)
     }
 
     /// TCP sockets in `states`, both families.
-    pub fn dump(&mut self, states: StateFlags) -> io::Result<Vec<DiagSocket>> {
+    fn dump(&mut self, states: StateFlags) -> io::Result<Vec<TcpSocket>> {
         let mut sockets = Vec::new();
         for family in [AF_INET, AF_INET6] {
             self.dump_family(family, states.clone(), &mut sockets)?;
@@ -82,7 +61,7 @@ impl SockDiag {
         &mut self,
         family: u8,
         states: StateFlags,
-        sockets: &mut Vec<DiagSocket>,
+        sockets: &mut Vec<TcpSocket>,
     ) -> io::Result<()> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -120,15 +99,18 @@ impl SockDiag {
                     NetlinkPayload::Error(error) => {
                         return Err(io::Error::other(format!("sock_diag: {error}")));
                     }
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
+                        if response.header.timer != Some(Timer::TimeWait) =>
+                    {
                         let header = &response.header;
                         let id = &header.socket_id;
-                        sockets.push(DiagSocket {
+                        sockets.push(TcpSocket {
                             state: header.state,
                             local: SocketAddr::new(id.source_address, id.source_port),
                             remote: SocketAddr::new(id.destination_address, id.destination_port),
                             recv_queue: header.recv_queue,
-                            send_queue: header.send_queue,
+                            // For a listener the kernel puts its backlog in this field.
+                            backlog: (header.state == LISTEN).then_some(header.send_queue),
                             inode: header.inode,
                         });
                     }
@@ -167,7 +149,11 @@ mod tests {
             .expect("our listener is listed");
         assert_eq!(found.state, 10);
         assert_eq!(found.recv_queue, 2);
-        assert_eq!(found.send_queue, 128, "std listens with a backlog of 128");
+        assert_eq!(
+            found.backlog,
+            Some(128),
+            "std listens with a backlog of 128"
+        );
         assert_ne!(found.inode, 0);
     }
 

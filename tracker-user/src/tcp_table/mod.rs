@@ -1,0 +1,190 @@
+//! The kernel's own table of TCP sockets in the daemon's network namespace.
+//!
+//! The daemon reads it at start-up (listeners and connections that already exist), at reports
+//! (to reconcile its model with the kernel after lost events) and between reports (to sample
+//! accept queues). Netlink `sock_diag` answers best, but the kernel serves it for TCP from the
+//! `tcp_diag` module, which a host may not have loaded and may refuse to load (module loading
+//! disabled, a minimal kernel, a container without the module tree). `/proc/net/tcp` is
+//! always there and lists the same sockets, as text the kernel formats for every socket of
+//! every state (slower on a host with many connections) and without listeners' backlogs; so
+//! losing `sock_diag` costs the backlog and some speed, never the snapshot or reconciliation.
+
+mod proc_net;
+mod sock_diag;
+
+use std::io;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+pub use sock_diag::SockDiag;
+
+/// `TCP_LISTEN` (`include/net/tcp_states.h`).
+pub const LISTEN: u8 = 10;
+
+/// States in which a server-side connection exists for the model: from ESTABLISHED until its
+/// socket reaches CLOSE: ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK and CLOSING.
+///
+/// Both sources also list TIME_WAIT mini-sockets under their substate, and when the server
+/// closed first the kernel finishes the close in one of those (FIN_WAIT2) after the full
+/// socket has gone to CLOSE. They are left out: the model saw that connection close, and
+/// adopting it from the table would count a connection no event will ever close.
+pub const CONNECTION_STATES: [u8; 6] = [1, 4, 5, 8, 9, 11];
+
+/// One TCP socket as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    /// TCP state (`include/net/tcp_states.h`).
+    pub state: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// For a listener, connections waiting in its accept queue; otherwise bytes unread.
+    pub recv_queue: u32,
+    /// For a listener, its backlog (the accept queue's limit), when the source tells it.
+    pub backlog: Option<u32>,
+    pub inode: u32,
+}
+
+/// Where the daemon reads the table from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableSource {
+    /// `sock_diag`, else `/proc/net/tcp` with a warning.
+    Auto,
+    /// Netlink `sock_diag` only.
+    SockDiag,
+    /// `/proc/net/tcp` and `/proc/net/tcp6` only.
+    ProcNet,
+}
+
+/// The table, through whichever source the kernel answers.
+pub enum TcpTable {
+    SockDiag(SockDiag),
+    ProcNet,
+}
+
+impl TcpTable {
+    /// Opens `source`; with [`TableSource::Auto`], `sock_diag` if a dump of the listeners
+    /// works, else `/proc/net/tcp` after a warning that says what is lost.
+    pub fn open(source: TableSource) -> anyhow::Result<Self> {
+        match source {
+            TableSource::ProcNet => Ok(Self::ProcNet),
+            TableSource::SockDiag => {
+                let mut diag = SockDiag::open().context("opening a sock_diag netlink socket")?;
+                diag.listeners()
+                    .context("the kernel does not answer TCP sock_diag")?;
+                Ok(Self::SockDiag(diag))
+            }
+            TableSource::Auto => match Self::open(TableSource::SockDiag) {
+                Ok(table) => Ok(table),
+                Err(error) => {
+                    log::warn!(
+                        "{error:#} (is the tcp_diag module available?): reading /proc/net/tcp \
+                         instead, which is slower on hosts with many connections and does not \
+                         give listen backlogs (accept_backlog is null)"
+                    );
+                    Ok(Self::ProcNet)
+                }
+            },
+        }
+    }
+
+    /// The source in use, for the start-up log.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Self::SockDiag(_) => "sock_diag",
+            Self::ProcNet => "/proc/net/tcp",
+        }
+    }
+
+    /// TCP listening sockets, IPv4 and IPv6.
+    pub fn listeners(&mut self) -> io::Result<Vec<TcpSocket>> {
+        match self {
+            Self::SockDiag(diag) => diag.listeners(),
+            Self::ProcNet => proc_net::sockets(&[LISTEN]),
+        }
+    }
+
+    /// TCP connections in [`CONNECTION_STATES`], IPv4 and IPv6.
+    pub fn connections(&mut self) -> io::Result<Vec<TcpSocket>> {
+        match self {
+            Self::SockDiag(diag) => diag.connections(),
+            Self::ProcNet => proc_net::sockets(&CONNECTION_STATES),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Both sources list the same listeners and connections, with the same queues.
+    #[test]
+    fn both_sources_list_the_same_sockets() {
+        let listener = TcpListener::bind("[::1]:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let (_server, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        let _waiting = TcpStream::connect(addr).unwrap();
+        let ours = |sockets: Vec<TcpSocket>| {
+            let mut ours: Vec<_> = sockets
+                .into_iter()
+                .filter(|socket| socket.local.port() == addr.port() || socket.remote == addr)
+                .map(|socket| TcpSocket {
+                    backlog: None,
+                    ..socket
+                })
+                .collect();
+            ours.sort_by_key(|socket| (socket.local, socket.remote));
+            ours
+        };
+        let mut diag = TcpTable::open(TableSource::SockDiag).unwrap();
+        let mut proc_net = TcpTable::open(TableSource::ProcNet).unwrap();
+        let listeners = ours(proc_net.listeners().unwrap());
+        assert_eq!(listeners, ours(diag.listeners().unwrap()));
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(
+            listeners[0].recv_queue, 1,
+            "one connection waits to be accepted"
+        );
+        let connections = ours(proc_net.connections().unwrap());
+        assert_eq!(connections, ours(diag.connections().unwrap()));
+        assert_eq!(connections.len(), 4, "two connections, both ends");
+    }
+
+    /// A server that closes first leaves its side as a TIME_WAIT mini-socket in FIN_WAIT2
+    /// (its full socket has gone to CLOSE): not a connection for the model.
+    #[test]
+    fn a_connection_the_server_closed_first_leaves_no_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        drop(listener.accept().unwrap());
+        assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "the server's FIN");
+        let server_side = |table: &mut TcpTable| {
+            table
+                .connections()
+                .unwrap()
+                .into_iter()
+                .filter(|socket| socket.local == addr)
+                .count()
+        };
+        let mut tables = [
+            TcpTable::open(TableSource::SockDiag).unwrap(),
+            TcpTable::open(TableSource::ProcNet).unwrap(),
+        ];
+        // The client's ACK of that FIN moves the server side out of FIN_WAIT1 a moment later.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tables.iter_mut().any(|table| server_side(table) > 0) && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        for table in &mut tables {
+            assert_eq!(server_side(table), 0, "listed by {}", table.source());
+        }
+        drop(client);
+    }
+}
