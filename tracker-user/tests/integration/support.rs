@@ -214,6 +214,16 @@ impl Daemon {
             .unwrap_or_else(|error| panic!("no output line within {:?} ({error})", patience()))
     }
 
+    /// Stops the daemon (SIGSTOP) until [`Daemon::resume`]: the kernel's events pile up in
+    /// the ring meanwhile.
+    pub fn pause(&self) {
+        signal(&self.child, libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, libc::SIGCONT);
+    }
+
     /// Sends SIGTERM and collects the remaining output lines and the exit status.
     pub fn terminate(mut self) -> (Vec<String>, ExitStatus) {
         signal(&self.child, libc::SIGTERM);
