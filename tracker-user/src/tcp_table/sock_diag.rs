@@ -95,6 +95,11 @@ impl SockDiag {
                         .map_err(|error| io::Error::other(format!("sock_diag reply: {error}")))?;
                 let length = message.header.length as usize;
                 match message.payload {
+                    // A dump that fails once started (inet_diag is loaded, but the kernel
+                    // has no TCP handler for it) ends with the error in its DONE message.
+                    NetlinkPayload::Done(done) if done.code < 0 => {
+                        return Err(io::Error::from_raw_os_error(-done.code));
+                    }
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(error) => {
                         return Err(io::Error::other(format!("sock_diag: {error}")));

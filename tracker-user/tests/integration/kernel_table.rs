@@ -16,6 +16,7 @@ const MODPROBE: &str = "/proc/sys/kernel/modprobe";
 /// kernel's module loader is restored on drop, so later tests get `tcp_diag` back on demand.
 struct ModulesUnloadable {
     modprobe: Option<String>,
+    unloaded_tcp_diag: bool,
 }
 
 impl ModulesUnloadable {
@@ -25,7 +26,10 @@ impl ModulesUnloadable {
         if modprobe.is_some() {
             fs::write(MODPROBE, "/bin/false").expect("turning off on-demand module loading");
         }
-        let guard = Self { modprobe };
+        let mut guard = Self {
+            modprobe,
+            unloaded_tcp_diag: false,
+        };
         let loaded = fs::read_to_string("/proc/modules").unwrap_or_default();
         if loaded.lines().any(|line| line.starts_with("tcp_diag ")) {
             let status = Command::new("rmmod")
@@ -33,6 +37,7 @@ impl ModulesUnloadable {
                 .status()
                 .expect("running rmmod");
             assert!(status.success(), "rmmod tcp_diag: {status}");
+            guard.unloaded_tcp_diag = true;
         }
         guard
     }
@@ -59,10 +64,18 @@ fn without_tcp_sock_diag_the_daemon_reads_proc_net_tcp_and_loses_only_the_backlo
     let modules = ModulesUnloadable::new();
     let sock_diag_gone = TcpTable::open(TableSource::SockDiag).is_err();
     let mut daemon = if sock_diag_gone {
-        let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &port]);
-        daemon.wait_for_log("reading /proc/net/tcp instead");
+        let daemon = Daemon::start(&["--interval", "0.5", "--port", &port]);
+        assert!(
+            daemon.has_logged("reading /proc/net/tcp instead"),
+            "no warning: {:?}",
+            daemon.log()
+        );
         daemon
     } else {
+        assert!(
+            !modules.unloaded_tcp_diag,
+            "tcp_diag was unloaded and cannot be loaded again, yet sock_diag answers"
+        );
         note_for_this_kernel(
             "tcp_diag is built into this kernel, so sock_diag cannot be taken away; the \
              daemon is made to read /proc/net/tcp instead (the fallback's warning is checked \

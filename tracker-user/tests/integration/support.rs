@@ -131,6 +131,16 @@ impl Daemon {
             .expect("the daemon started")
     }
 
+    /// Whether a log line read so far contains `needle`.
+    pub fn has_logged(&self, needle: &str) -> bool {
+        self.stderr_seen.iter().any(|line| line.contains(needle))
+    }
+
+    /// The log lines read so far.
+    pub fn log(&self) -> &[String] {
+        &self.stderr_seen
+    }
+
     /// Waits for a log line containing `needle`; fails with the daemon's stderr if it exits.
     pub fn wait_for_log(&mut self, needle: &str) {
         if let Err(status) = self.wait_for_log_or_exit(needle) {
