@@ -66,11 +66,12 @@ fn h2load_streams_through_nginx_h2c(forced: Option<&str>) {
     // longer on a slower machine, so that the proxying around it stays small against it.
     let hold = Duration::from_millis(300) * slowdown();
     let backend = slow_backend(hold);
+    let backend_port = backend.port;
     let port = free_port("127.0.0.1");
     let _nginx = Nginx::start(
         &format!(
             "server {{ listen 127.0.0.1:{port} http2;
-                location / {{ proxy_pass http://127.0.0.1:{backend}; }} }}"
+                location / {{ proxy_pass http://127.0.0.1:{backend_port}; }} }}"
         ),
         &[port],
     );

@@ -7,6 +7,8 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -456,12 +458,17 @@ pub fn run_client(program: &str, args: &[&str]) -> String {
 
 /// An HTTP/1.1 backend that holds every response for `delay` (one thread per connection,
 /// one request per connection), so that requests proxied through it overlap. Runs until the
-/// process exits.
-pub fn slow_backend(delay: Duration) -> u16 {
+/// returned handle is dropped.
+pub fn slow_backend(delay: Duration) -> SlowBackend {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding the backend");
     let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
     thread::spawn(move || {
         for stream in listener.incoming() {
+            if stopped.load(Ordering::Relaxed) {
+                return;
+            }
             let Ok(mut stream) = stream else { continue };
             thread::spawn(move || {
                 let mut request = Vec::new();
@@ -480,7 +487,21 @@ pub fn slow_backend(delay: Duration) -> u16 {
             });
         }
     });
-    port
+    SlowBackend { port, stop }
+}
+
+/// A running [`slow_backend`]; its accepting thread ends when this is dropped.
+pub struct SlowBackend {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SlowBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accepting thread, which then sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
 }
 
 /// Server-side connections of the listener at `addr` that the kernel still has (its own
