@@ -68,7 +68,7 @@ pub const PROG_FEXIT_TCP_RECVMSG_6: &str = "fexit_tcp_recvmsg_6";
 /// For 4 or 5 parameters (`flags` is the fourth of both lists).
 pub const PROG_KPROBE_TCP_RECVMSG: &str = "kprobe_tcp_recvmsg";
 pub const PROG_KPROBE_TCP_RECVMSG_6: &str = "kprobe_tcp_recvmsg_6";
-pub const PROG_KRETPROBE_TCP_RECVMSG: &str = "kretprobe_tcp_recvmsg";
+pub const PROG_KPROBE_TCP_CLEANUP_RBUF: &str = "kprobe_tcp_cleanup_rbuf";
 pub const PROG_FEXIT_TCP_SENDMSG: &str = "fexit_tcp_sendmsg";
 pub const PROG_KPROBE_TCP_SENDMSG: &str = "kprobe_tcp_sendmsg";
 pub const PROG_KRETPROBE_TCP_SENDMSG: &str = "kretprobe_tcp_sendmsg";

@@ -13,8 +13,9 @@
 //!   gives the socket layout, else classic. No function hook sees listen(), the server-side
 //!   SYN_RECV → ESTABLISHED step and every CLOSE from one attach point.
 //! * Turns (busy time, and sessions through the same programs): fexit on `tcp_recvmsg` and
-//!   `tcp_sendmsg`, else kprobe+kretprobe on them, else the `sock:sock_recv_length` /
-//!   `sock:sock_send_length` tracepoints (6.6+). Where `tcp_recvmsg`'s parameter list
+//!   `tcp_sendmsg`, else kprobes (a read's bytes from `tcp_cleanup_rbuf`, never from a
+//!   kretprobe whose pool blocked readers would hold; see the eBPF program), else the
+//!   `sock:sock_recv_length` / `sock:sock_send_length` tracepoints (6.6+). Where `tcp_recvmsg`'s parameter list
 //!   changed (5.19 dropped `nonblock`, 6.16 `addr_len`), the candidate matching the kernel's
 //!   BTF is used.
 //! * Accept: fexit on `inet_csk_accept`, else kretprobe (no tracepoint marks it).

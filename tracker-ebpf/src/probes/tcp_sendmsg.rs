@@ -1,12 +1,21 @@
 //! `tcp_sendmsg`: the server handed payload to a TCP socket, on kernels without
 //! `sock:sock_send_length` (before 6.6).
 //!
-//! Why this hook: the send-side twin of `tcp_recvmsg` (see there for the attach methods).
+//! Why this hook: the send-side twin of `tcp_recvmsg` (see there for fexit).
 //! `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)` has kept its
 //! parameters since 4.x, so one program per method serves every kernel; the firing feeds
 //! `sock_send_length::on_send` unchanged. Before 6.5, `sendfile` and `splice` reach TCP
 //! through `tcp_sendpage` instead: a response whose body goes that way ends its turn at its
 //! last `tcp_sendmsg` (typically the headers), a few microseconds early.
+//!
+//! Without fexit, a kprobe notes the socket per thread and a kretprobe takes the byte count.
+//! Unlike reads, no function called at the end of `tcp_sendmsg_locked` carries the count, and
+//! the requested size is not what a non-blocking send of a full buffer copies (the HTTP/2
+//! walk must see exactly the bytes sent). The kretprobe's instance pool (max(10, 2 × CPUs))
+//! is held only by threads blocked in a send (a full send buffer on a blocking socket); more
+//! such threads than that lose the returns of other sends meanwhile. A note whose return was
+//! lost must not be matched with the thread's next send: every entry replaces or drops the
+//! thread's note.
 
 use aya_ebpf::{
     EbpfContext,
@@ -35,9 +44,13 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
     let Some(skaddr) = ctx.arg::<u64>(0) else {
         return 0;
     };
+    let thread = bpf_get_current_pid_tgid();
     // SAFETY: presence test only.
     if unsafe { TRACKED.get(&skaddr) }.is_some() {
-        let _ = SEND_CALLS.insert(&bpf_get_current_pid_tgid(), &skaddr, 0);
+        let _ = SEND_CALLS.insert(&thread, &skaddr, 0);
+    } else {
+        // Usually absent: only a send whose return was lost leaves one behind.
+        let _ = SEND_CALLS.remove(&thread);
     }
     0
 }

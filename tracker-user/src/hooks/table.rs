@@ -4,9 +4,9 @@
 use tracker_common::{
     PROG_FENTRY_TCP_CLOSE, PROG_FEXIT_INET_CSK_ACCEPT_2, PROG_FEXIT_INET_CSK_ACCEPT_4,
     PROG_FEXIT_TCP_RECVMSG_4, PROG_FEXIT_TCP_RECVMSG_5, PROG_FEXIT_TCP_RECVMSG_6,
-    PROG_FEXIT_TCP_SENDMSG, PROG_INET_SOCK_SET_STATE, PROG_KPROBE_TCP_CLOSE,
-    PROG_KPROBE_TCP_RECVMSG, PROG_KPROBE_TCP_RECVMSG_6, PROG_KPROBE_TCP_SENDMSG,
-    PROG_KRETPROBE_INET_CSK_ACCEPT, PROG_KRETPROBE_TCP_RECVMSG, PROG_KRETPROBE_TCP_SENDMSG,
+    PROG_FEXIT_TCP_SENDMSG, PROG_INET_SOCK_SET_STATE, PROG_KPROBE_TCP_CLEANUP_RBUF,
+    PROG_KPROBE_TCP_CLOSE, PROG_KPROBE_TCP_RECVMSG, PROG_KPROBE_TCP_RECVMSG_6,
+    PROG_KPROBE_TCP_SENDMSG, PROG_KRETPROBE_INET_CSK_ACCEPT, PROG_KRETPROBE_TCP_SENDMSG,
     PROG_RAW_INET_SOCK_SET_STATE, PROG_RAW_SOCK_RECV_LENGTH, PROG_RAW_SOCK_SEND_LENGTH,
     PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, inet_sock_set_state, sock_length,
 };
@@ -48,9 +48,9 @@ const KPROBE_TURNS: &[Attach] = &[
         function: "tcp_recvmsg",
         program: PROG_KPROBE_TCP_RECVMSG,
     },
-    Attach::Kretprobe {
-        function: "tcp_recvmsg",
-        program: PROG_KRETPROBE_TCP_RECVMSG,
+    Attach::Kprobe {
+        function: "tcp_cleanup_rbuf",
+        program: PROG_KPROBE_TCP_CLEANUP_RBUF,
     },
     Attach::Kprobe {
         function: "tcp_sendmsg",
@@ -66,9 +66,9 @@ const KPROBE_TURNS_6: &[Attach] = &[
         function: "tcp_recvmsg",
         program: PROG_KPROBE_TCP_RECVMSG_6,
     },
-    Attach::Kretprobe {
-        function: "tcp_recvmsg",
-        program: PROG_KRETPROBE_TCP_RECVMSG,
+    Attach::Kprobe {
+        function: "tcp_cleanup_rbuf",
+        program: PROG_KPROBE_TCP_CLEANUP_RBUF,
     },
     Attach::Kprobe {
         function: "tcp_sendmsg",
