@@ -74,6 +74,7 @@ pub const PROG_KPROBE_TCP_SENDMSG: &str = "kprobe_tcp_sendmsg";
 pub const PROG_KRETPROBE_TCP_SENDMSG: &str = "kretprobe_tcp_sendmsg";
 pub const PROG_FEXIT_INET_CSK_ACCEPT_2: &str = "fexit_inet_csk_accept_2";
 pub const PROG_FEXIT_INET_CSK_ACCEPT_4: &str = "fexit_inet_csk_accept_4";
+pub const PROG_KPROBE_SECURITY_SOCK_GRAFT: &str = "kprobe_security_sock_graft";
 pub const PROG_KRETPROBE_INET_CSK_ACCEPT: &str = "kretprobe_inet_csk_accept";
 pub const PROG_FENTRY_TCP_CLOSE: &str = "fentry_tcp_close";
 pub const PROG_KPROBE_TCP_CLOSE: &str = "kprobe_tcp_close";

@@ -171,8 +171,9 @@ fn verdict(outcome: &VmOutcome) -> String {
         format!("boot {:.1} s", boot.as_secs_f64())
     });
     format!(
-        "{result}: {} passed, {} failed; {boot}, {:.0} s in all",
+        "{result}: {} passed, {} not run on this kernel, {} failed; {boot}, {:.0} s in all",
         outcome.passed.len(),
+        outcome.not_run.len(),
         outcome.failed.len(),
         outcome.total_time.as_secs_f64()
     )
@@ -180,6 +181,9 @@ fn verdict(outcome: &VmOutcome) -> String {
 
 fn report(release: &str, outcome: &VmOutcome) {
     eprintln!("xtask: {release}: {}", verdict(outcome));
+    for name in &outcome.not_run {
+        eprintln!("xtask:   not run on {release} (its output says why): {name}");
+    }
     for name in &outcome.failed {
         eprintln!("xtask:   failed on {release}: {name}");
     }

@@ -22,7 +22,12 @@ pub struct VmOutcome {
     /// The tests' exit status, or `None` when the VM never reported one (crash, timeout).
     pub exit_status: Option<i32>,
     pub passed: Vec<String>,
+    /// Passed, but said the kernel lacks what their scenario needs (a forced hook, a module).
+    pub not_run: Vec<String>,
     pub failed: Vec<String>,
+    /// A test whose result line was split by what it wrote to stderr: its name, and whether it
+    /// said it could not run here.
+    pending: Option<(String, bool)>,
     /// From QEMU's start to the first line stage two prints (the kernel and stage one).
     pub boot_time: Option<Duration>,
     pub total_time: Duration,
@@ -89,7 +94,8 @@ fn reap(child: &mut Child, kernel: &Kernel) {
 }
 
 /// Updates `outcome` from one console line: libtest's per-test lines, the exit marker, and
-/// the first line after boot.
+/// the first line after boot. A test that writes to stderr splits its line: `test NAME ... `,
+/// then what it wrote, then `ok` or `FAILED` on a line of their own.
 fn read_console_line(line: &str, started: Instant, outcome: &mut VmOutcome) {
     if let Some(status) = line.strip_prefix(EXIT_MARKER) {
         outcome.exit_status = status.trim().parse().ok();
@@ -98,14 +104,31 @@ fn read_console_line(line: &str, started: Instant, outcome: &mut VmOutcome) {
     if line.starts_with(BOOT_MARKER) {
         outcome.boot_time = Some(started.elapsed());
     }
-    if let Some(test) = line.strip_prefix("test ") {
-        if let Some(name) = test.strip_suffix(" ... ok") {
-            outcome.passed.push(name.to_owned());
-        } else if let Some(name) = test.strip_suffix(" ... FAILED") {
-            outcome.failed.push(name.to_owned());
+    if let Some(test) = line.strip_prefix("test ")
+        && let Some((name, rest)) = test.split_once(" ... ")
+    {
+        match rest {
+            "ok" => outcome.passed.push(name.to_owned()),
+            "FAILED" => outcome.failed.push(name.to_owned()),
+            "ignored" => {}
+            said => {
+                outcome.pending = Some((name.to_owned(), said.contains(NOT_RUN)));
+            }
+        }
+        return;
+    }
+    if let Some((name, not_run)) = outcome.pending.take() {
+        match line {
+            "ok" if not_run => outcome.not_run.push(name),
+            "ok" => outcome.passed.push(name),
+            "FAILED" => outcome.failed.push(name),
+            _ => outcome.pending = Some((name, not_run || line.contains(NOT_RUN))),
         }
     }
 }
+
+/// What the integration tests write when a kernel lacks what their scenario needs.
+const NOT_RUN: &str = ": on this kernel: not run:";
 
 fn qemu(kernel: &Kernel, initramfs: &std::path::Path) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
@@ -156,12 +179,20 @@ mod tests {
             "test netns::counts ... ok",
             "test sessions::h2 ... FAILED",
             "test busy ... ignored",
+            "test fentry ... fentry: on this kernel: not run: tracker: --hooks fentry: no",
+            "ok",
+            "test table ... table: on this kernel: tcp_diag is built in",
+            "ok",
+            "test noisy ... noisy: on this kernel: not run: no",
+            "thread 'noisy' panicked",
+            "FAILED",
             "TRACKER_VM_EXIT=101",
         ] {
             read_console_line(line, started, &mut outcome);
         }
-        assert_eq!(outcome.passed, ["netns::counts"]);
-        assert_eq!(outcome.failed, ["sessions::h2"]);
+        assert_eq!(outcome.passed, ["netns::counts", "table"]);
+        assert_eq!(outcome.not_run, ["fentry"]);
+        assert_eq!(outcome.failed, ["sessions::h2", "noisy"]);
         assert_eq!(outcome.exit_status, Some(101));
         assert!(outcome.boot_time.is_some());
     }

@@ -6,8 +6,11 @@
 //! (established server-side connections the daemon follows) produce an event, so the ring
 //! carries one short note per accepted connection.
 //!
-//! fexit where BPF trampolines work, else kretprobe (the return value is all it needs, so
-//! there is no entry half). The parameters changed in 6.10: `(sk, flags, err, kern)` before,
+//! fexit where BPF trampolines work. Without them a kprobe on `security_sock_graft` (see
+//! there) comes first, and a kretprobe here (the return value is all it needs, so there is
+//! no entry half) is the last resort: every thread blocked in `accept()` holds one of its
+//! few instances (max(10, 2 × CPUs)), so a server with more waiting workers than that loses
+//! accepts. The parameters changed in 6.10: `(sk, flags, err, kern)` before,
 //! `(sk, struct proto_accept_arg *arg)` since; the return value follows the last parameter
 //! in an fexit program's context, so each list has its own program and the daemon loads the
 //! one the kernel's BTF describes. The kretprobe reads the return register and fits both.
@@ -45,7 +48,7 @@ pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
 
 /// `skaddr` was accepted (0: the accept failed).
 #[inline(always)]
-fn accepted(skaddr: u64) {
+pub(crate) fn accepted(skaddr: u64) {
     // SAFETY: presence test only.
     if skaddr == 0 || unsafe { TRACKED.get(&skaddr) }.is_none() {
         return;

@@ -5,6 +5,7 @@
 
 pub mod inet_csk_accept;
 pub mod inet_sock_set_state;
+pub mod security_sock_graft;
 pub mod sock_recv_length;
 pub mod sock_send_length;
 pub mod tcp_close;

@@ -406,37 +406,57 @@ fn busy_time_through_the_kprobe_path() {
 }
 
 /// Threads blocked in reads of other sockets (idle keep-alive readers of any server on the
-/// host) must not cost the kprobe path its reads: a return probe's small instance pool would
-/// be held by them, and every read of the watched server would go unseen.
+/// host) and in `accept()` (waiting workers) must not cost the kprobe path its reads and
+/// accepts: a return probe's small instance pool would be held by them, and every read or
+/// accept of the watched server would go unseen.
 #[test]
-fn busy_time_through_the_kprobe_path_beside_many_blocked_readers() {
+fn busy_time_through_the_kprobe_path_beside_many_blocked_threads() {
     let (listener, args) = busy_time_setup(&[]);
     let Ok(mut daemon) = Daemon::start_forced("kprobe", &strs(&args)) else {
         return;
     };
     // Several times the kernel's kretprobe pool, max(10, 2 × CPUs).
     let cpus = thread::available_parallelism().map_or(1, usize::from);
-    let readers = 64.max(8 * cpus);
-    let other = TcpListener::bind("127.0.0.1:0").unwrap();
-    let clients: Vec<TcpStream> = (0..readers)
-        .map(|_| TcpStream::connect(other.local_addr().unwrap()).unwrap())
+    let blocked = 32.max(4 * cpus);
+    let readers = TcpListener::bind("127.0.0.1:0").unwrap();
+    let acceptors = TcpListener::bind("127.0.0.1:0").unwrap();
+    let clients: Vec<TcpStream> = (0..blocked)
+        .map(|_| TcpStream::connect(readers.local_addr().unwrap()).unwrap())
         .collect();
     thread::scope(|scope| {
-        let blocked: Vec<_> = (0..readers)
-            .map(|_| {
-                let (mut server_side, _) = other.accept().unwrap();
-                scope.spawn(move || {
-                    // Returns at the end of the stream, once the test drops its clients.
-                    let _ = std::io::Read::read(&mut server_side, &mut [0; 16]);
-                })
-            })
-            .collect();
-        busy_time_scenario(&mut daemon, &listener);
+        let mut waiting = Vec::new();
+        for _ in 0..blocked {
+            let (mut server_side, _) = readers.accept().unwrap();
+            waiting.push(scope.spawn(move || {
+                // Returns at the end of the stream, once the test drops its clients.
+                let _ = std::io::Read::read(&mut server_side, &mut [0; 16]);
+            }));
+            let acceptors = &acceptors;
+            // Returns once the test connects to it.
+            waiting.push(scope.spawn(move || drop(acceptors.accept())));
+        }
+        // The waiting threads are released even when the scenario fails: the scope would
+        // otherwise wait for them forever.
+        let scenario = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            busy_time_scenario(&mut daemon, &listener)
+        }));
         drop(clients);
-        for reader in blocked {
-            reader.join().unwrap();
+        let release: Vec<TcpStream> = (0..blocked)
+            .map(|_| TcpStream::connect(acceptors.local_addr().unwrap()).unwrap())
+            .collect();
+        for thread in waiting {
+            thread.join().unwrap();
+        }
+        drop(release);
+        if let Err(failure) = scenario {
+            std::panic::resume_unwind(failure);
         }
     });
+    let attached = daemon.attach_line();
+    assert!(
+        attached.contains("accept: kprobe security_sock_graft"),
+        "{attached}"
+    );
 }
 
 #[test]
