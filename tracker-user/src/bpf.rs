@@ -147,8 +147,24 @@ pub fn load_and_attach(
             env!("OUT_DIR"),
             "/tracker-probes"
         )))
-        .map_err(|error| anyhow!(error))
-        .context("loading the eBPF object (does this kernel support BPF ring buffers, 5.8+?)")?;
+        .map_err(|error| {
+            let error = anyhow!(error);
+            let permission = error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            });
+            if permission {
+                error.context(
+                    "loading the eBPF object: the kernel refused permission (a security module, \
+                     lockdown, or kernel.unprivileged_bpf_disabled for this user)",
+                )
+            } else {
+                error.context(
+                    "loading the eBPF object (does this kernel support BPF ring buffers, 5.8+?)",
+                )
+            }
+        })?;
 
     // Offsets of kernel structures, for the raw lifecycle program and namespaces.
     let layout = std::fs::read("/sys/kernel/btf/vmlinux")

@@ -15,6 +15,7 @@ pub mod event;
 pub mod hooks;
 pub mod model;
 pub mod observer;
+pub mod privileges;
 pub mod procfs;
 pub mod sessions;
 pub mod sink;

@@ -11,11 +11,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::daemon::{self, Options};
+use tracker::privileges;
 use tracker::sink::lines::{Format, LineWriter};
 use tracker::sink::prometheus::PrometheusSink;
 use tracker::sink::top::{self, TopView};
 use tracker::sink::{ReportSink, RunningTotals, Tee};
 use tracker::tcp_table::TableSource;
+use tracker_common::{CONNECT_TARGETS_MAX_ENTRIES, PORTS_MAX_ENTRIES};
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
 ///
@@ -43,17 +45,19 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct Flags {
-    /// Seconds between reports (fractions allowed). Example: --interval 0.5
+    /// Seconds between reports, 0.001 to 86400 (fractions allowed). Example: --interval 0.5
     #[arg(
         long,
         global = true,
         default_value = "10",
-        value_parser = parse_seconds,
-        value_name = "SECS"
+        value_parser = parse_interval,
+        value_name = "SECS",
+        allow_negative_numbers = true
     )]
     interval: Duration,
 
-    /// Only report listeners on this local port; repeat for several. Example: --port 80 --port 443
+    /// Only report listeners on this local port; repeat for several (at most 1024). Example:
+    /// --port 80 --port 443
     #[arg(
         long = "port",
         global = true,
@@ -67,7 +71,13 @@ struct Flags {
     format: Format,
 
     /// Stop after this many seconds, with a final report. Example: --duration 60
-    #[arg(long, global = true, value_parser = parse_seconds, value_name = "SECS")]
+    #[arg(
+        long,
+        global = true,
+        value_parser = parse_duration,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     duration: Option<Duration>,
 
     /// Keep peaks and totals across reports instead of resetting them at each one.
@@ -81,7 +91,7 @@ struct Flags {
     no_sessions: bool,
 
     /// Also track the connections this host opens to ADDR:PORT, in a tracker named
-    /// connect:ADDR:PORT; repeat for several. Example: --connect 10.0.0.5:5432
+    /// connect:ADDR:PORT; repeat for several (at most 1024). Example: --connect 10.0.0.5:5432
     #[arg(long = "connect", global = true, value_name = "ADDR:PORT")]
     connect: Vec<SocketAddr>,
 
@@ -114,6 +124,26 @@ struct Flags {
     tcp_table: TableSource,
 }
 
+impl Flags {
+    /// Repeated flags fill kernel maps of fixed size: more distinct values than fit is a flag
+    /// error, not a map error after the programs are loaded.
+    fn check_counts(&self) -> Result<(), String> {
+        let ports: BTreeSet<u16> = self.ports.iter().copied().collect();
+        let connect: BTreeSet<SocketAddr> = self.connect.iter().copied().collect();
+        for (flag, given, limit) in [
+            ("--port", ports.len(), PORTS_MAX_ENTRIES),
+            ("--connect", connect.len(), CONNECT_TARGETS_MAX_ENTRIES),
+        ] {
+            if given > limit as usize {
+                return Err(format!(
+                    "at most {limit} different {flag} values, {given} given"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 const EXAMPLES: &str = "Examples:
   tracker                                    every listener, a report every 10 s
   tracker --interval 1 --port 8080           one listener, every second
@@ -122,12 +152,28 @@ const EXAMPLES: &str = "Examples:
   tracker top --port 80 --port 443           live view of two listeners
   RUST_LOG=debug tracker --interval 1        with debug logs (also from the eBPF programs)";
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+/// The report intervals the daemon can keep: below a millisecond the report itself takes
+/// longer than the interval; above a day a report would never come in practice.
+const INTERVAL_RANGE: (f64, f64) = (0.001, 86_400.0);
+/// `--duration`: from a millisecond to about 30 years (beyond that, not a duration).
+const DURATION_RANGE: (f64, f64) = (0.001, 1e9);
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    seconds_within(text, INTERVAL_RANGE)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    seconds_within(text, DURATION_RANGE)
+}
+
+/// Seconds in `[min, max]`: anything else (zero, negative, too small to be a timer, too big)
+/// names the allowed range.
+fn seconds_within(text: &str, (min, max): (f64, f64)) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e9) {
-        return Err(format!("'{text}' must be a positive number of seconds"));
+    if !(min..=max).contains(&seconds) {
+        return Err(format!("'{text}' is outside {min} to {max} seconds"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -160,6 +206,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = cli.flags.check_counts() {
+        eprintln!("tracker: {message} (see tracker --help)");
+        return ExitCode::from(2);
+    }
     let live_view = matches!(cli.command, Some(Command::Top));
     // The live view owns the terminal: logs would scribble over it, so they are off there
     // unless RUST_LOG asks for them.
@@ -168,10 +218,16 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
 
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("tracker: must run as root: it loads eBPF programs into the kernel (try sudo)");
-        return ExitCode::FAILURE;
+    match privileges::effective().map(privileges::missing) {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => {
+            eprintln!("tracker: {}", privileges::refusal(&missing));
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("tracker: cannot read this process's capabilities: {error:#}");
+            return ExitCode::FAILURE;
+        }
     }
 
     let flags = cli.flags;

@@ -271,17 +271,23 @@ fn duration_stops_the_daemon_with_a_final_report() {
     assert_eq!(report["curr"], 0);
 }
 
-/// Runs tracker with `args` (as `user` when given) and returns (exit code, stderr lines).
-fn run_expecting_failure(user: Option<&str>, args: &[&str]) -> (i32, Vec<String>) {
-    let mut command = match user {
-        Some(user) => {
-            let mut command = Command::new("setpriv");
-            command
-                .args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
-                .arg(env!("CARGO_BIN_EXE_tracker"));
-            command
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_tracker")),
+/// Runs tracker with `args` and returns (exit code, stderr lines).
+fn run_expecting_failure(args: &[&str]) -> (i32, Vec<String>) {
+    run_through_setpriv(&[], args)
+}
+
+/// Runs tracker with `args` under `setpriv` with `privileges` (directly when empty) and
+/// returns (exit code, stderr lines).
+fn run_through_setpriv(privileges: &[&str], args: &[&str]) -> (i32, Vec<String>) {
+    let mut command = if privileges.is_empty() {
+        Command::new(env!("CARGO_BIN_EXE_tracker"))
+    } else {
+        let mut command = Command::new("setpriv");
+        command
+            .args(privileges)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_tracker"));
+        command
     };
     let output = command.args(args).output().expect("running tracker");
     let stderr: Vec<String> = String::from_utf8_lossy(&output.stderr)
@@ -290,6 +296,9 @@ fn run_expecting_failure(user: Option<&str>, args: &[&str]) -> (i32, Vec<String>
         .collect();
     (output.status.code().expect("exited normally"), stderr)
 }
+
+/// `nobody` (65534 on Debian; setpriv needs no name lookup with numeric ids).
+const NOBODY: [&str; 5] = ["--reuid", "65534", "--regid", "65534", "--clear-groups"];
 
 #[test]
 fn bad_flags_give_one_line_and_a_nonzero_exit() {
@@ -301,21 +310,102 @@ fn bad_flags_give_one_line_and_a_nonzero_exit() {
         &["--port", "70000"],
         &["--no-such-flag"],
     ] {
-        let (code, stderr) = run_expecting_failure(None, args);
+        let (code, stderr) = run_expecting_failure(args);
         assert_eq!(code, 2, "{args:?}: {stderr:?}");
         assert_eq!(stderr.len(), 1, "{args:?}: {stderr:?}");
         assert!(stderr[0].starts_with("tracker: "), "{args:?}: {stderr:?}");
     }
 }
 
+/// Intervals the daemon cannot keep (one that rounds to no time at all, one beyond any
+/// timer, a negative one) are flag errors naming the range, before anything is attached.
 #[test]
-fn not_root_gives_one_line_and_a_nonzero_exit() {
-    // 65534 is `nobody` on Debian; setpriv needs no name lookup with numeric ids.
-    let (code, stderr) = run_expecting_failure(Some("65534"), &["--interval", "1"]);
-    assert_eq!(code, 1, "{stderr:?}");
+fn intervals_out_of_range_are_flag_errors_naming_the_range() {
+    for (flag, value, range) in [
+        ("--interval", "1e-10", "0.001 to 86400 seconds"),
+        ("--interval", "1e12", "0.001 to 86400 seconds"),
+        ("--interval", "-1", "0.001 to 86400 seconds"),
+        ("--interval", "0", "0.001 to 86400 seconds"),
+        ("--duration", "1e-10", "0.001 to 1000000000 seconds"),
+    ] {
+        let (code, stderr) = run_expecting_failure(&[flag, value]);
+        assert_eq!(code, 2, "{flag} {value}: {stderr:?}");
+        assert_eq!(stderr.len(), 1, "{flag} {value}: {stderr:?}");
+        assert!(
+            stderr[0].starts_with("tracker: ") && stderr[0].contains(range),
+            "{flag} {value}: {stderr:?}"
+        );
+    }
+}
+
+/// The kernel's port filter and connect targets have room for 1024 entries each: more is a
+/// flag error, not a map error after the programs are loaded.
+#[test]
+fn more_ports_or_connect_targets_than_the_kernel_maps_hold_are_flag_errors() {
+    let ports: Vec<String> = (1..=1025).map(|port| port.to_string()).collect();
+    let targets: Vec<String> = (1..=1025).map(|port| format!("127.0.0.1:{port}")).collect();
+    for (flag, values) in [("--port", &ports), ("--connect", &targets)] {
+        let mut args = vec!["--duration", "1"];
+        for value in values {
+            args.extend([flag, value.as_str()]);
+        }
+        let (code, stderr) = run_through_setpriv(&[], &args);
+        assert_eq!(code, 2, "{flag}: {stderr:?}");
+        assert_eq!(
+            stderr,
+            [format!(
+                "tracker: at most 1024 different {flag} values, 1025 given (see tracker --help)"
+            )]
+        );
+        // The limit itself is accepted.
+        let (code, stderr) = run_through_setpriv(&[], &args[..args.len() - 2]);
+        assert_eq!(code, 0, "{flag} with 1024 values: {stderr:?}");
+    }
+}
+
+/// Privileges are judged by capabilities, not the user id: neither an ordinary user nor root
+/// stripped of its capabilities may load programs, and both are told what is missing.
+#[test]
+fn without_bpf_capabilities_one_line_names_them_and_the_exit_is_nonzero() {
+    let refusal = "tracker: must run as root or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN \
+                   (missing CAP_BPF, CAP_PERFMON): it loads eBPF programs into the kernel (try sudo)";
+    for privileges in [
+        &NOBODY[..],
+        &["--bounding-set", "-all", "--inh-caps", "-all"],
+    ] {
+        let (code, stderr) = run_through_setpriv(privileges, &["--interval", "1"]);
+        assert_eq!(code, 1, "{privileges:?}: {stderr:?}");
+        assert_eq!(stderr, vec![refusal], "{privileges:?}");
+    }
+}
+
+/// The README's promise: not root, but holding CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, the
+/// daemon runs and reports.
+#[test]
+fn an_ordinary_user_with_the_capabilities_runs() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let caps = "+bpf,+perfmon,+sys_admin";
+    let privileges: Vec<&str> = NOBODY
+        .iter()
+        .copied()
+        .chain(["--inh-caps", caps, "--ambient-caps", caps])
+        .collect();
+    let output = Command::new("setpriv")
+        .args(&privileges)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_tracker"))
+        .args(["--format", "json", "--interval", "3600", "--duration", "1"])
+        .args(["--port", &port])
+        .output()
+        .expect("running tracker through setpriv");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: Value =
+        serde_json::from_str(stdout.lines().next().expect("a final report")).unwrap();
     assert_eq!(
-        stderr,
-        vec!["tracker: must run as root: it loads eBPF programs into the kernel (try sudo)"]
+        report["listener"],
+        listener.local_addr().unwrap().to_string()
     );
 }
 
