@@ -12,7 +12,7 @@ mod support;
 mod top;
 mod truth;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
@@ -257,8 +257,15 @@ fn sigterm_prints_a_final_report_and_exits_cleanly() {
 #[test]
 fn duration_stops_the_daemon_with_a_final_report() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_tracker"))
+    let report = one_final_report(&[], &listener);
+    assert_eq!(report["curr"], 0);
+}
+
+/// Runs tracker for one second through `setpriv` with `privileges` (directly when empty),
+/// watching `listener` with an interval longer than that: its one report, the final one.
+fn one_final_report(privileges: &[&str], listener: &TcpListener) -> Value {
+    let addr = listener.local_addr().unwrap();
+    let output = tracker_command(privileges)
         .args(["--format", "json", "--interval", "3600", "--duration", "1"])
         .args(["--port", &addr.port().to_string()])
         .output()
@@ -268,7 +275,20 @@ fn duration_stops_the_daemon_with_a_final_report() {
     let report: Value =
         serde_json::from_str(stdout.lines().next().expect("a final report")).unwrap();
     assert_eq!(report["listener"], addr.to_string());
-    assert_eq!(report["curr"], 0);
+    report
+}
+
+/// The tracker binary, through `setpriv` with `privileges` when there are any.
+fn tracker_command(privileges: &[&str]) -> Command {
+    if privileges.is_empty() {
+        return Command::new(env!("CARGO_BIN_EXE_tracker"));
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args(privileges)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_tracker"));
+    command
 }
 
 /// Runs tracker with `args` and returns (exit code, stderr lines).
@@ -279,17 +299,10 @@ fn run_expecting_failure(args: &[&str]) -> (i32, Vec<String>) {
 /// Runs tracker with `args` under `setpriv` with `privileges` (directly when empty) and
 /// returns (exit code, stderr lines).
 fn run_through_setpriv(privileges: &[&str], args: &[&str]) -> (i32, Vec<String>) {
-    let mut command = if privileges.is_empty() {
-        Command::new(env!("CARGO_BIN_EXE_tracker"))
-    } else {
-        let mut command = Command::new("setpriv");
-        command
-            .args(privileges)
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_tracker"));
-        command
-    };
-    let output = command.args(args).output().expect("running tracker");
+    let output = tracker_command(privileges)
+        .args(args)
+        .output()
+        .expect("running tracker");
     let stderr: Vec<String> = String::from_utf8_lossy(&output.stderr)
         .lines()
         .map(str::to_owned)
@@ -384,29 +397,13 @@ fn without_bpf_capabilities_one_line_names_them_and_the_exit_is_nonzero() {
 #[test]
 fn an_ordinary_user_with_the_capabilities_runs() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port().to_string();
     let caps = "+bpf,+perfmon,+sys_admin";
     let privileges: Vec<&str> = NOBODY
         .iter()
         .copied()
         .chain(["--inh-caps", caps, "--ambient-caps", caps])
         .collect();
-    let output = Command::new("setpriv")
-        .args(&privileges)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_tracker"))
-        .args(["--format", "json", "--interval", "3600", "--duration", "1"])
-        .args(["--port", &port])
-        .output()
-        .expect("running tracker through setpriv");
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let report: Value =
-        serde_json::from_str(stdout.lines().next().expect("a final report")).unwrap();
-    assert_eq!(
-        report["listener"],
-        listener.local_addr().unwrap().to_string()
-    );
+    one_final_report(&privileges, &listener);
 }
 
 /// A blocking server that spends `service` per request: reads one line, sleeps, answers.
