@@ -143,6 +143,14 @@ impl Daemon {
         &self.stderr_seen
     }
 
+    /// Every log line the daemon has written up to now, for a failure's message.
+    pub fn log_until_now(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        self.stderr_seen.join("\n")
+    }
+
     /// Waits for a log line containing `needle`; fails with the daemon's stderr if it exits.
     pub fn wait_for_log(&mut self, needle: &str) {
         if let Err(status) = self.wait_for_log_or_exit(needle) {
@@ -507,9 +515,14 @@ impl Drop for SlowBackend {
 /// Server-side connections of the listener at `addr` that the kernel still has (its own
 /// table, through `ss`), the truth the reports are compared with.
 pub fn established_server_side(addr: SocketAddr) -> usize {
-    // The states in which the model counts a connection: ESTABLISHED until the socket closes.
-    // TIME_WAIT mini-sockets have already closed, also those ss lists under their substate
-    // (fin-wait-2, when the server closed first), which it marks with their timer.
+    server_side_sockets(addr).len()
+}
+
+/// `ss`'s lines for the server-side connections of the listener at `addr`, in the states in
+/// which the model counts a connection: ESTABLISHED until the socket closes. TIME_WAIT
+/// mini-sockets have already closed, also those ss lists under their substate (fin-wait-2,
+/// when the server closed first), which it marks with their timer.
+pub fn server_side_sockets(addr: SocketAddr) -> Vec<String> {
     let mut command = Command::new("ss");
     command.arg("-Htno");
     for state in [
@@ -529,7 +542,8 @@ pub fn established_server_side(addr: SocketAddr) -> usize {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| !line.trim().is_empty() && !line.contains("timer:(timewait"))
-        .count()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Sets the listen backlog of `listener` (std listens with 128).

@@ -109,7 +109,13 @@ fn counts_return_to_the_truth_within_an_interval_after_forced_loss() {
             break report;
         }
     };
-    assert_eq!(settled["curr"], truth() as u64, "not reconciled: {settled}");
+    let kernel = crate::support::server_side_sockets(addr);
+    assert_eq!(
+        settled["curr"],
+        kernel.len() as u64,
+        "not reconciled: {settled}\nkernel: {kernel:#?}\nreports: {reports:#?}\nlog:\n{}",
+        daemon.log_until_now()
+    );
     assert_eq!(truth(), HELD, "the test's own premise");
     assert!(
         sum(&reports, "lost_events") > 0.0,
