@@ -65,6 +65,9 @@ pub struct ProbeOptions {
     /// Ring buffer size in bytes (None: the compiled-in default). A power of two multiple of
     /// the page size.
     pub ring_bytes: Option<u32>,
+    /// Capacity of the kernel's table of tracked connections (None: the compiled-in
+    /// `TRACKED_MAX_ENTRIES`). Small values make it overflow (for tests).
+    pub tracked_entries: Option<u32>,
     /// Read payload to count sessions.
     pub sessions: bool,
     /// Destinations whose outbound connections are tracked (`--connect`).
@@ -138,6 +141,9 @@ pub fn load_and_attach(
     let mut loader = EbpfLoader::new();
     if let Some(bytes) = options.ring_bytes {
         loader.map_max_entries(EVENTS_MAP, bytes);
+    }
+    if let Some(entries) = options.tracked_entries {
+        loader.map_max_entries(TRACKED_MAP, entries);
     }
     // The programs only format messages the daemon would print: the same level as RUST_LOG.
     let kernel_log_level = log::max_level() as u8;

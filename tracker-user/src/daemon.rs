@@ -40,6 +40,8 @@ pub struct Options {
     pub ports: Option<BTreeSet<u16>>,
     pub duration: Option<Duration>,
     pub ring_bytes: Option<u32>,
+    /// Capacity of the kernel's table of tracked connections (None: the default).
+    pub tracked_entries: Option<u32>,
     /// Count sessions from payload.
     pub sessions: bool,
     /// Use only classic tracepoints (the fallback hooks).
@@ -64,6 +66,7 @@ pub async fn run(
     let probe_options = ProbeOptions {
         ports: options.ports.clone(),
         ring_bytes: options.ring_bytes,
+        tracked_entries: options.tracked_entries,
         sessions: options.sessions,
         connect: options.connect.clone(),
         classic_tracepoints: options.classic_tracepoints,

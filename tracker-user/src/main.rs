@@ -104,6 +104,10 @@ struct Flags {
     /// event loss (for tests).
     #[arg(long, global = true, hide = true, value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+    /// Capacity of the kernel's table of tracked connections. Small values make it overflow
+    /// (for tests).
+    #[arg(long, global = true, hide = true, value_parser = clap::value_parser!(u32).range(1..))]
+    tracked_entries: Option<u32>,
     /// Attach the classic tracepoints even where raw ones work (the fallback path, for
     /// tests and comparison).
     #[arg(long, global = true, hide = true)]
@@ -237,6 +241,7 @@ fn main() -> ExitCode {
             .then(|| flags.ports.iter().copied().collect::<BTreeSet<_>>()),
         duration: flags.duration,
         ring_bytes: flags.ring_bytes,
+        tracked_entries: flags.tracked_entries,
         sessions: !flags.no_sessions,
         classic_tracepoints: flags.classic_tracepoints,
         forced_hooks: flags.hooks,

@@ -18,9 +18,9 @@ pub struct TestArgs {
     /// Run the VM matrix on this kernel series only.
     #[arg(long, value_parser = SERIES.iter().map(|series| series.name).collect::<Vec<_>>())]
     kernel: Option<String>,
-    /// Also run the VM kernel matrix after the host's tests. Not the default yet: two rare
-    /// count defects show under emulation (a connection the kernel-side table could not take
-    /// in a burst, and one left open after forced loss) and would fail CI at random.
+    /// Also run the VM kernel matrix after the host's tests. Not the default yet: a rare count
+    /// defect shows under emulation (a connection left open after forced event loss) and
+    /// would fail CI at random.
     #[arg(long)]
     vm: bool,
     /// Only the VM matrix, without the host's unit and integration tests.

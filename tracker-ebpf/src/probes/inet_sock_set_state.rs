@@ -162,15 +162,20 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
             .is_err()
     {
-        // Untrackable: its close would never be reported. Tell the daemon through the counter
-        // rather than reporting an open whose close can never follow.
-        entry.discard(0);
+        // The table is full, or, allocated on demand, could not take one more entry in a burst
+        // (its per-CPU cache of free entries is refilled only after the softirq). Its turns go
+        // unseen, but its close is followed by endpoints like an adopted connection's, so that
+        // opens and closes stay exact. Only if that fails too is the open not reported: an
+        // open whose close can never follow would stay counted forever.
         count_lost(TRACK_FULL_SLOT);
-        warn!(
-            change,
-            "connection table full: a connection on port {} is not tracked", local_port
-        );
-        return;
+        if !follow_close_by_endpoints(change) {
+            entry.discard(0);
+            warn!(
+                change,
+                "connection table full: a connection on port {} is not tracked", local_port
+            );
+            return;
+        }
     }
 
     entry.write(connection_event(
@@ -182,6 +187,20 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         config,
     ));
     submit(entry);
+}
+
+/// Puts this connection in `PREEXISTING`, whose closes are reported for sockets not in
+/// `TRACKED`, and turns those lookups on. False if that map cannot take it either.
+#[inline(always)]
+fn follow_close_by_endpoints<C: StateChange>(change: &C) -> bool {
+    if PREEXISTING.insert(&change.endpoints(), &0, 0).is_err() {
+        return false;
+    }
+    if let Some(config) = CONFIG.get_ptr_mut(0) {
+        // SAFETY: a live map value; a racing writer can only write the same 1.
+        unsafe { (*config).preexisting = 1 };
+    }
+    true
 }
 
 /// A socket not seen open reached CLOSE: if the daemon adopted it from the kernel's table

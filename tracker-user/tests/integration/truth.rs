@@ -252,3 +252,44 @@ fn a_reuseport_group_is_one_listener_with_every_owner() {
     });
     assert_eq!(gone.last().unwrap()["errs"], 0);
 }
+
+/// When the kernel's table of tracked connections cannot take a connection (full, or its
+/// on-demand allocator running dry in a burst), the connection is still counted open and
+/// closed by the kernel's events, not recovered later by reconciliation: no correction.
+#[test]
+fn connections_beyond_the_kernel_table_are_still_opened_and_closed_exactly() {
+    const TABLE: usize = 4;
+    const CONNECTIONS: usize = 12;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (port, table) = (addr.port().to_string(), TABLE.to_string());
+    let args = [
+        "--interval",
+        "0.5",
+        "--port",
+        &port,
+        "--tracked-entries",
+        &table,
+    ];
+    let mut daemon = Daemon::start(&args);
+    let conns = connect_many(&listener, addr, CONNECTIONS);
+    let mut reports = daemon.reports_until(&addr.to_string(), |report| {
+        report["curr"] == CONNECTIONS as u64
+    });
+    for conn in conns {
+        conn.close();
+    }
+    reports.extend(daemon.reports_until(&addr.to_string(), |report| report["curr"] == 0));
+    assert_eq!(sum(&reports, "opened"), CONNECTIONS as f64, "{reports:#?}");
+    assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64, "{reports:#?}");
+    assert_eq!(
+        sum(&reports, "untracked_connections"),
+        (CONNECTIONS - TABLE) as f64,
+        "{reports:#?}"
+    );
+    for report in &reports {
+        assert_eq!(report["corrections"], 0, "{report}");
+        assert_eq!(report["errs"], 0, "{report}");
+        assert_eq!(report["lost_events"], 0, "{report}");
+    }
+}
