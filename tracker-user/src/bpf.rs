@@ -311,6 +311,29 @@ impl Probes {
     }
 }
 
+impl Probes {
+    /// Takes back the request to report the close of an adopted connection, if the kernel has
+    /// not acted on it yet: true if taken back (the kernel will not report this close), false
+    /// if the kernel already removed it and its close is on its way through the ring.
+    pub fn stop_following_close(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> anyhow::Result<bool> {
+        match self.preexisting.remove(&ConnKey::new(local, remote)) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(error) => {
+                Err(anyhow!(error)).with_context(|| format!("forgetting {remote} → {local}"))
+            }
+        }
+    }
+}
+
 /// Drains every record currently in the ring, passing each to `handle`. Returns how many.
 pub fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&[u8])) -> usize {
     let mut count = 0;

@@ -1,8 +1,9 @@
 //! The daemon's event loop: attach, then apply kernel events to the [`Observer`] as they come
 //! and print a report every interval, until the shutdown future resolves.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -257,7 +258,7 @@ impl State {
                 adopted.len()
             );
         }
-        self.probes.track_preexisting(&adopted)
+        self.follow_adopted(&adopted)
     }
 
     fn kernel_connections(
@@ -309,7 +310,28 @@ impl State {
             confirmed.kernel_only.len()
         );
         let adopted = self.observer.correct(&confirmed, monotonic_now());
-        self.probes.track_preexisting(&adopted)
+        self.follow_adopted(&adopted)
+    }
+
+    /// Asks the kernel to report the close of connections adopted from its table. One that
+    /// closed between the dump and that request would never be reported: a dump after the
+    /// request finds those, and the daemon closes them itself, unless the kernel got there
+    /// first (its close is then in the ring).
+    fn follow_adopted(&mut self, adopted: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<()> {
+        self.probes.track_preexisting(adopted)?;
+        if adopted.is_empty() {
+            return Ok(());
+        }
+        let kernel: HashSet<(SocketAddr, SocketAddr)> =
+            self.kernel_connections()?.into_iter().collect();
+        for &(local, remote) in adopted {
+            if !kernel.contains(&(local, remote))
+                && self.probes.stop_following_close(local, remote)?
+            {
+                self.observer.close_adopted(local, remote, monotonic_now());
+            }
+        }
+        Ok(())
     }
 
     /// Samples every listener's accept queue.

@@ -211,11 +211,11 @@ fn close_preexisting<C: StateChange>(change: &C, skaddr: u64) {
         return;
     }
     let endpoints = change.endpoints();
-    // SAFETY: presence test only.
-    if unsafe { PREEXISTING.get(&endpoints) }.is_none() {
+    // Whoever removes the entry reports the close: here, or the daemon when it finds the
+    // connection gone before it asked (see `Probes::stop_following_close`).
+    if PREEXISTING.remove(&endpoints).is_err() {
         return;
     }
-    let _ = PREEXISTING.remove(&endpoints);
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         return;

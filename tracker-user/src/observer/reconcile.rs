@@ -68,6 +68,21 @@ impl Observer {
         Some(id.addr)
     }
 
+    /// Closes, now and as a correction, a connection adopted from the kernel's table that the
+    /// kernel closed before it was asked to report that close.
+    pub fn close_adopted(&mut self, local: SocketAddr, remote: SocketAddr, now: Nanos) {
+        let Some(id) = self.listener_for(0, local, false) else {
+            return;
+        };
+        if !self.adopted.remove(&(id, remote)) {
+            return;
+        }
+        if let Some(listener) = self.listeners.get_mut(&id) {
+            listener.close_connection(remote, now, Closing::Adopted);
+            listener.corrections += 1;
+        }
+    }
+
     /// Compares the model with the kernel's table of connections of the daemon's own network
     /// namespace, given as (local, remote) pairs; only connections of watched listeners of that
     /// namespace count (other namespaces, and outbound connections, are not compared).

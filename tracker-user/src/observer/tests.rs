@@ -374,6 +374,23 @@ fn closed_connections_are_logged_once_with_lifetime_and_sessions() {
     assert!(later.closed_connections.is_empty());
 }
 
+/// An adopted connection the kernel closed before it was asked to report that close is
+/// closed by the daemon, once, as a correction; a connection that was not adopted is left.
+#[test]
+fn an_adopted_connection_gone_before_its_close_was_followed_is_closed_as_a_correction() {
+    let mut observer = Observer::new(None);
+    observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+    let local = addr("127.0.0.1:80");
+    observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
+    observer.close_adopted(local, addr("127.0.0.1:5000"), 2 * SECOND);
+    observer.close_adopted(local, addr("127.0.0.1:5000"), 2 * SECOND);
+    observer.close_adopted(local, addr("127.0.0.1:6000"), 2 * SECOND);
+    let report = report_of(&mut observer, 3 * SECOND, "0.0.0.0:80");
+    assert_eq!((report.snapshot.curr, report.snapshot.closed), (0, 1));
+    assert_eq!(report.corrections, 1);
+    assert_eq!(report.snapshot.errors.total(), 0);
+}
+
 #[test]
 fn adopted_connections_count_and_close_without_errors() {
     let mut observer = Observer::new(None);
