@@ -112,7 +112,7 @@ pub async fn run(
             _ = ticker.tick() => {
                 if state.report(&mut ring, sink)? == Flow::Stop {
                     state.log_totals();
-                    return Ok(());
+                    return sink.finish();
                 }
             }
             readable = kernel_log_readable(&mut kernel_log) => {
@@ -126,7 +126,7 @@ pub async fn run(
     }
     state.report(&mut ring, sink)?;
     state.log_totals();
-    Ok(())
+    sink.finish()
 }
 
 struct State {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::daemon::{self, Options};
@@ -288,7 +289,8 @@ impl Outputs {
         } else {
             totals_if(
                 self.running_totals,
-                LineWriter::new(std::io::stdout(), self.format),
+                LineWriter::new(std::io::stdout(), self.format)
+                    .context("starting the report output thread")?,
             )
         })
     }

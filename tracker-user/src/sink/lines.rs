@@ -1,14 +1,17 @@
 //! [`LineWriter`]: reports as the original library's text line, or as one JSON object per
 //! tracker, one per line.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
+use super::output_thread::{Offer, OutputThread};
 use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::hooks::Capability;
 use crate::model::ErrorKind;
 use crate::observer::{ListenerReport, Owner};
+use crate::tracker_id::TrackerId;
 
 /// Version of the JSON object layout; bumped on any incompatible change.
 pub const JSON_VERSION: u32 = 1;
@@ -22,32 +25,126 @@ pub enum Format {
     Json,
 }
 
-/// Prints each report as lines of text or JSON.
-pub struct LineWriter<W: Write> {
-    out: W,
+/// Prints each report as lines of text or JSON, on an [`OutputThread`] so that a reader who
+/// stops reading never holds up the daemon.
+///
+/// While the output is still busy with earlier reports, a new report is merged into the one
+/// waiting (counts and seconds added up, peaks kept, the interval lengthened), so whatever is
+/// printed still adds up to everything that happened: sums of `opened`, `closed` and
+/// `conn_for_s` over the printed lines stay exact, only fewer, longer intervals are printed.
+pub struct LineWriter {
+    output: OutputThread,
     format: Format,
+    /// The report the output could not take yet.
+    waiting: Option<Waiting>,
+    /// Reports merged into a later one because the output was busy.
+    merged: u64,
 }
 
-impl<W: Write> LineWriter<W> {
-    pub fn new(out: W, format: Format) -> Self {
-        Self { out, format }
+/// Reports not yet handed to the output, merged per tracker.
+struct Waiting {
+    reports: BTreeMap<TrackerId, ListenerReport>,
+    totals: IntervalTotals,
+}
+
+impl Waiting {
+    fn new(batch: &ReportBatch<'_>) -> Self {
+        Self {
+            reports: batch
+                .reports
+                .iter()
+                .map(|report| (report.id, report.clone()))
+                .collect(),
+            totals: batch.totals,
+        }
+    }
+
+    /// Adds the next batch: interval figures are merged, running totals replace.
+    fn then(&mut self, batch: &ReportBatch<'_>) {
+        if !batch.per_interval {
+            *self = Self::new(batch);
+            return;
+        }
+        self.totals = self.totals.then(&batch.totals);
+        for report in batch.reports {
+            let merged = match self.reports.get(&report.id) {
+                Some(earlier) => earlier.then(report),
+                None => report.clone(),
+            };
+            self.reports.insert(report.id, merged);
+        }
+    }
+
+    fn render(&self, format: Format) -> String {
+        self.reports
+            .values()
+            .map(|report| render(format, report, &self.totals) + "\n")
+            .collect()
     }
 }
 
-impl<W: Write> ReportSink for LineWriter<W> {
+impl LineWriter {
+    pub fn new<W: Write + Send + 'static>(out: W, format: Format) -> io::Result<Self> {
+        Ok(Self {
+            output: OutputThread::spawn(out)?,
+            format,
+            waiting: None,
+            merged: 0,
+        })
+    }
+
+    /// Why the output thread stopped: a closed pipe ends the daemon quietly.
+    fn stopped(&mut self) -> anyhow::Result<Flow> {
+        match self.output.finish(None) {
+            Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(error).context("writing the report"))
+            }
+            _ => Ok(Flow::Stop),
+        }
+    }
+}
+
+impl ReportSink for LineWriter {
     fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow> {
-        let written = batch
-            .reports
-            .iter()
-            .try_for_each(|report| {
-                writeln!(self.out, "{}", render(self.format, report, &batch.totals))
-            })
-            .and_then(|()| self.out.flush());
-        match written {
-            Ok(()) => Ok(Flow::Continue),
-            // A closed pipe (`tracker | head`): stop quietly, as command-line tools do.
-            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
-            Err(error) => Err(anyhow::Error::new(error).context("writing the report")),
+        match &mut self.waiting {
+            Some(waiting) => {
+                waiting.then(batch);
+                self.merged += 1;
+            }
+            None => self.waiting = Some(Waiting::new(batch)),
+        }
+        let text = self.waiting.as_ref().map(|w| w.render(self.format));
+        match self.output.offer(text.unwrap_or_default()) {
+            Offer::Taken => {
+                self.waiting = None;
+                Ok(Flow::Continue)
+            }
+            Offer::Busy(_) => {
+                if self.merged == 0 {
+                    log::warn!(
+                        "the report output is not being read; reports are merged into longer \
+                         intervals until it is, and kernel events are still collected"
+                    );
+                }
+                Ok(Flow::Continue)
+            }
+            Offer::Stopped => self.stopped(),
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let last = self.waiting.take().map(|w| w.render(self.format));
+        if self.merged > 0 {
+            log::warn!(
+                "{} report(s) were merged into later ones while the output was not read",
+                self.merged
+            );
+        }
+        match self.output.finish(last) {
+            Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(error).context("writing the report"))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -249,6 +346,48 @@ mod tests {
         assert_eq!(value["hooks"]["close"], serde_json::Value::Null);
         assert_eq!(value["hooks"].as_object().unwrap().len(), 4);
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn reports_the_output_cannot_take_yet_are_merged_and_add_up() {
+        let (gate, pass) = crate::sink::output_thread::tests::gate();
+        let written = std::sync::Arc::clone(&gate.written);
+        let mut writer = LineWriter::new(gate, Format::Json).unwrap();
+        let totals = IntervalTotals {
+            interval_s: 1.0,
+            lost_events: 1,
+            ..IntervalTotals::default()
+        };
+        const REPORTS: usize = 6;
+        for _ in 0..REPORTS {
+            let flow = writer
+                .publish(&ReportBatch {
+                    reports: &[sample()],
+                    totals,
+                    per_interval: true,
+                })
+                .unwrap();
+            assert_eq!(flow, Flow::Continue);
+        }
+        // Nothing was written yet: the first report waits in the blocked write, the second
+        // in the queue at most, the others were merged.
+        assert!(written.lock().unwrap().is_empty());
+        for _ in 0..REPORTS {
+            let _ = pass.send(());
+        }
+        writer.finish().unwrap();
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert!((2..=3).contains(&lines.len()), "{text}");
+        let sum = |field: &str| -> f64 { lines.iter().map(|l| l[field].as_f64().unwrap()).sum() };
+        assert_eq!(sum("opened"), REPORTS as f64);
+        assert_eq!(sum("interval_s"), REPORTS as f64);
+        assert_eq!(sum("lost_events"), REPORTS as f64);
+        assert_eq!(sum("conn_for_s"), 1.5 * REPORTS as f64);
+        assert_eq!(lines.last().unwrap()["curr"], 1);
     }
 
     #[test]

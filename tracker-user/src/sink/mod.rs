@@ -8,6 +8,7 @@
 //! into totals since start for the sinks that print them that way (`--no-reset`).
 
 pub mod lines;
+mod output_thread;
 pub mod prometheus;
 pub mod top;
 
@@ -37,6 +38,11 @@ pub enum Flow {
 /// A destination for reports.
 pub trait ReportSink {
     fn publish(&mut self, batch: &ReportBatch<'_>) -> anyhow::Result<Flow>;
+
+    /// Called once after the last report: delivers whatever the sink still holds.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Several sinks fed the same reports; stops when any of them asks to.
@@ -51,6 +57,18 @@ impl ReportSink for Tee {
             }
         }
         Ok(flow)
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        // Every sink gets to deliver; the first failure is the one reported.
+        let mut result = Ok(());
+        for sink in &mut self.0 {
+            let finished = sink.finish();
+            if result.is_ok() {
+                result = finished;
+            }
+        }
+        result
     }
 }
 
@@ -143,6 +161,10 @@ impl<S: ReportSink> ReportSink for RunningTotals<S> {
             totals,
             per_interval: false,
         })
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.inner.finish()
     }
 }
 

@@ -6,6 +6,7 @@
 mod kernel_table;
 mod netns;
 mod operability;
+mod overload;
 mod prometheus;
 mod sessions;
 mod support;

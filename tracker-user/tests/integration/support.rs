@@ -7,9 +7,9 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ pub fn note_for_this_kernel(note: &str) {
 pub struct Daemon {
     child: Child,
     lines: Receiver<String>,
+    /// Whether the daemon's stdout is being read (see [`Daemon::stop_reading_reports`]).
+    reading: Arc<ReadGate>,
     stderr: Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -115,11 +117,16 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning the tracker binary");
-        let lines = forward_lines(child.stdout.take().expect("stdout is piped"));
-        let stderr = forward_lines(child.stderr.take().expect("stderr is piped"));
+        let reading = Arc::new(ReadGate::default());
+        let lines = forward_lines(
+            child.stdout.take().expect("stdout is piped"),
+            Some(Arc::clone(&reading)),
+        );
+        let stderr = forward_lines(child.stderr.take().expect("stderr is piped"), None);
         Self {
             child,
             lines,
+            reading,
             stderr,
             stderr_seen: Vec::new(),
         }
@@ -244,6 +251,16 @@ impl Daemon {
         signal(&self.child, libc::SIGCONT);
     }
 
+    /// Stops reading the daemon's stdout until [`Daemon::read_reports_again`]: once the pipe
+    /// is full, the daemon's writes to it block.
+    pub fn stop_reading_reports(&self) {
+        self.reading.set(false);
+    }
+
+    pub fn read_reports_again(&self) {
+        self.reading.set(true);
+    }
+
     /// Sends SIGTERM and collects the remaining output lines and the exit status.
     pub fn terminate(mut self) -> (Vec<String>, ExitStatus) {
         signal(&self.child, libc::SIGTERM);
@@ -287,10 +304,37 @@ fn wait_with_deadline(child: &mut Child) -> ExitStatus {
     }
 }
 
-fn forward_lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+/// Lets a reader thread through while open; a closed gate holds it before its next read.
+#[derive(Default)]
+struct ReadGate {
+    closed: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl ReadGate {
+    fn set(&self, open: bool) {
+        *self.closed.lock().unwrap() = !open;
+        self.changed.notify_all();
+    }
+
+    fn wait_until_open(&self) {
+        let closed = self.closed.lock().unwrap();
+        drop(self.changed.wait_while(closed, |closed| *closed).unwrap());
+    }
+}
+
+fn forward_lines(
+    stream: impl std::io::Read + Send + 'static,
+    gate: Option<Arc<ReadGate>>,
+) -> Receiver<String> {
     let (sender, receiver) = channel();
     thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
+        let mut lines = BufReader::new(stream).lines();
+        loop {
+            if let Some(gate) = &gate {
+                gate.wait_until_open();
+            }
+            let Some(line) = lines.next() else { break };
             let Ok(line) = line else { break };
             if sender.send(line).is_err() {
                 break;
