@@ -21,14 +21,24 @@ pub struct Tracefs {
     mounted_by_us: bool,
 }
 
+/// The mount source the daemon gives tracefs when it mounts it, followed by its pid: in
+/// `/proc/self/mountinfo` it tells our mount from the system's, and whether the daemon that
+/// mounted it is still running.
+const MOUNT_SOURCE_PREFIX: &str = "tracker:";
+
 impl Tracefs {
     /// Finds tracefs, mounting it at [`TRACEFS`] when neither usual place has it.
+    ///
+    /// A tracefs that an earlier daemon mounted and could not unmount (it was killed) is
+    /// taken over: this daemon unmounts it at exit, so the host ends up as it was before
+    /// either ran.
     pub fn find_or_mount() -> anyhow::Result<Self> {
         for candidate in [TRACEFS, LEGACY_TRACEFS] {
             if is_populated(Path::new(candidate)) {
+                let left_over = candidate == TRACEFS && left_over_by_dead_daemon().is_some();
                 return Ok(Self {
                     root: PathBuf::from(candidate),
-                    mounted_by_us: false,
+                    mounted_by_us: left_over,
                 });
             }
         }
@@ -74,10 +84,12 @@ impl Drop for Tracefs {
             // SAFETY: a valid NUL-terminated path. MNT_DETACH: if something else started using
             // tracefs meanwhile, it keeps working until it lets go.
             if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-                log::warn!(
-                    "could not unmount {TRACEFS}: {}",
-                    io::Error::last_os_error()
-                );
+                let error = io::Error::last_os_error();
+                // EINVAL: no longer a mount point; another daemon that took over the same
+                // left-over mount has already unmounted it.
+                if error.raw_os_error() != Some(libc::EINVAL) {
+                    log::warn!("could not unmount {TRACEFS}: {error}");
+                }
             }
         }
     }
@@ -87,9 +99,46 @@ fn is_populated(path: &Path) -> bool {
     path.join("events").is_dir()
 }
 
+/// The pid of the daemon that mounted the tracefs visible at [`TRACEFS`], when that daemon is
+/// gone (logged); None when the mount is someone else's or its daemon still runs.
+fn left_over_by_dead_daemon() -> Option<u32> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let pid = mounted_by_daemon(&mountinfo, TRACEFS)?;
+    let running = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end() == "tracker");
+    if running || pid == std::process::id() {
+        return None;
+    }
+    log::warn!(
+        "tracefs at {TRACEFS} was mounted by a tracker (pid {pid}) that did not exit cleanly; \
+         this one unmounts it at exit"
+    );
+    Some(pid)
+}
+
+/// The pid in the source of the topmost tracefs mounted at `target` (as `/proc/*/mountinfo`
+/// lists mounts), when a daemon mounted it.
+fn mounted_by_daemon(mountinfo: &str, target: &str) -> Option<u32> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "36 35 0:12 / /sys/kernel/tracing rw,relatime shared:9 - tracefs nodev rw"
+            let (mount, filesystem) = line.split_once(" - ")?;
+            let mount_point = mount.split(' ').nth(4)?;
+            let mut filesystem = filesystem.split(' ');
+            let (kind, source) = (filesystem.next()?, filesystem.next()?);
+            (mount_point == target && kind == "tracefs").then_some(source)
+        })
+        // Later lines are mounted over earlier ones at the same place.
+        .next_back()?
+        .strip_prefix(MOUNT_SOURCE_PREFIX)?
+        .parse()
+        .ok()
+}
+
 fn mount_tracefs(target: &Path) -> io::Result<()> {
     let to_c = |text: &str| CString::new(text).map_err(io::Error::other);
-    let source = to_c("nodev")?;
+    let source = to_c(&format!("{MOUNT_SOURCE_PREFIX}{}", std::process::id()))?;
     let fstype = to_c("tracefs")?;
     let target = to_c(
         target
@@ -202,6 +251,22 @@ print fmt: \"family=%s ...\"
             check_format(&missing, &FIELDS).unwrap_err(),
             "protocol missing"
         );
+    }
+
+    #[test]
+    fn a_daemon_mount_is_told_from_the_system_one_by_its_source() {
+        let system = "22 26 0:7 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+36 22 0:12 / /sys/kernel/tracing rw,relatime shared:9 - tracefs nodev rw
+";
+        assert_eq!(mounted_by_daemon(system, TRACEFS), None);
+        let ours = format!(
+            "{system}90 36 0:12 / /sys/kernel/tracing rw,relatime - tracefs tracker:4242 rw\n"
+        );
+        assert_eq!(mounted_by_daemon(&ours, TRACEFS), Some(4242));
+        assert_eq!(mounted_by_daemon(&ours, LEGACY_TRACEFS), None);
+        let covered =
+            format!("{ours}91 90 0:12 / /sys/kernel/tracing rw,relatime - tracefs nodev rw\n");
+        assert_eq!(mounted_by_daemon(&covered, TRACEFS), None);
     }
 
     #[test]

@@ -150,3 +150,74 @@ fn ebpf_log_messages_reach_the_daemon_log() {
     let report = daemon.reports_until(&addr.to_string(), |report| report["sessions_unknown"] == 1);
     assert_eq!(report.last().unwrap()["errs"], 0);
 }
+
+/// The tracefs mounted at `/sys/kernel/tracing` in this thread's mount namespace: its
+/// mountinfo line, if any.
+fn tracefs_mount() -> Option<String> {
+    std::fs::read_to_string("/proc/thread-self/mountinfo")
+        .expect("reading mountinfo")
+        .lines()
+        .find(|line| line.contains(" /sys/kernel/tracing ") && line.contains(" - tracefs "))
+        .map(str::to_owned)
+}
+
+/// Gives the calling thread (and the processes it starts) a mount namespace of its own with
+/// no tracefs mounted, as on a freshly booted host, whatever the machine and the tests running
+/// beside this one have mounted.
+fn private_mounts_without_tracefs() {
+    // SAFETY: unshare and mount with valid NUL-terminated strings; CLONE_NEWNS affects only
+    // the calling thread.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNS),
+            0,
+            "unshare: {}",
+            std::io::Error::last_os_error()
+        );
+        let root = c"/";
+        assert_eq!(
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "making mounts private: {}",
+            std::io::Error::last_os_error()
+        );
+        for place in [
+            c"/sys/kernel/tracing",
+            c"/sys/kernel/debug/tracing",
+            c"/sys/kernel/debug",
+        ] {
+            while libc::umount2(place.as_ptr(), libc::MNT_DETACH) == 0 {}
+        }
+    }
+    assert_eq!(tracefs_mount(), None, "tracefs is still mounted");
+}
+
+#[test]
+fn tracefs_left_mounted_by_a_killed_daemon_is_unmounted_by_the_next() {
+    std::thread::spawn(|| {
+        private_mounts_without_tracefs();
+        // Classic tracepoints are the hooks that need tracefs.
+        let args = ["--classic-tracepoints", "--interval", "1"];
+        let killed = Daemon::start(&args);
+        assert!(killed.has_logged("mounted tracefs at /sys/kernel/tracing"));
+        killed.kill();
+        let left = tracefs_mount().expect("a killed daemon cannot unmount tracefs");
+
+        let mut next = Daemon::start(&args);
+        assert!(
+            next.log_until_now().contains("did not exit cleanly"),
+            "the left-over mount was not recognised: {left}"
+        );
+        let (_, status) = next.terminate();
+        assert!(status.success(), "{status:?}");
+        assert_eq!(tracefs_mount(), None, "left mounted after: {left}");
+    })
+    .join()
+    .expect("the test thread");
+}

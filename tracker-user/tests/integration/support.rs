@@ -261,6 +261,12 @@ impl Daemon {
         self.reading.set(true);
     }
 
+    /// Kills the daemon (SIGKILL): it gets no chance to clean up.
+    pub fn kill(mut self) {
+        signal(&self.child, libc::SIGKILL);
+        self.child.wait().expect("waiting for the killed tracker");
+    }
+
     /// Sends SIGTERM and collects the remaining output lines and the exit status.
     pub fn terminate(mut self) -> (Vec<String>, ExitStatus) {
         signal(&self.child, libc::SIGTERM);
