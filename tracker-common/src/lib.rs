@@ -27,8 +27,11 @@ pub const LOST_SLOT: u32 = 0;
 /// Slot of [`LOST_MAP`] counting accepted connections that could not be tracked in the kernel
 /// because the tracking map was full (their closes would be missed).
 pub const TRACK_FULL_SLOT: u32 = 1;
+/// Slot of [`LOST_MAP`] counting opens and closes that [`ENDPOINT_TOTALS_MAP`] could not
+/// count because it was full (a host with more local endpoints than it holds).
+pub const TOTALS_FULL_SLOT: u32 = 2;
 /// Number of slots in [`LOST_MAP`].
-pub const LOST_SLOTS: u32 = 2;
+pub const LOST_SLOTS: u32 = 3;
 /// Name of the hash map of local ports to watch; consulted only when [`Config::filter_ports`]
 /// is set.
 pub const PORTS_MAP: &str = "PORTS";
@@ -103,8 +106,10 @@ pub struct ConnTrack {
     /// Non-zero for a connection this host opened (`--connect`): no turns or sessions are
     /// followed on it, only its life.
     pub outbound: u32,
-    /// Explicit padding (required for `Pod`).
-    pub _pad: u32,
+    /// Non-zero when the daemon was never told of this connection (its open event found the
+    /// ring full): the kernel still counts its close in [`ENDPOINT_TOTALS_MAP`], and reports it
+    /// only if the daemon has adopted the connection since (through [`PREEXISTING_MAP`]).
+    pub unreported: u32,
 }
 
 /// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),
@@ -231,6 +236,37 @@ pub mod wire_addr {
 pub const PREEXISTING_MAP: &str = "PREEXISTING";
 /// Capacity of [`PREEXISTING_MAP`].
 pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
+
+/// Name of the per-CPU map of [`EndpointTotals`] by [`Endpoint`]: the kernel's own count of
+/// the server-side connections opened and closed at each local endpoint. Counted before any
+/// event is sent, these totals survive a full ring or a stalled daemon; the daemon adds them
+/// up per listener.
+pub const ENDPOINT_TOTALS_MAP: &str = "ENDPOINT_TOTALS";
+/// Capacity of [`ENDPOINT_TOTALS_MAP`]: local addresses times listening ports, with room for
+/// hosts that give every container its own address.
+pub const ENDPOINT_TOTALS_MAX_ENTRIES: u32 = 8192;
+
+/// The local side of server-side connections: their network namespace (inode number, 0 when
+/// unknown), address and port. Addresses as in [`SockEvent`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct Endpoint {
+    pub netns: u32,
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Connections of one [`Endpoint`] since the programs were loaded, on one CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EndpointTotals {
+    /// Handshakes completed (`SYN_RECV → ESTABLISHED`).
+    pub opened: u64,
+    /// Tracked or followed connections that reached CLOSE.
+    pub closed: u64,
+}
 
 /// Name of the map of destinations whose outbound connections are tracked (`--connect`),
 /// keyed by a [`ConnKey`] with only `family`, `remote_addr` and `remote_port` set.
@@ -522,6 +558,10 @@ mod user {
     unsafe impl aya::Pod for super::ConnTrack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EndpointTotals {}
 }
 
 #[cfg(test)]

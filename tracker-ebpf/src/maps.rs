@@ -2,14 +2,17 @@
 //! daemon uses to find them.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracker_common::{
-    CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, LOST_SLOT,
-    LOST_SLOTS, PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockNote,
-    TRACKED_MAX_ENTRIES,
+    CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES,
+    ENDPOINT_TOTALS_MAX_ENTRIES, Endpoint, EndpointTotals, LOST_SLOT, LOST_SLOTS,
+    PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockNote,
+    TOTALS_FULL_SLOT, TRACKED_MAX_ENTRIES,
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -34,10 +37,20 @@ pub static TRACKED: HashMap<u64, ConnTrack> =
 pub static SYSCALL_BUFFERS: Array<u32> = Array::with_max_entries(SYSCALL_BUFFERS_MAX_ENTRIES, 0);
 
 /// Connections found in the kernel's table rather than seen open (see `PREEXISTING_MAP`).
-/// Value unused (a set).
+/// Value: [`FOLLOWED_OUTBOUND`] for an outbound connection, else 0.
 #[map]
 pub static PREEXISTING: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(PREEXISTING_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The [`PREEXISTING`] value of an outbound connection, whose close is not a server-side one.
+pub const FOLLOWED_OUTBOUND: u8 = 1;
+
+/// The kernel's own count of server-side opens and closes per local endpoint (see
+/// `ENDPOINT_TOTALS_MAP`). Preallocated: counting must not depend on an allocation in softirq
+/// context, and the entries are few (local addresses times ports).
+#[map]
+pub static ENDPOINT_TOTALS: PerCpuHashMap<Endpoint, EndpointTotals> =
+    PerCpuHashMap::with_max_entries(ENDPOINT_TOTALS_MAX_ENTRIES, 0);
 
 /// Destinations of tracked outbound connections (see `CONNECT_TARGETS_MAP`). Value unused.
 #[map]
@@ -60,6 +73,40 @@ pub fn count_lost(slot: u32) {
         // with a softirq-context invocation on the same CPU, which at worst loses one count of a
         // counter that is already reporting trouble.
         unsafe { *counter += 1 };
+    }
+}
+
+/// Which of an endpoint's totals to count.
+#[derive(Clone, Copy)]
+pub enum Total {
+    Opened,
+    Closed,
+}
+
+/// Adds one to `total` of `endpoint` on this CPU, before any event is sent: the totals are
+/// exact whatever becomes of the ring.
+#[inline(always)]
+pub fn count_total(endpoint: &Endpoint, total: Total) {
+    let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
+    if totals.is_none() {
+        // BPF_NOEXIST: another program on this CPU may have added it meanwhile; either way
+        // the entry exists afterwards unless the map is full.
+        let _ =
+            ENDPOINT_TOTALS.insert(endpoint, &EndpointTotals::default(), u64::from(BPF_NOEXIST));
+        totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
+    }
+    let Some(totals) = totals else {
+        count_lost(TOTALS_FULL_SLOT);
+        return;
+    };
+    // SAFETY: this CPU's value in a live map entry. A plain add is exact: only the state
+    // change program counts, and the kernel never runs a program nested in itself on one CPU
+    // (a softirq that fires it while it runs in a task is skipped and counted as a miss).
+    unsafe {
+        match total {
+            Total::Opened => (*totals).opened += 1,
+            Total::Closed => (*totals).closed += 1,
+        }
     }
 }
 

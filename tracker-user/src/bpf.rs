@@ -16,13 +16,14 @@ use std::io;
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
     CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, DIRECTION_IN,
-    DIRECTION_OUT, EVENTS_MAP, LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout,
-    SYSCALL_BUFFERS_MAP, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
+    DIRECTION_OUT, ENDPOINT_TOTALS_MAP, EVENTS_MAP, Endpoint, EndpointTotals, LOST_MAP, LOST_SLOT,
+    PORTS_MAP, PREEXISTING_MAP, RegsLayout, SYSCALL_BUFFERS_MAP, TOTALS_FULL_SLOT, TRACK_FULL_SLOT,
+    TRACKED_MAP, buf_shape,
 };
 
 use crate::hooks::{AttachSettings, HookChoice, HookKind, attach_all};
@@ -96,6 +97,8 @@ pub struct LossCounters {
     pub ring_full: u64,
     /// Accepted connections not tracked because the kernel-side table was full.
     pub table_full: u64,
+    /// Opens and closes the kernel could not count because its table of endpoints was full.
+    pub totals_full: u64,
 }
 
 /// The loaded and attached programs and the maps the daemon reads.
@@ -105,6 +108,7 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, ConnTrack>,
     preexisting: HashMap<MapData, ConnKey, u8>,
+    endpoint_totals: PerCpuHashMap<MapData, Endpoint, EndpointTotals>,
     config: Array<MapData, Config>,
     /// The hook serving each capability.
     pub hooks: HookChoice,
@@ -223,6 +227,10 @@ pub fn load_and_attach(
         ebpf.take_map(PREEXISTING_MAP)
             .ok_or_else(|| anyhow!("map {PREEXISTING_MAP} missing from the eBPF object"))?,
     )?;
+    let endpoint_totals = PerCpuHashMap::try_from(
+        ebpf.take_map(ENDPOINT_TOTALS_MAP)
+            .ok_or_else(|| anyhow!("map {ENDPOINT_TOTALS_MAP} missing from the eBPF object"))?,
+    )?;
     let config = Array::try_from(
         ebpf.take_map(CONFIG_MAP)
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
@@ -233,6 +241,7 @@ pub fn load_and_attach(
             lost,
             tracked,
             preexisting,
+            endpoint_totals,
             config,
             hooks,
             _run_time_stats: run_time_stats,
@@ -257,7 +266,28 @@ impl Probes {
         Ok(LossCounters {
             ring_full: sum(LOST_SLOT)?,
             table_full: sum(TRACK_FULL_SLOT)?,
+            totals_full: sum(TOTALS_FULL_SLOT)?,
         })
+    }
+
+    /// The kernel's count of server-side connections opened and closed per local endpoint
+    /// since load, summed over CPUs.
+    pub fn endpoint_totals(&self) -> anyhow::Result<Vec<(Endpoint, EndpointTotals)>> {
+        self.endpoint_totals
+            .iter()
+            .map(|entry| {
+                let (endpoint, per_cpu) =
+                    entry.with_context(|| format!("reading {ENDPOINT_TOTALS_MAP}"))?;
+                let totals =
+                    per_cpu
+                        .iter()
+                        .fold(EndpointTotals::default(), |sum, cpu| EndpointTotals {
+                            opened: sum.opened.wrapping_add(cpu.opened),
+                            closed: sum.closed.wrapping_add(cpu.closed),
+                        });
+                Ok((endpoint, totals))
+            })
+            .collect()
     }
 }
 

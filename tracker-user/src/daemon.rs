@@ -364,6 +364,8 @@ impl State {
             }
         }
         let totals = self.interval_totals(now)?;
+        let kernel_totals = self.probes.endpoint_totals()?;
+        self.observer.apply_kernel_totals(&kernel_totals);
         let mut reports = self.observer.report(now);
         // Owners known from listen() events carry no command line yet.
         for owner in reports
@@ -402,6 +404,13 @@ impl State {
             log::warn!(
                 "{} kernel events lost in the last interval (ring buffer full): counts may be off",
                 totals.lost_events
+            );
+        }
+        if losses.totals_full > self.losses.totals_full {
+            log::warn!(
+                "{} connection opens or closes not counted in the last interval (the kernel's \
+                 table of local endpoints is full): opened and closed may be short",
+                losses.totals_full - self.losses.totals_full
             );
         }
         if totals.untracked_connections > 0 {

@@ -50,15 +50,15 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    Config, ConnKey, ConnTrack, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
-    tcp_state,
+    Config, ConnKey, ConnTrack, Endpoint, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent,
+    TRACK_FULL_SLOT, tcp_state,
 };
 
 use aya_log_ebpf::warn;
 
 use crate::maps::{
-    CONFIG, CONNECT_TARGETS, EVENTS, PREEXISTING, TRACKED, count_lost, emit_for_socket,
-    port_wanted, submit,
+    CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, PREEXISTING, TRACKED, Total, count_lost,
+    count_total, emit_for_socket, port_wanted, submit,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -106,7 +106,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         (_, tcp_state::CLOSE) => {
             let Some(track) = TRACKED.get_ptr(&skaddr) else {
                 if config.preexisting != 0 {
-                    close_preexisting(change, skaddr);
+                    close_followed(change, skaddr, Counted::No);
                 }
                 return;
             };
@@ -115,8 +115,20 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             closing_turn = track.in_turn != 0;
             last_send_ns = track.last_send_ns;
             // Forget it even if the event below cannot be sent: the map must not fill up with
-            // dead sockets.
-            let _ = TRACKED.remove(&skaddr);
+            // dead sockets. Whoever removes it counts the close.
+            if TRACKED.remove(&skaddr).is_ok() && track.outbound == 0 {
+                count_total(
+                    &endpoint(&change.endpoints(), skaddr, config),
+                    Total::Closed,
+                );
+            }
+            if track.unreported != 0 {
+                // The daemon knows this connection only if it adopted it since, by endpoints.
+                if config.preexisting != 0 {
+                    close_followed(change, skaddr, Counted::Yes);
+                }
+                return;
+            }
             EventKind::ConnClose
         }
         _ => return,
@@ -148,8 +160,25 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     }
 
+    let endpoints = change.endpoints();
+    if kind == EventKind::ConnOpen {
+        count_total(&endpoint(&endpoints, skaddr, config), Total::Opened);
+    }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
+        if kind == EventKind::ConnOpen {
+            // Its open is counted; tracked unreported, its close will be counted too.
+            let track = ConnTrack {
+                unreported: 1,
+                ..ConnTrack::default()
+            };
+            if TRACKED
+                .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
+                count_lost(TRACK_FULL_SLOT);
+            }
+        }
         return;
     };
 
@@ -168,7 +197,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         // opens and closes stay exact. Only if that fails too is the open not reported: an
         // open whose close can never follow would stay counted forever.
         count_lost(TRACK_FULL_SLOT);
-        if !follow_close_by_endpoints(change) {
+        if !follow_close_by_endpoints(&endpoints, kind) {
             entry.discard(0);
             warn!(
                 change,
@@ -178,22 +207,31 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         }
     }
 
-    entry.write(connection_event(
-        kind,
-        skaddr,
-        now,
-        &change.endpoints(),
-        0,
-        config,
-    ));
+    entry.write(connection_event(kind, skaddr, now, &endpoints, 0, config));
     submit(entry);
+}
+
+/// The local endpoint of the connection `endpoints` on socket `skaddr`.
+#[inline(always)]
+fn endpoint(endpoints: &ConnKey, skaddr: u64, config: &Config) -> Endpoint {
+    Endpoint {
+        netns: netns_of(skaddr, config),
+        family: endpoints.family,
+        port: endpoints.local_port,
+        addr: endpoints.local_addr,
+    }
 }
 
 /// Puts this connection in `PREEXISTING`, whose closes are reported for sockets not in
 /// `TRACKED`, and turns those lookups on. False if that map cannot take it either.
 #[inline(always)]
-fn follow_close_by_endpoints<C: StateChange>(change: &C) -> bool {
-    if PREEXISTING.insert(&change.endpoints(), &0, 0).is_err() {
+fn follow_close_by_endpoints(endpoints: &ConnKey, kind: EventKind) -> bool {
+    let direction = if kind == EventKind::OutboundOpen {
+        FOLLOWED_OUTBOUND
+    } else {
+        0
+    };
+    if PREEXISTING.insert(endpoints, &direction, 0).is_err() {
         return false;
     }
     if let Some(config) = CONFIG.get_ptr_mut(0) {
@@ -203,25 +241,39 @@ fn follow_close_by_endpoints<C: StateChange>(change: &C) -> bool {
     true
 }
 
-/// A socket not seen open reached CLOSE: if the daemon adopted it from the kernel's table
-/// (see `PREEXISTING`), report its close like any other.
+/// Whether a close was already counted in `ENDPOINT_TOTALS`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    Yes,
+    No,
+}
+
+/// A socket the daemon does not know by address reached CLOSE: if the daemon adopted it from
+/// the kernel's table, or it could not be tracked (see `PREEXISTING`), count and report its
+/// close like any other.
 #[inline(always)]
-fn close_preexisting<C: StateChange>(change: &C, skaddr: u64) {
+fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
     if change.protocol() != IPPROTO_TCP {
         return;
     }
     let endpoints = change.endpoints();
+    // SAFETY: a plain value read; the entry may go away meanwhile, then the remove fails.
+    let Some(&direction) = (unsafe { PREEXISTING.get(&endpoints) }) else {
+        return;
+    };
     // Whoever removes the entry reports the close: here, or the daemon when it finds the
     // connection gone before it asked (see `Probes::stop_following_close`).
     if PREEXISTING.remove(&endpoints).is_err() {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        count_lost(LOST_SLOT);
+    let Some(config) = CONFIG.get(0) else {
         return;
     };
-    let Some(config) = CONFIG.get(0) else {
-        entry.discard(0);
+    if direction != FOLLOWED_OUTBOUND && counted == Counted::No {
+        count_total(&endpoint(&endpoints, skaddr, config), Total::Closed);
+    }
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count_lost(LOST_SLOT);
         return;
     };
     // SAFETY: a plain helper call.

@@ -175,7 +175,7 @@ impl Observer {
             }
             return Applied::Done;
         };
-        let closing = if self.adopted.remove(&(id, remote)) {
+        let closing = if self.adopted.remove(&(id, remote)).is_some() {
             Closing::Adopted
         } else {
             Closing::Unseen

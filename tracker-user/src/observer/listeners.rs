@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rustc_hash::FxHashSet;
 
+use super::kernel_totals::KernelCounts;
 use super::report::ClosedConnection;
 use super::{Applied, Observer, Owner};
 use crate::event::{Netns, SockId};
@@ -40,6 +41,9 @@ pub(super) struct Listener {
     /// Server accepts and closes of its connections since the last report.
     pub(super) accepted: u64,
     pub(super) server_closed: u64,
+    /// The kernel's count of connections opened and closed since the last report (see
+    /// [`Observer::apply_kernel_totals`]).
+    pub(super) kernel_counts: KernelCounts,
 }
 
 impl Listener {
@@ -60,6 +64,7 @@ impl Listener {
             accept_queue_peak: 0,
             accepted: 0,
             server_closed: 0,
+            kernel_counts: KernelCounts::default(),
         }
     }
 

@@ -23,6 +23,7 @@
 
 mod accept_queue;
 mod connections;
+mod kernel_totals;
 mod listeners;
 mod outbound;
 mod reconcile;
@@ -33,7 +34,7 @@ mod tests;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::event::{Event, Netns, SockId};
 use crate::tracker_id::TrackerId;
@@ -84,9 +85,12 @@ pub struct Observer {
     conns: FxHashMap<SockId, ConnRef>,
     /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
     /// remote). Their close arrives with a socket address the observer never saw.
-    adopted: FxHashSet<(TrackerId, SocketAddr)>,
+    adopted: FxHashMap<(TrackerId, SocketAddr), reconcile::Adoption>,
     ports: Option<BTreeSet<u16>>,
     stats: ObserverStats,
+    /// The kernel's totals per local endpoint as of the last report, once the daemon passes
+    /// them: reports then take `opened` and `closed` from the kernel.
+    kernel_totals: Option<kernel_totals::Baseline>,
 }
 
 impl Observer {

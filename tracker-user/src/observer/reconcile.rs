@@ -43,16 +43,38 @@ impl Discrepancies {
     }
 }
 
+/// Why a connection was taken from the kernel's table rather than seen open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Adoption {
+    /// It predates the daemon: the kernel never counted it, open or closed, unless it was
+    /// asked to follow it in time.
+    BeforeStart,
+    /// Its open event was lost: the kernel counted its open and counts its close.
+    OpenLost,
+}
+
 impl Observer {
-    /// Takes a connection the kernel has but the model does not (it predates the daemon, or
-    /// its open event was lost) into the tracker of its listener, opened at `now`. Its sessions
-    /// are unknown (its first bytes were missed). Returns its listener, or None when no
-    /// watched listener takes it or the tracker already has that remote address.
+    /// Takes a connection that predates the daemon into the tracker of its listener (see
+    /// [`Observer::adopt_as`]).
     pub fn adopt(
         &mut self,
         local: SocketAddr,
         remote: SocketAddr,
         now: Nanos,
+    ) -> Option<SocketAddr> {
+        self.adopt_as(local, remote, now, Adoption::BeforeStart)
+    }
+
+    /// Takes a connection the kernel has but the model does not (it predates the daemon, or
+    /// its open event was lost) into the tracker of its listener, opened at `now`. Its sessions
+    /// are unknown (its first bytes were missed). Returns its listener, or None when no
+    /// watched listener takes it or the tracker already has that remote address.
+    fn adopt_as(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Nanos,
+        adoption: Adoption,
     ) -> Option<SocketAddr> {
         if !self.watches(local.port()) {
             return None;
@@ -64,7 +86,7 @@ impl Observer {
         }
         listener.tracker.conn_state(remote, now, ConnState::New);
         listener.unknown_open += 1;
-        self.adopted.insert((id, remote));
+        self.adopted.insert((id, remote), adoption);
         Some(id.addr)
     }
 
@@ -74,12 +96,17 @@ impl Observer {
         let Some(id) = self.listener_for(0, local, false) else {
             return;
         };
-        if !self.adopted.remove(&(id, remote)) {
+        let Some(adoption) = self.adopted.remove(&(id, remote)) else {
             return;
-        }
+        };
         if let Some(listener) = self.listeners.get_mut(&id) {
             listener.close_connection(remote, now, Closing::Adopted);
             listener.corrections += 1;
+            // The kernel closed it before it was asked to follow it, so it did not count the
+            // close, unless it had been tracking it since its open.
+            if adoption == Adoption::BeforeStart {
+                listener.kernel_counts.closed += 1;
+            }
         }
     }
 
@@ -138,7 +165,7 @@ impl Observer {
                         .conns
                         .remove(sock)
                         .map_or(Closing::Unseen, Closing::Tracked),
-                    None if self.adopted.remove(&(id, remote)) => Closing::Adopted,
+                    None if self.adopted.remove(&(id, remote)).is_some() => Closing::Adopted,
                     None => Closing::Unseen,
                 };
                 if let Some(listener) = self.listeners.get_mut(&id) {
@@ -149,7 +176,7 @@ impl Observer {
         }
         let mut adopted = Vec::new();
         for &(local, remote) in &found.kernel_only {
-            if let Some(listener_addr) = self.adopt(local, remote, now) {
+            if let Some(listener_addr) = self.adopt_as(local, remote, now, Adoption::OpenLost) {
                 if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, listener_addr))
                 {
                     listener.corrections += 1;

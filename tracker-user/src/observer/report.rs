@@ -2,7 +2,7 @@
 
 use super::{Observer, Owner};
 use crate::model::{Nanos, Snapshot};
-use crate::tracker_id::TrackerId;
+use crate::tracker_id::{Role, TrackerId};
 
 /// One tracker's report for one interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,9 +123,15 @@ impl Observer {
             .map(|(&id, state)| {
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
                 state.accept_queue_peak = state.accept_queue;
+                let mut snapshot = state.tracker.snapshot(now, true);
+                let kernel_counts = std::mem::take(&mut state.kernel_counts);
+                if self.kernel_totals.is_some() && id.role == Role::Listen {
+                    snapshot.opened = kernel_counts.opened;
+                    snapshot.closed = kernel_counts.closed;
+                }
                 ListenerReport {
                     id,
-                    snapshot: state.tracker.snapshot(now, true),
+                    snapshot,
                     owners: state.owners.iter().cloned().collect(),
                     gone: !state.is_listening(),
                     sessions_unknown_open: state.unknown_open,

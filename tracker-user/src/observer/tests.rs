@@ -573,3 +573,77 @@ fn server_accepts_and_closes_are_counted_per_listener_and_interval() {
     let running = report.then(&next);
     assert_eq!((running.accepted, running.server_closed), (2, 1));
 }
+
+fn endpoint(netns: u32, local: &str) -> tracker_common::Endpoint {
+    let local = addr(local);
+    let key = tracker_common::ConnKey::new(local, local);
+    tracker_common::Endpoint {
+        netns,
+        family: key.family,
+        port: local.port(),
+        addr: key.local_addr,
+    }
+}
+
+fn kernel_totals(opened: u64, closed: u64) -> tracker_common::EndpointTotals {
+    tracker_common::EndpointTotals { opened, closed }
+}
+
+/// Once the kernel's totals are applied, `opened` and `closed` are the kernel's, per interval
+/// and per listener (a wildcard listener takes every local address of its port), whatever
+/// events came; outbound trackers and unwatched ports keep their own.
+#[test]
+fn kernel_totals_replace_the_counts_events_gave() {
+    let mut observer = Observer::new(Some(BTreeSet::from([80, 81])));
+    observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+    observer.add_scanned_listener(addr("127.0.0.1:81"), &[]);
+    // One open seen, where the kernel counted five on two addresses of port 80.
+    let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
+    observer.apply_kernel_totals(&[
+        (endpoint(0, "127.0.0.1:80"), kernel_totals(3, 1)),
+        (endpoint(0, "10.0.0.1:80"), kernel_totals(2, 0)),
+        (endpoint(0, "127.0.0.2:81"), kernel_totals(9, 9)),
+        (endpoint(0, "127.0.0.1:82"), kernel_totals(4, 4)),
+    ]);
+    let first = report_of(&mut observer, 2 * SECOND, "0.0.0.0:80");
+    assert_eq!((first.snapshot.opened, first.snapshot.closed), (5, 1));
+    assert_eq!(first.snapshot.curr, 1, "curr stays the model's");
+    // The next interval takes only what is new since.
+    observer.apply_kernel_totals(&[
+        (endpoint(0, "127.0.0.1:80"), kernel_totals(4, 4)),
+        (endpoint(0, "10.0.0.1:80"), kernel_totals(2, 0)),
+    ]);
+    let reports = observer.report(3 * SECOND);
+    let second = &reports[0];
+    assert_eq!(second.id, TrackerId::listen(0, addr("0.0.0.0:80")));
+    assert_eq!((second.snapshot.opened, second.snapshot.closed), (1, 3));
+    let other = &reports[1];
+    assert_eq!(other.id, TrackerId::listen(0, addr("127.0.0.1:81")));
+    assert_eq!(
+        (other.snapshot.opened, other.snapshot.closed),
+        (0, 0),
+        "127.0.0.2:81 is not this listener's address"
+    );
+}
+
+/// The daemon counts a close itself only where the kernel could not: a connection that
+/// predates it and closed before the kernel was asked to follow it. One whose open event was
+/// lost was counted by the kernel at both ends.
+#[test]
+fn the_daemon_counts_only_the_closes_the_kernel_could_not() {
+    let mut observer = Observer::new(None);
+    observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+    observer.apply_kernel_totals(&[]);
+    let local = addr("127.0.0.1:80");
+    observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
+    let lost_open = Discrepancies {
+        kernel_only: BTreeSet::from([(local, addr("127.0.0.1:6000"))]),
+        ..Discrepancies::default()
+    };
+    assert_eq!(observer.correct(&lost_open, SECOND).len(), 1);
+    observer.close_adopted(local, addr("127.0.0.1:5000"), 2 * SECOND);
+    observer.close_adopted(local, addr("127.0.0.1:6000"), 2 * SECOND);
+    let report = report_of(&mut observer, 3 * SECOND, "0.0.0.0:80");
+    assert_eq!(report.snapshot.curr, 0);
+    assert_eq!((report.snapshot.opened, report.snapshot.closed), (0, 1));
+}

@@ -1,4 +1,5 @@
-//! A daemon under pressure from outside: a reader that stops reading its reports.
+//! A daemon under pressure from outside: a reader that stops reading its reports, a daemon
+//! stopped while connections churn.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::prometheus::http_get;
-use crate::support::{Daemon, Nginx, free_port, slowdown, sum};
+use crate::support::{Daemon, Nginx, free_port, patience, slowdown, sum};
 
 /// nginx's own count of the connections it accepted (stub_status's "accepts"), itself
 /// included: the status request is accepted before it is answered.
@@ -52,43 +53,45 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-#[test]
-fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
-    const STALL: Duration = Duration::from_secs(10);
-    let port = free_port("127.0.0.1");
-    let status_port = free_port("127.0.0.1");
-    let _nginx = Nginx::start(
+/// nginx answering every request on `port` with a few bytes, and its status page on
+/// `status_port`.
+fn nginx_with_status(port: u16, status_port: u16) -> Nginx {
+    Nginx::start(
         &format!(
             "server {{ listen 127.0.0.1:{port}; location / {{ return 200 ok; }} }}
              server {{ listen 127.0.0.1:{status_port}; location /status {{ stub_status; }} }}"
         ),
         &[port, status_port],
-    );
-    let metrics_port = free_port("127.0.0.1");
-    let listener = format!("127.0.0.1:{port}");
-    let mut daemon = Daemon::start(&[
-        "--interval",
-        "0.05",
-        "--port",
-        &port.to_string(),
-        "--prometheus",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
-    // Counting starts at a report with nothing open: nginx's start-up probes are over.
-    let mut reports = vec![
-        daemon
-            .reports_until(&listener, |r| r["curr"] == 0)
-            .pop()
-            .unwrap(),
-    ];
-    let accepts_before = nginx_accepts(status_port);
+    )
+}
 
-    daemon.stop_reading_reports();
+/// One line per report, for a failure's message.
+fn brief(reports: &[Value]) -> String {
+    reports
+        .iter()
+        .map(|r| {
+            format!(
+                "t={} interval={} curr={} opened={} closed={} lost={} corrections={}",
+                r["time"],
+                r["interval_s"],
+                r["curr"],
+                r["opened"],
+                r["closed"],
+                r["lost_events"],
+                r["corrections"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Requests on connections of their own from two threads while `during` runs.
+fn churn_while<T>(port: u16, during: impl FnOnce() -> T) -> (T, u64) {
     let churning = AtomicBool::new(true);
     let requests = AtomicU64::new(0);
-    let slowest_scrape = thread::scope(|scope| {
-        // Stops the clients however this closure ends: a failed scrape must not leave the
-        // scope waiting for them for ever.
+    let result = thread::scope(|scope| {
+        // Stops the clients however `during` ends: a failure must not leave the scope
+        // waiting for them for ever.
         let _stop = StopOnDrop(&churning);
         for _ in 0..2 {
             scope.spawn(|| {
@@ -98,6 +101,118 @@ fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
                 }
             });
         }
+        during()
+    });
+    (result, requests.into_inner())
+}
+
+/// nginx with its status page, a daemon watching nginx's port, and where counting starts.
+struct Scene {
+    _nginx: Nginx,
+    port: u16,
+    status_port: u16,
+    listener: String,
+    daemon: Daemon,
+    /// Reports so far: the first is the one counting starts after.
+    reports: Vec<Value>,
+    /// nginx's accepts when counting started.
+    accepts_before: u64,
+}
+
+impl Scene {
+    /// Starts nginx, then the daemon with `--port <nginx's> args`, and waits for a report with
+    /// nothing open (nginx's start-up probes are over): counting starts after it.
+    fn start(args: &[&str]) -> Self {
+        let port = free_port("127.0.0.1");
+        let status_port = free_port("127.0.0.1");
+        let nginx = nginx_with_status(port, status_port);
+        let listener = format!("127.0.0.1:{port}");
+        let port_arg = port.to_string();
+        let mut all_args = vec!["--port", port_arg.as_str()];
+        all_args.extend_from_slice(args);
+        let mut daemon = Daemon::start(&all_args);
+        let start = daemon
+            .reports_until(&listener, |r| r["curr"] == 0)
+            .pop()
+            .unwrap();
+        Self {
+            _nginx: nginx,
+            port,
+            status_port,
+            listener,
+            daemon,
+            reports: vec![start],
+            accepts_before: nginx_accepts(status_port),
+        }
+    }
+
+    /// Connections nginx accepted on its port since counting started, checked against the
+    /// clients' own count.
+    fn accepted_since_start(&self, requests: u64) -> u64 {
+        // Less the status request itself.
+        let accepted = nginx_accepts(self.status_port) - self.accepts_before - 1;
+        assert_eq!(
+            accepted, requests,
+            "the test's own premise: nginx took every request"
+        );
+        accepted
+    }
+
+    /// The reports since counting started.
+    fn counted(&self) -> &[Value] {
+        &self.reports[1..]
+    }
+}
+
+#[test]
+fn a_stopped_daemon_still_counts_every_connection_opened_and_closed() {
+    // A 4 KiB ring holds about 40 events: stopped for 3 s under churn, the daemon certainly
+    // loses most of the opens and closes.
+    let mut scene = Scene::start(&["--interval", "0.5", "--ring-bytes", "4096"]);
+    let ((), requests) = churn_while(scene.port, || {
+        scene.daemon.pause();
+        // The stop itself is the scenario: the kernel goes on for 3 s without the daemon.
+        thread::sleep(Duration::from_secs(3));
+        scene.daemon.resume();
+    });
+    let accepted = scene.accepted_since_start(requests) as f64;
+
+    // Every connection has closed on the client's side; the kernel finishes the server's side
+    // within moments, and the counts must then reach nginx's exactly, with the model
+    // reconciled to nothing open.
+    let deadline = Instant::now() + patience();
+    loop {
+        let report = scene.daemon.next_report(&scene.listener);
+        scene.reports.push(report);
+        let counted = scene.counted();
+        if sum(counted, "opened") == accepted
+            && sum(counted, "closed") == accepted
+            && counted.last().unwrap()["curr"] == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx accepted {accepted}; the reports:\n{}",
+            brief(counted)
+        );
+    }
+    assert!(
+        sum(scene.counted(), "lost_events") > 0.0,
+        "no event lost: the stop tested nothing\n{}",
+        brief(scene.counted())
+    );
+}
+
+#[test]
+fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
+    const STALL: Duration = Duration::from_secs(10);
+    let metrics_port = free_port("127.0.0.1");
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut scene = Scene::start(&["--interval", "0.05", "--prometheus", &metrics_addr]);
+
+    scene.daemon.stop_reading_reports();
+    let (slowest_scrape, requests) = churn_while(scene.port, || {
         // Scrapes all along the stall: each must be answered while the output is stuck.
         let stall_over = Instant::now() + STALL;
         let mut slowest = Duration::ZERO;
@@ -111,17 +226,12 @@ fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
         slowest
     });
     let churn_over = unix_now();
-    let requests = requests.into_inner();
-    let accepted = nginx_accepts(status_port) - accepts_before - 1;
-    assert_eq!(
-        accepted, requests,
-        "the test's own premise: nginx took every request"
-    );
+    let accepted = scene.accepted_since_start(requests) as f64;
     assert!(
-        daemon.has_logged("the report output is not being read")
-            || daemon
-                .log_until_now()
-                .contains("the report output is not being read"),
+        scene
+            .daemon
+            .log_until_now()
+            .contains("the report output is not being read"),
         "stdout never filled up: the stall tested nothing"
     );
     assert!(
@@ -129,29 +239,23 @@ fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
         "a scrape took {slowest_scrape:?} while stdout was not read"
     );
 
-    daemon.read_reports_again();
-    reports.extend(daemon.reports_until(&listener, |r| {
+    scene.daemon.read_reports_again();
+    let listener = scene.listener.clone();
+    let after = scene.daemon.reports_until(&listener, |r| {
         r["time"].as_f64().unwrap() > churn_over && r["curr"] == 0
-    }));
-    let reports = &reports[1..];
+    });
+    scene.reports.extend(after);
+    let reports = scene.counted();
     let merged = reports
         .iter()
         .filter(|r| r["interval_s"].as_f64().unwrap() > 0.5)
         .count();
-    let context = || {
-        let brief: Vec<String> = reports
-            .iter()
-            .map(|r: &Value| {
-                format!(
-                    "t={} interval={} opened={} closed={} lost={}",
-                    r["time"], r["interval_s"], r["opened"], r["closed"], r["lost_events"]
-                )
-            })
-            .collect();
-        brief.join("\n")
-    };
-    assert!(merged > 0, "no report covers the stall:\n{}", context());
-    assert_eq!(sum(reports, "lost_events"), 0.0, "{}", context());
-    assert_eq!(sum(reports, "opened"), accepted as f64, "{}", context());
-    assert_eq!(sum(reports, "closed"), accepted as f64, "{}", context());
+    assert!(
+        merged > 0,
+        "no report covers the stall:\n{}",
+        brief(reports)
+    );
+    assert_eq!(sum(reports, "lost_events"), 0.0, "{}", brief(reports));
+    assert_eq!(sum(reports, "opened"), accepted, "{}", brief(reports));
+    assert_eq!(sum(reports, "closed"), accepted, "{}", brief(reports));
 }
