@@ -77,6 +77,7 @@ pub const PROG_KPROBE_TCP_SENDMSG: &str = "kprobe_tcp_sendmsg";
 pub const PROG_KRETPROBE_TCP_SENDMSG: &str = "kretprobe_tcp_sendmsg";
 pub const PROG_FEXIT_INET_CSK_ACCEPT_2: &str = "fexit_inet_csk_accept_2";
 pub const PROG_FEXIT_INET_CSK_ACCEPT_4: &str = "fexit_inet_csk_accept_4";
+pub const PROG_FENTRY_SECURITY_SOCK_GRAFT: &str = "fentry_security_sock_graft";
 pub const PROG_KPROBE_SECURITY_SOCK_GRAFT: &str = "kprobe_security_sock_graft";
 pub const PROG_KRETPROBE_INET_CSK_ACCEPT: &str = "kretprobe_inet_csk_accept";
 pub const PROG_FENTRY_TCP_CLOSE: &str = "fentry_tcp_close";
@@ -93,6 +94,9 @@ pub const MSG_PEEK: i32 = 2;
 pub struct ConnTrack {
     /// When the server last sent payload in the current turn (0: not yet).
     pub last_send_ns: u64,
+    /// When the connection opened (its open event's timestamp): with the socket address,
+    /// what tells this connection from a later one on the same socket memory.
+    pub opened_ns: u64,
     /// Non-zero while a turn is open: the client sent payload and the next client payload
     /// after a server send starts a new turn. `u32` rather than `bool` so every bit pattern
     /// is valid.

@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -99,6 +100,9 @@ pub struct LossCounters {
     pub table_full: u64,
     /// Opens and closes the kernel could not count because its table of endpoints was full.
     pub totals_full: u64,
+    /// Program runs the kernel skipped because the program was already running on that CPU
+    /// (see [`crate::prog_info`]): events lost before they could reach the ring.
+    pub skipped_runs: u64,
 }
 
 /// The loaded and attached programs and the maps the daemon reads.
@@ -267,7 +271,18 @@ impl Probes {
             ring_full: sum(LOST_SLOT)?,
             table_full: sum(TRACK_FULL_SLOT)?,
             totals_full: sum(TOTALS_FULL_SLOT)?,
+            skipped_runs: self.skipped_runs(),
         })
+    }
+
+    /// Runs the kernel skipped, over every program; a program whose counter cannot be read
+    /// counts none (the ring and table counters still stand).
+    fn skipped_runs(&self) -> u64 {
+        self._ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| crate::prog_info::recursion_misses(fd.as_fd()).ok())
+            .sum()
     }
 
     /// The kernel's count of server-side connections opened and closed per local endpoint
@@ -306,6 +321,29 @@ impl Probes {
                 })
             })
             .collect()
+    }
+
+    /// Removes the connection opened at `opened_ns` on socket `sock` from the kernel's table
+    /// of tracked connections: true if it was there (the kernel had not reported its close and
+    /// now never will). A later connection on the same socket memory is left alone.
+    pub fn forget_tracked(&mut self, sock: u64, opened_ns: u64) -> anyhow::Result<bool> {
+        if self
+            .conn_track(sock)
+            .is_none_or(|track| track.opened_ns != opened_ns)
+        {
+            return Ok(false);
+        }
+        match self.tracked.remove(&sock) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(error) => {
+                Err(anyhow::Error::new(error).context(format!("removing {TRACKED_MAP} entry")))
+            }
+        }
     }
 
     /// The kernel's turn state of a tracked connection (None: not tracked, or gone).

@@ -309,7 +309,17 @@ impl State {
             confirmed.model_only.len(),
             confirmed.kernel_only.len()
         );
+        let seen_open = self.observer.sockets_of(&confirmed.model_only);
         let adopted = self.observer.correct(&confirmed, monotonic_now());
+        // A connection gone from the kernel's table whose socket is still in the kernel's
+        // table of tracked connections never ran the close program (the kernel skipped it):
+        // its entry would stay for good and its close would go uncounted. Whoever removes the
+        // entry counts the close.
+        for (listener, sock, opened_at) in seen_open {
+            if self.probes.forget_tracked(sock, opened_at)? {
+                self.observer.count_unseen_close(listener);
+            }
+        }
         self.follow_adopted(&adopted)
     }
 
@@ -393,17 +403,26 @@ impl State {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
             interval_s: now.saturating_sub(self.last_report) as f64 / 1e9,
-            lost_events: losses.ring_full - self.losses.ring_full,
+            lost_events: (losses.ring_full - self.losses.ring_full)
+                + (losses.skipped_runs - self.losses.skipped_runs),
             untracked_connections: losses.table_full - self.losses.table_full,
             listen_overflows: listen_counters.0.saturating_sub(self.listen_counters.0),
             listen_drops: listen_counters.1.saturating_sub(self.listen_counters.1),
             unattributed_closes: unattributed.saturating_sub(self.unattributed),
             hooks: self.probes.hooks,
         };
-        if totals.lost_events > 0 {
+        let ring_full = losses.ring_full - self.losses.ring_full;
+        if ring_full > 0 {
             log::warn!(
-                "{} kernel events lost in the last interval (ring buffer full): counts may be off",
-                totals.lost_events
+                "{ring_full} kernel events lost in the last interval (ring buffer full): \
+                 reconciling with the kernel's table"
+            );
+        }
+        let skipped = losses.skipped_runs - self.losses.skipped_runs;
+        if skipped > 0 {
+            log::warn!(
+                "{skipped} program runs skipped by the kernel in the last interval (a program \
+                 fired again on a CPU where it was running): reconciling with the kernel's table"
             );
         }
         if losses.totals_full > self.losses.totals_full {

@@ -17,6 +17,7 @@ pub mod model;
 pub mod observer;
 pub mod privileges;
 pub mod procfs;
+mod prog_info;
 pub mod sessions;
 pub mod sink;
 pub mod tcp_table;

@@ -2,14 +2,14 @@
 //! why each is what it is).
 
 use tracker_common::{
-    PROG_FENTRY_TCP_CLOSE, PROG_FEXIT_INET_CSK_ACCEPT_2, PROG_FEXIT_INET_CSK_ACCEPT_4,
-    PROG_FEXIT_TCP_RECVMSG_4, PROG_FEXIT_TCP_RECVMSG_5, PROG_FEXIT_TCP_RECVMSG_6,
-    PROG_FEXIT_TCP_SENDMSG, PROG_INET_SOCK_SET_STATE, PROG_KPROBE_SECURITY_SOCK_GRAFT,
-    PROG_KPROBE_TCP_CLEANUP_RBUF, PROG_KPROBE_TCP_CLOSE, PROG_KPROBE_TCP_RECVMSG,
-    PROG_KPROBE_TCP_RECVMSG_6, PROG_KPROBE_TCP_SENDMSG, PROG_KRETPROBE_INET_CSK_ACCEPT,
-    PROG_KRETPROBE_TCP_SENDMSG, PROG_RAW_INET_SOCK_SET_STATE, PROG_RAW_SOCK_RECV_LENGTH,
-    PROG_RAW_SOCK_SEND_LENGTH, PROG_SOCK_RECV_LENGTH, PROG_SOCK_SEND_LENGTH, inet_sock_set_state,
-    sock_length,
+    PROG_FENTRY_SECURITY_SOCK_GRAFT, PROG_FENTRY_TCP_CLOSE, PROG_FEXIT_INET_CSK_ACCEPT_2,
+    PROG_FEXIT_INET_CSK_ACCEPT_4, PROG_FEXIT_TCP_RECVMSG_4, PROG_FEXIT_TCP_RECVMSG_5,
+    PROG_FEXIT_TCP_RECVMSG_6, PROG_FEXIT_TCP_SENDMSG, PROG_INET_SOCK_SET_STATE,
+    PROG_KPROBE_SECURITY_SOCK_GRAFT, PROG_KPROBE_TCP_CLEANUP_RBUF, PROG_KPROBE_TCP_CLOSE,
+    PROG_KPROBE_TCP_RECVMSG, PROG_KPROBE_TCP_RECVMSG_6, PROG_KPROBE_TCP_SENDMSG,
+    PROG_KRETPROBE_INET_CSK_ACCEPT, PROG_KRETPROBE_TCP_SENDMSG, PROG_RAW_INET_SOCK_SET_STATE,
+    PROG_RAW_SOCK_RECV_LENGTH, PROG_RAW_SOCK_SEND_LENGTH, PROG_SOCK_RECV_LENGTH,
+    PROG_SOCK_SEND_LENGTH, inet_sock_set_state, sock_length,
 };
 
 use super::{Attach, Candidate, Capability, CapabilityHooks, HookKind};
@@ -163,6 +163,17 @@ pub(super) const HOOKS: &[CapabilityHooks] = &[
     CapabilityHooks {
         capability: Capability::Accept,
         candidates: &[
+            Candidate {
+                kind: HookKind::Fentry,
+                raw: false,
+                label: "fentry security_sock_graft",
+                params: &[],
+                needs_sock_layout: false,
+                attach: &[Attach::Fentry {
+                    function: "security_sock_graft",
+                    program: PROG_FENTRY_SECURITY_SOCK_GRAFT,
+                }],
+            },
             accept_fexit(2),
             accept_fexit(4),
             Candidate {

@@ -90,6 +90,35 @@ impl Observer {
         Some(id.addr)
     }
 
+    /// The connections in `model_only` that the model saw open: their listener's address,
+    /// their kernel socket address and when they opened (the kernel's timestamp).
+    pub fn sockets_of(
+        &self,
+        model_only: &BTreeSet<(SocketAddr, SocketAddr)>,
+    ) -> Vec<(SocketAddr, SockId, Nanos)> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.listener.role == Role::Listen && conn.listener.netns == 0)
+            .filter(|(_, conn)| model_only.contains(&(conn.listener.addr, conn.remote)))
+            .filter_map(|(&sock, conn)| {
+                let opened_at = self
+                    .listeners
+                    .get(&conn.listener)?
+                    .tracker
+                    .opened_at(&conn.remote)?;
+                Some((conn.listener.addr, sock, opened_at))
+            })
+            .collect()
+    }
+
+    /// Counts a close the kernel program never ran for (see [`Observer::sockets_of`]): the
+    /// connection left the kernel's table while still in its table of tracked connections.
+    pub fn count_unseen_close(&mut self, listener: SocketAddr) {
+        if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, listener)) {
+            listener.kernel_counts.closed += 1;
+        }
+    }
+
     /// Closes, now and as a correction, a connection adopted from the kernel's table that the
     /// kernel closed before it was asked to report that close.
     pub fn close_adopted(&mut self, local: SocketAddr, remote: SocketAddr, now: Nanos) {

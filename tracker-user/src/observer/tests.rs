@@ -647,3 +647,21 @@ fn the_daemon_counts_only_the_closes_the_kernel_could_not() {
     assert_eq!(report.snapshot.curr, 0);
     assert_eq!((report.snapshot.opened, report.snapshot.closed), (0, 1));
 }
+
+/// A connection gone from the kernel's table that the model saw open is found with its socket
+/// and open time, so that the daemon can check the kernel's tracked entry; a close counted for
+/// it adds to the kernel's count.
+#[test]
+fn connections_seen_open_are_found_by_socket_for_a_close_the_kernel_skipped() {
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(100, "127.0.0.1:80"));
+    observer.apply_kernel_totals(&[]);
+    let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
+    let _ = observer.apply(&open(2, "127.0.0.1:80", "127.0.0.1:6000", SECOND));
+    let local = addr("127.0.0.1:80");
+    let gone = BTreeSet::from([(local, addr("127.0.0.1:5000"))]);
+    assert_eq!(observer.sockets_of(&gone), vec![(local, 1, SECOND)]);
+    observer.count_unseen_close(local);
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!((report.snapshot.opened, report.snapshot.closed), (0, 1));
+}
