@@ -163,31 +163,39 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     // A connection goes into TRACKED first of all: the programs on its other hooks (an
     // accept on another CPU may already have it) only see it once it is there.
     let opening = matches!(kind, EventKind::ConnOpen | EventKind::OutboundOpen);
-    let reserved = EVENTS.reserve::<SockEvent>(0);
-    let tracked = !opening || {
-        let track = ConnTrack {
-            opened_ns: now,
-            outbound: u32::from(kind == EventKind::OutboundOpen),
-            // Without room in the ring the daemon is never told of it; tracked unreported,
-            // its close is still counted.
-            unreported: u32::from(reserved.is_none()),
-            ..ConnTrack::default()
-        };
-        TRACKED
-            .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
-            .is_ok()
+    let mut track = ConnTrack {
+        opened_ns: now,
+        outbound: u32::from(kind == EventKind::OutboundOpen),
+        ..ConnTrack::default()
     };
+    // The reservation is tested at once: the verifier (6.1) must see it released on every
+    // path, and loses track of a reference whose test is repeated later.
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        count_lost(LOST_SLOT);
+        if kind == EventKind::ConnOpen {
+            // The daemon is never told of it; tracked unreported, its close is still counted.
+            track.unreported = 1;
+            if TRACKED
+                .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
+                count_lost(TRACK_FULL_SLOT);
+            }
+            count_total(
+                &endpoint(&change.endpoints(), skaddr, config),
+                Total::Opened,
+            );
+        }
+        return;
+    };
+    let tracked = !opening
+        || TRACKED
+            .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
+            .is_ok();
     let endpoints = change.endpoints();
     if kind == EventKind::ConnOpen {
         count_total(&endpoint(&endpoints, skaddr, config), Total::Opened);
     }
-    let Some(mut entry) = reserved else {
-        count_lost(LOST_SLOT);
-        if !tracked {
-            count_lost(TRACK_FULL_SLOT);
-        }
-        return;
-    };
     if !tracked {
         // The table is full, or, allocated on demand, could not take one more entry in a burst
         // (its per-CPU cache of free entries is refilled only after the softirq). Its turns go
