@@ -386,6 +386,12 @@ impl State {
                 owner.cmdline = procfs::process_cmdline(owner.pid).unwrap_or_default();
             }
         }
+        log::debug!(
+            "report: {} tracker(s), {} connection(s) open, {} kernel event(s) handled so far",
+            reports.len(),
+            self.observer.connections(),
+            self.events
+        );
         sink.publish(&ReportBatch {
             reports: &reports,
             totals,

@@ -13,6 +13,7 @@ pub mod btf;
 pub mod daemon;
 pub mod event;
 pub mod hooks;
+pub mod log_pipe;
 pub mod model;
 pub mod observer;
 pub mod privileges;
@@ -21,5 +22,7 @@ mod prog_info;
 pub mod sessions;
 pub mod sink;
 pub mod tcp_table;
+#[cfg(test)]
+mod test_writer;
 pub mod tracefs;
 pub mod tracker_id;

@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::daemon::{self, Options};
-use tracker::privileges;
 use tracker::sink::lines::{Format, LineWriter};
 use tracker::sink::prometheus::PrometheusSink;
 use tracker::sink::top::{self, TopView};
 use tracker::sink::{ReportSink, RunningTotals, Tee};
 use tracker::tcp_table::TableSource;
+use tracker::{log_pipe, privileges};
 use tracker_common::{CONNECT_TARGETS_MAX_ENTRIES, PORTS_MAX_ENTRIES};
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
@@ -219,8 +219,18 @@ fn main() -> ExitCode {
     // The live view owns the terminal: logs would scribble over it, so they are off there
     // unless RUST_LOG asks for them.
     let default_level = if live_view { "off" } else { "info" };
+    // The log goes to stderr through a thread of its own: a stderr nobody reads costs log
+    // lines, never kernel events.
+    let (log_pipe, log_drain) = match log_pipe::spawn(std::io::stderr()) {
+        Ok(pipe) => pipe,
+        Err(error) => {
+            eprintln!("tracker: starting the log thread: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_target(false)
+        .target(env_logger::Target::Pipe(Box::new(log_pipe)))
         .init();
 
     match privileges::effective().map(privileges::missing) {
@@ -256,7 +266,11 @@ fn main() -> ExitCode {
         prometheus: flags.prometheus,
         live_view,
     };
-    match run(options, outputs) {
+    let result = run(options, outputs);
+    // The log's last lines before the outcome; a stderr that stays stuck does not hold the
+    // exit for long.
+    log_drain.wait_written(Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tracker: {error:#}");

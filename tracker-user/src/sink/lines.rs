@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn reports_the_output_cannot_take_yet_are_merged_and_add_up() {
-        let (gate, pass) = crate::sink::output_thread::tests::gate();
+        let (gate, pass) = crate::test_writer::gate();
         let written = std::sync::Arc::clone(&gate.written);
         let mut writer = LineWriter::new(gate, Format::Json).unwrap();
         let totals = IntervalTotals {

@@ -88,42 +88,10 @@ fn write_all<W: Write>(mut out: W, texts: &Receiver<String>) -> io::Result<()> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A writer that blocks every write until the test lets it through.
-    #[derive(Clone)]
-    pub struct Gate {
-        passes: Arc<Mutex<Receiver<()>>>,
-        pub written: Arc<Mutex<Vec<u8>>>,
-    }
-
-    impl Write for Gate {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.passes
-                .lock()
-                .unwrap()
-                .recv()
-                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-            self.written.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// A gated writer, and the sender of its passes (one per write).
-    pub fn gate() -> (Gate, SyncSender<()>) {
-        let (pass, passes) = sync_channel(16);
-        let gate = Gate {
-            passes: Arc::new(Mutex::new(passes)),
-            written: Arc::default(),
-        };
-        (gate, pass)
-    }
+    use crate::test_writer::gate;
+    use std::sync::Arc;
 
     #[test]
     fn a_blocked_writer_declines_offers_without_waiting_and_keeps_their_order() {

@@ -123,6 +123,11 @@ impl Scene {
     /// Starts nginx, then the daemon with `--port <nginx's> args`, and waits for a report with
     /// nothing open (nginx's start-up probes are over): counting starts after it.
     fn start(args: &[&str]) -> Self {
+        Self::start_logging("info", args)
+    }
+
+    /// Like [`Scene::start`], the daemon logging at `level`.
+    fn start_logging(level: &str, args: &[&str]) -> Self {
         let port = free_port("127.0.0.1");
         let status_port = free_port("127.0.0.1");
         let nginx = nginx_with_status(port, status_port);
@@ -130,7 +135,7 @@ impl Scene {
         let port_arg = port.to_string();
         let mut all_args = vec!["--port", port_arg.as_str()];
         all_args.extend_from_slice(args);
-        let mut daemon = Daemon::start(&all_args);
+        let mut daemon = Daemon::start_with_log_level("json", level, &all_args);
         let start = daemon
             .reports_until(&listener, |r| r["curr"] == 0)
             .pop()
@@ -162,6 +167,21 @@ impl Scene {
     fn counted(&self) -> &[Value] {
         &self.reports[1..]
     }
+}
+
+/// Scrapes `/metrics` every 100 ms for `period`, each answer checked: the longest a scrape
+/// took.
+fn slowest_scrape_for(period: Duration, metrics_port: u16) -> Duration {
+    let over = Instant::now() + period;
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < over {
+        let started = Instant::now();
+        let (code, body) = http_get(metrics_port, "/metrics").expect("scraping /metrics");
+        assert_eq!(code, 200, "{body}");
+        slowest = slowest.max(started.elapsed());
+        thread::sleep(Duration::from_millis(100));
+    }
+    slowest
 }
 
 #[test]
@@ -212,19 +232,8 @@ fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
     let mut scene = Scene::start(&["--interval", "0.05", "--prometheus", &metrics_addr]);
 
     scene.daemon.stop_reading_reports();
-    let (slowest_scrape, requests) = churn_while(scene.port, || {
-        // Scrapes all along the stall: each must be answered while the output is stuck.
-        let stall_over = Instant::now() + STALL;
-        let mut slowest = Duration::ZERO;
-        while Instant::now() < stall_over {
-            let started = Instant::now();
-            let (code, body) = http_get(metrics_port, "/metrics").expect("scraping /metrics");
-            assert_eq!(code, 200, "{body}");
-            slowest = slowest.max(started.elapsed());
-            thread::sleep(Duration::from_millis(100));
-        }
-        slowest
-    });
+    let (slowest_scrape, requests) =
+        churn_while(scene.port, || slowest_scrape_for(STALL, metrics_port));
     let churn_over = unix_now();
     let accepted = scene.accepted_since_start(requests) as f64;
     assert!(
@@ -258,4 +267,57 @@ fn a_stalled_report_reader_costs_no_events_and_no_scrapes() {
     assert_eq!(sum(reports, "lost_events"), 0.0, "{}", brief(reports));
     assert_eq!(sum(reports, "opened"), accepted, "{}", brief(reports));
     assert_eq!(sum(reports, "closed"), accepted, "{}", brief(reports));
+}
+
+#[test]
+fn a_stalled_log_reader_costs_log_lines_not_scrapes_or_counts() {
+    const STALL: Duration = Duration::from_secs(10);
+    let metrics_port = free_port("127.0.0.1");
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    // At debug level every report logs a line: 20 a second, plenty to fill a stderr nobody
+    // reads. A 4 KiB ring loses events under churn too, which logs more.
+    let mut scene = Scene::start_logging(
+        "debug",
+        &[
+            "--interval",
+            "0.05",
+            "--ring-bytes",
+            "4096",
+            "--prometheus",
+            &metrics_addr,
+        ],
+    );
+
+    let log_before = scene.daemon.log_until_now().len();
+    scene.daemon.stop_reading_log();
+    let (slowest_scrape, requests) =
+        churn_while(scene.port, || slowest_scrape_for(STALL, metrics_port));
+    let accepted = scene.accepted_since_start(requests) as f64;
+    assert!(
+        slowest_scrape < Duration::from_secs(1) * slowdown(),
+        "a scrape took {slowest_scrape:?} while stderr was not read"
+    );
+    scene.daemon.read_log_again();
+
+    let deadline = Instant::now() + patience();
+    loop {
+        let report = scene.daemon.next_report(&scene.listener);
+        scene.reports.push(report);
+        let counted = scene.counted();
+        if sum(counted, "opened") == accepted && counted.last().unwrap()["curr"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx accepted {accepted}; the reports:\n{}",
+            brief(counted)
+        );
+    }
+    // What the daemon logged meanwhile could not all fit in the pipe: a daemon that wrote its
+    // log itself would have waited for the reader.
+    let logged = scene.daemon.log_until_now().len() - log_before;
+    assert!(
+        logged > 4096,
+        "only {logged} bytes logged: the stall tested nothing"
+    );
 }

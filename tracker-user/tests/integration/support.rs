@@ -56,6 +56,10 @@ pub struct Daemon {
     lines: Receiver<String>,
     /// Whether the daemon's stdout is being read (see [`Daemon::stop_reading_reports`]).
     reading: Arc<ReadGate>,
+    /// Whether its stderr is being read (see [`Daemon::stop_reading_log`]).
+    reading_log: Arc<ReadGate>,
+    /// Our end of its stderr pipe (owned by the thread reading it).
+    log_pipe_fd: i32,
     stderr: Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -122,11 +126,16 @@ impl Daemon {
             child.stdout.take().expect("stdout is piped"),
             Some(Arc::clone(&reading)),
         );
-        let stderr = forward_lines(child.stderr.take().expect("stderr is piped"), None);
+        let child_stderr = child.stderr.take().expect("stderr is piped");
+        let log_pipe_fd = std::os::fd::AsRawFd::as_raw_fd(&child_stderr);
+        let reading_log = Arc::new(ReadGate::default());
+        let stderr = forward_lines(child_stderr, Some(Arc::clone(&reading_log)));
         Self {
             child,
             lines,
             reading,
+            reading_log,
+            log_pipe_fd,
             stderr,
             stderr_seen: Vec::new(),
         }
@@ -259,6 +268,23 @@ impl Daemon {
 
     pub fn read_reports_again(&self) {
         self.reading.set(true);
+    }
+
+    /// Stops reading the daemon's stderr until [`Daemon::read_log_again`], with its pipe
+    /// shrunk to one page, so that a few log lines fill it.
+    pub fn stop_reading_log(&self) {
+        // SAFETY: a pipe fd the reader thread keeps open for the daemon's life.
+        let size = unsafe { libc::fcntl(self.log_pipe_fd, libc::F_SETPIPE_SZ, 4096) };
+        assert!(
+            size >= 0,
+            "shrinking the log pipe: {}",
+            std::io::Error::last_os_error()
+        );
+        self.reading_log.set(false);
+    }
+
+    pub fn read_log_again(&self) {
+        self.reading_log.set(true);
     }
 
     /// Kills the daemon (SIGKILL): it gets no chance to clean up.

@@ -1,0 +1,150 @@
+//! The daemon's log, written to stderr by a thread of its own: a stderr nobody reads (a stuck
+//! pipe, a journal that stopped taking lines) costs log lines, dropped and counted, never the
+//! collection of kernel events. Reports have their own thread for the same reason (see
+//! `sink::output_thread`).
+
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Log records queued while the thread writes; beyond them, records are dropped.
+const QUEUED_RECORDS: usize = 256;
+
+/// The log's end of the pipe: takes each formatted record without waiting.
+pub struct LogPipe {
+    queue: SyncSender<Vec<u8>>,
+    progress: Arc<Progress>,
+    /// Records dropped since the last one queued: the next one queued says so first.
+    dropped: u64,
+}
+
+/// The main thread's handle, to let the last records out at exit.
+pub struct LogDrain {
+    progress: Arc<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Records queued and records written (or failed to write) so far.
+    counts: Mutex<(u64, u64)>,
+    written: Condvar,
+}
+
+/// Starts the thread that writes records to `out`.
+pub fn spawn<W: Write + Send + 'static>(out: W) -> io::Result<(LogPipe, LogDrain)> {
+    let (queue, records) = sync_channel(QUEUED_RECORDS);
+    let progress = Arc::new(Progress::default());
+    let writer_progress = Arc::clone(&progress);
+    std::thread::Builder::new()
+        .name("tracker-log".into())
+        .spawn(move || write_records(out, &records, &writer_progress))?;
+    Ok((
+        LogPipe {
+            queue,
+            progress: Arc::clone(&progress),
+            dropped: 0,
+        },
+        LogDrain { progress },
+    ))
+}
+
+impl Write for LogPipe {
+    /// One call per record (the logger formats a record whole, then writes it once).
+    fn write(&mut self, record: &[u8]) -> io::Result<usize> {
+        let mut text = Vec::with_capacity(record.len());
+        if self.dropped > 0 {
+            // Where the gap is, in the log itself.
+            writeln!(
+                text,
+                "tracker: {} log line(s) dropped here: stderr was not read",
+                self.dropped
+            )?;
+        }
+        text.extend_from_slice(record);
+        match self.queue.try_send(text) {
+            Ok(()) => {
+                self.dropped = 0;
+                lock(&self.progress.counts).0 += 1;
+            }
+            Err(TrySendError::Full(_)) => self.dropped += 1,
+            // The writer failed (stderr closed): nothing is left to write to.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogDrain {
+    /// Waits until every queued record is written, for at most `limit`: the last lines of a
+    /// daemon that exits normally are not lost, and one whose stderr is stuck still exits.
+    pub fn wait_written(&self, limit: Duration) {
+        let counts = lock(&self.progress.counts);
+        let _ = self
+            .progress
+            .written
+            .wait_timeout_while(counts, limit, |(queued, written)| written < queued);
+    }
+}
+
+fn write_records<W: Write>(mut out: W, records: &Receiver<Vec<u8>>, progress: &Progress) {
+    for record in records {
+        let result = out.write_all(&record).and_then(|()| out.flush());
+        let mut counts = lock(&progress.counts);
+        counts.1 += 1;
+        progress.written.notify_all();
+        drop(counts);
+        if result.is_err() {
+            // stderr is gone; the records still queued are dropped with the receiver.
+            return;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_writer::gate;
+
+    #[test]
+    fn records_beyond_the_queue_are_dropped_without_waiting_and_the_gap_is_logged() {
+        let (writer, pass) = gate();
+        let written = Arc::clone(&writer.written);
+        let (mut pipe, drain) = spawn(writer).unwrap();
+        let records = QUEUED_RECORDS + 10;
+        for n in 0..records {
+            pipe.write_all(format!("record {n}\n").as_bytes()).unwrap();
+        }
+        // The thread holds at most one record in its blocked write and the queue the next
+        // ones; the rest were dropped.
+        let dropped = pipe.dropped;
+        assert!((9..=10).contains(&dropped), "{dropped}");
+        for _ in 0..=records {
+            pass.send(()).unwrap();
+        }
+        drain.wait_written(Duration::from_secs(30));
+        pipe.write_all(b"last\n").unwrap();
+        drain.wait_written(Duration::from_secs(30));
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let kept = records as u64 - dropped;
+        assert!(
+            text.ends_with(&format!(
+                "record {}\ntracker: {dropped} log line(s) dropped here: stderr was not read\nlast\n",
+                kept - 1
+            )),
+            "{}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        assert_eq!(text.lines().count() as u64, kept + 2);
+    }
+}
