@@ -247,8 +247,9 @@ pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
 /// up per listener.
 pub const ENDPOINT_TOTALS_MAP: &str = "ENDPOINT_TOTALS";
 /// Capacity of [`ENDPOINT_TOTALS_MAP`]: local addresses times listening ports, with room for
-/// hosts that give every container its own address.
-pub const ENDPOINT_TOTALS_MAX_ENTRIES: u32 = 8192;
+/// hosts that give every container its own address. Preallocated for every CPU: 4,096 entries
+/// of 32 bytes take 128 KiB per CPU.
+pub const ENDPOINT_TOTALS_MAX_ENTRIES: u32 = 4096;
 
 /// The local side of server-side connections: their network namespace (inode number, 0 when
 /// unknown), address and port. Addresses as in [`SockEvent`].
@@ -263,6 +264,11 @@ pub struct Endpoint {
 }
 
 /// Connections of one [`Endpoint`] since the programs were loaded, on one CPU.
+///
+/// Besides the counts, the kernel adds up the `bpf_ktime_get_ns()` stamps of the opens and
+/// closes it counts: with the number open, those two sums give the connection-nanoseconds up
+/// to any instant (see [`EndpointTotals::conn_ns_at`]) without a record per connection. The
+/// sums wrap; only their differences mean anything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct EndpointTotals {
@@ -270,6 +276,43 @@ pub struct EndpointTotals {
     pub opened: u64,
     /// Tracked or followed connections that reached CLOSE.
     pub closed: u64,
+    /// Sum of the stamps of the opens counted in `opened`, wrapping.
+    pub opened_at_sum: u64,
+    /// Sum of the stamps of the closes counted in `closed`, wrapping.
+    pub closed_at_sum: u64,
+}
+
+impl EndpointTotals {
+    /// Field by field wrapping sum: the totals of two CPUs, or two endpoints.
+    pub fn plus(&self, other: &Self) -> Self {
+        Self {
+            opened: self.opened.wrapping_add(other.opened),
+            closed: self.closed.wrapping_add(other.closed),
+            opened_at_sum: self.opened_at_sum.wrapping_add(other.opened_at_sum),
+            closed_at_sum: self.closed_at_sum.wrapping_add(other.closed_at_sum),
+        }
+    }
+
+    /// What was counted since `earlier`, field by field (wrapping).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            opened: self.opened.wrapping_sub(earlier.opened),
+            closed: self.closed.wrapping_sub(earlier.closed),
+            opened_at_sum: self.opened_at_sum.wrapping_sub(earlier.opened_at_sum),
+            closed_at_sum: self.closed_at_sum.wrapping_sub(earlier.closed_at_sum),
+        }
+    }
+
+    /// Connection-nanoseconds of the connections counted here, from each one's open to its
+    /// close or to `now`: every closed connection gives `close − open`, every open one
+    /// `now − open`, so the total is `closes − opens + now × open`. Exact in wrapping
+    /// arithmetic as long as the true total fits in 64 bits (585 connection-years).
+    pub fn conn_ns_at(&self, now: u64) -> u64 {
+        let open = self.opened.wrapping_sub(self.closed);
+        self.closed_at_sum
+            .wrapping_sub(self.opened_at_sum)
+            .wrapping_add(now.wrapping_mul(open))
+    }
 }
 
 /// Name of the map of destinations whose outbound connections are tracked (`--connect`),
@@ -577,6 +620,56 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockEvent>(), 96);
         assert_eq!(core::mem::align_of::<SockEvent>(), 8);
         assert_eq!(core::mem::size_of::<SockNote>(), 32);
+    }
+
+    /// Totals of connections opened at `opens` and closed at `closes` (stamps), summed the
+    /// way the kernel does on one CPU.
+    fn totals_of(opens: &[u64], closes: &[u64]) -> EndpointTotals {
+        let mut totals = EndpointTotals::default();
+        for &at in opens {
+            totals = totals.plus(&EndpointTotals {
+                opened: 1,
+                opened_at_sum: at,
+                ..EndpointTotals::default()
+            });
+        }
+        for &at in closes {
+            totals = totals.plus(&EndpointTotals {
+                closed: 1,
+                closed_at_sum: at,
+                ..EndpointTotals::default()
+            });
+        }
+        totals
+    }
+
+    #[test]
+    fn connection_time_follows_from_the_stamp_sums() {
+        // Open at 10 and 20; the first closes at 50. At 100: 40 + 80.
+        let totals = totals_of(&[10, 20], &[50]);
+        assert_eq!(totals.conn_ns_at(100), 120);
+        assert_eq!(totals.conn_ns_at(50), 40 + 30);
+        // Time added between two instants is what the open connection lived in between.
+        assert_eq!(totals.conn_ns_at(160) - totals.conn_ns_at(100), 60);
+        // The difference of two readings covers the connections counted in between.
+        let later = totals_of(&[10, 20, 120], &[50, 130]);
+        let since = later.since(&totals);
+        assert_eq!((since.opened, since.closed), (1, 1));
+        assert_eq!(later.conn_ns_at(200), 40 + 110 + 80);
+    }
+
+    #[test]
+    fn connection_time_is_exact_when_the_stamp_sums_wrap() {
+        // Stamps near the end of the clock's range: the sums wrap, the difference does not.
+        let base = u64::MAX - 1_000;
+        let totals = totals_of(&[base, base + 100, base + 200], &[base + 300]);
+        assert!(totals.opened_at_sum < base);
+        let now = base + 500;
+        assert_eq!(totals.conn_ns_at(now), 300 + 400 + 300);
+        // A close counted without its open (a connection that predates the counts) gives
+        // `close − now` until its open is added by whoever knows it.
+        let predating = totals_of(&[], &[base + 100]).plus(&totals_of(&[base], &[]));
+        assert_eq!(predating.conn_ns_at(now), 100);
     }
 
     #[test]

@@ -83,10 +83,10 @@ pub enum Total {
     Closed,
 }
 
-/// Adds one to `total` of `endpoint` on this CPU, before any event is sent: the totals are
-/// exact whatever becomes of the ring.
+/// Adds one to `total` of `endpoint` on this CPU, and its stamp `at` to the sum of its kind,
+/// before any event is sent: the totals are exact whatever becomes of the ring.
 #[inline(always)]
-pub fn count_total(endpoint: &Endpoint, total: Total) {
+pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
     let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
     if totals.is_none() {
         // BPF_NOEXIST: another program on this CPU may have added it meanwhile; either way
@@ -102,10 +102,15 @@ pub fn count_total(endpoint: &Endpoint, total: Total) {
     // SAFETY: this CPU's value in a live map entry. A plain add is exact: only the state
     // change program counts, and the kernel never runs a program nested in itself on one CPU
     // (a softirq that fires it while it runs in a task is skipped and counted as a miss).
-    unsafe {
-        match total {
-            Total::Opened => (*totals).opened += 1,
-            Total::Closed => (*totals).closed += 1,
+    let totals = unsafe { &mut *totals };
+    match total {
+        Total::Opened => {
+            totals.opened += 1;
+            totals.opened_at_sum = totals.opened_at_sum.wrapping_add(at);
+        }
+        Total::Closed => {
+            totals.closed += 1;
+            totals.closed_at_sum = totals.closed_at_sum.wrapping_add(at);
         }
     }
 }

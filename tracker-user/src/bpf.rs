@@ -286,20 +286,16 @@ impl Probes {
     }
 
     /// The kernel's count of server-side connections opened and closed per local endpoint
-    /// since load, summed over CPUs.
+    /// since load, with their stamp sums, summed over CPUs.
     pub fn endpoint_totals(&self) -> anyhow::Result<Vec<(Endpoint, EndpointTotals)>> {
         self.endpoint_totals
             .iter()
             .map(|entry| {
                 let (endpoint, per_cpu) =
                     entry.with_context(|| format!("reading {ENDPOINT_TOTALS_MAP}"))?;
-                let totals =
-                    per_cpu
-                        .iter()
-                        .fold(EndpointTotals::default(), |sum, cpu| EndpointTotals {
-                            opened: sum.opened.wrapping_add(cpu.opened),
-                            closed: sum.closed.wrapping_add(cpu.closed),
-                        });
+                let totals = per_cpu
+                    .iter()
+                    .fold(EndpointTotals::default(), |sum, cpu| sum.plus(cpu));
                 Ok((endpoint, totals))
             })
             .collect()

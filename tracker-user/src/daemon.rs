@@ -317,7 +317,7 @@ impl State {
         // entry counts the close.
         for (listener, sock, opened_at) in seen_open {
             if self.probes.forget_tracked(sock, opened_at)? {
-                self.observer.count_unseen_close(listener);
+                self.observer.count_unseen_close(listener, monotonic_now());
             }
         }
         self.follow_adopted(&adopted)
@@ -375,7 +375,7 @@ impl State {
         }
         let totals = self.interval_totals(now)?;
         let kernel_totals = self.probes.endpoint_totals()?;
-        self.observer.apply_kernel_totals(&kernel_totals);
+        self.observer.apply_kernel_totals(&kernel_totals, now);
         let mut reports = self.observer.report(now);
         // Owners known from listen() events carry no command line yet.
         for owner in reports

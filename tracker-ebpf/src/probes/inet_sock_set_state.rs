@@ -93,6 +93,8 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     // For a close during a turn: the server's last send in it (0: it never answered).
     let mut closing_turn = false;
     let mut last_send_ns = 0;
+    // For a close: when it was counted, which is also the time its event carries.
+    let mut closed_at = 0;
     let kind = match (old_state, new_state) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
         (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
@@ -114,12 +116,15 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             let track = unsafe { *track };
             closing_turn = track.in_turn != 0;
             last_send_ns = track.last_send_ns;
+            // SAFETY: a plain helper call.
+            closed_at = unsafe { bpf_ktime_get_ns() };
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close.
             if TRACKED.remove(&skaddr).is_ok() && track.outbound == 0 {
                 count_total(
                     &endpoint(&change.endpoints(), skaddr, config),
                     Total::Closed,
+                    closed_at,
                 );
             }
             if track.unreported != 0 {
@@ -145,8 +150,12 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     }
 
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = if kind == EventKind::ConnClose {
+        closed_at
+    } else {
+        // SAFETY: a plain helper call.
+        unsafe { bpf_ktime_get_ns() }
+    };
     if kind == EventKind::ConnClose {
         // A turn open at the close ended with the server's last send, or, if it never
         // answered, now.
@@ -184,6 +193,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             count_total(
                 &endpoint(&change.endpoints(), skaddr, config),
                 Total::Opened,
+                now,
             );
         }
         return;
@@ -194,7 +204,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             .is_ok();
     let endpoints = change.endpoints();
     if kind == EventKind::ConnOpen {
-        count_total(&endpoint(&endpoints, skaddr, config), Total::Opened);
+        count_total(&endpoint(&endpoints, skaddr, config), Total::Opened, now);
     }
     if !tracked {
         // The table is full, or, allocated on demand, could not take one more entry in a burst
@@ -275,15 +285,15 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
     let Some(config) = CONFIG.get(0) else {
         return;
     };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     if direction != FOLLOWED_OUTBOUND && counted == Counted::No {
-        count_total(&endpoint(&endpoints, skaddr, config), Total::Closed);
+        count_total(&endpoint(&endpoints, skaddr, config), Total::Closed, now);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         return;
     };
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     entry.write(connection_event(
         EventKind::ConnClose,
         skaddr,

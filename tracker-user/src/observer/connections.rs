@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use tracker_common::proto::{FrameHeader, Protocol};
 
 use super::listeners::Listener;
+use super::reconcile::Adoption;
 use super::report::ClosedConnection;
 use super::{Applied, Observer};
 use crate::event::{Netns, SockId};
@@ -140,6 +141,13 @@ impl Observer {
             .listeners
             .entry(id)
             .or_insert_with(|| Listener::new(id));
+        if self.adopted.remove(&(id, remote)) == Some(Adoption::BeforeStart)
+            && let Some(adopted_at) = listener.tracker.opened_at(&remote)
+        {
+            // It opened between the attach and the start-up scan: the kernel counted its
+            // open after all.
+            listener.daemon_counts.withdraw_open(adopted_at);
+        }
         listener.tracker.conn_state(remote, at, ConnState::New);
         self.conns.insert(sock, ConnRef::opened(id, remote));
         Applied::Done

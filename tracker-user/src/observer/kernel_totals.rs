@@ -1,11 +1,17 @@
-//! The kernel's own count of connections opened and closed at each local endpoint, added up
-//! per listener: once the daemon passes them, reports take `opened` and `closed` from here.
+//! The kernel's own count of connections opened and closed at each local endpoint, and of
+//! their connection time, added up per listener: once the daemon passes them, reports take
+//! `opened`, `closed` and `connFor` from here.
 //!
 //! The kernel counts before it sends any event, so these totals stay exact when events are
-//! lost (a full ring, a stalled daemon); what the events carry (lifetimes, busy time, sessions)
-//! may then be short, and `curr` is corrected against the kernel's table. The one close the
-//! kernel cannot count is one the daemon takes over itself ([`Observer::close_adopted`]),
-//! which adds it here.
+//! lost (a full ring, a stalled daemon); what only events carry (lifetimes for the histogram,
+//! busy time, sessions) may then be short, and `curr` is corrected against the kernel's table.
+//!
+//! Connection time comes from the stamp sums of [`EndpointTotals`]: an endpoint's
+//! connection-nanoseconds since load up to an instant follow from its totals, so an interval's
+//! share is the difference of two readings. The kernel misses two kinds of connection, and
+//! the daemon adds them to a listener's own [`DaemonCounts`]: the opens of connections that
+//! predate it (counted from their adoption, as the model does), and the closes it finds
+//! itself ([`Observer::close_adopted`], [`Observer::count_unseen_close`]).
 
 use std::net::SocketAddr;
 
@@ -13,29 +19,91 @@ use rustc_hash::FxHashMap;
 use tracker_common::{Endpoint, EndpointTotals, wire_addr};
 
 use super::Observer;
+use crate::model::Nanos;
 
-/// Connections a listener opened and closed in the current interval, by the kernel's count.
+/// What a listener's connections did in the current interval, by the kernel's count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct KernelCounts {
     pub(super) opened: u64,
     pub(super) closed: u64,
+    /// Connection-nanoseconds of the interval, by the kernel's stamps (wrapping, as the
+    /// readings it is the difference of).
+    pub(super) conn_ns: u64,
 }
 
-/// The kernel's totals per endpoint when last applied.
-pub(super) type Baseline = FxHashMap<Endpoint, EndpointTotals>;
+/// Opens and closes of a listener's connections that only the daemon knows of, in the form
+/// the kernel counts them, and the connection time they gave as of the last report.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct DaemonCounts {
+    totals: EndpointTotals,
+    reported_conn_ns: u64,
+}
+
+impl DaemonCounts {
+    /// A connection that predates the daemon, adopted at `at`: the kernel will count its
+    /// close (or the daemon will, see [`DaemonCounts::closed`]), never its open.
+    pub(super) fn opened_before_start(&mut self, at: Nanos) {
+        self.add(EndpointTotals {
+            opened: 1,
+            opened_at_sum: at,
+            ..EndpointTotals::default()
+        });
+    }
+
+    /// Takes back [`DaemonCounts::opened_before_start`] at `at`: the kernel counted that open.
+    pub(super) fn withdraw_open(&mut self, at: Nanos) {
+        self.add(EndpointTotals {
+            opened: u64::MAX,
+            opened_at_sum: at.wrapping_neg(),
+            ..EndpointTotals::default()
+        });
+    }
+
+    /// A close the kernel did not count, found at `at`.
+    pub(super) fn closed(&mut self, at: Nanos) {
+        self.add(EndpointTotals {
+            closed: 1,
+            closed_at_sum: at,
+            ..EndpointTotals::default()
+        });
+    }
+
+    fn add(&mut self, counted: EndpointTotals) {
+        self.totals = self.totals.plus(&counted);
+    }
+
+    /// Connection time these gave since the last call, up to `now`.
+    fn conn_ns_until(&mut self, now: Nanos) -> u64 {
+        let conn_ns = self.totals.conn_ns_at(now);
+        conn_ns.wrapping_sub(std::mem::replace(&mut self.reported_conn_ns, conn_ns))
+    }
+}
+
+/// The kernel's totals per endpoint when last applied, and when.
+#[derive(Debug, Default)]
+pub(super) struct Baseline {
+    totals: FxHashMap<Endpoint, EndpointTotals>,
+    at: Nanos,
+}
 
 impl Observer {
-    /// Takes the kernel's totals since load per local endpoint (summed over CPUs) and adds
-    /// what is new since the last call to the listener that each endpoint's connections
-    /// belong to. Counts of an endpoint no listener takes (one that closed and was forgotten)
-    /// are dropped, as its events are.
-    pub fn apply_kernel_totals(&mut self, totals: &[(Endpoint, EndpointTotals)]) {
+    /// Takes the kernel's totals since load per local endpoint (summed over CPUs), read at
+    /// `now`, and adds what is new since the last call to the listener that each endpoint's
+    /// connections belong to. Counts of an endpoint no listener takes (one that closed and
+    /// was forgotten) are dropped, as its events are.
+    pub fn apply_kernel_totals(&mut self, totals: &[(Endpoint, EndpointTotals)], now: Nanos) {
         let mut baseline = self.kernel_totals.take().unwrap_or_default();
-        for &(endpoint, now) in totals {
-            let before = baseline.insert(endpoint, now).unwrap_or_default();
+        for &(endpoint, current) in totals {
+            let before = baseline
+                .totals
+                .insert(endpoint, current)
+                .unwrap_or_default();
             let new = KernelCounts {
-                opened: now.opened.saturating_sub(before.opened),
-                closed: now.closed.saturating_sub(before.closed),
+                opened: current.opened.wrapping_sub(before.opened),
+                closed: current.closed.wrapping_sub(before.closed),
+                conn_ns: current
+                    .conn_ns_at(now)
+                    .wrapping_sub(before.conn_ns_at(baseline.at)),
             };
             if new == KernelCounts::default() || !self.watches(endpoint.port) {
                 continue;
@@ -49,10 +117,29 @@ impl Observer {
                 .listener_for(netns, local, false)
                 .and_then(|id| self.listeners.get_mut(&id))
             {
-                listener.kernel_counts.opened += new.opened;
-                listener.kernel_counts.closed += new.closed;
+                let counts = &mut listener.kernel_counts;
+                counts.opened = counts.opened.wrapping_add(new.opened);
+                counts.closed = counts.closed.wrapping_add(new.closed);
+                counts.conn_ns = counts.conn_ns.wrapping_add(new.conn_ns);
             }
         }
+        baseline.at = now;
         self.kernel_totals = Some(baseline);
+    }
+}
+
+impl super::listeners::Listener {
+    /// The interval's counts by the kernel and the daemon's own, up to `now`, and a fresh
+    /// interval. Connection time that comes out negative (readings of the per-CPU totals taken
+    /// while a connection opened on one CPU and closed on another) counts as none.
+    pub(super) fn take_kernel_counts(&mut self, now: Nanos) -> KernelCounts {
+        let mut counts = std::mem::take(&mut self.kernel_counts);
+        counts.conn_ns = counts
+            .conn_ns
+            .wrapping_add(self.daemon_counts.conn_ns_until(now));
+        if counts.conn_ns > i64::MAX as u64 {
+            counts.conn_ns = 0;
+        }
+        counts
     }
 }

@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rustc_hash::FxHashSet;
 
-use super::kernel_totals::KernelCounts;
+use super::kernel_totals::{DaemonCounts, KernelCounts};
 use super::report::ClosedConnection;
 use super::{Applied, Observer, Owner};
 use crate::event::{Netns, SockId};
-use crate::model::Tracker;
+use crate::model::{Nanos, Tracker};
 use crate::tracker_id::{Role, TrackerId};
 
 /// What the observer holds for one tracker (a listener or a `--connect` destination).
@@ -44,6 +44,8 @@ pub(super) struct Listener {
     /// The kernel's count of connections opened and closed since the last report (see
     /// [`Observer::apply_kernel_totals`]).
     pub(super) kernel_counts: KernelCounts,
+    /// Opens and closes the kernel could not count, which the daemon adds to its counts.
+    pub(super) daemon_counts: DaemonCounts,
 }
 
 impl Listener {
@@ -65,7 +67,14 @@ impl Listener {
             accepted: 0,
             server_closed: 0,
             kernel_counts: KernelCounts::default(),
+            daemon_counts: DaemonCounts::default(),
         }
+    }
+
+    /// A close of one of its connections that the kernel could not count, found at `at`.
+    pub(super) fn count_close_for_kernel(&mut self, at: Nanos) {
+        self.kernel_counts.closed += 1;
+        self.daemon_counts.closed(at);
     }
 
     pub(super) fn is_listening(&self) -> bool {

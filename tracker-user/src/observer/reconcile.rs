@@ -86,6 +86,10 @@ impl Observer {
         }
         listener.tracker.conn_state(remote, now, ConnState::New);
         listener.unknown_open += 1;
+        if adoption == Adoption::BeforeStart {
+            // The kernel never counted its open: its time counts from now, as in the model.
+            listener.daemon_counts.opened_before_start(now);
+        }
         self.adopted.insert((id, remote), adoption);
         Some(id.addr)
     }
@@ -111,11 +115,12 @@ impl Observer {
             .collect()
     }
 
-    /// Counts a close the kernel program never ran for (see [`Observer::sockets_of`]): the
-    /// connection left the kernel's table while still in its table of tracked connections.
-    pub fn count_unseen_close(&mut self, listener: SocketAddr) {
+    /// Counts a close the kernel program never ran for (see [`Observer::sockets_of`]), found
+    /// at `now`: the connection left the kernel's table while still in its table of tracked
+    /// connections.
+    pub fn count_unseen_close(&mut self, listener: SocketAddr, now: Nanos) {
         if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, listener)) {
-            listener.kernel_counts.closed += 1;
+            listener.count_close_for_kernel(now);
         }
     }
 
@@ -134,7 +139,7 @@ impl Observer {
             // The kernel closed it before it was asked to follow it, so it did not count the
             // close, unless it had been tracking it since its open.
             if adoption == Adoption::BeforeStart {
-                listener.kernel_counts.closed += 1;
+                listener.count_close_for_kernel(now);
             }
         }
     }

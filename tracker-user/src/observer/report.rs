@@ -124,10 +124,11 @@ impl Observer {
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
                 state.accept_queue_peak = state.accept_queue;
                 let mut snapshot = state.tracker.snapshot(now, true);
-                let kernel_counts = std::mem::take(&mut state.kernel_counts);
+                let kernel_counts = state.take_kernel_counts(now);
                 if self.kernel_totals.is_some() && id.role == Role::Listen {
                     snapshot.opened = kernel_counts.opened;
                     snapshot.closed = kernel_counts.closed;
+                    snapshot.conn_for_ns = kernel_counts.conn_ns;
                 }
                 ListenerReport {
                     id,

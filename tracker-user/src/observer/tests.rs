@@ -586,7 +586,11 @@ fn endpoint(netns: u32, local: &str) -> tracker_common::Endpoint {
 }
 
 fn kernel_totals(opened: u64, closed: u64) -> tracker_common::EndpointTotals {
-    tracker_common::EndpointTotals { opened, closed }
+    tracker_common::EndpointTotals {
+        opened,
+        closed,
+        ..tracker_common::EndpointTotals::default()
+    }
 }
 
 /// Once the kernel's totals are applied, `opened` and `closed` are the kernel's, per interval
@@ -599,20 +603,26 @@ fn kernel_totals_replace_the_counts_events_gave() {
     observer.add_scanned_listener(addr("127.0.0.1:81"), &[]);
     // One open seen, where the kernel counted five on two addresses of port 80.
     let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
-    observer.apply_kernel_totals(&[
-        (endpoint(0, "127.0.0.1:80"), kernel_totals(3, 1)),
-        (endpoint(0, "10.0.0.1:80"), kernel_totals(2, 0)),
-        (endpoint(0, "127.0.0.2:81"), kernel_totals(9, 9)),
-        (endpoint(0, "127.0.0.1:82"), kernel_totals(4, 4)),
-    ]);
+    observer.apply_kernel_totals(
+        &[
+            (endpoint(0, "127.0.0.1:80"), kernel_totals(3, 1)),
+            (endpoint(0, "10.0.0.1:80"), kernel_totals(2, 0)),
+            (endpoint(0, "127.0.0.2:81"), kernel_totals(9, 9)),
+            (endpoint(0, "127.0.0.1:82"), kernel_totals(4, 4)),
+        ],
+        2 * SECOND,
+    );
     let first = report_of(&mut observer, 2 * SECOND, "0.0.0.0:80");
     assert_eq!((first.snapshot.opened, first.snapshot.closed), (5, 1));
     assert_eq!(first.snapshot.curr, 1, "curr stays the model's");
     // The next interval takes only what is new since.
-    observer.apply_kernel_totals(&[
-        (endpoint(0, "127.0.0.1:80"), kernel_totals(4, 4)),
-        (endpoint(0, "10.0.0.1:80"), kernel_totals(2, 0)),
-    ]);
+    observer.apply_kernel_totals(
+        &[
+            (endpoint(0, "127.0.0.1:80"), kernel_totals(4, 4)),
+            (endpoint(0, "10.0.0.1:80"), kernel_totals(2, 0)),
+        ],
+        3 * SECOND,
+    );
     let reports = observer.report(3 * SECOND);
     let second = &reports[0];
     assert_eq!(second.id, TrackerId::listen(0, addr("0.0.0.0:80")));
@@ -633,7 +643,7 @@ fn kernel_totals_replace_the_counts_events_gave() {
 fn the_daemon_counts_only_the_closes_the_kernel_could_not() {
     let mut observer = Observer::new(None);
     observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
-    observer.apply_kernel_totals(&[]);
+    observer.apply_kernel_totals(&[], 0);
     let local = addr("127.0.0.1:80");
     observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
     let lost_open = Discrepancies {
@@ -655,13 +665,85 @@ fn the_daemon_counts_only_the_closes_the_kernel_could_not() {
 fn connections_seen_open_are_found_by_socket_for_a_close_the_kernel_skipped() {
     let mut observer = Observer::new(None);
     let _ = observer.apply(&up(100, "127.0.0.1:80"));
-    observer.apply_kernel_totals(&[]);
+    observer.apply_kernel_totals(&[], 0);
     let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
     let _ = observer.apply(&open(2, "127.0.0.1:80", "127.0.0.1:6000", SECOND));
     let local = addr("127.0.0.1:80");
     let gone = BTreeSet::from([(local, addr("127.0.0.1:5000"))]);
     assert_eq!(observer.sockets_of(&gone), vec![(local, 1, SECOND)]);
-    observer.count_unseen_close(local);
+    observer.count_unseen_close(local, 2 * SECOND);
     let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
     assert_eq!((report.snapshot.opened, report.snapshot.closed), (0, 1));
+}
+
+/// Connection time comes from the kernel's stamp sums: connections whose events never came
+/// count from their open to their close, a connection that predates the daemon counts from
+/// its adoption, and a close only the daemon found ends its connection's time there.
+#[test]
+fn connection_time_is_the_kernels_with_the_daemons_own_opens_and_closes() {
+    let ms = SECOND / 1000;
+    let mut observer = Observer::new(None);
+    observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+    observer.apply_kernel_totals(&[], 0);
+    let local = addr("127.0.0.1:80");
+    let at = |opens: &[u64], closes: &[u64]| tracker_common::EndpointTotals {
+        opened: opens.len() as u64,
+        closed: closes.len() as u64,
+        opened_at_sum: opens.iter().sum(),
+        closed_at_sum: closes.iter().sum(),
+    };
+    // A predates the daemon (adopted at 1 s, closed at 3.5 s); B opened at 1.5 s and C lived
+    // from 2 s to 3 s, and the daemon saw none of their events.
+    observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
+    let (b_open, c_open, c_close, a_close) = (1500 * ms, 2000 * ms, 3000 * ms, 3500 * ms);
+    let totals = at(&[b_open, c_open], &[c_close, a_close]);
+    observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 4 * SECOND);
+    let first = report_of(&mut observer, 4 * SECOND, "0.0.0.0:80");
+    assert_eq!((first.snapshot.opened, first.snapshot.closed), (2, 2));
+    assert_eq!(
+        first.snapshot.conn_for_ns,
+        2500 * ms + 2500 * ms + 1000 * ms
+    );
+    // B closes at 5 s.
+    let totals = at(&[b_open, c_open], &[c_close, a_close, 5 * SECOND]);
+    observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 6 * SECOND);
+    let second = report_of(&mut observer, 6 * SECOND, "0.0.0.0:80");
+    assert_eq!(
+        second.snapshot.conn_for_ns, SECOND,
+        "A adds nothing once closed"
+    );
+    // D opens at 6.5 s; the kernel skips its close, which the daemon counts at 7 s.
+    let totals = at(
+        &[b_open, c_open, 6500 * ms],
+        &[c_close, a_close, 5 * SECOND],
+    );
+    observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 8 * SECOND);
+    observer.count_unseen_close(addr("0.0.0.0:80"), 7 * SECOND);
+    let third = report_of(&mut observer, 8 * SECOND, "0.0.0.0:80");
+    assert_eq!((third.snapshot.opened, third.snapshot.closed), (1, 1));
+    assert_eq!(third.snapshot.conn_for_ns, 500 * ms);
+    let fourth = report_of(&mut observer, 9 * SECOND, "0.0.0.0:80");
+    assert_eq!(fourth.snapshot.conn_for_ns, 0);
+}
+
+/// A connection that opened between the attach and the start-up scan is adopted by the scan
+/// and then seen open: the kernel counted its open, so its time is counted once, from there.
+#[test]
+fn a_connection_adopted_and_then_seen_open_counts_its_time_once() {
+    let ms = SECOND / 1000;
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(100, "127.0.0.1:80"));
+    observer.apply_kernel_totals(&[], 0);
+    let local = addr("127.0.0.1:80");
+    observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
+    let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", 900 * ms));
+    let totals = tracker_common::EndpointTotals {
+        opened: 1,
+        opened_at_sum: 900 * ms,
+        ..tracker_common::EndpointTotals::default()
+    };
+    observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 2 * SECOND);
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.snapshot.curr, 1);
+    assert_eq!(report.snapshot.conn_for_ns, 1100 * ms);
 }

@@ -1,16 +1,17 @@
 //! A daemon under pressure from outside: a reader that stops reading its reports, a daemon
-//! stopped while connections churn.
+//! stopped while connections churn or open.
 
 use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::assert_conn_for_matches;
 use crate::prometheus::http_get;
-use crate::support::{Daemon, Nginx, free_port, patience, slowdown, sum};
+use crate::support::{Conn, Daemon, Nginx, connect_many, free_port, patience, slowdown, sum};
 
 /// nginx's own count of the connections it accepted (stub_status's "accepts"), itself
 /// included: the status request is accepted before it is answered.
@@ -320,4 +321,33 @@ fn a_stalled_log_reader_costs_log_lines_not_scrapes_or_counts() {
         logged > 4096,
         "only {logged} bytes logged: the stall tested nothing"
     );
+}
+
+/// Connections opened while the daemon is stopped and its ring overflows are never seen open
+/// by it; their connection time still runs from their open, as the kernel stamped it.
+#[test]
+fn connection_time_runs_from_the_open_for_connections_whose_events_were_lost() {
+    const CONNECTIONS: usize = 200;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port().to_string();
+    // A 4 KiB ring holds about 40 events: most of the opens are lost.
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--ring-bytes", "4096", "--port", &port]);
+    daemon.pause();
+    let conns = connect_many(&listener, addr, CONNECTIONS);
+    // The connections must live a while unseen for the test to tell their time from the time
+    // since the daemon found them.
+    thread::sleep(Duration::from_secs(2));
+    daemon.resume();
+    let name = addr.to_string();
+    let mut reports = daemon.reports_until(&name, |report| report["curr"] == CONNECTIONS);
+    let lifetimes: Duration = conns.into_iter().map(Conn::close).sum();
+    reports.extend(daemon.reports_until(&name, |report| report["curr"] == 0));
+    assert!(
+        sum(&reports, "lost_events") > 0.0,
+        "no event lost: the stop tested nothing"
+    );
+    assert_eq!(sum(&reports, "opened"), CONNECTIONS as f64);
+    assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64);
+    assert_conn_for_matches(&reports, lifetimes);
 }
