@@ -4,6 +4,7 @@
 //! signal.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -228,10 +229,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    logger
         .format_target(false)
-        .target(env_logger::Target::Pipe(Box::new(log_pipe)))
-        .init();
+        .target(env_logger::Target::Pipe(Box::new(log_pipe)));
+    // A pipe target is never coloured by default; the pipe ends on stderr, so colour follows
+    // stderr, unless RUST_LOG_STYLE says otherwise.
+    if std::env::var_os("RUST_LOG_STYLE").is_none() && std::io::stderr().is_terminal() {
+        logger.write_style(env_logger::WriteStyle::Always);
+    }
+    logger.init();
 
     match privileges::effective().map(privileges::missing) {
         Ok(missing) if missing.is_empty() => {}
