@@ -205,7 +205,23 @@ fn thousands_of_short_connections_are_counted_exactly() {
     reports.push(daemon.next_report(&addr.to_string()));
     assert_eq!(sum(&reports, "opened"), CONNECTIONS as f64);
     assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64);
-    assert_no_errors_or_loss(&reports);
+    // The ring holds this burst: nothing may be lost to it. A program run the kernel skips
+    // (the state change program fired by a softirq on a CPU where it was already running in
+    // a task; rare on hardware, seen under emulation) is counted as lost too, and the counts
+    // above must be exact regardless.
+    let log = daemon.log_until_now();
+    let skipped_runs_logged = log.contains("program runs skipped by the kernel");
+    for report in &reports {
+        assert_eq!(report["errs"], 0, "unexpected errors: {report}");
+        assert!(
+            report["lost_events"] == 0 || skipped_runs_logged,
+            "events lost: {report}\nthe daemon's log:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("ring buffer full"),
+        "the ring overflowed:\n{log}"
+    );
 }
 
 #[test]
