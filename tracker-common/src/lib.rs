@@ -114,6 +114,9 @@ pub struct ConnTrack {
     /// ring full): the kernel still counts its close in [`ENDPOINT_TOTALS_MAP`], and reports it
     /// only if the daemon has adopted the connection since (through [`PREEXISTING_MAP`]).
     pub unreported: u32,
+    /// Its local endpoint, as counted at its open: the close counts there without reading the
+    /// socket again.
+    pub endpoint: Endpoint,
 }
 
 /// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),

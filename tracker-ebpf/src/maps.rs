@@ -115,6 +115,20 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
     }
 }
 
+/// The kernel-side state of a connection the daemon was told of, by socket address.
+/// Connections in [`TRACKED`] unreported (their open found the ring full) are left out: the
+/// daemon would drop whatever is sent about them, and the ring they would take space in is the
+/// one that was full.
+#[inline(always)]
+pub fn reported_connection(skaddr: &u64) -> Option<*mut ConnTrack> {
+    let track = TRACKED.get_ptr_mut(skaddr)?;
+    // SAFETY: one field of a live map value.
+    if unsafe { (*track).unreported } != 0 {
+        return None;
+    }
+    Some(track)
+}
+
 /// Whether events for `local_port` should be emitted under the current configuration.
 #[inline(always)]
 pub fn port_wanted(local_port: u16) -> bool {

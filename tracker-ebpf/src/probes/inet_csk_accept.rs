@@ -2,8 +2,8 @@
 //!
 //! Why this hook: `accept()`, `accept4()` and io_uring's accept all end in
 //! `inet_csk_accept`, which returns the accepted socket: the moment the server (not the
-//! kernel) starts on a connection. No tracepoint marks it. Only sockets in `TRACKED`
-//! (established server-side connections the daemon follows) produce an event, so the ring
+//! kernel) starts on a connection. No tracepoint marks it. Only connections the
+//! daemon was told of (`maps::reported_connection`) produce an event, so the ring
 //! carries one short note per accepted connection.
 //!
 //! fexit where BPF trampolines work. Without them a kprobe on `security_sock_graft` (see
@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use tracker_common::EventKind;
 
-use crate::maps::{TRACKED, emit_for_socket};
+use crate::maps::{emit_for_socket, reported_connection};
 use crate::record::btf_arg_value;
 
 /// 6.10+: `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
@@ -49,8 +49,7 @@ pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
 /// `skaddr` was accepted (0: the accept failed).
 #[inline(always)]
 pub(crate) fn accepted(skaddr: u64) {
-    // SAFETY: presence test only.
-    if skaddr == 0 || unsafe { TRACKED.get(&skaddr) }.is_none() {
+    if skaddr == 0 || reported_connection(&skaddr).is_none() {
         return;
     }
     // SAFETY: a plain helper call.

@@ -112,22 +112,28 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
                 }
                 return;
             };
-            // SAFETY: a live map value; copied out before the entry is removed.
-            let track = unsafe { *track };
-            closing_turn = track.in_turn != 0;
-            last_send_ns = track.last_send_ns;
+            // SAFETY: a live map value; the fields needed are copied out before the entry is
+            // removed (not the whole value: its frame walks are most of it).
+            let (in_turn, sent, outbound, unreported, local) = unsafe {
+                let track = &*track;
+                (
+                    track.in_turn,
+                    track.last_send_ns,
+                    track.outbound,
+                    track.unreported,
+                    track.endpoint,
+                )
+            };
+            closing_turn = in_turn != 0;
+            last_send_ns = sent;
             // SAFETY: a plain helper call.
             closed_at = unsafe { bpf_ktime_get_ns() };
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close.
-            if TRACKED.remove(&skaddr).is_ok() && track.outbound == 0 {
-                count_total(
-                    &endpoint(&change.endpoints(), skaddr, config),
-                    Total::Closed,
-                    closed_at,
-                );
+            if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
+                count_total(&local, Total::Closed, closed_at);
             }
-            if track.unreported != 0 {
+            if unreported != 0 {
                 // The daemon knows this connection only if it adopted it since, by endpoints.
                 if config.preexisting != 0 {
                     close_followed(change, skaddr, Counted::Yes);
@@ -169,12 +175,17 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     }
 
+    // Each socket field is read once: this runs for every connection twice.
+    let endpoints = change.endpoints();
+    let netns = netns_of(skaddr, config);
+    let local = endpoint(&endpoints, netns);
     // A connection goes into TRACKED first of all: the programs on its other hooks (an
     // accept on another CPU may already have it) only see it once it is there.
     let opening = matches!(kind, EventKind::ConnOpen | EventKind::OutboundOpen);
     let mut track = ConnTrack {
         opened_ns: now,
         outbound: u32::from(kind == EventKind::OutboundOpen),
+        endpoint: local,
         ..ConnTrack::default()
     };
     // The reservation is tested at once: the verifier (6.1) must see it released on every
@@ -190,11 +201,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             {
                 count_lost(TRACK_FULL_SLOT);
             }
-            count_total(
-                &endpoint(&change.endpoints(), skaddr, config),
-                Total::Opened,
-                now,
-            );
+            count_total(&local, Total::Opened, now);
         }
         return;
     };
@@ -202,9 +209,8 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         || TRACKED
             .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
             .is_ok();
-    let endpoints = change.endpoints();
     if kind == EventKind::ConnOpen {
-        count_total(&endpoint(&endpoints, skaddr, config), Total::Opened, now);
+        count_total(&local, Total::Opened, now);
     }
     if !tracked {
         // The table is full, or, allocated on demand, could not take one more entry in a burst
@@ -223,15 +229,15 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         }
     }
 
-    entry.write(connection_event(kind, skaddr, now, &endpoints, 0, config));
+    entry.write(connection_event(kind, skaddr, now, &endpoints, netns));
     submit(entry);
 }
 
-/// The local endpoint of the connection `endpoints` on socket `skaddr`.
+/// The local endpoint of the connection `endpoints` in namespace `netns`.
 #[inline(always)]
-fn endpoint(endpoints: &ConnKey, skaddr: u64, config: &Config) -> Endpoint {
+fn endpoint(endpoints: &ConnKey, netns: u32) -> Endpoint {
     Endpoint {
-        netns: netns_of(skaddr, config),
+        netns,
         family: endpoints.family,
         port: endpoints.local_port,
         addr: endpoints.local_addr,
@@ -287,8 +293,9 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
     };
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    let netns = netns_of(skaddr, config);
     if direction != FOLLOWED_OUTBOUND && counted == Counted::No {
-        count_total(&endpoint(&endpoints, skaddr, config), Total::Closed, now);
+        count_total(&endpoint(&endpoints, netns), Total::Closed, now);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
@@ -299,8 +306,7 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
         skaddr,
         now,
         &endpoints,
-        0,
-        config,
+        netns,
     ));
     submit(entry);
 }
@@ -319,17 +325,16 @@ fn is_connect_target<C: StateChange>(change: &C) -> bool {
     unsafe { CONNECT_TARGETS.get(&target) }.is_some()
 }
 
-/// The event for a socket with these endpoints. Listener events are stamped with the current
-/// task (listen() runs in the caller's context); the others run wherever the packet was
-/// processed, so they carry no task.
+/// The event for a socket with these endpoints in namespace `netns`. Listener events are
+/// stamped with the current task (listen() runs in the caller's context); the others run
+/// wherever the packet was processed, so they carry no task.
 #[inline(always)]
 fn connection_event(
     kind: EventKind,
     skaddr: u64,
     now: u64,
     endpoints: &ConnKey,
-    aux: u64,
-    config: &Config,
+    netns: u32,
 ) -> SockEvent {
     let in_task = matches!(kind, EventKind::ListenerUp | EventKind::ListenerDown);
     SockEvent {
@@ -352,9 +357,9 @@ fn connection_event(
         } else {
             [0; 16]
         },
-        aux,
+        aux: 0,
         detail: 0,
-        netns: netns_of(skaddr, config),
+        netns,
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Why this hook: it fires in `sock_recvmsg` once the bytes have been copied to the reader,
 //! with the socket address and the byte count, for every read path (read, recv, recvmsg,
-//! readv, io_uring). Only sockets in `TRACKED` go further, and only the first payload of a
-//! turn produces an event, so the ring carries one event per request/response turn.
+//! readv, io_uring). Only connections the daemon was told of (`maps::reported_connection`) go
+//! further, and only the first payload of a turn produces an event, so the ring carries one
+//! event per request/response turn.
 //!
 //! Attached as a raw tracepoint (`TP_PROTO(struct sock *sk, int ret, int flags)`), or as the
 //! classic one whose format on kernel 6.18 (`events/sock/sock_recv_length/format`;
@@ -25,7 +26,7 @@ use aya_ebpf::{
 };
 use tracker_common::{DIRECTION_IN, EventKind, MSG_PEEK, proto::Protocol, walk::SyscallBuffer};
 
-use crate::maps::{TRACKED, emit_for_socket};
+use crate::maps::{emit_for_socket, reported_connection};
 use crate::payload::{detect_protocol, syscall_buffer, walk_frames};
 use crate::record::SockLength;
 
@@ -45,7 +46,7 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
     let skaddr = call.skaddr;
-    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+    let Some(track) = reported_connection(&skaddr) else {
         return;
     };
     if call.bytes <= 0 || call.flags & MSG_PEEK != 0 {

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use tracker_common::{DIRECTION_OUT, proto::Protocol};
 
-use crate::maps::TRACKED;
+use crate::maps::reported_connection;
 use crate::payload::{syscall_buffer, walk_frames};
 use crate::record::SockLength;
 
@@ -35,7 +35,7 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
     let skaddr = call.skaddr;
-    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+    let Some(track) = reported_connection(&skaddr) else {
         return;
     };
     if call.bytes <= 0 {

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use tracker_common::EventKind;
 
-use crate::maps::{TRACKED, emit_for_socket};
+use crate::maps::{emit_for_socket, reported_connection};
 use crate::record::btf_arg_value;
 
 #[fentry(function = "tcp_close")]
@@ -34,8 +34,7 @@ pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn closing(skaddr: u64) {
-    // SAFETY: presence test only.
-    if skaddr == 0 || unsafe { TRACKED.get(&skaddr) }.is_none() {
+    if skaddr == 0 || reported_connection(&skaddr).is_none() {
         return;
     }
     // SAFETY: a plain helper call.
