@@ -117,6 +117,8 @@ pub struct ConnTrack {
     /// Its local endpoint, as counted at its open: the close counts there without reading the
     /// socket again.
     pub endpoint: Endpoint,
+    /// When the server closed it (0: not yet, or it closed by a reset, with no closing phase).
+    pub server_closed_ns: u64,
 }
 
 /// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),
@@ -245,13 +247,13 @@ pub const PREEXISTING_MAP: &str = "PREEXISTING";
 pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
 
 /// Name of the per-CPU map of [`EndpointTotals`] by [`Endpoint`]: the kernel's own count of
-/// the server-side connections opened and closed at each local endpoint. Counted before any
-/// event is sent, these totals survive a full ring or a stalled daemon; the daemon adds them
-/// up per listener.
+/// the server-side connections opened and closed at each local endpoint, and of the closing
+/// phases that the server's closes start. Counted before any event is sent, these totals
+/// survive a full ring or a stalled daemon; the daemon adds them up per listener.
 pub const ENDPOINT_TOTALS_MAP: &str = "ENDPOINT_TOTALS";
 /// Capacity of [`ENDPOINT_TOTALS_MAP`]: local addresses times listening ports, with room for
-/// hosts that give every container its own address. Preallocated for every CPU: 4,096 entries
-/// of 32 bytes take 128 KiB per CPU.
+/// hosts that give every container its own address. Allocated as endpoints appear, 64 bytes
+/// per CPU each.
 pub const ENDPOINT_TOTALS_MAX_ENTRIES: u32 = 4096;
 
 /// The local side of server-side connections: their network namespace (inode number, 0 when
@@ -266,55 +268,112 @@ pub struct Endpoint {
     pub addr: [u8; 16],
 }
 
-/// Connections of one [`Endpoint`] since the programs were loaded, on one CPU.
-///
-/// Besides the counts, the kernel adds up the `bpf_ktime_get_ns()` stamps of the opens and
-/// closes it counts: with the number open, those two sums give the connection-nanoseconds up
-/// to any instant (see [`EndpointTotals::conn_ns_at`]) without a record per connection. The
-/// sums wrap; only their differences mean anything.
+/// Periods of one kind that started and ended, with the sums of their `bpf_ktime_get_ns()`
+/// stamps. With the number still running, the sums give the nanoseconds the periods lasted up
+/// to any instant (see [`Spans::ns_at`]) without a record per period. The sums wrap; only
+/// their differences mean anything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
-pub struct EndpointTotals {
-    /// Handshakes completed (`SYN_RECV → ESTABLISHED`).
-    pub opened: u64,
-    /// Tracked or followed connections that reached CLOSE.
-    pub closed: u64,
-    /// Sum of the stamps of the opens counted in `opened`, wrapping.
-    pub opened_at_sum: u64,
-    /// Sum of the stamps of the closes counted in `closed`, wrapping.
-    pub closed_at_sum: u64,
+pub struct Spans {
+    pub started: u64,
+    pub ended: u64,
+    /// Sum of the stamps of the starts counted in `started`, wrapping.
+    pub started_at_sum: u64,
+    /// Sum of the stamps of the ends counted in `ended`, wrapping.
+    pub ended_at_sum: u64,
 }
 
-impl EndpointTotals {
-    /// Field by field wrapping sum: the totals of two CPUs, or two endpoints.
+impl Spans {
+    /// One period started at `at`.
+    pub const fn start(at: u64) -> Self {
+        Self {
+            started: 1,
+            ended: 0,
+            started_at_sum: at,
+            ended_at_sum: 0,
+        }
+    }
+
+    /// One period ended at `at`.
+    pub const fn end(at: u64) -> Self {
+        Self {
+            started: 0,
+            ended: 1,
+            started_at_sum: 0,
+            ended_at_sum: at,
+        }
+    }
+
+    /// Counts one more period started at `at`, in place.
+    #[inline(always)]
+    pub fn count_start(&mut self, at: u64) {
+        self.started = self.started.wrapping_add(1);
+        self.started_at_sum = self.started_at_sum.wrapping_add(at);
+    }
+
+    /// Counts one more period ended at `at`, in place.
+    #[inline(always)]
+    pub fn count_end(&mut self, at: u64) {
+        self.ended = self.ended.wrapping_add(1);
+        self.ended_at_sum = self.ended_at_sum.wrapping_add(at);
+    }
+
+    /// Field by field wrapping sum: the counts of two CPUs, or two endpoints.
     pub fn plus(&self, other: &Self) -> Self {
         Self {
-            opened: self.opened.wrapping_add(other.opened),
-            closed: self.closed.wrapping_add(other.closed),
-            opened_at_sum: self.opened_at_sum.wrapping_add(other.opened_at_sum),
-            closed_at_sum: self.closed_at_sum.wrapping_add(other.closed_at_sum),
+            started: self.started.wrapping_add(other.started),
+            ended: self.ended.wrapping_add(other.ended),
+            started_at_sum: self.started_at_sum.wrapping_add(other.started_at_sum),
+            ended_at_sum: self.ended_at_sum.wrapping_add(other.ended_at_sum),
         }
     }
 
     /// What was counted since `earlier`, field by field (wrapping).
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
-            opened: self.opened.wrapping_sub(earlier.opened),
-            closed: self.closed.wrapping_sub(earlier.closed),
-            opened_at_sum: self.opened_at_sum.wrapping_sub(earlier.opened_at_sum),
-            closed_at_sum: self.closed_at_sum.wrapping_sub(earlier.closed_at_sum),
+            started: self.started.wrapping_sub(earlier.started),
+            ended: self.ended.wrapping_sub(earlier.ended),
+            started_at_sum: self.started_at_sum.wrapping_sub(earlier.started_at_sum),
+            ended_at_sum: self.ended_at_sum.wrapping_sub(earlier.ended_at_sum),
         }
     }
 
-    /// Connection-nanoseconds of the connections counted here, from each one's open to its
-    /// close or to `now`: every closed connection gives `close − open`, every open one
-    /// `now − open`, so the total is `closes − opens + now × open`. Exact in wrapping
-    /// arithmetic as long as the true total fits in 64 bits (585 connection-years).
-    pub fn conn_ns_at(&self, now: u64) -> u64 {
-        let open = self.opened.wrapping_sub(self.closed);
-        self.closed_at_sum
-            .wrapping_sub(self.opened_at_sum)
-            .wrapping_add(now.wrapping_mul(open))
+    /// Periods started and not ended (wrapping: negative when ends were counted whose
+    /// starts were not).
+    pub fn running(&self) -> u64 {
+        self.started.wrapping_sub(self.ended)
+    }
+
+    /// Nanoseconds the periods lasted, each from its start to its end or to `now`: every
+    /// ended period gives `end − start`, every running one `now − start`, so the total is
+    /// `ends − starts + now × running`. Exact in wrapping arithmetic as long as the true
+    /// total fits in 64 bits (585 years).
+    pub fn ns_at(&self, now: u64) -> u64 {
+        self.ended_at_sum
+            .wrapping_sub(self.started_at_sum)
+            .wrapping_add(now.wrapping_mul(self.running()))
+    }
+}
+
+/// Server-side connections of one [`Endpoint`] since the programs were loaded, on one CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EndpointTotals {
+    /// From the handshake's end (`SYN_RECV → ESTABLISHED`) to CLOSE, for tracked or followed
+    /// connections.
+    pub connections: Spans,
+    /// From the server's close (`ESTABLISHED → FIN_WAIT1`, `CLOSE_WAIT → LAST_ACK`) to CLOSE,
+    /// for tracked connections: the part of their life that only the kernel still holds.
+    pub closing: Spans,
+}
+
+impl EndpointTotals {
+    /// Field by field wrapping sum.
+    pub fn plus(&self, other: &Self) -> Self {
+        Self {
+            connections: self.connections.plus(&other.connections),
+            closing: self.closing.plus(&other.closing),
+        }
     }
 }
 
@@ -329,7 +388,10 @@ pub mod tcp_state {
     pub const ESTABLISHED: i32 = 1;
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
     pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
     pub const LISTEN: i32 = 10;
 }
 
@@ -625,54 +687,46 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockNote>(), 32);
     }
 
-    /// Totals of connections opened at `opens` and closed at `closes` (stamps), summed the
-    /// way the kernel does on one CPU.
-    fn totals_of(opens: &[u64], closes: &[u64]) -> EndpointTotals {
-        let mut totals = EndpointTotals::default();
-        for &at in opens {
-            totals = totals.plus(&EndpointTotals {
-                opened: 1,
-                opened_at_sum: at,
-                ..EndpointTotals::default()
-            });
+    /// Periods started at `starts` and ended at `ends`, counted the way the kernel does.
+    fn spans_of(starts: &[u64], ends: &[u64]) -> Spans {
+        let mut spans = Spans::default();
+        for &at in starts {
+            spans = spans.plus(&Spans::start(at));
         }
-        for &at in closes {
-            totals = totals.plus(&EndpointTotals {
-                closed: 1,
-                closed_at_sum: at,
-                ..EndpointTotals::default()
-            });
+        for &at in ends {
+            spans = spans.plus(&Spans::end(at));
         }
-        totals
+        spans
     }
 
     #[test]
-    fn connection_time_follows_from_the_stamp_sums() {
-        // Open at 10 and 20; the first closes at 50. At 100: 40 + 80.
-        let totals = totals_of(&[10, 20], &[50]);
-        assert_eq!(totals.conn_ns_at(100), 120);
-        assert_eq!(totals.conn_ns_at(50), 40 + 30);
-        // Time added between two instants is what the open connection lived in between.
-        assert_eq!(totals.conn_ns_at(160) - totals.conn_ns_at(100), 60);
-        // The difference of two readings covers the connections counted in between.
-        let later = totals_of(&[10, 20, 120], &[50, 130]);
-        let since = later.since(&totals);
-        assert_eq!((since.opened, since.closed), (1, 1));
-        assert_eq!(later.conn_ns_at(200), 40 + 110 + 80);
+    fn time_follows_from_the_stamp_sums() {
+        // Started at 10 and 20; the first ended at 50. At 100: 40 + 80.
+        let spans = spans_of(&[10, 20], &[50]);
+        assert_eq!(spans.ns_at(100), 120);
+        assert_eq!(spans.ns_at(50), 40 + 30);
+        // Time added between two instants is what the running period lasted in between.
+        assert_eq!(spans.ns_at(160) - spans.ns_at(100), 60);
+        // The difference of two readings covers the periods counted in between.
+        let later = spans_of(&[10, 20, 120], &[50, 130]);
+        let since = later.since(&spans);
+        assert_eq!((since.started, since.ended), (1, 1));
+        assert_eq!(later.ns_at(200), 40 + 110 + 80);
     }
 
     #[test]
-    fn connection_time_is_exact_when_the_stamp_sums_wrap() {
+    fn time_is_exact_when_the_stamp_sums_wrap() {
         // Stamps near the end of the clock's range: the sums wrap, the difference does not.
         let base = u64::MAX - 1_000;
-        let totals = totals_of(&[base, base + 100, base + 200], &[base + 300]);
-        assert!(totals.opened_at_sum < base);
+        let spans = spans_of(&[base, base + 100, base + 200], &[base + 300]);
+        assert!(spans.started_at_sum < base);
         let now = base + 500;
-        assert_eq!(totals.conn_ns_at(now), 300 + 400 + 300);
-        // A close counted without its open (a connection that predates the counts) gives
-        // `close − now` until its open is added by whoever knows it.
-        let predating = totals_of(&[], &[base + 100]).plus(&totals_of(&[base], &[]));
-        assert_eq!(predating.conn_ns_at(now), 100);
+        assert_eq!(spans.ns_at(now), 300 + 400 + 300);
+        // An end counted without its start (a connection that predates the counts) gives
+        // `end − now` until its start is added by whoever knows it.
+        let predating = spans_of(&[], &[base + 100]).plus(&spans_of(&[base], &[]));
+        assert_eq!(predating.ns_at(now), 100);
+        assert_eq!(spans_of(&[], &[base]).running(), u64::MAX);
     }
 
     #[test]

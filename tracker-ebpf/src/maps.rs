@@ -45,12 +45,18 @@ pub static PREEXISTING: HashMap<ConnKey, u8> =
 /// The [`PREEXISTING`] value of an outbound connection, whose close is not a server-side one.
 pub const FOLLOWED_OUTBOUND: u8 = 1;
 
-/// The kernel's own count of server-side opens and closes per local endpoint (see
-/// `ENDPOINT_TOTALS_MAP`). Preallocated: counting must not depend on an allocation in softirq
-/// context, and the entries are few (local addresses times ports).
+/// The kernel's own count of server-side opens, closes and closing phases per local endpoint
+/// (see `ENDPOINT_TOTALS_MAP`). Allocated as endpoints appear: each entry is per CPU, so a
+/// preallocated table would cost its full size on every CPU of a large host. An allocation
+/// that fails counts as [`TOTALS_FULL_SLOT`].
 #[map]
 pub static ENDPOINT_TOTALS: PerCpuHashMap<Endpoint, EndpointTotals> =
-    PerCpuHashMap::with_max_entries(ENDPOINT_TOTALS_MAX_ENTRIES, 0);
+    PerCpuHashMap::with_max_entries(ENDPOINT_TOTALS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// One zeroed [`EndpointTotals`], never written: the value a new endpoint's entry starts from,
+/// passed to the insert from here rather than built on the programs' 512-byte stack.
+#[map]
+static ZERO_TOTALS: Array<EndpointTotals> = Array::with_max_entries(1, 0);
 
 /// Destinations of tracked outbound connections (see `CONNECT_TARGETS_MAP`). Value unused.
 #[map]
@@ -80,38 +86,43 @@ pub fn count_lost(slot: u32) {
 #[derive(Clone, Copy)]
 pub enum Total {
     Opened,
-    Closed,
+    /// A connection reached CLOSE; `true` if the server had closed it before (its closing
+    /// phase ends too).
+    Closed(bool),
+    /// The server closed a connection that is not yet CLOSE.
+    ClosingStarted,
 }
 
-/// Adds one to `total` of `endpoint` on this CPU, and its stamp `at` to the sum of its kind,
-/// before any event is sent: the totals are exact whatever becomes of the ring.
+/// Counts `total` of `endpoint` on this CPU, stamped `at`, before any event is sent: the totals
+/// are exact whatever becomes of the ring.
 #[inline(always)]
 pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
     let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
-    if totals.is_none() {
+    if totals.is_none()
+        && let Some(zero) = ZERO_TOTALS.get(0)
+    {
         // BPF_NOEXIST: another program on this CPU may have added it meanwhile; either way
         // the entry exists afterwards unless the map is full.
-        let _ =
-            ENDPOINT_TOTALS.insert(endpoint, &EndpointTotals::default(), u64::from(BPF_NOEXIST));
+        let _ = ENDPOINT_TOTALS.insert(endpoint, zero, u64::from(BPF_NOEXIST));
         totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
     }
     let Some(totals) = totals else {
         count_lost(TOTALS_FULL_SLOT);
         return;
     };
-    // SAFETY: this CPU's value in a live map entry. A plain add is exact: only the state
+    // SAFETY: this CPU's value in a live map entry. Plain adds are exact: only the state
     // change program counts, and the kernel never runs a program nested in itself on one CPU
     // (a softirq that fires it while it runs in a task is skipped and counted as a miss).
     let totals = unsafe { &mut *totals };
     match total {
-        Total::Opened => {
-            totals.opened += 1;
-            totals.opened_at_sum = totals.opened_at_sum.wrapping_add(at);
+        Total::Opened => totals.connections.count_start(at),
+        Total::Closed(was_closing) => {
+            totals.connections.count_end(at);
+            if was_closing {
+                totals.closing.count_end(at);
+            }
         }
-        Total::Closed => {
-            totals.closed += 1;
-            totals.closed_at_sum = totals.closed_at_sum.wrapping_add(at);
-        }
+        Total::ClosingStarted => totals.closing.count_start(at),
     }
 }
 
@@ -135,6 +146,28 @@ pub fn port_wanted(local_port: u16) -> bool {
     let filtering = CONFIG.get(0).is_some_and(|config| config.filter_ports != 0);
     // SAFETY: the value is a plain `u8` read through a map lookup; we only test presence.
     !filtering || unsafe { PORTS.get(&local_port) }.is_some()
+}
+
+/// A new connection's [`TRACKED`] value is put together here, per CPU, rather than on the
+/// state change program's stack: with the event it sends, it would take the stack past the
+/// 512 bytes older verifiers allow. Programs do not nest on one CPU, so the slot is free.
+#[map]
+static TRACK_SCRATCH: PerCpuArray<ConnTrack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Inserts `track` for `skaddr` if it is not there yet, copying it through [`TRACK_SCRATCH`].
+/// False if the table cannot take it (full, or allocated on demand and short in a burst).
+#[inline(always)]
+pub fn track_connection(skaddr: u64, track: impl FnOnce(&mut ConnTrack)) -> bool {
+    let Some(scratch) = TRACK_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot; the programs using it do not nest on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    *scratch = ConnTrack::default();
+    track(scratch);
+    TRACKED
+        .insert(&skaddr, scratch, u64::from(BPF_NOEXIST))
+        .is_ok()
 }
 
 /// Sends a short event about a socket the daemon knows by address. Counts a loss when the

@@ -13,6 +13,10 @@
 //!   connection is established. Client sockets go `SYN_SENT → ESTABLISHED` and are ignored,
 //!   unless their destination is a `--connect` target (`CONNECT_TARGETS`).
 //!   (`LISTEN → SYN_RECV`, the child being cloned from its listener, is ignored too.)
+//! * `ESTABLISHED → FIN_WAIT1` (the server closed first) and `CLOSE_WAIT → LAST_ACK` (it
+//!   closed after the client) for a socket in `TRACKED`: the server has closed the
+//!   connection, and the kernel finishes it from here. Counted in the endpoint's totals only,
+//!   no event. A close by reset goes to CLOSE at once, with no closing phase.
 //! * `* → CLOSE` for a socket in `TRACKED`: the connection is gone. Sockets in TIME_WAIT have
 //!   already passed through CLOSE, so a connection is counted closed once, when its full socket
 //!   is released from the state machine.
@@ -44,21 +48,20 @@
 //! ```
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    Config, ConnKey, ConnTrack, Endpoint, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent,
-    TRACK_FULL_SLOT, tcp_state,
+    Config, ConnKey, Endpoint, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
+    tcp_state,
 };
 
 use aya_log_ebpf::warn;
 
 use crate::maps::{
     CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, PREEXISTING, TRACKED, Total, count_lost,
-    count_total, emit_for_socket, port_wanted, submit,
+    count_total, emit_for_socket, port_wanted, submit, track_connection,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -99,6 +102,11 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
         (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
+        (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
+        | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => {
+            server_closed(skaddr);
+            return;
+        }
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
             if config.connect_targets == 0 || !is_connect_target(change) {
                 return;
@@ -114,7 +122,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             };
             // SAFETY: a live map value; the fields needed are copied out before the entry is
             // removed (not the whole value: its frame walks are most of it).
-            let (in_turn, sent, outbound, unreported, local) = unsafe {
+            let (in_turn, sent, outbound, unreported, local, was_closing) = unsafe {
                 let track = &*track;
                 (
                     track.in_turn,
@@ -122,6 +130,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
                     track.outbound,
                     track.unreported,
                     track.endpoint,
+                    track.server_closed_ns != 0,
                 )
             };
             closing_turn = in_turn != 0;
@@ -131,7 +140,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close.
             if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
-                count_total(&local, Total::Closed, closed_at);
+                count_total(&local, Total::Closed(was_closing), closed_at);
             }
             if unreported != 0 {
                 // The daemon knows this connection only if it adopted it since, by endpoints.
@@ -182,23 +191,19 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     // A connection goes into TRACKED first of all: the programs on its other hooks (an
     // accept on another CPU may already have it) only see it once it is there.
     let opening = matches!(kind, EventKind::ConnOpen | EventKind::OutboundOpen);
-    let mut track = ConnTrack {
-        opened_ns: now,
-        outbound: u32::from(kind == EventKind::OutboundOpen),
-        endpoint: local,
-        ..ConnTrack::default()
-    };
+    let outbound = u32::from(kind == EventKind::OutboundOpen);
     // The reservation is tested at once: the verifier (6.1) must see it released on every
     // path, and loses track of a reference whose test is repeated later.
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         if kind == EventKind::ConnOpen {
             // The daemon is never told of it; tracked unreported, its close is still counted.
-            track.unreported = 1;
-            if TRACKED
-                .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
-                .is_err()
-            {
+            let tracked = track_connection(skaddr, |track| {
+                track.opened_ns = now;
+                track.endpoint = local;
+                track.unreported = 1;
+            });
+            if !tracked {
                 count_lost(TRACK_FULL_SLOT);
             }
             count_total(&local, Total::Opened, now);
@@ -206,9 +211,11 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     };
     let tracked = !opening
-        || TRACKED
-            .insert(&skaddr, &track, u64::from(BPF_NOEXIST))
-            .is_ok();
+        || track_connection(skaddr, |track| {
+            track.opened_ns = now;
+            track.endpoint = local;
+            track.outbound = outbound;
+        });
     if kind == EventKind::ConnOpen {
         count_total(&local, Total::Opened, now);
     }
@@ -231,6 +238,25 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
 
     entry.write(connection_event(kind, skaddr, now, &endpoints, netns));
     submit(entry);
+}
+
+/// The server closed tracked connection `skaddr`: its closing phase starts, unless it is an
+/// outbound one (no server there) or already closing.
+#[inline(always)]
+fn server_closed(skaddr: u64) {
+    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+        return;
+    };
+    // SAFETY: a live map value of this connection; state changes of one socket are
+    // serialised by the kernel.
+    let track = unsafe { &mut *track };
+    if track.outbound != 0 || track.server_closed_ns != 0 {
+        return;
+    }
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    track.server_closed_ns = now;
+    count_total(&track.endpoint, Total::ClosingStarted, now);
 }
 
 /// The local endpoint of the connection `endpoints` in namespace `netns`.
@@ -295,7 +321,7 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
     let now = unsafe { bpf_ktime_get_ns() };
     let netns = netns_of(skaddr, config);
     if direction != FOLLOWED_OUTBOUND && counted == Counted::No {
-        count_total(&endpoint(&endpoints, netns), Total::Closed, now);
+        count_total(&endpoint(&endpoints, netns), Total::Closed(false), now);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);

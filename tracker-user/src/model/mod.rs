@@ -503,6 +503,11 @@ impl Snapshot {
 /// Rounds to whole tenths of a second, halves away from zero (Go's
 /// `Duration.Round(100 * time.Millisecond)`). Counting tenths rather than
 /// nanoseconds cannot overflow.
+/// Nanoseconds in seconds, rounded to 0.1 s like the text report.
+pub fn secs_to_tenths(ns: u64) -> f64 {
+    tenths_to_secs(round_to_tenths(ns))
+}
+
 fn round_to_tenths(ns: u64) -> u64 {
     let tenths = ns / TENTH_OF_SECOND_NS;
     if ns % TENTH_OF_SECOND_NS >= TENTH_OF_SECOND_NS / 2 {

@@ -1,14 +1,14 @@
-//! The kernel's own count of connections opened and closed at each local endpoint, and of
-//! their connection time, added up per listener: once the daemon passes them, reports take
-//! `opened`, `closed` and `connFor` from here.
+//! The kernel's own count of connections opened and closed at each local endpoint, of their
+//! connection time and of their closing phases, added up per listener: once the daemon passes
+//! them, reports take `opened`, `closed`, `connFor` and the closing figures from here.
 //!
 //! The kernel counts before it sends any event, so these totals stay exact when events are
 //! lost (a full ring, a stalled daemon); what only events carry (lifetimes for the histogram,
 //! busy time, sessions) may then be short, and `curr` is corrected against the kernel's table.
 //!
-//! Connection time comes from the stamp sums of [`EndpointTotals`]: an endpoint's
-//! connection-nanoseconds since load up to an instant follow from its totals, so an interval's
-//! share is the difference of two readings. The kernel misses two kinds of connection, and
+//! Connection time comes from the stamp sums of [`Spans`]: an endpoint's connection-nanoseconds
+//! since load up to an instant follow from its totals, so an interval's share is the
+//! difference of two readings; closing time likewise. The kernel misses two kinds of connection, and
 //! the daemon adds them to a listener's own [`DaemonCounts`]: the opens of connections that
 //! predate it (counted from their adoption, as the model does), and the closes it finds
 //! itself ([`Observer::close_adopted`], [`Observer::count_unseen_close`]).
@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use rustc_hash::FxHashMap;
-use tracker_common::{Endpoint, EndpointTotals, wire_addr};
+use tracker_common::{Endpoint, EndpointTotals, Spans, wire_addr};
 
 use super::Observer;
 use crate::model::Nanos;
@@ -29,13 +29,15 @@ pub(super) struct KernelCounts {
     /// Connection-nanoseconds of the interval, by the kernel's stamps (wrapping, as the
     /// readings it is the difference of).
     pub(super) conn_ns: u64,
+    /// Nanoseconds connections spent closing in the interval (wrapping likewise).
+    pub(super) closing_ns: u64,
 }
 
 /// Opens and closes of a listener's connections that only the daemon knows of, in the form
 /// the kernel counts them, and the connection time they gave as of the last report.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct DaemonCounts {
-    totals: EndpointTotals,
+    connections: Spans,
     reported_conn_ns: u64,
 }
 
@@ -43,38 +45,26 @@ impl DaemonCounts {
     /// A connection that predates the daemon, adopted at `at`: the kernel will count its
     /// close (or the daemon will, see [`DaemonCounts::closed`]), never its open.
     pub(super) fn opened_before_start(&mut self, at: Nanos) {
-        self.add(EndpointTotals {
-            opened: 1,
-            opened_at_sum: at,
-            ..EndpointTotals::default()
-        });
+        self.add(Spans::start(at));
     }
 
     /// Takes back [`DaemonCounts::opened_before_start`] at `at`: the kernel counted that open.
     pub(super) fn withdraw_open(&mut self, at: Nanos) {
-        self.add(EndpointTotals {
-            opened: u64::MAX,
-            opened_at_sum: at.wrapping_neg(),
-            ..EndpointTotals::default()
-        });
+        self.connections = self.connections.since(&Spans::start(at));
     }
 
     /// A close the kernel did not count, found at `at`.
     pub(super) fn closed(&mut self, at: Nanos) {
-        self.add(EndpointTotals {
-            closed: 1,
-            closed_at_sum: at,
-            ..EndpointTotals::default()
-        });
+        self.add(Spans::end(at));
     }
 
-    fn add(&mut self, counted: EndpointTotals) {
-        self.totals = self.totals.plus(&counted);
+    fn add(&mut self, counted: Spans) {
+        self.connections = self.connections.plus(&counted);
     }
 
     /// Connection time these gave since the last call, up to `now`.
     fn conn_ns_until(&mut self, now: Nanos) -> u64 {
-        let conn_ns = self.totals.conn_ns_at(now);
+        let conn_ns = self.connections.ns_at(now);
         conn_ns.wrapping_sub(std::mem::replace(&mut self.reported_conn_ns, conn_ns))
     }
 }
@@ -93,19 +83,15 @@ impl Observer {
     /// was forgotten) are dropped, as its events are.
     pub fn apply_kernel_totals(&mut self, totals: &[(Endpoint, EndpointTotals)], now: Nanos) {
         let mut baseline = self.kernel_totals.take().unwrap_or_default();
+        for listener in self.listeners.values_mut() {
+            listener.closing = 0;
+        }
         for &(endpoint, current) in totals {
             let before = baseline
                 .totals
                 .insert(endpoint, current)
                 .unwrap_or_default();
-            let new = KernelCounts {
-                opened: current.opened.wrapping_sub(before.opened),
-                closed: current.closed.wrapping_sub(before.closed),
-                conn_ns: current
-                    .conn_ns_at(now)
-                    .wrapping_sub(before.conn_ns_at(baseline.at)),
-            };
-            if new == KernelCounts::default() || !self.watches(endpoint.port) {
+            if !self.watches(endpoint.port) {
                 continue;
             }
             let Ok(ip) = wire_addr::decode(endpoint.family, endpoint.addr) else {
@@ -113,15 +99,29 @@ impl Observer {
             };
             let netns = self.netns_key(endpoint.netns);
             let local = SocketAddr::new(ip, endpoint.port);
-            if let Some(listener) = self
+            let Some(listener) = self
                 .listener_for(netns, local, false)
                 .and_then(|id| self.listeners.get_mut(&id))
-            {
-                let counts = &mut listener.kernel_counts;
-                counts.opened = counts.opened.wrapping_add(new.opened);
-                counts.closed = counts.closed.wrapping_add(new.closed);
-                counts.conn_ns = counts.conn_ns.wrapping_add(new.conn_ns);
-            }
+            else {
+                continue;
+            };
+            let connections = current.connections.since(&before.connections);
+            let counts = &mut listener.kernel_counts;
+            counts.opened = counts.opened.wrapping_add(connections.started);
+            counts.closed = counts.closed.wrapping_add(connections.ended);
+            counts.conn_ns = counts.conn_ns.wrapping_add(
+                current
+                    .connections
+                    .ns_at(now)
+                    .wrapping_sub(before.connections.ns_at(baseline.at)),
+            );
+            counts.closing_ns = counts.closing_ns.wrapping_add(
+                current
+                    .closing
+                    .ns_at(now)
+                    .wrapping_sub(before.closing.ns_at(baseline.at)),
+            );
+            listener.closing = listener.closing.wrapping_add(current.closing.running());
         }
         baseline.at = now;
         self.kernel_totals = Some(baseline);
@@ -137,9 +137,21 @@ impl super::listeners::Listener {
         counts.conn_ns = counts
             .conn_ns
             .wrapping_add(self.daemon_counts.conn_ns_until(now));
-        if counts.conn_ns > i64::MAX as u64 {
-            counts.conn_ns = 0;
+        for ns in [&mut counts.conn_ns, &mut counts.closing_ns] {
+            if *ns > i64::MAX as u64 {
+                *ns = 0;
+            }
         }
         counts
+    }
+
+    /// Connections closing now by the kernel's count (wrapping sums of endpoints whose
+    /// readings raced with a close on another CPU can come out negative: none then).
+    pub(super) fn closing_now(&self) -> u64 {
+        if self.closing > i64::MAX as u64 {
+            0
+        } else {
+            self.closing
+        }
     }
 }

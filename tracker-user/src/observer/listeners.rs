@@ -46,6 +46,9 @@ pub(super) struct Listener {
     pub(super) kernel_counts: KernelCounts,
     /// Opens and closes the kernel could not count, which the daemon adds to its counts.
     pub(super) daemon_counts: DaemonCounts,
+    /// Connections the server has closed and the kernel is still finishing, by the kernel's
+    /// count when last applied (wrapping, see [`Listener::closing_now`]).
+    pub(super) closing: u64,
 }
 
 impl Listener {
@@ -68,6 +71,7 @@ impl Listener {
             server_closed: 0,
             kernel_counts: KernelCounts::default(),
             daemon_counts: DaemonCounts::default(),
+            closing: 0,
         }
     }
 

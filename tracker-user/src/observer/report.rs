@@ -38,6 +38,11 @@ pub struct ListenerReport {
     pub accepted: u64,
     /// Connections the server closed itself (`close()` on the socket) in the interval.
     pub server_closed: u64,
+    /// Connections the server has closed and the kernel is still finishing (FIN_WAIT1,
+    /// FIN_WAIT2, LAST_ACK, CLOSING), by the kernel's count at the report: part of `curr`.
+    pub closing: u64,
+    /// Nanoseconds connections spent closing in the interval: part of `conn_for_ns`.
+    pub closing_ns: u64,
 }
 
 #[cfg(test)]
@@ -60,6 +65,8 @@ impl ListenerReport {
             accept_backlog: Some(0),
             accepted: 0,
             server_closed: 0,
+            closing: 0,
+            closing_ns: 0,
         }
     }
 }
@@ -103,6 +110,8 @@ impl ListenerReport {
             accept_backlog: next.accept_backlog,
             accepted: self.accepted.saturating_add(next.accepted),
             server_closed: self.server_closed.saturating_add(next.server_closed),
+            closing: next.closing,
+            closing_ns: self.closing_ns.saturating_add(next.closing_ns),
         }
     }
 
@@ -125,7 +134,8 @@ impl Observer {
                 state.accept_queue_peak = state.accept_queue;
                 let mut snapshot = state.tracker.snapshot(now, true);
                 let kernel_counts = state.take_kernel_counts(now);
-                if self.kernel_totals.is_some() && id.role == Role::Listen {
+                let from_kernel = self.kernel_totals.is_some() && id.role == Role::Listen;
+                if from_kernel {
                     snapshot.opened = kernel_counts.opened;
                     snapshot.closed = kernel_counts.closed;
                     snapshot.conn_for_ns = kernel_counts.conn_ns;
@@ -145,6 +155,12 @@ impl Observer {
                     accept_backlog: state.accept_backlog,
                     accepted: std::mem::take(&mut state.accepted),
                     server_closed: std::mem::take(&mut state.server_closed),
+                    closing: if from_kernel { state.closing_now() } else { 0 },
+                    closing_ns: if from_kernel {
+                        kernel_counts.closing_ns
+                    } else {
+                        0
+                    },
                 }
             })
             .collect();

@@ -587,8 +587,29 @@ fn endpoint(netns: u32, local: &str) -> tracker_common::Endpoint {
 
 fn kernel_totals(opened: u64, closed: u64) -> tracker_common::EndpointTotals {
     tracker_common::EndpointTotals {
-        opened,
-        closed,
+        connections: tracker_common::Spans {
+            started: opened,
+            ended: closed,
+            ..tracker_common::Spans::default()
+        },
+        ..tracker_common::EndpointTotals::default()
+    }
+}
+
+/// Periods started at `starts` and ended at `ends`, as the kernel counts them.
+fn spans(starts: &[u64], ends: &[u64]) -> tracker_common::Spans {
+    tracker_common::Spans {
+        started: starts.len() as u64,
+        ended: ends.len() as u64,
+        started_at_sum: starts.iter().sum(),
+        ended_at_sum: ends.iter().sum(),
+    }
+}
+
+/// Totals of connections opened at `opens` and closed at `closes`.
+fn stamped_totals(opens: &[u64], closes: &[u64]) -> tracker_common::EndpointTotals {
+    tracker_common::EndpointTotals {
+        connections: spans(opens, closes),
         ..tracker_common::EndpointTotals::default()
     }
 }
@@ -686,12 +707,7 @@ fn connection_time_is_the_kernels_with_the_daemons_own_opens_and_closes() {
     observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
     observer.apply_kernel_totals(&[], 0);
     let local = addr("127.0.0.1:80");
-    let at = |opens: &[u64], closes: &[u64]| tracker_common::EndpointTotals {
-        opened: opens.len() as u64,
-        closed: closes.len() as u64,
-        opened_at_sum: opens.iter().sum(),
-        closed_at_sum: closes.iter().sum(),
-    };
+    let at = stamped_totals;
     // A predates the daemon (adopted at 1 s, closed at 3.5 s); B opened at 1.5 s and C lived
     // from 2 s to 3 s, and the daemon saw none of their events.
     observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
@@ -737,13 +753,37 @@ fn a_connection_adopted_and_then_seen_open_counts_its_time_once() {
     let local = addr("127.0.0.1:80");
     observer.adopt(local, addr("127.0.0.1:5000"), SECOND);
     let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", 900 * ms));
-    let totals = tracker_common::EndpointTotals {
-        opened: 1,
-        opened_at_sum: 900 * ms,
-        ..tracker_common::EndpointTotals::default()
-    };
+    let totals = stamped_totals(&[900 * ms], &[]);
     observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 2 * SECOND);
     let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
     assert_eq!(report.snapshot.curr, 1);
     assert_eq!(report.snapshot.conn_for_ns, 1100 * ms);
+}
+
+/// The closing phase (from the server's close to the kernel's CLOSE) comes from the kernel's
+/// totals: how many are closing at the report, and the time they took in the interval.
+#[test]
+fn connections_the_server_closed_are_closing_until_the_kernel_finishes_them() {
+    let ms = SECOND / 1000;
+    let mut observer = Observer::new(None);
+    observer.add_scanned_listener(addr("0.0.0.0:80"), &[]);
+    observer.apply_kernel_totals(&[], 0);
+    let local = endpoint(0, "127.0.0.1:80");
+    // Three opened at 1 s; the server closed two at 2 s, and the kernel finished one of them
+    // at 2.5 s.
+    let mut totals = stamped_totals(&[SECOND; 3], &[2500 * ms]);
+    totals.closing = spans(&[2 * SECOND; 2], &[2500 * ms]);
+    observer.apply_kernel_totals(&[(local, totals)], 3 * SECOND);
+    let first = report_of(&mut observer, 3 * SECOND, "0.0.0.0:80");
+    assert_eq!(first.closing, 1);
+    assert_eq!(first.closing_ns, 500 * ms + SECOND);
+    assert_eq!(first.snapshot.conn_for_ns, 1500 * ms + 2 * 2 * SECOND);
+    // The other finishes at 3.5 s.
+    let mut totals = stamped_totals(&[SECOND; 3], &[2500 * ms, 3500 * ms]);
+    totals.closing = spans(&[2 * SECOND; 2], &[2500 * ms, 3500 * ms]);
+    observer.apply_kernel_totals(&[(local, totals)], 4 * SECOND);
+    let second = report_of(&mut observer, 4 * SECOND, "0.0.0.0:80");
+    assert_eq!((second.closing, second.closing_ns), (0, 500 * ms));
+    let running = first.then(&second);
+    assert_eq!((running.closing, running.closing_ns), (0, 2 * SECOND));
 }

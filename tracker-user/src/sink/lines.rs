@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::output_thread::{Offer, OutputThread};
 use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::hooks::Capability;
-use crate::model::ErrorKind;
+use crate::model::{ErrorKind, secs_to_tenths};
 use crate::observer::{ListenerReport, Owner};
 use crate::tracker_id::TrackerId;
 
@@ -183,6 +183,8 @@ struct JsonReport<'a> {
     errors: serde_json::Map<String, serde_json::Value>,
     conn_for_s: f64,
     active_for_s: Option<f64>,
+    closing: u64,
+    closing_for_s: f64,
     opened: u64,
     closed: u64,
     lost_events: u64,
@@ -242,6 +244,8 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         active_for_s: hooks
             .has(Capability::Turns)
             .then(|| snapshot.active_for_secs()),
+        closing: report.closing,
+        closing_for_s: secs_to_tenths(report.closing_ns),
         opened: snapshot.opened,
         closed: snapshot.closed,
         lost_events: totals.lost_events,

@@ -3,6 +3,7 @@
 //! Run as root through `cargo xtask test` (one test at a time). Each test watches only ports
 //! the kernel picked for it (`--port`), so other traffic on the host cannot disturb it.
 
+mod closing;
 mod kernel_table;
 mod netns;
 mod operability;
@@ -35,15 +36,20 @@ fn assert_no_errors_or_loss(reports: &[Value]) {
     }
 }
 
-/// connFor summed over reports must match the lifetimes the test measured: each report rounds
-/// to 0.1 s (±0.05 s), and the test's own clock brackets the kernel's by a little.
+/// connFor summed over reports must match the lifetimes the test measured.
 fn assert_conn_for_matches(reports: &[Value], expected: Duration) {
-    let measured = sum(reports, "conn_for_s");
+    assert_seconds_match(reports, "conn_for_s", expected);
+}
+
+/// A seconds `field` summed over reports must match the time the test measured: each report
+/// rounds to 0.1 s (±0.05 s), and the test's own clock brackets the kernel's by a little.
+fn assert_seconds_match(reports: &[Value], field: &str, expected: Duration) {
+    let measured = sum(reports, field);
     let expected = expected.as_secs_f64();
     let tolerance = 0.05 * reports.len() as f64 + 0.03 * expected + 0.1;
     assert!(
         (measured - expected).abs() <= tolerance,
-        "connFor {measured:.2}s, expected {expected:.2}s ± {tolerance:.2}s"
+        "{field} {measured:.2}s, expected {expected:.2}s ± {tolerance:.2}s"
     );
 }
 

@@ -71,6 +71,7 @@ pub(super) struct Metrics {
     pub(super) errors: Family<ErrorLabels, Counter>,
     pub(super) connection_seconds: Family<ListenerLabels, SecondsCounter>,
     pub(super) busy_seconds: Family<ListenerLabels, SecondsCounter>,
+    pub(super) closing_seconds: Family<ListenerLabels, SecondsCounter>,
     pub(super) lost_events: Counter,
     pub(super) untracked_connections: Counter,
     pub(super) listen_overflows: Counter,
@@ -83,6 +84,7 @@ pub(super) struct Metrics {
     pub(super) accept_backlog: Family<ListenerLabels, Gauge>,
     pub(super) connections: Family<ListenerLabels, Gauge>,
     pub(super) connections_peak: Family<ListenerLabels, Gauge>,
+    pub(super) closing_connections: Family<ListenerLabels, Gauge>,
     pub(super) busy_connections: Family<ListenerLabels, Gauge>,
     pub(super) sessions_peak: Family<ListenerLabels, Gauge>,
     pub(super) sessions_unknown: Family<ListenerLabels, Gauge>,
@@ -103,6 +105,7 @@ impl Metrics {
             errors: Family::default(),
             connection_seconds: Family::default(),
             busy_seconds: Family::default(),
+            closing_seconds: Family::default(),
             lost_events: Counter::default(),
             untracked_connections: Counter::default(),
             listen_overflows: Counter::default(),
@@ -115,6 +118,7 @@ impl Metrics {
             accept_backlog: Family::default(),
             connections: Family::default(),
             connections_peak: Family::default(),
+            closing_connections: Family::default(),
             busy_connections: Family::default(),
             sessions_peak: Family::default(),
             sessions_unknown: Family::default(),
@@ -159,6 +163,13 @@ impl Metrics {
             "Busy-seconds: the sum of the time connections were serving a request",
             Unit::Seconds,
             self.busy_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "closing",
+            "Closing-seconds: the part of connection-seconds after the server's close, while \
+             the kernel finished the connection",
+            Unit::Seconds,
+            self.closing_seconds.clone(),
         );
         registry.register(
             "lost_events",
@@ -234,6 +245,12 @@ impl Metrics {
             self.connections_peak.clone(),
         );
         registry.register(
+            "closing_connections",
+            "Connections the server has closed and the kernel is still finishing, at the last \
+             report (part of tracker_connections)",
+            self.closing_connections.clone(),
+        );
+        registry.register(
             "busy_connections",
             "Connections serving a request at the last report",
             self.busy_connections.clone(),
@@ -278,6 +295,7 @@ impl Metrics {
         for gauge in [
             &self.connections,
             &self.connections_peak,
+            &self.closing_connections,
             &self.busy_connections,
             &self.sessions_peak,
             &self.sessions_unknown,

@@ -143,6 +143,10 @@ impl Inner {
             .connection_seconds
             .get_or_create(&labels)
             .inc_by(seconds(snapshot.conn_for_ns));
+        metrics
+            .closing_seconds
+            .get_or_create(&labels)
+            .inc_by(seconds(report.closing_ns));
         // The figures of a capability no hook serves have no series at all (not zeroes).
         let turns = hooks.has(Capability::Turns);
         if turns {
@@ -163,6 +167,10 @@ impl Inner {
         };
         set(&metrics.connections, gauge_value(snapshot.curr));
         set(&metrics.connections_peak, gauge_value(snapshot.peak));
+        set(
+            &metrics.closing_connections,
+            i64::try_from(report.closing).unwrap_or(i64::MAX),
+        );
         if turns {
             set(&metrics.busy_connections, gauge_value(snapshot.busy));
             set(&metrics.sessions_peak, gauge_value(snapshot.peak_sessions));
