@@ -154,10 +154,11 @@ pub fn port_wanted(local_port: u16) -> bool {
 #[map]
 static TRACK_SCRATCH: PerCpuArray<ConnTrack> = PerCpuArray::with_max_entries(1, 0);
 
-/// Inserts `track` for `skaddr` if it is not there yet, copying it through [`TRACK_SCRATCH`].
-/// False if the table cannot take it (full, or allocated on demand and short in a burst).
+/// Inserts `track` for `skaddr`, opened at `at`, copying it through [`TRACK_SCRATCH`]. False
+/// if the table cannot take it (full, or allocated on demand and short in a burst).
 #[inline(always)]
-pub fn track_connection(skaddr: u64, track: impl FnOnce(&mut ConnTrack)) -> bool {
+pub fn track_connection(skaddr: u64, at: u64, track: impl FnOnce(&mut ConnTrack)) -> bool {
+    retire_stale(skaddr, at);
     let Some(scratch) = TRACK_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -168,6 +169,26 @@ pub fn track_connection(skaddr: u64, track: impl FnOnce(&mut ConnTrack)) -> bool
     TRACKED
         .insert(&skaddr, scratch, u64::from(BPF_NOEXIST))
         .is_ok()
+}
+
+/// An entry for a socket that is opening again belongs to a connection whose socket reached
+/// CLOSE without the close program running (the kernel skipped the run): its memory now
+/// holds a new connection, so that one is certainly gone. Its close is counted here, at `at`,
+/// by whoever removes the entry (the daemon may, at reconciliation); the daemon closes it in
+/// its model when it sees the new open on the same socket.
+#[inline(always)]
+fn retire_stale(skaddr: u64, at: u64) {
+    let Some(stale) = TRACKED.get_ptr(&skaddr) else {
+        return;
+    };
+    // SAFETY: a live map value; the fields needed are copied before the entry is removed.
+    let (outbound, local, was_closing) = unsafe {
+        let stale = &*stale;
+        (stale.outbound, stale.endpoint, stale.server_closed_ns != 0)
+    };
+    if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
+        count_total(&local, Total::Closed(was_closing), at);
+    }
 }
 
 /// Sends a short event about a socket the daemon knows by address. Counts a loss when the

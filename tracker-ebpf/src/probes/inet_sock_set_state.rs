@@ -198,7 +198,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         count_lost(LOST_SLOT);
         if kind == EventKind::ConnOpen {
             // The daemon is never told of it; tracked unreported, its close is still counted.
-            let tracked = track_connection(skaddr, |track| {
+            let tracked = track_connection(skaddr, now, |track| {
                 track.opened_ns = now;
                 track.endpoint = local;
                 track.unreported = 1;
@@ -211,7 +211,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         return;
     };
     let tracked = !opening
-        || track_connection(skaddr, |track| {
+        || track_connection(skaddr, now, |track| {
             track.opened_ns = now;
             track.endpoint = local;
             track.outbound = outbound;
