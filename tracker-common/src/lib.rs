@@ -118,7 +118,10 @@ pub struct ConnTrack {
     /// socket again.
     pub endpoint: Endpoint,
     /// When the server closed it (0: not yet, or it closed by a reset, with no closing phase).
+    /// From then on the daemon has been told it is closed, and nothing more is reported of it.
     pub server_closed_ns: u64,
+    /// When the server accepted it (0: not yet, or the kernel has no accept hook).
+    pub accepted_ns: u64,
 }
 
 /// Field offsets of `sock:sock_recv_length` and `sock:sock_send_length` (same layout),
@@ -365,6 +368,15 @@ pub struct EndpointTotals {
     /// From the server's close (`ESTABLISHED → FIN_WAIT1`, `CLOSE_WAIT → LAST_ACK`) to CLOSE,
     /// for tracked connections: the part of their life that only the kernel still holds.
     pub closing: Spans,
+    /// From the server's accept to its close (or CLOSE, if that comes first), for tracked
+    /// connections, where the kernel has an accept hook: the life the server itself sees. The
+    /// accept program counts the starts and the state change program the ends, so the two
+    /// never write the same field.
+    pub accepted: Spans,
+    /// From the handshake's end to the server's close, for connections `TRACKED` could not
+    /// take (followed by endpoints instead): their accept cannot be seen, so where lives start
+    /// at the accept, theirs start at the handshake.
+    pub untracked: Spans,
 }
 
 impl EndpointTotals {
@@ -373,6 +385,28 @@ impl EndpointTotals {
         Self {
             connections: self.connections.plus(&other.connections),
             closing: self.closing.plus(&other.closing),
+            accepted: self.accepted.plus(&other.accepted),
+            untracked: self.untracked.plus(&other.untracked),
+        }
+    }
+
+    /// From the handshake's end to the server's close: `connections` less their closing
+    /// phases. A connection the server closed ends when its closing phase starts; one closed
+    /// by a reset (no closing phase) when it reaches CLOSE.
+    pub fn established_until_server_close(&self) -> Spans {
+        Spans {
+            started: self.connections.started,
+            ended: self
+                .connections
+                .ended
+                .wrapping_sub(self.closing.ended)
+                .wrapping_add(self.closing.started),
+            started_at_sum: self.connections.started_at_sum,
+            ended_at_sum: self
+                .connections
+                .ended_at_sum
+                .wrapping_sub(self.closing.ended_at_sum)
+                .wrapping_add(self.closing.started_at_sum),
         }
     }
 }
@@ -634,12 +668,17 @@ pub struct SockEvent {
     /// A second timestamp, or a value, whose meaning depends on `kind` (see [`EventKind`]);
     /// 0 when unused.
     pub aux: u64,
-    /// A value whose meaning depends on `kind`; 0 when unused.
+    /// A value whose meaning depends on `kind` (for `ConnOpen`, [`OPEN_UNTRACKED`]); 0 when
+    /// unused.
     pub detail: u32,
     /// Inode number of the socket's network namespace (as in `/proc/<pid>/ns/net`), for
     /// connection and listener events; 0 when unknown.
     pub netns: u32,
 }
+
+/// A `ConnOpen` event's `detail` when `TRACKED` could not take the connection: the kernel
+/// follows it by endpoints, and cannot see its accept, so its life starts at the handshake.
+pub const OPEN_UNTRACKED: u32 = 1;
 
 /// A short event about a socket the daemon already knows by address ([`EventKind::Turn`],
 /// [`EventKind::ConnClose`] of a tracked connection, [`EventKind::H2Frame`],
@@ -727,6 +766,30 @@ mod tests {
         let predating = spans_of(&[], &[base + 100]).plus(&spans_of(&[base], &[]));
         assert_eq!(predating.ns_at(now), 100);
         assert_eq!(spans_of(&[], &[base]).running(), u64::MAX);
+    }
+
+    #[test]
+    fn life_until_the_server_close_leaves_out_the_closing_phases() {
+        // Opened at 10, 20 and 30. The first: the server closed it at 50 and the kernel was
+        // done at 80. The second: reset at 60, no closing phase. The third: server closed at 90.
+        let totals = EndpointTotals {
+            connections: spans_of(&[10, 20, 30], &[80, 60]),
+            closing: spans_of(&[50, 90], &[80]),
+            ..EndpointTotals::default()
+        };
+        let served = totals.established_until_server_close();
+        assert_eq!((served.started, served.ended, served.running()), (3, 3, 0));
+        assert_eq!(served.ns_at(100), 40 + 40 + 60);
+        // Before the third's close it runs: 40 + 40 + (85 − 30).
+        let before = EndpointTotals {
+            connections: spans_of(&[10, 20, 30], &[80, 60]),
+            closing: spans_of(&[50], &[80]),
+            ..EndpointTotals::default()
+        };
+        assert_eq!(
+            before.established_until_server_close().ns_at(85),
+            40 + 40 + 55
+        );
     }
 
     #[test]

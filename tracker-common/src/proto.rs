@@ -54,7 +54,17 @@ pub enum Protocol {
     Tls = 3,
     /// Anything else.
     Other = 4,
+    /// An HTTP/1 connection whose server answered `101 Switching Protocols` (WebSocket,
+    /// `Upgrade: h2c`): what it speaks next is decided from the client's next bytes.
+    Switching = 5,
+    /// A connection that left HTTP after a `101` for something other than HTTP/2 (a WebSocket):
+    /// open, but with no requests, turns or sessions (the original library's `Hijacked`).
+    Hijacked = 6,
 }
+
+/// Set in a turn event's protocol value when the protocol was decided after a `101`: the
+/// connection was upgraded.
+pub const UPGRADED: u32 = 0x100;
 
 impl TryFrom<u32> for Protocol {
     type Error = u32;
@@ -66,6 +76,8 @@ impl TryFrom<u32> for Protocol {
             2 => Ok(Self::Http2),
             3 => Ok(Self::Tls),
             4 => Ok(Self::Other),
+            5 => Ok(Self::Switching),
+            6 => Ok(Self::Hijacked),
             other => Err(other),
         }
     }
@@ -81,6 +93,20 @@ enum Prefix {
     Partial(usize),
     /// A byte differs.
     Mismatch,
+}
+
+/// How many bytes of a response [`switches_protocols`] needs: `HTTP/1.1 101`.
+pub const STATUS_BYTES: usize = 12;
+
+/// Whether a response starting with `first` (its first [`STATUS_BYTES`] bytes) is an HTTP/1.x
+/// `101 Switching Protocols`: the connection leaves HTTP/1 once it is sent.
+#[inline]
+pub fn switches_protocols(first: &[u8; STATUS_BYTES]) -> bool {
+    matches!(prefix_match(first, b"HTTP/1."), Prefix::Full)
+        && matches!(
+            prefix_match(first.get(8..).unwrap_or(&[]), b" 101"),
+            Prefix::Full
+        )
 }
 
 /// Compares `input` with the beginning of `pattern` (at most [`MAX_PATTERN_LEN`] bytes).
@@ -355,11 +381,27 @@ mod tests {
             Protocol::Http2,
             Protocol::Tls,
             Protocol::Other,
+            Protocol::Switching,
+            Protocol::Hijacked,
         ] {
             assert_eq!(Protocol::try_from(p as u32), Ok(p));
         }
-        assert_eq!(Protocol::try_from(5), Err(5));
+        assert_eq!(Protocol::try_from(7), Err(7));
         assert_eq!(Protocol::try_from(u32::MAX), Err(u32::MAX));
+    }
+
+    #[test]
+    fn only_a_101_status_switches_protocols() {
+        let status = |line: &[u8]| {
+            let mut first = [0u8; STATUS_BYTES];
+            first.copy_from_slice(&line[..STATUS_BYTES]);
+            switches_protocols(&first)
+        };
+        assert!(status(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(status(b"HTTP/1.0 101 Switching Protocols\r\n"));
+        assert!(!status(b"HTTP/1.1 200 OK\r\nContent-Length: 0"));
+        assert!(!status(b"HTTP/2.0 101 Switching\r\n"));
+        assert!(!status(b"\x81\x05hello world!"));
     }
 
     #[test]

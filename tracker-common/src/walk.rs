@@ -126,6 +126,22 @@ fn segments<M: UserMemory>(memory: &M, buf: &SyscallBuffer, total: u32) -> Optio
     })
 }
 
+/// Whether an HTTP/1 server's call of `total` bytes starts a `101 Switching Protocols`
+/// response: its first segment starts with the status line. A call without a readable buffer,
+/// or whose first segment is too short for the status code, is not one.
+#[inline(always)]
+pub fn switches_call<M: UserMemory>(memory: &M, buf: &SyscallBuffer, total: u32) -> bool {
+    let Some(segments) = segments(memory, buf, total) else {
+        return false;
+    };
+    if segments.first_len.min(u64::from(total)) < proto::STATUS_BYTES as u64 {
+        return false;
+    }
+    memory
+        .read::<{ proto::STATUS_BYTES }>(segments.first)
+        .is_some_and(|first| proto::switches_protocols(&first))
+}
+
 /// Decides a connection's protocol from its first inbound call of `total` bytes: from up to
 /// [`DETECT_BYTES`] of its first segment. A call without a readable buffer is
 /// [`Protocol::Other`], and so is one too short to decide: later bytes cannot be matched

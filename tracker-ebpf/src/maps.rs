@@ -37,13 +37,18 @@ pub static TRACKED: HashMap<u64, ConnTrack> =
 pub static SYSCALL_BUFFERS: Array<u32> = Array::with_max_entries(SYSCALL_BUFFERS_MAX_ENTRIES, 0);
 
 /// Connections found in the kernel's table rather than seen open (see `PREEXISTING_MAP`).
-/// Value: [`FOLLOWED_OUTBOUND`] for an outbound connection, else 0.
+/// Value: 0 for an inbound connection the daemon adopted, [`FOLLOWED_OUTBOUND`] for an
+/// outbound one, [`FOLLOWED_UNTRACKED`] for an inbound one `TRACKED` could not take.
 #[map]
 pub static PREEXISTING: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(PREEXISTING_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The [`PREEXISTING`] value of an outbound connection, whose close is not a server-side one.
 pub const FOLLOWED_OUTBOUND: u8 = 1;
+
+/// The [`PREEXISTING`] value of an inbound connection seen open that `TRACKED` could not
+/// take: its open was counted, its accept could not be.
+pub const FOLLOWED_UNTRACKED: u8 = 2;
 
 /// The kernel's own count of server-side opens, closes and closing phases per local endpoint
 /// (see `ENDPOINT_TOTALS_MAP`). Allocated as endpoints appear: each entry is per CPU, so a
@@ -86,11 +91,39 @@ pub fn count_lost(slot: u32) {
 #[derive(Clone, Copy)]
 pub enum Total {
     Opened,
-    /// A connection reached CLOSE; `true` if the server had closed it before (its closing
-    /// phase ends too).
-    Closed(bool),
-    /// The server closed a connection that is not yet CLOSE.
-    ClosingStarted,
+    /// Opened, and `TRACKED` could not take it: it is followed by endpoints (see
+    /// `EndpointTotals::untracked`).
+    OpenedUntracked,
+    /// The server took the connection off its accept queue (counted by the accept program,
+    /// which writes no other field).
+    Accepted,
+    /// The server closed a connection that is not yet CLOSE: its closing phase starts, and
+    /// its life as the server sees it ends (`accepted`: it was counted accepted).
+    ServerClosed {
+        accepted: bool,
+    },
+    /// A connection reached CLOSE (`closing`: the server had closed it before, so its closing
+    /// phase ends; `accepted`: it was counted accepted and the server had not closed it), or,
+    /// for one followed by endpoints, the server closed it (`untracked`: counted so at its
+    /// open).
+    Closed {
+        closing: bool,
+        accepted: bool,
+        untracked: bool,
+    },
+}
+
+impl Total {
+    /// The close of the connection `track` describes.
+    #[inline(always)]
+    pub fn close_of(track: &ConnTrack) -> Self {
+        let closing = track.server_closed_ns != 0;
+        Self::Closed {
+            closing,
+            accepted: track.accepted_ns != 0 && !closing,
+            untracked: false,
+        }
+    }
 }
 
 /// Counts `total` of `endpoint` on this CPU, stamped `at`, before any event is sent: the totals
@@ -110,34 +143,67 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
         count_lost(TOTALS_FULL_SLOT);
         return;
     };
-    // SAFETY: this CPU's value in a live map entry. Plain adds are exact: only the state
-    // change program counts, and the kernel never runs a program nested in itself on one CPU
-    // (a softirq that fires it while it runs in a task is skipped and counted as a miss).
+    // SAFETY: this CPU's value in a live map entry. Plain adds are exact: the state change
+    // program writes every field but the accepted starts, which only the accept program
+    // writes, and the kernel never runs a program nested in itself on one CPU (a softirq that
+    // fires it while it runs in a task is skipped and counted as a miss).
     let totals = unsafe { &mut *totals };
     match total {
         Total::Opened => totals.connections.count_start(at),
-        Total::Closed(was_closing) => {
-            totals.connections.count_end(at);
-            if was_closing {
-                totals.closing.count_end(at);
+        Total::OpenedUntracked => {
+            totals.connections.count_start(at);
+            totals.untracked.count_start(at);
+        }
+        Total::Accepted => totals.accepted.count_start(at),
+        Total::ServerClosed { accepted } => {
+            totals.closing.count_start(at);
+            if accepted {
+                totals.accepted.count_end(at);
             }
         }
-        Total::ClosingStarted => totals.closing.count_start(at),
+        Total::Closed {
+            closing,
+            accepted,
+            untracked,
+        } => {
+            totals.connections.count_end(at);
+            if closing {
+                totals.closing.count_end(at);
+            }
+            if accepted {
+                totals.accepted.count_end(at);
+            }
+            if untracked {
+                totals.untracked.count_end(at);
+            }
+        }
     }
 }
 
-/// The kernel-side state of a connection the daemon was told of, by socket address.
-/// Connections in [`TRACKED`] unreported (their open found the ring full) are left out: the
-/// daemon would drop whatever is sent about them, and the ring they would take space in is the
-/// one that was full.
+/// The kernel-side state of a connection the daemon was told of, by socket address, while
+/// the server holds it. Connections in [`TRACKED`] unreported (their open found the ring full)
+/// are left out: the daemon would drop whatever is sent about them, and the ring they would
+/// take space in is the one that was full. So are those the server has closed: the daemon
+/// was told so and has forgotten them.
 #[inline(always)]
 pub fn reported_connection(skaddr: &u64) -> Option<*mut ConnTrack> {
     let track = TRACKED.get_ptr_mut(skaddr)?;
-    // SAFETY: one field of a live map value.
-    if unsafe { (*track).unreported } != 0 {
+    // SAFETY: two fields of a live map value.
+    if unsafe { (*track).unreported != 0 || (*track).server_closed_ns != 0 } {
         return None;
     }
     Some(track)
+}
+
+/// When a connection's turn ended, as its turn events and close carry it: at the server's last
+/// send in it, or, if the server never answered, `now`; 0 when it was not in a turn.
+#[inline(always)]
+pub fn turn_end_at(in_turn: bool, last_send_ns: u64, now: u64) -> u64 {
+    match (in_turn, last_send_ns) {
+        (false, _) => 0,
+        (true, 0) => now,
+        (true, sent) => sent,
+    }
 }
 
 /// Whether events for `local_port` should be emitted under the current configuration.
@@ -182,12 +248,12 @@ fn retire_stale(skaddr: u64, at: u64) {
         return;
     };
     // SAFETY: a live map value; the fields needed are copied before the entry is removed.
-    let (outbound, local, was_closing) = unsafe {
+    let (outbound, local, close) = unsafe {
         let stale = &*stale;
-        (stale.outbound, stale.endpoint, stale.server_closed_ns != 0)
+        (stale.outbound, stale.endpoint, Total::close_of(stale))
     };
     if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
-        count_total(&local, Total::Closed(was_closing), at);
+        count_total(&local, close, at);
     }
 }
 

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracker_common::{
-    ConnTrack, EventKind, FrameDetail, SYSCALL_BUFFERS_MAX_ENTRIES,
+    ConnTrack, DIRECTION_OUT, EventKind, FrameDetail, SYSCALL_BUFFERS_MAX_ENTRIES,
     proto::{H2Walk, Protocol},
     walk::{
         self, CallWalk, MAX_STEPS, SyscallBuffer, UserMemory, detect_call, opens_or_ends_streams,
@@ -97,6 +97,33 @@ pub fn detect_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -
         track.walk_out = H2Walk::outbound();
     }
     protocol as u32
+}
+
+/// After a `101 Switching Protocols`, the client's next payload decides what the connection
+/// speaks: HTTP/2 (an h2c upgrade), whose walks start here, or something that is no longer
+/// HTTP (a WebSocket). The server's frames sent between its `101` and now (its SETTINGS, the
+/// upgraded request's response) are not walked: the outbound walk starts at its next send,
+/// which begins with a frame when the server writes whole frames. Returns the protocol as
+/// `u32`, for the daemon.
+#[inline(always)]
+pub fn switch_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -> u32 {
+    let protocol = if detect_call(&CurrentTask, buf, total) == Protocol::Http2 {
+        track.walk_in = H2Walk::inbound();
+        track.walk_out = H2Walk::outbound();
+        Protocol::Http2
+    } else {
+        Protocol::Hijacked
+    };
+    track.protocol = protocol as u32;
+    protocol as u32
+}
+
+/// Whether the current send of `total` bytes, the first of an HTTP/1 answer, is a `101
+/// Switching Protocols`.
+#[inline(always)]
+pub fn answer_switches_protocols(total: u32) -> bool {
+    let buf = syscall_buffer(DIRECTION_OUT);
+    walk::switches_call(&CurrentTask, &buf, total)
 }
 
 /// A walk in progress and what its frames are reported with, shared with the `bpf_loop`

@@ -94,6 +94,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
             local: LISTENER,
             remote,
             at: tick(),
+            untracked: false,
         });
     }
     for n in 0..remotes.len() {
@@ -102,6 +103,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
             at: tick(),
             previous_end: None,
             protocol: Some(tracker_common::proto::Protocol::Http1),
+            upgraded: false,
         });
     }
     for n in 0..remotes.len() {

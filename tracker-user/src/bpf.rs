@@ -319,13 +319,18 @@ impl Probes {
             .collect()
     }
 
-    /// Removes the connection opened at `opened_ns` on socket `sock` from the kernel's table
-    /// of tracked connections: true if it was there (the kernel had not reported its close and
-    /// now never will). A later connection on the same socket memory is left alone.
+    /// Removes the connection opened (or accepted) at `opened_ns` on socket `sock` from the
+    /// kernel's table of tracked connections: true if it was there (the kernel had not reported
+    /// its close and now never will). A later connection on the same socket memory is left
+    /// alone.
     pub fn forget_tracked(&mut self, sock: u64, opened_ns: u64) -> anyhow::Result<bool> {
+        let same_connection =
+            |track: &ConnTrack| opened_ns == track.opened_ns || opened_ns == track.accepted_ns;
+        // One the server has closed is still being finished by the kernel, which counts its
+        // close at CLOSE.
         if self
             .conn_track(sock)
-            .is_none_or(|track| track.opened_ns != opened_ns)
+            .is_none_or(|track| !same_connection(&track) || track.server_closed_ns != 0)
         {
             return Ok(false);
         }

@@ -160,7 +160,8 @@ impl State {
         let mut state = Self {
             observer: Observer::new(options.ports.clone())
                 .with_connect_targets(&options.connect)
-                .with_own_netns(procfs::own_netns().unwrap_or(0)),
+                .with_own_netns(procfs::own_netns().unwrap_or(0))
+                .with_life_start(probes.hooks.life_start()),
             probes,
             losses: LossCounters::default(),
             decode_errors: 0,

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 
-use tracker_common::proto::{FrameHeader, Protocol};
-use tracker_common::{DIRECTION_IN, EventKind, FrameDetail, SockEvent, SockNote, wire_addr};
+use tracker_common::proto::{FrameHeader, Protocol, UPGRADED};
+use tracker_common::{
+    DIRECTION_IN, EventKind, FrameDetail, OPEN_UNTRACKED, SockEvent, SockNote, wire_addr,
+};
 
 use crate::model::Nanos;
 
@@ -32,13 +34,15 @@ pub enum Event {
         addr: SocketAddr,
         netns: Netns,
     },
-    /// A server-side connection was established.
+    /// A server-side connection was established. `untracked`: the kernel could not take it
+    /// into its table of tracked connections, so it will not see its accept.
     ConnOpen {
         sock: SockId,
         local: SocketAddr,
         remote: SocketAddr,
         at: Nanos,
         netns: Netns,
+        untracked: bool,
     },
     /// A tracked server-side connection closed. `turn_end` is when its last turn ended, if
     /// it was in one.
@@ -53,12 +57,15 @@ pub enum Event {
     },
     /// A request/response turn began at `at`; the previous one ended at `previous_end` (None:
     /// the connection was idle). On a connection's first turn, `protocol` is what its first
-    /// bytes showed (None on later turns).
+    /// bytes showed (None on later turns). `upgraded`: the connection's server answered `101
+    /// Switching Protocols`, and `protocol` is what it speaks since; if that is
+    /// [`Protocol::Hijacked`] no turn begins, only the previous one ends.
     Turn {
         sock: SockId,
         at: Nanos,
         previous_end: Option<Nanos>,
         protocol: Option<Protocol>,
+        upgraded: bool,
     },
     /// An HTTP/2 frame that opens or ends streams; `inbound`: sent by the client.
     H2Frame {
@@ -144,6 +151,7 @@ impl Event {
                 remote: remote()?,
                 at,
                 netns: raw.netns,
+                untracked: raw.detail == OPEN_UNTRACKED,
             },
             // A connection adopted from the kernel's table, known by its endpoints (none when
             // the kernel could not read them).
@@ -196,8 +204,10 @@ impl Event {
                 at,
                 previous_end: aux,
                 // A value from a newer kernel side: no sessions we could interpret.
-                protocol: (note.detail != 0)
-                    .then(|| Protocol::try_from(note.detail).unwrap_or(Protocol::Other)),
+                protocol: (note.detail & !UPGRADED != 0).then(|| {
+                    Protocol::try_from(note.detail & !UPGRADED).unwrap_or(Protocol::Other)
+                }),
+                upgraded: note.detail & UPGRADED != 0,
             },
             EventKind::H2Frame => {
                 let detail = FrameDetail::unpack(note.detail);
@@ -292,6 +302,7 @@ mod tests {
                 remote: "127.0.0.2:40000".parse().unwrap(),
                 at: 1_000,
                 netns: 0,
+                untracked: false,
             }
         );
     }
@@ -383,6 +394,7 @@ mod tests {
                 at: 2_000,
                 previous_end: Some(500),
                 protocol: None,
+                upgraded: false,
             })
         );
         assert!(matches!(
@@ -418,6 +430,19 @@ mod tests {
             Event::from_note(&note(EventKind::Turn, 0, Protocol::Http2 as u32)),
             Ok(Event::Turn {
                 protocol: Some(Protocol::Http2),
+                ..
+            })
+        ));
+        // After a `101`, the protocol the connection went on with.
+        assert!(matches!(
+            Event::from_note(&note(
+                EventKind::Turn,
+                0,
+                Protocol::Hijacked as u32 | UPGRADED
+            )),
+            Ok(Event::Turn {
+                protocol: Some(Protocol::Hijacked),
+                upgraded: true,
                 ..
             })
         ));

@@ -98,6 +98,17 @@ impl HookChoice {
             .map(|capability| (capability, self.get(capability)))
     }
 
+    /// Where connections' lives start: at the server's accept where the accept hook sees each
+    /// accepted connection after its handshake's last step (`security_sock_graft`, under the
+    /// socket's lock), else at the handshake's end. The fallback on `inet_csk_accept` can run
+    /// before that step has tracked the connection, and would miss the start of its life.
+    pub fn life_start(&self) -> LifeStart {
+        match self.get(Capability::Accept) {
+            Some(label) if label.ends_with("security_sock_graft") => LifeStart::Accept,
+            _ => LifeStart::Handshake,
+        }
+    }
+
     /// `lifecycle: raw tracepoint inet_sock_set_state, turns: ..., accept: unavailable`.
     pub fn describe(&self) -> String {
         self.iter()
@@ -108,6 +119,8 @@ impl HookChoice {
             .join(", ")
     }
 }
+
+pub use crate::observer::LifeStart;
 
 /// A kind of hook, for `--hooks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -155,7 +155,11 @@ impl Sessions {
             _ if !saw_start => Self::Unknown,
             Protocol::Http1 => Self::Http1 { in_request: false },
             Protocol::Http2 => Self::Http2(Box::default()),
-            Protocol::Undetermined | Protocol::Tls | Protocol::Other => Self::Unknown,
+            Protocol::Undetermined
+            | Protocol::Tls
+            | Protocol::Other
+            | Protocol::Switching
+            | Protocol::Hijacked => Self::Unknown,
         }
     }
 

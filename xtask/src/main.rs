@@ -148,11 +148,19 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// Installs, from Debian's packages, each `(command, package)` whose command is missing.
+/// Installs, from Debian's packages, each `(what, package)` whose `what` is missing: a
+/// command on the PATH, or, given as an absolute path, a file or directory (a Python module).
 pub(crate) fn ensure_packages(packages: &[(&str, &str)], purpose: &str) -> anyhow::Result<()> {
+    let present = |what: &str| {
+        if what.starts_with('/') {
+            std::path::Path::new(what).exists()
+        } else {
+            which::which(what).is_ok()
+        }
+    };
     let missing: Vec<&str> = packages
         .iter()
-        .filter(|(command, _)| which::which(command).is_err())
+        .filter(|(what, _)| !present(what))
         .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {

@@ -33,10 +33,17 @@ pub struct TestArgs {
     args: Vec<String>,
 }
 
-/// Debian packages the integration tests drive: (command they provide, package).
+/// Debian packages the integration tests drive: (command, or the path of a Python module,
+/// they provide; package). The Python modules are Debian's, for Debian's `/usr/bin/python3`.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("h2load", "nghttp2-client"),
+    ("nghttp", "nghttp2-client"),
+    ("/usr/lib/python3/dist-packages/h2", "python3-h2"),
+    (
+        "/usr/lib/python3/dist-packages/websockets",
+        "python3-websockets",
+    ),
     ("wrk", "wrk"),
     ("curl", "curl"),
     ("prometheus", "prometheus"),

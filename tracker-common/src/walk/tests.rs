@@ -417,6 +417,30 @@ fn detection_reads_the_first_segment_only() {
 }
 
 #[test]
+fn a_101_is_found_at_the_start_of_the_first_segment() {
+    let switches = |segments: &[&[u8]], shape| {
+        let memory = CallMemory::new(segments, shape);
+        switches_call(&memory, &memory.buf, memory.total)
+    };
+    let response: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n";
+    assert!(switches(&[response], buf_shape::FLAT));
+    assert!(switches(&[response, b"body"], buf_shape::IOVEC));
+    assert!(switches(&[response], buf_shape::MSGHDR));
+    assert!(!switches(&[b"HTTP/1.1 200 OK\r\n\r\n"], buf_shape::FLAT));
+    // A status line split before its code is not looked for further.
+    assert!(!switches(
+        &[b"HTTP/1.1 ", b"101 Switching"],
+        buf_shape::IOVEC
+    ));
+    let memory = CallMemory::new(&[response], buf_shape::FLAT);
+    assert!(!switches_call(&memory, &SyscallBuffer::default(), 40));
+    assert!(
+        !switches_call(&memory, &memory.buf, 11),
+        "only the bytes the call moved"
+    );
+}
+
+#[test]
 fn detection_without_a_readable_buffer_is_other() {
     let memory = CallMemory::new(&[H2_PREFACE], buf_shape::FLAT);
     assert_eq!(

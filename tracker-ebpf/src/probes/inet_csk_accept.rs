@@ -2,9 +2,10 @@
 //!
 //! Why this hook: `accept()`, `accept4()` and io_uring's accept all end in
 //! `inet_csk_accept`, which returns the accepted socket: the moment the server (not the
-//! kernel) starts on a connection. No tracepoint marks it. Only connections the
-//! daemon was told of (`maps::reported_connection`) produce an event, so the ring
-//! carries one short note per accepted connection.
+//! kernel) starts on a connection, where its life as the server sees it begins. No tracepoint
+//! marks it. The accept is counted in the endpoint's totals for every tracked connection, and
+//! only connections the daemon was told of produce an event: one short note per accepted
+//! connection.
 //!
 //! fexit where BPF trampolines work. Without them a kprobe on `security_sock_graft` (see
 //! there) comes first, and a kretprobe here (the return value is all it needs, so there is
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 use tracker_common::EventKind;
 
-use crate::maps::{emit_for_socket, reported_connection};
+use crate::maps::{TRACKED, Total, count_total, emit_for_socket};
 use crate::record::btf_arg_value;
 
 /// 6.10+: `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
@@ -46,13 +47,28 @@ pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// `skaddr` was accepted (0: the accept failed).
+/// `skaddr` was accepted (0: the accept failed): its life as the server sees it starts, in
+/// the endpoint's totals (whether or not the daemon was told of its open) and for the daemon.
 #[inline(always)]
 pub(crate) fn accepted(skaddr: u64) {
-    if skaddr == 0 || reported_connection(&skaddr).is_none() {
+    if skaddr == 0 {
+        return;
+    }
+    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+        return;
+    };
+    // SAFETY: a live map value. The state change program reads `accepted_ns` at the server's
+    // close, which cannot come before the accept returns, and at CLOSE, which the socket's lock
+    // (held around `security_sock_graft`) defers until this program is done.
+    let track = unsafe { &mut *track };
+    if track.outbound != 0 || track.accepted_ns != 0 || track.server_closed_ns != 0 {
         return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    emit_for_socket(EventKind::Accepted as u32, skaddr, now, 0, 0);
+    track.accepted_ns = now;
+    count_total(&track.endpoint, Total::Accepted, now);
+    if track.unreported == 0 {
+        emit_for_socket(EventKind::Accepted as u32, skaddr, now, 0, 0);
+    }
 }

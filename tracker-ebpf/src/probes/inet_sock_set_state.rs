@@ -15,11 +15,13 @@
 //!   (`LISTEN → SYN_RECV`, the child being cloned from its listener, is ignored too.)
 //! * `ESTABLISHED → FIN_WAIT1` (the server closed first) and `CLOSE_WAIT → LAST_ACK` (it
 //!   closed after the client) for a socket in `TRACKED`: the server has closed the
-//!   connection, and the kernel finishes it from here. Counted in the endpoint's totals only,
-//!   no event. A close by reset goes to CLOSE at once, with no closing phase.
-//! * `* → CLOSE` for a socket in `TRACKED`: the connection is gone. Sockets in TIME_WAIT have
-//!   already passed through CLOSE, so a connection is counted closed once, when its full socket
-//!   is released from the state machine.
+//!   connection. Its life as the server sees it ends, and the daemon is told so; the kernel
+//!   finishes it from here (its closing phase), counted in the endpoint's totals only. A close
+//!   by reset goes to CLOSE at once, with no closing phase.
+//! * `* → CLOSE` for a socket in `TRACKED`: the connection is gone. The daemon is told only if
+//!   it was not at the server's close (a reset, or an outbound connection). Sockets in
+//!   TIME_WAIT have already passed through CLOSE, so a connection is counted closed once, when
+//!   its full socket is released from the state machine.
 //!
 //! Attached as a raw tracepoint where the daemon found the socket's field offsets in the
 //! kernel's BTF (`TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`):
@@ -53,15 +55,16 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    Config, ConnKey, Endpoint, EventKind, IPPROTO_TCP, LOST_SLOT, SockEvent, TRACK_FULL_SLOT,
-    tcp_state,
+    Config, ConnKey, Endpoint, EventKind, IPPROTO_TCP, LOST_SLOT, OPEN_UNTRACKED, SockEvent,
+    TRACK_FULL_SLOT, tcp_state,
 };
 
 use aya_log_ebpf::warn;
 
 use crate::maps::{
-    CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, PREEXISTING, TRACKED, Total, count_lost,
-    count_total, emit_for_socket, port_wanted, submit, track_connection,
+    CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, PREEXISTING, TRACKED,
+    Total, count_lost, count_total, emit_for_socket, port_wanted, submit, track_connection,
+    turn_end_at,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -104,7 +107,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
         (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
         | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => {
-            server_closed(skaddr);
+            server_closed(change, skaddr, config);
             return;
         }
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
@@ -116,13 +119,13 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         (_, tcp_state::CLOSE) => {
             let Some(track) = TRACKED.get_ptr(&skaddr) else {
                 if config.preexisting != 0 {
-                    close_followed(change, skaddr, Counted::No);
+                    close_followed(change, skaddr, Counted::No, Phase::Close);
                 }
                 return;
             };
             // SAFETY: a live map value; the fields needed are copied out before the entry is
             // removed (not the whole value: its frame walks are most of it).
-            let (in_turn, sent, outbound, unreported, local, was_closing) = unsafe {
+            let (in_turn, sent, outbound, unreported, local, close) = unsafe {
                 let track = &*track;
                 (
                     track.in_turn,
@@ -130,7 +133,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
                     track.outbound,
                     track.unreported,
                     track.endpoint,
-                    track.server_closed_ns != 0,
+                    Total::close_of(track),
                 )
             };
             closing_turn = in_turn != 0;
@@ -140,12 +143,16 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close.
             if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
-                count_total(&local, Total::Closed(was_closing), closed_at);
+                count_total(&local, close, closed_at);
+            }
+            if matches!(close, Total::Closed { closing: true, .. }) {
+                // The daemon was told at the server's close.
+                return;
             }
             if unreported != 0 {
                 // The daemon knows this connection only if it adopted it since, by endpoints.
                 if config.preexisting != 0 {
-                    close_followed(change, skaddr, Counted::Yes);
+                    close_followed(change, skaddr, Counted::Yes, Phase::Close);
                 }
                 return;
             }
@@ -172,14 +179,9 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         unsafe { bpf_ktime_get_ns() }
     };
     if kind == EventKind::ConnClose {
-        // A turn open at the close ended with the server's last send, or, if it never
-        // answered, now.
-        let turn_end_ns = match (closing_turn, last_send_ns) {
-            (false, _) => 0,
-            (true, 0) => now,
-            (true, sent) => sent,
-        };
-        // The daemon knows a tracked socket by its address since its open: a short event.
+        // The daemon knows a tracked socket by its address since its open: a short event, with
+        // the end of a turn the close cut short.
+        let turn_end_ns = turn_end_at(closing_turn, last_send_ns, now);
         emit_for_socket(kind as u32, skaddr, now, turn_end_ns, 0);
         return;
     }
@@ -216,7 +218,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             track.endpoint = local;
             track.outbound = outbound;
         });
-    if kind == EventKind::ConnOpen {
+    if kind == EventKind::ConnOpen && tracked {
         count_total(&local, Total::Opened, now);
     }
     if !tracked {
@@ -228,23 +230,38 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         count_lost(TRACK_FULL_SLOT);
         if !follow_close_by_endpoints(&endpoints, kind) {
             entry.discard(0);
+            if kind == EventKind::ConnOpen {
+                count_total(&local, Total::Opened, now);
+            }
             warn!(
                 change,
                 "connection table full: a connection on port {} is not tracked", local_port
             );
             return;
         }
+        if kind == EventKind::ConnOpen {
+            count_total(&local, Total::OpenedUntracked, now);
+        }
     }
 
-    entry.write(connection_event(kind, skaddr, now, &endpoints, netns));
+    let mut event = connection_event(kind, skaddr, now, &endpoints, netns);
+    if !tracked {
+        // Its accept cannot be seen: its life starts now.
+        event.detail = OPEN_UNTRACKED;
+    }
+    entry.write(event);
     submit(entry);
 }
 
-/// The server closed tracked connection `skaddr`: its closing phase starts, unless it is an
-/// outbound one (no server there) or already closing.
+/// The server closed connection `skaddr`, which the kernel still has to finish: for the
+/// daemon its life ends here, and its closing phase starts. Nothing is done for an outbound
+/// connection (no server there; it ends at CLOSE) or one already closing.
 #[inline(always)]
-fn server_closed(skaddr: u64) {
+fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+        if config.preexisting != 0 {
+            close_followed(change, skaddr, Counted::No, Phase::ServerClose);
+        }
         return;
     };
     // SAFETY: a live map value of this connection; state changes of one socket are
@@ -256,7 +273,22 @@ fn server_closed(skaddr: u64) {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     track.server_closed_ns = now;
-    count_total(&track.endpoint, Total::ClosingStarted, now);
+    count_total(
+        &track.endpoint,
+        Total::ServerClosed {
+            accepted: track.accepted_ns != 0,
+        },
+        now,
+    );
+    if track.unreported != 0 {
+        if config.preexisting != 0 {
+            // Its close is counted at CLOSE, with its closing phase.
+            close_followed(change, skaddr, Counted::Yes, Phase::ServerClose);
+        }
+        return;
+    }
+    let turn_end_ns = turn_end_at(track.in_turn != 0, track.last_send_ns, now);
+    emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn_end_ns, 0);
 }
 
 /// The local endpoint of the connection `endpoints` in namespace `netns`.
@@ -277,7 +309,7 @@ fn follow_close_by_endpoints(endpoints: &ConnKey, kind: EventKind) -> bool {
     let direction = if kind == EventKind::OutboundOpen {
         FOLLOWED_OUTBOUND
     } else {
-        0
+        FOLLOWED_UNTRACKED
     };
     if PREEXISTING.insert(endpoints, &direction, 0).is_err() {
         return false;
@@ -289,18 +321,29 @@ fn follow_close_by_endpoints(endpoints: &ConnKey, kind: EventKind) -> bool {
     true
 }
 
-/// Whether a close was already counted in `ENDPOINT_TOTALS`.
+/// Whether a close was already counted in `ENDPOINT_TOTALS` (or will be, at CLOSE).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Counted {
     Yes,
     No,
 }
 
-/// A socket the daemon does not know by address reached CLOSE: if the daemon adopted it from
-/// the kernel's table, or it could not be tracked (see `PREEXISTING`), count and report its
-/// close like any other.
+/// Which close of a followed connection this is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The server's (`ESTABLISHED → FIN_WAIT1`, `CLOSE_WAIT → LAST_ACK`): the end of an
+    /// inbound connection's life.
+    ServerClose,
+    /// CLOSE: the end of an outbound connection's life, or of an inbound one the server did
+    /// not close (a reset).
+    Close,
+}
+
+/// A socket the daemon does not know by address closed: if the daemon adopted it from the
+/// kernel's table, or it could not be tracked (see `PREEXISTING`), count and report its close
+/// like any other.
 #[inline(always)]
-fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
+fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted, phase: Phase) {
     if change.protocol() != IPPROTO_TCP {
         return;
     }
@@ -309,6 +352,9 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
     let Some(&direction) = (unsafe { PREEXISTING.get(&endpoints) }) else {
         return;
     };
+    if direction == FOLLOWED_OUTBOUND && phase == Phase::ServerClose {
+        return;
+    }
     // Whoever removes the entry reports the close: here, or the daemon when it finds the
     // connection gone before it asked (see `Probes::stop_following_close`).
     if PREEXISTING.remove(&endpoints).is_err() {
@@ -321,7 +367,14 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted) {
     let now = unsafe { bpf_ktime_get_ns() };
     let netns = netns_of(skaddr, config);
     if direction != FOLLOWED_OUTBOUND && counted == Counted::No {
-        count_total(&endpoint(&endpoints, netns), Total::Closed(false), now);
+        // Its life ends here; the kernel does not follow its closing phase. One the daemon
+        // adopted counts as accepted: the daemon counts its start in whichever life it reports.
+        let close = Total::Closed {
+            closing: false,
+            accepted: direction != FOLLOWED_UNTRACKED,
+            untracked: direction == FOLLOWED_UNTRACKED,
+        };
+        count_total(&endpoint(&endpoints, netns), close, now);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);

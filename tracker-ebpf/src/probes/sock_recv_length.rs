@@ -24,10 +24,14 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracker_common::{DIRECTION_IN, EventKind, MSG_PEEK, proto::Protocol, walk::SyscallBuffer};
+use tracker_common::{
+    DIRECTION_IN, EventKind, MSG_PEEK,
+    proto::{Protocol, UPGRADED},
+    walk::SyscallBuffer,
+};
 
-use crate::maps::{emit_for_socket, reported_connection};
-use crate::payload::{detect_protocol, syscall_buffer, walk_frames};
+use crate::maps::{emit_for_socket, reported_connection, turn_end_at};
+use crate::payload::{detect_protocol, switch_protocol, syscall_buffer, walk_frames};
 use crate::record::SockLength;
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
@@ -55,18 +59,21 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
     // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
     // and at worst split a turn in two.
     let track = unsafe { &mut *track };
-    // Outbound connections (`--connect`) are followed for their life only.
-    if track.outbound != 0 {
+    // Outbound connections (`--connect`) are followed for their life only, and so are
+    // connections that left HTTP.
+    if track.outbound != 0 || track.protocol == Protocol::Hijacked as u32 {
         return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let bytes = call.bytes as u32;
 
-    // The payload is looked at only to decide the protocol, and then for HTTP/2 frames.
+    // The payload is looked at only to decide the protocol (at first, and after a `101`), and
+    // then for HTTP/2 frames.
     let undecided = track.protocol == Protocol::Undetermined as u32;
+    let switching = track.protocol == Protocol::Switching as u32;
     let http2 = track.protocol == Protocol::Http2 as u32;
-    let buf = if undecided || http2 {
+    let buf = if undecided || switching || http2 {
         syscall_buffer(DIRECTION_IN)
     } else {
         SyscallBuffer::default()
@@ -75,11 +82,17 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
     // connection: the first turn's event carries it.
     let decided = if undecided {
         detect_protocol(track, &buf, bytes)
+    } else if switching {
+        switch_protocol(track, &buf, bytes) | UPGRADED
     } else {
         0
     };
-
-    let turn_starts = if track.in_turn == 0 {
+    let left_http = track.protocol == Protocol::Hijacked as u32;
+    let turn_starts = if left_http {
+        // The upgrade request's turn ended with the server's last send (its `101`), and no
+        // other turn follows: one last turn event says so.
+        Some(turn_end_at(track.in_turn != 0, track.last_send_ns, now))
+    } else if track.in_turn == 0 {
         Some(0)
     } else if track.last_send_ns != 0 {
         // The server answered since the turn began: this payload starts the next turn.
@@ -89,7 +102,7 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
         None
     };
     if let Some(previous_turn_end) = turn_starts {
-        track.in_turn = 1;
+        track.in_turn = u32::from(!left_http);
         track.last_send_ns = 0;
         emit_for_socket(
             EventKind::Turn as u32,

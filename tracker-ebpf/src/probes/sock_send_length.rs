@@ -5,7 +5,8 @@
 //! sendfile/splice. A send inside a turn only
 //! records its time in the connection's map entry: the turn's end is the last send before the
 //! next inbound payload, known only when that payload (or the close) arrives, so no event
-//! here for it. On HTTP/2 connections the frames sent are walked (see `payload`).
+//! here for it. On HTTP/2 connections the frames sent are walked (see `payload`); on HTTP/1
+//! ones the first bytes of each answer are read for a `101 Switching Protocols`.
 
 use aya_ebpf::{
     EbpfContext,
@@ -16,7 +17,7 @@ use aya_ebpf::{
 use tracker_common::{DIRECTION_OUT, proto::Protocol};
 
 use crate::maps::reported_connection;
-use crate::payload::{syscall_buffer, walk_frames};
+use crate::payload::{answer_switches_protocols, syscall_buffer, walk_frames};
 use crate::record::SockLength;
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
@@ -43,12 +44,22 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
     }
     // SAFETY: a live map value of this connection.
     let track = unsafe { &mut *track };
-    // Outbound connections (`--connect`) are followed for their life only.
-    if track.outbound != 0 {
+    // Outbound connections (`--connect`) are followed for their life only, and so are
+    // connections that left HTTP.
+    if track.outbound != 0 || track.protocol == Protocol::Hijacked as u32 {
         return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    // The first send of an HTTP/1 answer: a `101 Switching Protocols` takes the connection out
+    // of HTTP/1 (a WebSocket, an h2c upgrade); the client's next bytes say into what.
+    if track.protocol == Protocol::Http1 as u32
+        && track.in_turn != 0
+        && track.last_send_ns == 0
+        && answer_switches_protocols(call.bytes as u32)
+    {
+        track.protocol = Protocol::Switching as u32;
+    }
     // Sends outside a turn (a greeting before any request) are not busy time.
     if track.in_turn != 0 {
         track.last_send_ns = now;

@@ -229,6 +229,8 @@ pub struct Tracker<K> {
     errors: ErrorCounts,
     opened: u64,
     closed: u64,
+    /// Sessions added in the interval.
+    sessions_started: u64,
     busy: usize,
     busy_peak: usize,
 }
@@ -245,6 +247,7 @@ impl<K: Eq + Hash + Clone> Tracker<K> {
             errors: ErrorCounts::default(),
             opened: 0,
             closed: 0,
+            sessions_started: 0,
             busy: 0,
             busy_peak: 0,
         }
@@ -302,6 +305,7 @@ impl<K: Eq + Hash + Clone> Tracker<K> {
         };
         conn.sessions = conn.sessions.saturating_add(1);
         conn.peak_sessions = conn.peak_sessions.max(conn.sessions);
+        self.sessions_started = self.sessions_started.saturating_add(1);
         true
     }
 
@@ -367,6 +371,7 @@ impl<K: Eq + Hash + Clone> Tracker<K> {
             active_for_ns,
             opened: self.opened,
             closed: self.closed,
+            sessions: self.sessions_started,
             busy: self.busy,
             busy_peak: self.busy_peak,
         };
@@ -421,6 +426,7 @@ impl<K: Eq + Hash + Clone> Tracker<K> {
         self.errors = ErrorCounts::default();
         self.opened = 0;
         self.closed = 0;
+        self.sessions_started = 0;
         self.peak = self.conns.len();
         self.busy_peak = self.busy;
         for conn in self.conns.values_mut() {
@@ -460,6 +466,8 @@ pub struct Snapshot {
     pub opened: u64,
     /// Closed/Hijacked events of tracked connections in the interval.
     pub closed: u64,
+    /// Sessions that started in the interval (SessionAdd calls on known connections).
+    pub sessions: u64,
     /// Connections active at the snapshot time.
     pub busy: usize,
     /// Peak of `busy` in the interval.
@@ -484,6 +492,7 @@ impl Snapshot {
             active_for_ns: self.active_for_ns.saturating_add(next.active_for_ns),
             opened: self.opened.saturating_add(next.opened),
             closed: self.closed.saturating_add(next.closed),
+            sessions: self.sessions.saturating_add(next.sessions),
             busy: next.busy,
             busy_peak: self.busy_peak.max(next.busy_peak),
         }

@@ -20,6 +20,7 @@ fn snapshot_with(conn_for_ns: u64, active_for_ns: u64) -> Snapshot {
         active_for_ns,
         opened: 0,
         closed: 0,
+        sessions: 0,
         busy: 0,
         busy_peak: 0,
     }
@@ -153,7 +154,11 @@ fn peak_sessions_from_closed_and_open_connections() {
     for _ in 0..5 {
         assert!(t.session_add(&2));
     }
-    assert_eq!(t.snapshot(SEC, false).peak_sessions, 5);
+    let snapshot = t.snapshot(SEC, true);
+    assert_eq!(snapshot.peak_sessions, 5);
+    assert_eq!(snapshot.sessions, 8, "every session added in the interval");
+    assert!(!t.session_add(&1), "closed");
+    assert_eq!(t.snapshot(2 * SEC, true).sessions, 0, "a new interval");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use tracker_common::proto::{FrameHeader, Protocol};
 use super::listeners::Listener;
 use super::reconcile::Adoption;
 use super::report::ClosedConnection;
-use super::{Applied, Observer};
+use super::{Applied, LifeStart, Observer};
 use crate::event::{Netns, SockId};
 use crate::model::{ConnState, ErrorKind, Nanos, Tracker};
 use crate::sessions::{self, Sessions};
@@ -33,13 +33,18 @@ pub(super) struct ConnRef {
     sessions_unknown: bool,
     /// Most sessions open at once over the connection's life.
     peak_sessions: u32,
+    /// Its life has started (see [`LifeStart`]): it is in the tracker. False while it waits
+    /// in the accept queue, where lives start at the server's accept.
+    pub(super) started: bool,
 }
 
 impl ConnRef {
-    /// A connection just opened, keyed `remote` in `listener`'s tracker.
-    pub(super) fn opened(listener: TrackerId, remote: SocketAddr) -> Self {
+    /// A connection just opened, keyed `remote` in `listener`'s tracker; `started`: whether
+    /// its life starts now, or at its accept.
+    pub(super) fn opened(listener: TrackerId, remote: SocketAddr, started: bool) -> Self {
         Self {
             listener,
+            started,
             remote,
             busy: false,
             provisional_idle: None,
@@ -120,12 +125,14 @@ impl Observer {
         sock: SockId,
         (local, remote): (SocketAddr, SocketAddr),
         at: Nanos,
+        untracked: bool,
         rescanned: bool,
     ) -> Applied {
         if !self.watches(local.port()) {
             return Applied::Done;
         }
         if let Some(previous) = self.conns.remove(&sock)
+            && previous.started
             && let Some(listener) = self.listeners.get_mut(&previous.listener)
         {
             // The kernel reused this socket's memory, so the connection we held on it is
@@ -141,15 +148,23 @@ impl Observer {
             .listeners
             .entry(id)
             .or_insert_with(|| Listener::new(id));
-        if self.adopted.remove(&(id, remote)) == Some(Adoption::BeforeStart)
+        let adoption = self.adopted.remove(&(id, remote));
+        if adoption == Some(Adoption::BeforeStart)
             && let Some(adopted_at) = listener.tracker.opened_at(&remote)
         {
             // It opened between the attach and the start-up scan: the kernel counted its
             // open after all.
             listener.daemon_counts.withdraw_open(adopted_at);
         }
-        listener.tracker.conn_state(remote, at, ConnState::New);
-        self.conns.insert(sock, ConnRef::opened(id, remote));
+        // Where lives start at the accept, one adopted meanwhile is in the tracker already,
+        // and one the kernel could not track starts now: its accept will not be seen.
+        let starts_now = self.life_start == LifeStart::Handshake || untracked;
+        if starts_now {
+            listener.tracker.conn_state(remote, at, ConnState::New);
+        }
+        let started = starts_now || adoption.is_some();
+        self.conns
+            .insert(sock, ConnRef::opened(id, remote, started));
         Applied::Done
     }
 
@@ -163,6 +178,10 @@ impl Observer {
         turn_end: Option<Nanos>,
     ) -> Applied {
         if let Some(mut conn) = self.conns.remove(&sock) {
+            if !conn.started {
+                // Closed in the accept queue: the server never had it.
+                return Applied::Done;
+            }
             if let Some(listener) = self.listeners.get_mut(&conn.listener) {
                 if let Some(end) = turn_end {
                     conn.end_turn(&mut listener.tracker, end);
@@ -198,9 +217,17 @@ impl Observer {
         &mut self,
         sock: SockId,
         at: Nanos,
-        previous_end: Option<Nanos>,
+        mut previous_end: Option<Nanos>,
         protocol: Option<Protocol>,
+        upgraded: bool,
     ) -> Applied {
+        if upgraded && let Some((conn, listener)) = self.conn_and_listener(sock) {
+            // The upgrade request's turn ends as HTTP/1, before its sessions change kind.
+            if let Some(end) = previous_end.take() {
+                conn.end_turn(&mut listener.tracker, end);
+            }
+            listener.upgraded += 1;
+        }
         if let Some(protocol) = protocol {
             self.set_protocol(sock, protocol);
         }
@@ -211,6 +238,10 @@ impl Observer {
         };
         if let Some(end) = previous_end {
             conn.end_turn(&mut listener.tracker, end);
+        }
+        if protocol == Some(Protocol::Hijacked) {
+            // It left HTTP (a WebSocket): open, but never busy again.
+            return Applied::Done;
         }
         listener
             .tracker
@@ -251,10 +282,19 @@ impl Observer {
         Applied::Done
     }
 
-    /// The server took a tracked connection off its accept queue.
-    pub(super) fn accepted(&mut self, sock: SockId) -> Applied {
-        if let Some((_, listener)) = self.conn_and_listener(sock) {
-            listener.accepted += 1;
+    /// The server took a tracked connection off its accept queue, at `at`: where lives
+    /// start at the accept, its life starts.
+    pub(super) fn accepted(&mut self, sock: SockId, at: Nanos) -> Applied {
+        let Some(conn) = self.conns.get_mut(&sock) else {
+            return Applied::Done;
+        };
+        let Some(listener) = self.listeners.get_mut(&conn.listener) else {
+            return Applied::Done;
+        };
+        listener.accepted += 1;
+        if !conn.started {
+            conn.started = true;
+            listener.tracker.conn_state(conn.remote, at, ConnState::New);
         }
         Applied::Done
     }
@@ -280,9 +320,9 @@ impl Observer {
         }
     }
 
-    /// A tracked connection and its listener, by socket.
+    /// A tracked connection whose life has started, and its listener, by socket.
     fn conn_and_listener(&mut self, sock: SockId) -> Option<(&mut ConnRef, &mut Listener)> {
-        let conn = self.conns.get_mut(&sock)?;
+        let conn = self.conns.get_mut(&sock).filter(|conn| conn.started)?;
         let listener = self.listeners.get_mut(&conn.listener)?;
         Some((conn, listener))
     }

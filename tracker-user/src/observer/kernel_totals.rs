@@ -1,6 +1,7 @@
 //! The kernel's own count of connections opened and closed at each local endpoint, of their
 //! connection time and of their closing phases, added up per listener: once the daemon passes
-//! them, reports take `opened`, `closed`, `connFor` and the closing figures from here.
+//! them, reports take `opened`, `closed`, `connFor` and the closing figures from here. Lives
+//! run from the accept or the handshake's end (see [`LifeStart`]) to the server's close.
 //!
 //! The kernel counts before it sends any event, so these totals stay exact when events are
 //! lost (a full ring, a stalled daemon); what only events carry (lifetimes for the histogram,
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use rustc_hash::FxHashMap;
 use tracker_common::{Endpoint, EndpointTotals, Spans, wire_addr};
 
-use super::Observer;
+use super::{LifeStart, Observer};
 use crate::model::Nanos;
 
 /// What a listener's connections did in the current interval, by the kernel's count.
@@ -105,15 +106,24 @@ impl Observer {
             else {
                 continue;
             };
-            let connections = current.connections.since(&before.connections);
+            let (lives, lives_before) = match self.life_start {
+                LifeStart::Handshake => (
+                    current.established_until_server_close(),
+                    before.established_until_server_close(),
+                ),
+                LifeStart::Accept => (
+                    current.accepted.plus(&current.untracked),
+                    before.accepted.plus(&before.untracked),
+                ),
+            };
+            let counted = lives.since(&lives_before);
             let counts = &mut listener.kernel_counts;
-            counts.opened = counts.opened.wrapping_add(connections.started);
-            counts.closed = counts.closed.wrapping_add(connections.ended);
+            counts.opened = counts.opened.wrapping_add(counted.started);
+            counts.closed = counts.closed.wrapping_add(counted.ended);
             counts.conn_ns = counts.conn_ns.wrapping_add(
-                current
-                    .connections
+                lives
                     .ns_at(now)
-                    .wrapping_sub(before.connections.ns_at(baseline.at)),
+                    .wrapping_sub(lives_before.ns_at(baseline.at)),
             );
             counts.closing_ns = counts.closing_ns.wrapping_add(
                 current

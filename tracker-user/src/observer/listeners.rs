@@ -41,6 +41,8 @@ pub(super) struct Listener {
     /// Server accepts and closes of its connections since the last report.
     pub(super) accepted: u64,
     pub(super) server_closed: u64,
+    /// Connections whose server answered `101 Switching Protocols` since the last report.
+    pub(super) upgraded: u64,
     /// The kernel's count of connections opened and closed since the last report (see
     /// [`Observer::apply_kernel_totals`]).
     pub(super) kernel_counts: KernelCounts,
@@ -69,6 +71,7 @@ impl Listener {
             accept_queue_peak: 0,
             accepted: 0,
             server_closed: 0,
+            upgraded: 0,
             kernel_counts: KernelCounts::default(),
             daemon_counts: DaemonCounts::default(),
             closing: 0,

@@ -53,6 +53,28 @@ pub struct Owner {
     pub cmdline: String,
 }
 
+/// Where a connection's life, as reported, starts. It always ends at the server's close (or a
+/// reset, if that comes first); the accept queue before it and the closing phase after it are
+/// reported beside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LifeStart {
+    /// At the handshake's end: the connection's time in the accept queue is part of its life.
+    #[default]
+    Handshake,
+    /// At the server's `accept()`, as the server itself counts.
+    Accept,
+}
+
+impl LifeStart {
+    /// Its name in reports (`life_from`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Accept => "accept",
+        }
+    }
+}
+
 /// What the caller should do after [`Observer::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -91,6 +113,7 @@ pub struct Observer {
     /// The kernel's totals per local endpoint as of the last report, once the daemon passes
     /// them: reports then take `opened` and `closed` from the kernel.
     kernel_totals: Option<kernel_totals::Baseline>,
+    life_start: LifeStart,
 }
 
 impl Observer {
@@ -105,6 +128,12 @@ impl Observer {
     /// Events from namespace `netns` are the daemon's own (keyed 0, named without prefix).
     pub fn with_own_netns(mut self, netns: Netns) -> Self {
         self.own_netns = netns;
+        self
+    }
+
+    /// Connections' lives start at `start` (the default: at the handshake's end).
+    pub fn with_life_start(mut self, start: LifeStart) -> Self {
+        self.life_start = start;
         self
     }
 
@@ -158,7 +187,8 @@ impl Observer {
                 remote,
                 at,
                 netns,
-            } => self.conn_open(netns, sock, (local, remote), at, rescanned),
+                untracked,
+            } => self.conn_open(netns, sock, (local, remote), at, untracked, rescanned),
             Event::OutboundOpen {
                 sock,
                 local,
@@ -177,14 +207,15 @@ impl Observer {
                 at,
                 previous_end,
                 protocol,
-            } => self.turn(sock, at, previous_end, protocol),
+                upgraded,
+            } => self.turn(sock, at, previous_end, protocol, upgraded),
             Event::H2Frame {
                 sock,
                 ref frame,
                 inbound,
             } => self.h2_frame(sock, frame, inbound),
             Event::WalkLost { sock } => self.walk_lost(sock),
-            Event::Accepted { sock, .. } => self.accepted(sock),
+            Event::Accepted { sock, at } => self.accepted(sock, at),
             Event::ServerClosed { sock, .. } => self.server_closed(sock),
         }
     }

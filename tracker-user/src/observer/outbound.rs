@@ -35,7 +35,7 @@ impl Observer {
         let id = TrackerId::connect(remote);
         if let Some(destination) = self.listeners.get_mut(&id) {
             destination.tracker.conn_state(local, at, ConnState::New);
-            self.conns.insert(sock, ConnRef::opened(id, local));
+            self.conns.insert(sock, ConnRef::opened(id, local, true));
         }
         Applied::Done
     }

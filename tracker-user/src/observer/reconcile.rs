@@ -144,8 +144,8 @@ impl Observer {
         }
     }
 
-    /// Compares the model with the kernel's table of connections of the daemon's own network
-    /// namespace, given as (local, remote) pairs; only connections of watched listeners of that
+    /// Compares the model with the kernel's table of connections the servers of the daemon's
+    /// own network namespace hold (ESTABLISHED or CLOSE_WAIT), given as (local, remote) pairs; only connections of watched listeners of that
     /// namespace count (other namespaces, and outbound connections, are not compared).
     pub fn discrepancies(&self, kernel: &[(SocketAddr, SocketAddr)]) -> Discrepancies {
         let in_kernel: HashSet<(SocketAddr, SocketAddr)> = kernel
@@ -165,11 +165,20 @@ impl Observer {
                 }
             }
         }
+        // Connections waiting to be accepted, where lives start at the accept: the model
+        // knows them, though its trackers do not have them yet.
+        let waiting: HashSet<(TrackerId, SocketAddr)> = self
+            .conns
+            .values()
+            .filter(|conn| !conn.started)
+            .map(|conn| (conn.listener, conn.remote))
+            .collect();
         for &(local, remote) in kernel {
             if !self.watches(local.port()) {
                 continue;
             }
             if let Some(id) = self.listener_for(0, local, false)
+                && !waiting.contains(&(id, remote))
                 && self
                     .listeners
                     .get(&id)

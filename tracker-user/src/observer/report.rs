@@ -38,10 +38,14 @@ pub struct ListenerReport {
     pub accepted: u64,
     /// Connections the server closed itself (`close()` on the socket) in the interval.
     pub server_closed: u64,
+    /// Connections upgraded in the interval: their server answered `101 Switching Protocols`
+    /// and they went on as HTTP/2 (h2c) or left HTTP (a WebSocket).
+    pub upgraded: u64,
     /// Connections the server has closed and the kernel is still finishing (FIN_WAIT1,
-    /// FIN_WAIT2, LAST_ACK, CLOSING), by the kernel's count at the report: part of `curr`.
+    /// FIN_WAIT2, LAST_ACK, CLOSING), by the kernel's count at the report: beside `curr`, which
+    /// they have left.
     pub closing: u64,
-    /// Nanoseconds connections spent closing in the interval: part of `conn_for_ns`.
+    /// Nanoseconds connections spent closing in the interval: beside `conn_for_ns`.
     pub closing_ns: u64,
 }
 
@@ -65,6 +69,7 @@ impl ListenerReport {
             accept_backlog: Some(0),
             accepted: 0,
             server_closed: 0,
+            upgraded: 0,
             closing: 0,
             closing_ns: 0,
         }
@@ -110,6 +115,7 @@ impl ListenerReport {
             accept_backlog: next.accept_backlog,
             accepted: self.accepted.saturating_add(next.accepted),
             server_closed: self.server_closed.saturating_add(next.server_closed),
+            upgraded: self.upgraded.saturating_add(next.upgraded),
             closing: next.closing,
             closing_ns: self.closing_ns.saturating_add(next.closing_ns),
         }
@@ -155,6 +161,7 @@ impl Observer {
                     accept_backlog: state.accept_backlog,
                     accepted: std::mem::take(&mut state.accepted),
                     server_closed: std::mem::take(&mut state.server_closed),
+                    upgraded: std::mem::take(&mut state.upgraded),
                     closing: if from_kernel { state.closing_now() } else { 0 },
                     closing_ns: if from_kernel {
                         kernel_counts.closing_ns

@@ -21,6 +21,7 @@ fn open(sock: SockId, local: &str, remote: &str, at: Nanos) -> Event {
         local: addr(local),
         remote: addr(remote),
         at,
+        untracked: false,
     }
 }
 
@@ -40,6 +41,7 @@ fn turn(sock: SockId, at: Nanos, previous_end: Option<Nanos>) -> Event {
         at,
         previous_end,
         protocol: None,
+        upgraded: false,
     }
 }
 
@@ -359,6 +361,7 @@ fn closed_connections_are_logged_once_with_lifetime_and_sessions() {
         at: 2 * SECOND,
         previous_end: None,
         protocol: Some(Protocol::Http1),
+        upgraded: false,
     });
     let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
     let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
@@ -531,6 +534,7 @@ fn http2_streams_beyond_the_limit_are_reported_untracked() {
         at: SECOND,
         previous_end: None,
         protocol: Some(Protocol::Http2),
+        upgraded: false,
     });
     for n in 0..=u32::try_from(MAX_OPEN_STREAMS).unwrap() {
         let _ = observer.apply(&Event::H2Frame {
@@ -549,6 +553,64 @@ fn http2_streams_beyond_the_limit_are_reported_untracked() {
     assert_eq!(report.sessions_untracked, 1);
     let next = report_of(&mut observer, 3 * SECOND, "127.0.0.1:80");
     assert_eq!(next.sessions_untracked, 0, "counted in its interval only");
+}
+
+/// A `101` ends HTTP/1 on a connection: the upgrade request is one HTTP/1 session, then an
+/// h2c connection counts its streams, and one that left HTTP (a WebSocket) is never busy.
+#[test]
+fn upgraded_connections_go_on_as_http2_or_leave_http() {
+    use tracker_common::proto::{FrameHeader, frame};
+
+    let ms = SECOND / 1000;
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:80"));
+    let upgrade = |sock, remote, protocol| {
+        [
+            open(sock, "127.0.0.1:80", remote, 0),
+            Event::Turn {
+                sock,
+                at: SECOND,
+                previous_end: None,
+                protocol: Some(Protocol::Http1),
+                upgraded: false,
+            },
+            // The client's next bytes, after the server's `101` at 1.1 s.
+            Event::Turn {
+                sock,
+                at: 1200 * ms,
+                previous_end: Some(1100 * ms),
+                protocol: Some(protocol),
+                upgraded: true,
+            },
+        ]
+    };
+    for event in upgrade(10, "127.0.0.1:5000", Protocol::Http2)
+        .iter()
+        .chain(&upgrade(11, "127.0.0.1:5001", Protocol::Hijacked))
+    {
+        let _ = observer.apply(event);
+    }
+    for stream_id in [13, 15] {
+        let _ = observer.apply(&Event::H2Frame {
+            sock: 10,
+            frame: FrameHeader {
+                length: 0,
+                kind: frame::HEADERS,
+                flags: 0x5,
+                stream_id,
+            },
+            inbound: true,
+        });
+    }
+    let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!(report.upgraded, 2);
+    assert_eq!(report.snapshot.peak_sessions, 2, "{report:?}");
+    assert_eq!(report.snapshot.curr, 2);
+    assert_eq!(report.snapshot.busy, 1, "the h2c one only: {report:?}");
+    // Both upgrade requests (0.1 s each), and the h2c connection's turn from 1.2 s.
+    assert_eq!(report.snapshot.active_for_ns, 200 * ms + 800 * ms);
+    assert_eq!(report.sessions_unknown(), 0);
+    assert_eq!(report.snapshot.errors.total(), 0, "{report:?}");
 }
 
 #[test]
@@ -761,7 +823,8 @@ fn a_connection_adopted_and_then_seen_open_counts_its_time_once() {
 }
 
 /// The closing phase (from the server's close to the kernel's CLOSE) comes from the kernel's
-/// totals: how many are closing at the report, and the time they took in the interval.
+/// totals: how many are closing at the report, and the time they took in the interval. It is
+/// counted beside the connections' lives, which end at the server's close.
 #[test]
 fn connections_the_server_closed_are_closing_until_the_kernel_finishes_them() {
     let ms = SECOND / 1000;
@@ -777,13 +840,64 @@ fn connections_the_server_closed_are_closing_until_the_kernel_finishes_them() {
     let first = report_of(&mut observer, 3 * SECOND, "0.0.0.0:80");
     assert_eq!(first.closing, 1);
     assert_eq!(first.closing_ns, 500 * ms + SECOND);
-    assert_eq!(first.snapshot.conn_for_ns, 1500 * ms + 2 * 2 * SECOND);
-    // The other finishes at 3.5 s.
-    let mut totals = stamped_totals(&[SECOND; 3], &[2500 * ms, 3500 * ms]);
+    assert_eq!((first.snapshot.opened, first.snapshot.closed), (3, 2));
+    assert_eq!(first.snapshot.conn_for_ns, 2 * SECOND + 2 * SECOND);
+    // The other finishes at 3.5 s; the third is reset at 3.2 s (no closing phase).
+    let mut totals = stamped_totals(&[SECOND; 3], &[2500 * ms, 3500 * ms, 3200 * ms]);
     totals.closing = spans(&[2 * SECOND; 2], &[2500 * ms, 3500 * ms]);
     observer.apply_kernel_totals(&[(local, totals)], 4 * SECOND);
     let second = report_of(&mut observer, 4 * SECOND, "0.0.0.0:80");
     assert_eq!((second.closing, second.closing_ns), (0, 500 * ms));
+    assert_eq!((second.snapshot.opened, second.snapshot.closed), (0, 1));
+    assert_eq!(second.snapshot.conn_for_ns, 200 * ms);
     let running = first.then(&second);
     assert_eq!((running.closing, running.closing_ns), (0, 2 * SECOND));
+}
+
+/// Where lives start at the accept, a connection counts from the server's accept: not while
+/// it waits in the accept queue, not at all if it closes there, and the kernel's table does
+/// not make it a correction meanwhile.
+#[test]
+fn lives_start_at_the_accept_where_the_kernel_has_an_accept_hook() {
+    let ms = SECOND / 1000;
+    let mut observer = Observer::new(None).with_life_start(LifeStart::Accept);
+    let _ = observer.apply(&up(100, "127.0.0.1:80"));
+    let _ = observer.apply(&open(1, "127.0.0.1:80", "127.0.0.1:5000", SECOND));
+    let _ = observer.apply(&open(2, "127.0.0.1:80", "127.0.0.1:5001", SECOND));
+    let queued = [
+        (addr("127.0.0.1:80"), addr("127.0.0.1:5000")),
+        (addr("127.0.0.1:80"), addr("127.0.0.1:5001")),
+    ];
+    assert!(
+        observer.discrepancies(&queued).is_empty(),
+        "queued, not lost"
+    );
+    let waiting = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
+    assert_eq!((waiting.snapshot.curr, waiting.snapshot.peak), (0, 0));
+    // One is accepted at 2.5 s and closed by the server at 3 s; the other is reset in the
+    // queue.
+    let _ = observer.apply(&Event::Accepted {
+        sock: 1,
+        at: 2500 * ms,
+    });
+    assert_eq!(
+        observer.discrepancies(&queued[..1]),
+        Discrepancies::default()
+    );
+    let _ = observer.apply(&close(2, "127.0.0.1:80", "127.0.0.1:5001", 2600 * ms));
+    let _ = observer.apply(&close(1, "127.0.0.1:80", "127.0.0.1:5000", 3 * SECOND));
+    let report = report_of(&mut observer, 4 * SECOND, "127.0.0.1:80");
+    assert_eq!((report.snapshot.curr, report.snapshot.peak), (0, 1));
+    assert_eq!(report.snapshot.conn_for_ns, 500 * ms);
+    assert_eq!(report.snapshot.errors.total(), 0, "{report:?}");
+    assert_eq!(report.closed_connections[0].lifetime_ns, 500 * ms);
+    // The kernel's totals count accepted lives, not handshakes.
+    observer.apply_kernel_totals(&[], 4 * SECOND);
+    let mut totals = stamped_totals(&[SECOND; 2], &[2600 * ms]);
+    totals.accepted = spans(&[2500 * ms], &[3 * SECOND]);
+    totals.closing = spans(&[3 * SECOND], &[]);
+    observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 5 * SECOND);
+    let kernel = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
+    assert_eq!((kernel.snapshot.opened, kernel.snapshot.closed), (1, 1));
+    assert_eq!(kernel.snapshot.conn_for_ns, 500 * ms);
 }

@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use super::output_thread::{Offer, OutputThread};
 use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
-use crate::hooks::Capability;
+use crate::hooks::{Capability, LifeStart};
 use crate::model::{ErrorKind, secs_to_tenths};
 use crate::observer::{ListenerReport, Owner};
+use crate::tracker_id::Role;
 use crate::tracker_id::TrackerId;
 
 /// Version of the JSON object layout; bumped on any incompatible change.
@@ -195,6 +196,9 @@ struct JsonReport<'a> {
     owners: Vec<JsonOwner<'a>>,
     accepted: Option<u64>,
     server_closed: Option<u64>,
+    upgraded: Option<u64>,
+    sessions: Option<u64>,
+    life_from: &'static str,
     hooks: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -264,6 +268,12 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
             .collect(),
         accepted: hooks.has(Capability::Accept).then_some(report.accepted),
         server_closed: hooks.has(Capability::Close).then_some(report.server_closed),
+        upgraded: hooks.has(Capability::Turns).then_some(report.upgraded),
+        sessions: hooks.has(Capability::Turns).then_some(snapshot.sessions),
+        life_from: match report.id.role {
+            Role::Listen => hooks.life_start().name(),
+            Role::Connect => LifeStart::Handshake.name(),
+        },
         hooks: hooks
             .iter()
             .map(|(capability, label)| (capability.name().to_owned(), label.into()))

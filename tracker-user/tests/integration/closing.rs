@@ -36,9 +36,9 @@ fn fin_wait_1(port: u16) -> usize {
 }
 
 /// A server that closes a connection with data its client has not read yet leaves the kernel
-/// to deliver it: the socket waits in FIN_WAIT1 as long as the client does not read. Those
-/// connections are still in `curr`, and `closing` says how many of them the server is done
-/// with; `closing_for_s` is the time they spent so.
+/// to deliver it: the socket waits in FIN_WAIT1 as long as the client does not read. For the
+/// server those connections are over: they leave `curr` and count in `closed` at its close,
+/// and `closing` counts them beside, with `closing_for_s` the time they spent so.
 #[test]
 fn connections_the_server_closed_with_unsent_data_are_closing_until_the_kernel_is_done() {
     const CONNECTIONS: usize = 3;
@@ -62,9 +62,11 @@ fn connections_the_server_closed_with_unsent_data_are_closing_until_the_kernel_i
     let closing = daemon.reports_until(&name, |report| report["closing"] == CONNECTIONS);
     let last = closing.last().unwrap().clone();
     reports.extend(closing);
+    assert_eq!(last["curr"], 0, "the server holds none of them: {last}");
     assert_eq!(
-        last["curr"], CONNECTIONS,
-        "still the kernel's connections: {last}"
+        sum(&reports, "closed"),
+        CONNECTIONS as f64,
+        "closed at the server's close: {reports:#?}"
     );
     assert_eq!(fin_wait_1(addr.port()), CONNECTIONS, "ss disagrees: {last}");
     // One more interval of nothing but closing.
@@ -84,4 +86,11 @@ fn connections_the_server_closed_with_unsent_data_are_closing_until_the_kernel_i
         .sum();
     assert_seconds_match(&reports, "closing_for_s", closing_time);
     assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64);
+    for report in &reports {
+        assert_eq!(report["errs"], 0, "{report}");
+        assert_eq!(
+            report["corrections"], 0,
+            "the kernel's table agrees: {report}"
+        );
+    }
 }

@@ -97,6 +97,14 @@ fn same_address_in_two_namespaces_is_two_listeners_and_veth_traffic_counts_where
     });
     let veth_target: SocketAddr = format!("10.213.0.1:{port}").parse().unwrap();
     let b_client = in_namespace(&b, move || TcpStream::connect(veth_target).unwrap());
+    // Accepted, so that they count where lives start at the accept.
+    let accept = |listener: &TcpListener| listener.accept().unwrap().0;
+    let servers = [
+        accept(&root_listener),
+        accept(&loop_a),
+        accept(&loop_a),
+        accept(&veth_listener),
+    ];
 
     let inode_a = netns_inode(&a);
     let root_name = format!("127.0.0.1:{port}");
@@ -111,6 +119,7 @@ fn same_address_in_two_namespaces_is_two_listeners_and_veth_traffic_counts_where
         assert_eq!(report["errs"], 0, "{report}");
     }
     drop((
+        servers,
         root_client,
         a_clients,
         b_client,
@@ -145,8 +154,10 @@ fn same_address_in_two_namespaces_is_two_sets_of_prometheus_series() {
             TcpStream::connect(("127.0.0.1", port)).unwrap(),
             TcpStream::connect(("127.0.0.1", port)).unwrap(),
         ];
-        (listener, clients)
+        let servers = [listener.accept().unwrap().0, listener.accept().unwrap().0];
+        (listener, clients, servers)
     });
+    let root_server = root_listener.accept().unwrap().0;
 
     let root_name = format!("127.0.0.1:{port}");
     let namespaced_name = format!("netns:{}/127.0.0.1:{port}", netns_inode(&name));
@@ -166,5 +177,10 @@ fn same_address_in_two_namespaces_is_two_sets_of_prometheus_series() {
             "{listener}:\n{scrape}"
         );
     }
-    drop((root_client, root_listener, in_namespace_sockets));
+    drop((
+        root_client,
+        root_server,
+        root_listener,
+        in_namespace_sockets,
+    ));
 }

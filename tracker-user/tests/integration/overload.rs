@@ -56,7 +56,7 @@ fn unix_now() -> f64 {
 
 /// nginx answering every request on `port` with a few bytes, and its status page on
 /// `status_port`.
-fn nginx_with_status(port: u16, status_port: u16) -> Nginx {
+pub(crate) fn nginx_with_status(port: u16, status_port: u16) -> Nginx {
     Nginx::start(
         &format!(
             "server {{ listen 127.0.0.1:{port}; location / {{ return 200 ok; }} }}

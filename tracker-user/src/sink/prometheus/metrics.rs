@@ -93,6 +93,8 @@ pub(super) struct Metrics {
     pub(super) peak_sessions: HistogramFamily,
     pub(super) hook_info: Family<HookLabels, Gauge>,
     pub(super) accepted: Family<ListenerLabels, Counter>,
+    pub(super) upgraded: Family<ListenerLabels, Counter>,
+    pub(super) sessions: Family<ListenerLabels, Counter>,
     pub(super) server_closed: Family<ListenerLabels, Counter>,
 }
 
@@ -127,6 +129,8 @@ impl Metrics {
             peak_sessions: Family::new_with_constructor(sessions_histogram),
             hook_info: Family::default(),
             accepted: Family::default(),
+            upgraded: Family::default(),
+            sessions: Family::default(),
             server_closed: Family::default(),
         };
         metrics.register_counters(registry);
@@ -139,12 +143,13 @@ impl Metrics {
         // encoder; the names here are the stems.
         registry.register(
             "connections_opened",
-            "Connections accepted by the listener",
+            "Connections whose life started: accepted by the server, or established where the \
+             kernel has no accept hook",
             self.opened.clone(),
         );
         registry.register(
             "connections_closed",
-            "Connections of the listener that closed",
+            "Connections whose life ended: closed by the server, or reset",
             self.closed.clone(),
         );
         registry.register(
@@ -154,7 +159,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "connection",
-            "Connection-seconds: the sum of the time connections were open",
+            "Connection-seconds: the sum of the time the servers held their connections",
             Unit::Seconds,
             self.connection_seconds.clone(),
         );
@@ -166,8 +171,8 @@ impl Metrics {
         );
         registry.register_with_unit(
             "closing",
-            "Closing-seconds: the part of connection-seconds after the server's close, while \
-             the kernel finished the connection",
+            "Closing-seconds: the time after the server's close while the kernel finished \
+             the connection (not part of connection-seconds)",
             Unit::Seconds,
             self.closing_seconds.clone(),
         );
@@ -212,6 +217,17 @@ impl Metrics {
             self.accepted.clone(),
         );
         registry.register(
+            "sessions",
+            "Sessions started: HTTP/1 requests, HTTP/2 streams (absent without a turns hook)",
+            self.sessions.clone(),
+        );
+        registry.register(
+            "connections_upgraded",
+            "Connections upgraded by a 101 Switching Protocols (WebSocket, h2c; absent \
+             without a turns hook)",
+            self.upgraded.clone(),
+        );
+        registry.register(
             "connections_server_closed",
             "Connections the server closed itself (absent where the kernel has no close hook)",
             self.server_closed.clone(),
@@ -236,7 +252,7 @@ impl Metrics {
         );
         registry.register(
             "connections",
-            "Connections open at the last report",
+            "Connections the server held at the last report",
             self.connections.clone(),
         );
         registry.register(
@@ -247,7 +263,7 @@ impl Metrics {
         registry.register(
             "closing_connections",
             "Connections the server has closed and the kernel is still finishing, at the last \
-             report (part of tracker_connections)",
+             report (not part of tracker_connections)",
             self.closing_connections.clone(),
         );
         registry.register(

@@ -155,6 +155,10 @@ impl Inner {
                 .get_or_create(&labels)
                 .inc_by(seconds(snapshot.active_for_ns));
         }
+        if turns {
+            add(&metrics.upgraded, report.upgraded);
+            add(&metrics.sessions, snapshot.sessions);
+        }
         if hooks.has(Capability::Accept) {
             add(&metrics.accepted, report.accepted);
         }

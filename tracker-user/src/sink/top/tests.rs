@@ -20,6 +20,7 @@ fn listener(name: &str, curr: usize, peak: usize) -> ListenerReport {
             active_for_ns: 0,
             opened: 0,
             closed: 0,
+            sessions: 0,
             busy: 0,
             busy_peak: 0,
         },
