@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -60,6 +60,18 @@ impl NginxStatus {
     }
 }
 
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs_f64()
+}
+
+/// Whether `report` was made after `instant` (seconds since the Unix epoch).
+fn made_after(report: &Value, instant: f64) -> bool {
+    report["time"].as_f64().is_some_and(|made| made > instant)
+}
+
 /// Whether the daemon's lives start at the accept on this kernel, from its report, checked
 /// against the accept hook it names.
 fn lives_from_accept(report: &Value) -> bool {
@@ -90,24 +102,29 @@ fn nginx_counts_agree_with_stub_status_under_churn_and_keep_alive() {
     daemon.reports_until(&name, |report| report["curr"] == 0);
     let before = NginxStatus::read(status_port);
     let agree_at_pause = |daemon: &mut Daemon, reports: &mut Vec<Value>| {
-        // Traffic has paused once a whole interval opened and closed nothing with the queue
-        // empty: under emulation nginx still works through its accept queue after wrk exits.
+        // Reports still in the pipe were made while the client ran. Traffic has paused once a
+        // whole interval made since opened and closed nothing with the accept queue empty
+        // (under emulation nginx still works through its queue after wrk exits).
+        let client_done = unix_now();
         let settled = daemon.reports_until(&name, |report| {
-            report["curr"] == HELD
+            made_after(report, client_done)
+                && report["curr"] == HELD
                 && report["accept_queue"] == 0
                 && report["opened"] == 0
                 && report["closed"] == 0
         });
         reports.extend(settled);
         let status = NginxStatus::read(status_port);
-        let report = daemon.next_report(&name);
+        let status_read = unix_now();
+        let since = daemon.reports_until(&name, |report| made_after(report, status_read));
+        let report = since.last().unwrap().clone();
         assert_eq!(report["curr"], status.active - 1, "{status:?} {report}");
         assert_eq!(
             report["busy"],
             status.reading + status.writing - 1,
             "{status:?} {report}"
         );
-        reports.push(report);
+        reports.extend(since);
         status
     };
 
