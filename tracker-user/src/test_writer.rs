@@ -2,6 +2,7 @@
 //! through.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -10,10 +11,13 @@ use std::sync::{Arc, Mutex};
 pub struct Gate {
     passes: Arc<Mutex<Receiver<()>>>,
     pub written: Arc<Mutex<Vec<u8>>>,
+    /// Writes begun so far, blocked or not.
+    pub entered: Arc<AtomicUsize>,
 }
 
 impl Write for Gate {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
         self.passes
             .lock()
             .unwrap()
@@ -34,6 +38,7 @@ pub fn gate() -> (Gate, SyncSender<()>) {
     let gate = Gate {
         passes: Arc::new(Mutex::new(passes)),
         written: Arc::default(),
+        entered: Arc::default(),
     };
     (gate, pass)
 }
