@@ -83,6 +83,25 @@ pub const PROG_KRETPROBE_INET_CSK_ACCEPT: &str = "kretprobe_inet_csk_accept";
 pub const PROG_FENTRY_TCP_CLOSE: &str = "fentry_tcp_close";
 pub const PROG_KPROBE_TCP_CLOSE: &str = "kprobe_tcp_close";
 
+/// Program names of the TLS library hooks (uprobes on OpenSSL's libssl, attached per library
+/// file once a listener's owner is seen using it): one entry program per function whose
+/// arguments differ, and one return program for all of them.
+pub const PROG_UPROBE_SSL_READ: &str = "uprobe_ssl_read";
+pub const PROG_UPROBE_SSL_READ_EX: &str = "uprobe_ssl_read_ex";
+pub const PROG_UPROBE_SSL_WRITE: &str = "uprobe_ssl_write";
+pub const PROG_UPROBE_SSL_WRITE_EX: &str = "uprobe_ssl_write_ex";
+pub const PROG_UPROBE_SSL_DO_HANDSHAKE: &str = "uprobe_ssl_do_handshake";
+pub const PROG_URETPROBE_SSL: &str = "uretprobe_ssl";
+/// The OpenSSL functions each TLS entry program is attached to, with the return program on
+/// every one of them.
+pub const SSL_FUNCTIONS: [(&str, &str); 5] = [
+    ("SSL_read", PROG_UPROBE_SSL_READ),
+    ("SSL_read_ex", PROG_UPROBE_SSL_READ_EX),
+    ("SSL_write", PROG_UPROBE_SSL_WRITE),
+    ("SSL_write_ex", PROG_UPROBE_SSL_WRITE_EX),
+    ("SSL_do_handshake", PROG_UPROBE_SSL_DO_HANDSHAKE),
+];
+
 /// `MSG_PEEK`: a read that leaves the bytes queued; not payload consumed by the server.
 pub const MSG_PEEK: i32 = 2;
 
@@ -590,6 +609,10 @@ pub struct Config {
     /// Non-zero: read payload to detect protocols and follow HTTP/2 streams (sessions). Zero
     /// with `--no-sessions`, or when [`Config::regs`] is unknown.
     pub payload: u32,
+    /// Non-zero once TLS library hooks are attached: the socket programs then check whether
+    /// the current thread is inside a TLS library call (one more lookup per payload of a
+    /// tracked connection), whose plaintext those hooks follow instead of the ciphertext.
+    pub tls: u32,
     /// Where the fields the raw `inet_sock_set_state` program reads sit in a socket.
     pub sock: SockLayout,
     /// Where a task's saved user registers keep the system call number and arguments.

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracker_common::{
-    ConnTrack, DIRECTION_OUT, EventKind, FrameDetail, SYSCALL_BUFFERS_MAX_ENTRIES,
+    ConnTrack, DIRECTION_OUT, EventKind, FrameDetail, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
     proto::{H2Walk, Protocol},
     walk::{
         self, CallWalk, MAX_STEPS, SyscallBuffer, UserMemory, detect_call, opens_or_ends_streams,
@@ -45,6 +45,30 @@ impl UserMemory for CurrentTask {
         // SAFETY: bpf_probe_read_user copies from user memory and fails cleanly on a bad
         // address.
         unsafe { bpf_probe_read_user(address as *const [u8; N]) }.ok()
+    }
+}
+
+/// Where a hook's payload is.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// In the buffer of the current thread's system call (the socket hooks).
+    Syscall,
+    /// Plaintext at this user address, in one piece (the TLS library hooks).
+    Plaintext(u64),
+}
+
+impl Source {
+    /// The buffer holding `bytes` bytes moved in `direction`.
+    #[inline(always)]
+    pub fn buffer(self, direction: u32, bytes: u32) -> SyscallBuffer {
+        match self {
+            Self::Syscall => syscall_buffer(direction),
+            Self::Plaintext(ptr) => SyscallBuffer {
+                ptr,
+                count: u64::from(bytes),
+                shape: buf_shape::FLAT,
+            },
+        }
     }
 }
 
@@ -118,11 +142,11 @@ pub fn switch_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -
     protocol as u32
 }
 
-/// Whether the current send of `total` bytes, the first of an HTTP/1 answer, is a `101
-/// Switching Protocols`.
+/// Whether the current send of `total` bytes from `source`, the first of an HTTP/1 answer, is
+/// a `101 Switching Protocols`.
 #[inline(always)]
-pub fn answer_switches_protocols(total: u32) -> bool {
-    let buf = syscall_buffer(DIRECTION_OUT);
+pub fn answer_switches_protocols(source: Source, total: u32) -> bool {
+    let buf = source.buffer(DIRECTION_OUT, total);
     walk::switches_call(&CurrentTask, &buf, total)
 }
 

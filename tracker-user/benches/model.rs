@@ -104,6 +104,7 @@ fn observer_batch(remotes: &[SocketAddr], start: Nanos) -> Vec<Event> {
             previous_end: None,
             protocol: Some(tracker_common::proto::Protocol::Http1),
             upgraded: false,
+            tls_followed: false,
         });
     }
     for n in 0..remotes.len() {

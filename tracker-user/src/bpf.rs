@@ -108,7 +108,9 @@ pub struct LossCounters {
 /// The loaded and attached programs and the maps the daemon reads.
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// The TLS library programs are loaded, ready to attach per library (see [`crate::tls`]).
+    pub tls_loaded: bool,
     lost: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, ConnTrack>,
     preexisting: HashMap<MapData, ConnKey, u8>,
@@ -199,6 +201,18 @@ pub fn load_and_attach(
         }
     };
 
+    // TLS plaintext is read by uprobes attached later, per library, as owners are found.
+    let tls_loaded = options.sessions
+        && match crate::tls::load_programs(&mut ebpf) {
+            Ok(()) => true,
+            Err(error) => {
+                log::warn!(
+                    "TLS plaintext cannot be followed on this kernel ({error:#}): sessions of \
+                     TLS connections are unknown"
+                );
+                false
+            }
+        };
     let mut tracefs = None;
     let hooks = attach_all(
         &mut ebpf,
@@ -241,7 +255,8 @@ pub fn load_and_attach(
     )?;
     Ok((
         Probes {
-            _ebpf: ebpf,
+            ebpf,
+            tls_loaded,
             lost,
             tracked,
             preexisting,
@@ -278,7 +293,7 @@ impl Probes {
     /// Runs the kernel skipped, over every program; a program whose counter cannot be read
     /// counts none (the ring and table counters still stand).
     fn skipped_runs(&self) -> u64 {
-        self._ebpf
+        self.ebpf
             .programs()
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| crate::prog_info::recursion_misses(fd.as_fd()).ok())
@@ -306,7 +321,7 @@ impl Probes {
     /// Runs and run time of every loaded program since load. Zero unless the kernel accounts
     /// run time (`--bpf-stats`, or `sysctl kernel.bpf_stats_enabled=1`).
     pub fn program_costs(&self) -> Vec<ProgramCost> {
-        self._ebpf
+        self.ebpf
             .programs()
             .filter_map(|(name, program)| {
                 let info = program.info().ok()?;
@@ -381,6 +396,30 @@ impl Probes {
 }
 
 impl Probes {
+    /// Hooks the TLS libraries of `owners` (see [`crate::tls`]) and tells the socket programs
+    /// whether any is hooked.
+    pub fn sync_tls(
+        &mut self,
+        libraries: &mut crate::tls::TlsLibraries,
+        owners: &BTreeSet<u32>,
+    ) -> anyhow::Result<()> {
+        if !self.tls_loaded {
+            return Ok(());
+        }
+        let hooked = libraries.sync(&mut self.ebpf, owners);
+        let mut config = self
+            .config
+            .get(&0, 0)
+            .context("reading the configuration map")?;
+        if config.tls != u32::from(hooked) {
+            config.tls = u32::from(hooked);
+            self.config
+                .set(0, config, 0)
+                .context("writing the configuration map")?;
+        }
+        Ok(())
+    }
+
     /// Takes back the request to report the close of an adopted connection, if the kernel has
     /// not acted on it yet: true if taken back (the kernel will not report this close), false
     /// if the kernel already removed it and its close is on its way through the ring.
@@ -471,6 +510,8 @@ fn configure(
         sock_net_offset: netns.map_or(0, |offsets| offsets.sock_net),
         net_inum_offset: netns.map_or(0, |offsets| offsets.net_inum),
         payload: u32::from(options.sessions && SYSCALL_REGS.is_some()),
+        // Set once a TLS library is hooked.
+        tls: 0,
         sock: layout.sock.unwrap_or_default(),
         regs: SYSCALL_REGS.unwrap_or_default(),
     };

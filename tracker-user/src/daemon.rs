@@ -16,6 +16,7 @@ use crate::observer::{Applied, Observer};
 use crate::procfs;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::tcp_table::{TableSource, TcpTable};
+use crate::tls::TlsLibraries;
 
 /// How often the daemon collects events that the kernel queued without waking it. Short
 /// enough that the ring (millions of bytes) cannot fill in between at any rate this host
@@ -149,6 +150,8 @@ struct State {
     /// When the model was last compared with the kernel's table, and the trouble counters
     /// (losses, decode errors) as of then.
     last_reconcile: (Nanos, LossCounters, u64),
+    /// The TLS libraries hooked for the listeners' owners.
+    tls: TlsLibraries,
 }
 
 impl State {
@@ -172,9 +175,11 @@ impl State {
             unattributed: 0,
             collected: 0,
             last_reconcile: (monotonic_now(), LossCounters::default(), 0),
+            tls: TlsLibraries::default(),
         };
         state.rescan_listeners()?;
         state.adopt_existing_connections()?;
+        state.sync_tls()?;
         log::info!(
             "attached to {}; reading the TCP table from {}; watching {} listener(s){}",
             state.probes.hooks.describe(),
@@ -186,6 +191,12 @@ impl State {
             }
         );
         Ok(state)
+    }
+
+    /// Hooks the TLS libraries of the listeners' owners, and unhooks those no owner uses.
+    fn sync_tls(&mut self) -> anyhow::Result<()> {
+        let owners = self.observer.listener_owner_pids();
+        self.probes.sync_tls(&mut self.tls, &owners)
     }
 
     /// What the run handled and, when the kernel accounted it, what each program cost.
@@ -377,7 +388,16 @@ impl State {
         let totals = self.interval_totals(now)?;
         let kernel_totals = self.probes.endpoint_totals()?;
         self.observer.apply_kernel_totals(&kernel_totals, now);
+        self.sync_tls()?;
         let mut reports = self.observer.report(now);
+        for report in &mut reports {
+            report.tls_library = report
+                .owners
+                .iter()
+                .find_map(|owner| self.tls.library_of(owner.pid))
+                .map(str::to_owned);
+            self.tls.warn_if_opaque(report);
+        }
         // Owners known from listen() events carry no command line yet.
         for owner in reports
             .iter_mut()

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use tracker_common::proto::{FrameHeader, Protocol, UPGRADED};
+use tracker_common::proto::{FrameHeader, Protocol, TLS_FOLLOWED, UPGRADED};
 use tracker_common::{
     DIRECTION_IN, EventKind, FrameDetail, OPEN_UNTRACKED, SockEvent, SockNote, wire_addr,
 };
@@ -66,6 +66,9 @@ pub enum Event {
         previous_end: Option<Nanos>,
         protocol: Option<Protocol>,
         upgraded: bool,
+        /// With [`Protocol::Tls`]: the kernel saw the handshake inside a hooked TLS library,
+        /// so the plaintext will decide the protocol in a later turn.
+        tls_followed: bool,
     },
     /// An HTTP/2 frame that opens or ends streams; `inbound`: sent by the client.
     H2Frame {
@@ -199,16 +202,19 @@ impl Event {
                 turn_end: aux,
                 netns: 0,
             },
-            EventKind::Turn => Self::Turn {
-                sock,
-                at,
-                previous_end: aux,
-                // A value from a newer kernel side: no sessions we could interpret.
-                protocol: (note.detail & !UPGRADED != 0).then(|| {
-                    Protocol::try_from(note.detail & !UPGRADED).unwrap_or(Protocol::Other)
-                }),
-                upgraded: note.detail & UPGRADED != 0,
-            },
+            EventKind::Turn => {
+                let value = note.detail & !(UPGRADED | TLS_FOLLOWED);
+                Self::Turn {
+                    sock,
+                    at,
+                    previous_end: aux,
+                    // A value from a newer kernel side: no sessions we could interpret.
+                    protocol: (value != 0)
+                        .then(|| Protocol::try_from(value).unwrap_or(Protocol::Other)),
+                    upgraded: note.detail & UPGRADED != 0,
+                    tls_followed: note.detail & TLS_FOLLOWED != 0,
+                }
+            }
             EventKind::H2Frame => {
                 let detail = FrameDetail::unpack(note.detail);
                 Self::H2Frame {
@@ -395,6 +401,7 @@ mod tests {
                 previous_end: Some(500),
                 protocol: None,
                 upgraded: false,
+                tls_followed: false,
             })
         );
         assert!(matches!(
@@ -443,6 +450,7 @@ mod tests {
             Ok(Event::Turn {
                 protocol: Some(Protocol::Hijacked),
                 upgraded: true,
+                tls_followed: false,
                 ..
             })
         ));

@@ -3,8 +3,8 @@
 //! * [`model`]: the connection tracker (plain Rust, no I/O), a port of the original library.
 //! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener
 //!   or destination.
-//! * [`procfs`], [`tcp_table`], [`tracefs`], [`bpf`]: what the daemon reads from and attaches
-//!   to the kernel.
+//! * [`procfs`], [`tcp_table`], [`tracefs`], [`bpf`], [`tls`]: what the daemon reads from and
+//!   attaches to the kernel (and to servers' TLS libraries).
 //! * [`tracker_id`]: the identity every tracker's report goes by.
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
@@ -24,5 +24,6 @@ pub mod sink;
 pub mod tcp_table;
 #[cfg(test)]
 mod test_writer;
+pub mod tls;
 pub mod tracefs;
 pub mod tracker_id;

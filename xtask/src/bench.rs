@@ -32,16 +32,19 @@ const KEPT_SECTIONS_MARKER: &str = "<!-- sections below are not written by cargo
 pub struct BenchArgs {
     /// Repetitions of each overhead scenario (interleaved).
     #[arg(long, default_value_t = 5)]
-    reps: usize,
+    pub(crate) reps: usize,
     /// Seconds of load per wrk run.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// wrk connections in the overhead scenarios.
     #[arg(long, default_value_t = 50)]
-    connections: u32,
+    pub(crate) connections: u32,
     /// Largest number of concurrent connections for the memory figure.
     #[arg(long, default_value_t = 100_000)]
     max_held: usize,
+    /// Only the HTTPS keep-alive figures, printed rather than written to BENCHMARKS.md.
+    #[arg(long)]
+    https_only: bool,
 }
 
 /// Debian packages the benchmark drives: (command, package).
@@ -52,6 +55,7 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"),
     ("gnuplot", "gnuplot-nox"),
     ("ss", "iproute2"),
+    ("openssl", "openssl"),
 ];
 
 /// bpftrace on the tracepoints tracker uses for connections and turns, doing the minimum a
@@ -92,7 +96,7 @@ impl Observer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Load {
+pub(crate) enum Load {
     /// A new connection per request (`Connection: close`).
     Churn,
     /// Keep-alive connections.
@@ -115,6 +119,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let out_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let started = Instant::now();
+    if args.https_only {
+        let tls = crate::bench_tls::measure(&tracker, args, &out_dir)?;
+        println!("{}", crate::bench_tls::render(&tls));
+        return Ok(());
+    }
 
     let nginx = Nginx::start(&out_dir)?;
     let url = format!("http://127.0.0.1:{}/", nginx.port);
@@ -180,6 +189,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     // 5. The model's hot path on one core (criterion).
     let micro = criterion_figures()?;
 
+    // 6. HTTPS keep-alive, with TLS plaintext followed.
+    let tls = crate::bench_tls::measure(&tracker, args, &out_dir)?;
+
     drop(nginx);
     let report = render_report(
         args,
@@ -190,6 +202,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         &micro,
         started.elapsed(),
     );
+    let report = format!("{report}\n{}", crate::bench_tls::render(&tls));
     let path = workspace_root().join("BENCHMARKS.md");
     // Sections measured by other means (inside VMs, say) follow a marker and are kept.
     let kept = std::fs::read_to_string(&path)
@@ -221,16 +234,26 @@ fn ensure_tracefs() -> anyhow::Result<()> {
 }
 
 /// nginx with one worker answering every request itself, on a port the kernel picked.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Nginx {
+    /// Clear-text HTTP, in `out_dir/nginx`.
     fn start(out_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_serving(&out_dir.join("nginx"), "", "")
+    }
+
+    /// nginx with its files in `dir`, listening with the extra `listen` parameters
+    /// `parameters` (such as `ssl`), with `directives` in the server block.
+    pub(crate) fn start_serving(
+        dir: &Path,
+        parameters: &str,
+        directives: &str,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let dir = out_dir.join("nginx");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir)?;
         let config = format!(
             "user root;
 worker_processes 1;
@@ -246,7 +269,11 @@ http {{
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
   keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}
+  server {{
+    listen 127.0.0.1:{port} {parameters} backlog=4096;
+    {directives}
+    location / {{ return 200 \"ok\\n\"; }}
+  }}
 }}
 ",
             dir = dir.display()
@@ -257,7 +284,7 @@ http {{
             .arg("-c")
             .arg(&path)
             .arg("-p")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -268,6 +295,10 @@ http {{
         })?;
         Ok(nginx)
     }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Nginx {
@@ -276,11 +307,11 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
         if Instant::now() > deadline {
@@ -291,7 +322,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let pid = child.id() as i32;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -307,7 +338,7 @@ fn stop(child: &mut Child) {
 }
 
 /// A running observer, stopped when dropped.
-struct ObserverGuard {
+pub(crate) struct ObserverGuard {
     child: Option<Child>,
     /// Lines the process wrote to its log stream (stderr for tracker, stdout for bpftrace).
     log: Option<mpsc::Receiver<String>>,
@@ -315,7 +346,7 @@ struct ObserverGuard {
 
 impl ObserverGuard {
     /// Stops it and returns the rest of its log.
-    fn finish(mut self) -> Vec<String> {
+    pub(crate) fn finish(mut self) -> Vec<String> {
         if let Some(child) = &mut self.child {
             stop(child);
         }
@@ -396,7 +427,7 @@ fn start_observer(
 }
 
 /// The daemon as an operator would run it on this port: JSON reports every second to a file.
-fn start_tracker(
+pub(crate) fn start_tracker(
     tracker: &Path,
     port: u16,
     reports: PathBuf,
@@ -426,13 +457,36 @@ fn start_tracker(
 }
 
 #[derive(Debug, Clone, Copy)]
-struct WrkResult {
-    requests: u64,
-    requests_per_s: f64,
+pub(crate) struct WrkResult {
+    pub(crate) requests: u64,
+    pub(crate) requests_per_s: f64,
 }
 
-fn wrk(url: &str, load: Load, connections: u32, seconds: u64) -> anyhow::Result<WrkResult> {
-    let mut command = Command::new("wrk");
+pub(crate) fn wrk(
+    url: &str,
+    load: Load,
+    connections: u32,
+    seconds: u64,
+) -> anyhow::Result<WrkResult> {
+    wrk_through(&[], url, load, connections, seconds)
+}
+
+/// [`wrk`], started through the command line `wrapper` (empty: directly).
+pub(crate) fn wrk_through(
+    wrapper: &[&str],
+    url: &str,
+    load: Load,
+    connections: u32,
+    seconds: u64,
+) -> anyhow::Result<WrkResult> {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg("wrk");
+            command
+        }
+        None => Command::new("wrk"),
+    };
     command.args([
         "-t",
         "2",
@@ -622,6 +676,18 @@ fn kernel_cost(
     let started = Instant::now();
     let run = wrk(url, load, args.connections, args.seconds)?;
     let seconds = started.elapsed().as_secs_f64();
+    let programs = program_costs(guard)?;
+    Ok(KernelCost {
+        load,
+        requests: run.requests,
+        seconds,
+        programs,
+    })
+}
+
+/// Stops a tracker started with `--bpf-stats` and reads what it logged each program cost:
+/// (program, runs, nanoseconds in all).
+pub(crate) fn program_costs(guard: ObserverGuard) -> anyhow::Result<Vec<(String, u64, u64)>> {
     let log = guard.finish();
     // "program NAME: RUNS runs, NS ns in all, ... ns per run"
     let programs = log
@@ -641,12 +707,7 @@ fn kernel_cost(
             log.join("\n")
         );
     }
-    Ok(KernelCost {
-        load,
-        requests: run.requests,
-        seconds,
-        programs,
-    })
+    Ok(programs)
 }
 
 /// Polls `ss` every 100 ms while `polling` holds: (distinct connections seen, most at once).
@@ -792,7 +853,7 @@ fn share(nanos: u64, seconds: f64) -> f64 {
     nanos as f64 / (seconds * 1e9 * cpus() as f64) * 100.0
 }
 
-fn stats(values: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn stats(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = match sorted.len() {

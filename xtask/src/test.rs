@@ -46,6 +46,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ),
     ("wrk", "wrk"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
     ("prometheus", "prometheus"),
     ("tmux", "tmux"),
 ];

@@ -26,34 +26,49 @@ use aya_ebpf::{
 };
 use tracker_common::{
     DIRECTION_IN, EventKind, MSG_PEEK,
-    proto::{Protocol, UPGRADED},
+    proto::{Protocol, TLS_FOLLOWED, UPGRADED},
     walk::SyscallBuffer,
 };
 
 use crate::maps::{emit_for_socket, reported_connection, turn_end_at};
-use crate::payload::{detect_protocol, switch_protocol, syscall_buffer, walk_frames};
+use crate::payload::{Source, detect_protocol, switch_protocol, walk_frames};
+use crate::probes::openssl::{self, ssl_call_on};
 use crate::record::SockLength;
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn raw_sock_recv_length(ctx: RawTracePointContext) -> i32 {
-    on_recv(&ctx, SockLength::from_raw(&ctx));
+    on_recv(&ctx, SockLength::from_raw(&ctx), Source::Syscall);
     0
 }
 
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
     // SAFETY: attached to sock:sock_recv_length only, after its layout was checked.
-    on_recv(&ctx, unsafe { SockLength::from_record(&ctx) });
+    on_recv(
+        &ctx,
+        unsafe { SockLength::from_record(&ctx) },
+        Source::Syscall,
+    );
     0
 }
 
+/// Payload the server read: from its socket (`Source::Syscall`), or as plaintext from its TLS
+/// library (`Source::Plaintext`, see `openssl`), whose socket reads are then left alone.
 #[inline(always)]
-pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
+pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
+    // Failed reads (a non-blocking server's EAGAIN) and peeks first: they cost no lookup.
+    if call.bytes <= 0 || call.flags & MSG_PEEK != 0 {
+        return;
+    }
     let skaddr = call.skaddr;
     let Some(track) = reported_connection(&skaddr) else {
         return;
     };
-    if call.bytes <= 0 || call.flags & MSG_PEEK != 0 {
+    let ssl_call = match source {
+        Source::Syscall => ssl_call_on(skaddr),
+        Source::Plaintext(_) => 0,
+    };
+    if ssl_call == openssl::READ || ssl_call == openssl::WRITE {
         return;
     }
     // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
@@ -70,18 +85,25 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
 
     // The payload is looked at only to decide the protocol (at first, and after a `101`), and
     // then for HTTP/2 frames.
-    let undecided = track.protocol == Protocol::Undetermined as u32;
+    // TLS records are decided again from their plaintext, where the library hooks see it.
+    let undecided = track.protocol == Protocol::Undetermined as u32
+        || (matches!(source, Source::Plaintext(_)) && track.protocol == Protocol::Tls as u32);
     let switching = track.protocol == Protocol::Switching as u32;
     let http2 = track.protocol == Protocol::Http2 as u32;
     let buf = if undecided || switching || http2 {
-        syscall_buffer(DIRECTION_IN)
+        source.buffer(DIRECTION_IN, bytes)
     } else {
         SyscallBuffer::default()
     };
     // Decided before the turn starts, so the daemon knows what a turn means for this
     // connection: the first turn's event carries it.
     let decided = if undecided {
-        detect_protocol(track, &buf, bytes)
+        let protocol = detect_protocol(track, &buf, bytes);
+        if protocol == Protocol::Tls as u32 && ssl_call == openssl::HANDSHAKE {
+            protocol | TLS_FOLLOWED
+        } else {
+            protocol
+        }
     } else if switching {
         switch_protocol(track, &buf, bytes) | UPGRADED
     } else {
@@ -97,6 +119,11 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength) {
     } else if track.last_send_ns != 0 {
         // The server answered since the turn began: this payload starts the next turn.
         Some(track.last_send_ns)
+    } else if decided != 0 {
+        // A TLS connection's first plaintext while its handshake's turn is still open (the
+        // server sent nothing after the client's last handshake record): the handshake's turn
+        // ends here and the request's begins, whose event carries the protocol.
+        Some(now)
     } else {
         // More of the same request: still one turn.
         None

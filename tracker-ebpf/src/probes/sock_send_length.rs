@@ -17,29 +17,41 @@ use aya_ebpf::{
 use tracker_common::{DIRECTION_OUT, proto::Protocol};
 
 use crate::maps::reported_connection;
-use crate::payload::{answer_switches_protocols, syscall_buffer, walk_frames};
+use crate::payload::{Source, answer_switches_protocols, walk_frames};
+use crate::probes::openssl::{self, ssl_call_on};
 use crate::record::SockLength;
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
-    on_send(&ctx, SockLength::from_raw(&ctx));
+    on_send(&ctx, SockLength::from_raw(&ctx), Source::Syscall);
     0
 }
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     // SAFETY: attached to sock:sock_send_length only, after its layout was checked.
-    on_send(&ctx, unsafe { SockLength::from_record(&ctx) });
+    on_send(
+        &ctx,
+        unsafe { SockLength::from_record(&ctx) },
+        Source::Syscall,
+    );
     0
 }
 
+/// Payload the server sent: to its socket, or as plaintext to its TLS library (see
+/// `sock_recv_length::on_recv`).
 #[inline(always)]
-pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
+pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
+    if call.bytes <= 0 {
+        return;
+    }
     let skaddr = call.skaddr;
     let Some(track) = reported_connection(&skaddr) else {
         return;
     };
-    if call.bytes <= 0 {
+    if matches!(source, Source::Syscall)
+        && matches!(ssl_call_on(skaddr), openssl::READ | openssl::WRITE)
+    {
         return;
     }
     // SAFETY: a live map value of this connection.
@@ -56,7 +68,7 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
     if track.protocol == Protocol::Http1 as u32
         && track.in_turn != 0
         && track.last_send_ns == 0
-        && answer_switches_protocols(call.bytes as u32)
+        && answer_switches_protocols(source, call.bytes as u32)
     {
         track.protocol = Protocol::Switching as u32;
     }
@@ -65,7 +77,7 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength) {
         track.last_send_ns = now;
     }
     if track.protocol == Protocol::Http2 as u32 {
-        let buf = syscall_buffer(DIRECTION_OUT);
+        let buf = source.buffer(DIRECTION_OUT, call.bytes as u32);
         walk_frames(
             ctx,
             &mut track.walk_out,

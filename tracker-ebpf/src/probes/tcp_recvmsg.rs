@@ -38,6 +38,7 @@ use aya_ebpf::{
 };
 
 use crate::maps::TRACKED;
+use crate::payload::Source;
 use crate::probes::sock_recv_length::on_recv;
 use crate::record::{SockLength, btf_arg_value};
 
@@ -161,5 +162,6 @@ fn finish<C: EbpfContext>(ctx: &C, skaddr: u64, flags: i32, ret: u64) {
             bytes: ret as i32,
             flags,
         },
+        Source::Syscall,
     );
 }

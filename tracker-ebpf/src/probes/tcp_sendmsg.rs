@@ -26,6 +26,7 @@ use aya_ebpf::{
 };
 
 use crate::maps::TRACKED;
+use crate::payload::Source;
 use crate::probes::sock_send_length::on_send;
 use crate::record::{SockLength, btf_arg_value};
 
@@ -77,5 +78,6 @@ fn finish<C: EbpfContext>(ctx: &C, skaddr: u64, ret: u64) {
             bytes: ret as i32,
             flags: 0,
         },
+        Source::Syscall,
     );
 }

@@ -220,6 +220,7 @@ impl Observer {
         mut previous_end: Option<Nanos>,
         protocol: Option<Protocol>,
         upgraded: bool,
+        tls_followed: bool,
     ) -> Applied {
         if upgraded && let Some((conn, listener)) = self.conn_and_listener(sock) {
             // The upgrade request's turn ends as HTTP/1, before its sessions change kind.
@@ -229,7 +230,7 @@ impl Observer {
             listener.upgraded += 1;
         }
         if let Some(protocol) = protocol {
-            self.set_protocol(sock, protocol);
+            self.set_protocol(sock, protocol, tls_followed);
         }
         // The kernel only reports turns of connections it reported open, so an unknown socket
         // here means that open was lost; its close will count the error.
@@ -307,14 +308,29 @@ impl Observer {
         Applied::Done
     }
 
-    /// The connection's protocol is known (from the first bytes the client sent): it decides
-    /// what its sessions are.
-    fn set_protocol(&mut self, sock: SockId, protocol: Protocol) {
+    /// The connection's protocol is known (from the first bytes the client sent, or the first
+    /// plaintext of a TLS connection whose library is hooked): it decides what its sessions
+    /// are. TLS whose plaintext will follow (`tls_followed`) has none until then, and is not
+    /// unknown.
+    fn set_protocol(&mut self, sock: SockId, protocol: Protocol, tls_followed: bool) {
         if let Some((conn, listener)) = self.conn_and_listener(sock) {
             conn.sessions = Sessions::new(protocol, true);
-            let unknown = matches!(protocol, Protocol::Tls | Protocol::Other);
+            if protocol == Protocol::Tls {
+                if tls_followed {
+                    listener.tls.followed = true;
+                } else {
+                    listener.tls.opaque = true;
+                }
+            }
+            let unknown = match protocol {
+                Protocol::Tls => !tls_followed,
+                Protocol::Other => true,
+                _ => false,
+            };
             if unknown && !conn.sessions_unknown {
                 listener.unknown_open += 1;
+            } else if !unknown && conn.sessions_unknown {
+                listener.unknown_open = listener.unknown_open.saturating_sub(1);
             }
             conn.sessions_unknown = unknown;
         }

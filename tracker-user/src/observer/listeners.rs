@@ -51,6 +51,19 @@ pub(super) struct Listener {
     /// Connections the server has closed and the kernel is still finishing, by the kernel's
     /// count when last applied (wrapping, see [`Listener::closing_now`]).
     pub(super) closing: u64,
+    /// What its connections showed of TLS.
+    pub(super) tls: TlsSeen,
+}
+
+/// Whether a listener's connections spoke TLS, and whether the kernel saw their handshakes
+/// inside a hooked TLS library (whose plaintext it then follows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsSeen {
+    /// Some TLS connection's plaintext is followed.
+    pub followed: bool,
+    /// Some TLS connection's handshake was not inside a hooked library: its sessions are
+    /// unknown.
+    pub opaque: bool,
 }
 
 impl Listener {
@@ -75,6 +88,7 @@ impl Listener {
             kernel_counts: KernelCounts::default(),
             daemon_counts: DaemonCounts::default(),
             closing: 0,
+            tls: TlsSeen::default(),
         }
     }
 
@@ -96,6 +110,15 @@ impl Observer {
             .keys()
             .filter(|id| id.role == Role::Listen)
             .map(|id| id.addr)
+    }
+
+    /// The processes owning listeners that still listen (whose TLS libraries the daemon hooks).
+    pub fn listener_owner_pids(&self) -> BTreeSet<u32> {
+        self.listeners
+            .iter()
+            .filter(|(id, listener)| id.role == Role::Listen && listener.is_listening())
+            .flat_map(|(_, listener)| listener.owners.iter().map(|owner| owner.pid))
+            .collect()
     }
 
     /// Records a listening socket found in the kernel's table (at start-up or on a rescan).

@@ -41,6 +41,7 @@ use crate::tracker_id::TrackerId;
 
 use connections::ConnRef;
 use listeners::Listener;
+pub use listeners::TlsSeen;
 pub use reconcile::Discrepancies;
 pub use report::{ClosedConnection, ListenerReport};
 
@@ -208,7 +209,8 @@ impl Observer {
                 previous_end,
                 protocol,
                 upgraded,
-            } => self.turn(sock, at, previous_end, protocol, upgraded),
+                tls_followed,
+            } => self.turn(sock, at, previous_end, protocol, upgraded, tls_followed),
             Event::H2Frame {
                 sock,
                 ref frame,

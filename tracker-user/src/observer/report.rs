@@ -1,6 +1,6 @@
 //! Report assembly: one [`ListenerReport`] per tracker and interval.
 
-use super::{Observer, Owner};
+use super::{Observer, Owner, TlsSeen};
 use crate::model::{Nanos, Snapshot};
 use crate::tracker_id::{Role, TrackerId};
 
@@ -47,6 +47,11 @@ pub struct ListenerReport {
     pub closing: u64,
     /// Nanoseconds connections spent closing in the interval: beside `conn_for_ns`.
     pub closing_ns: u64,
+    /// What its connections have shown of TLS since the listener was first seen.
+    pub tls: TlsSeen,
+    /// The TLS library whose plaintext is followed for its owners (set by the daemon, which
+    /// attaches the library hooks).
+    pub tls_library: Option<String>,
 }
 
 #[cfg(test)]
@@ -72,6 +77,8 @@ impl ListenerReport {
             upgraded: 0,
             closing: 0,
             closing_ns: 0,
+            tls: TlsSeen::default(),
+            tls_library: None,
         }
     }
 }
@@ -118,6 +125,8 @@ impl ListenerReport {
             upgraded: self.upgraded.saturating_add(next.upgraded),
             closing: next.closing,
             closing_ns: self.closing_ns.saturating_add(next.closing_ns),
+            tls: next.tls,
+            tls_library: next.tls_library.clone(),
         }
     }
 
@@ -168,6 +177,8 @@ impl Observer {
                     } else {
                         0
                     },
+                    tls: state.tls,
+                    tls_library: None,
                 }
             })
             .collect();

@@ -42,6 +42,7 @@ fn turn(sock: SockId, at: Nanos, previous_end: Option<Nanos>) -> Event {
         previous_end,
         protocol: None,
         upgraded: false,
+        tls_followed: false,
     }
 }
 
@@ -362,6 +363,7 @@ fn closed_connections_are_logged_once_with_lifetime_and_sessions() {
         previous_end: None,
         protocol: Some(Protocol::Http1),
         upgraded: false,
+        tls_followed: false,
     });
     let _ = observer.apply(&close(10, "127.0.0.1:80", "127.0.0.1:5000", 4 * SECOND));
     let report = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
@@ -535,6 +537,7 @@ fn http2_streams_beyond_the_limit_are_reported_untracked() {
         previous_end: None,
         protocol: Some(Protocol::Http2),
         upgraded: false,
+        tls_followed: false,
     });
     for n in 0..=u32::try_from(MAX_OPEN_STREAMS).unwrap() {
         let _ = observer.apply(&Event::H2Frame {
@@ -573,6 +576,7 @@ fn upgraded_connections_go_on_as_http2_or_leave_http() {
                 previous_end: None,
                 protocol: Some(Protocol::Http1),
                 upgraded: false,
+                tls_followed: false,
             },
             // The client's next bytes, after the server's `101` at 1.1 s.
             Event::Turn {
@@ -581,6 +585,7 @@ fn upgraded_connections_go_on_as_http2_or_leave_http() {
                 previous_end: Some(1100 * ms),
                 protocol: Some(protocol),
                 upgraded: true,
+                tls_followed: false,
             },
         ]
     };
@@ -900,4 +905,60 @@ fn lives_start_at_the_accept_where_the_kernel_has_an_accept_hook() {
     let kernel = report_of(&mut observer, 5 * SECOND, "127.0.0.1:80");
     assert_eq!((kernel.snapshot.opened, kernel.snapshot.closed), (1, 1));
     assert_eq!(kernel.snapshot.conn_for_ns, 500 * ms);
+}
+
+/// A TLS connection whose handshake the kernel saw inside a hooked library waits, neither
+/// unknown nor counted, until its plaintext decides the protocol; one whose handshake was not
+/// seen so is unknown, and its listener says it serves TLS the daemon cannot see into.
+#[test]
+fn tls_is_unknown_only_where_its_plaintext_is_not_followed() {
+    let ms = SECOND / 1000;
+    let mut observer = Observer::new(None);
+    let _ = observer.apply(&up(1, "127.0.0.1:443"));
+    let tls_turn = |sock, at, previous_end, protocol, tls_followed| Event::Turn {
+        sock,
+        at,
+        previous_end,
+        protocol: Some(protocol),
+        upgraded: false,
+        tls_followed,
+    };
+    for event in [
+        open(10, "127.0.0.1:443", "127.0.0.1:5000", 0),
+        open(11, "127.0.0.1:443", "127.0.0.1:5001", 0),
+        // The ClientHellos.
+        tls_turn(10, 100 * ms, None, Protocol::Tls, true),
+        tls_turn(11, 100 * ms, None, Protocol::Tls, false),
+    ] {
+        let _ = observer.apply(&event);
+    }
+    let handshaking = report_of(&mut observer, 150 * ms, "127.0.0.1:443");
+    assert_eq!(handshaking.sessions_unknown(), 1, "{handshaking:?}");
+    assert_eq!(handshaking.snapshot.sessions, 0);
+    assert_eq!(
+        handshaking.tls,
+        TlsSeen {
+            followed: true,
+            opaque: true
+        }
+    );
+
+    // The first request's plaintext, after the handshake's turn ended at 120 ms.
+    let _ = observer.apply(&tls_turn(
+        10,
+        200 * ms,
+        Some(120 * ms),
+        Protocol::Http1,
+        false,
+    ));
+    let _ = observer.apply(&turn(10, 400 * ms, Some(300 * ms)));
+    let report = report_of(&mut observer, SECOND, "127.0.0.1:443");
+    assert_eq!(report.snapshot.sessions, 2, "{report:?}");
+    assert_eq!(report.snapshot.peak_sessions, 1);
+    assert_eq!(
+        report.sessions_unknown(),
+        1,
+        "the opaque one only: {report:?}"
+    );
+    assert_eq!(report.snapshot.errors.total(), 0, "{report:?}");
 }

@@ -199,6 +199,7 @@ struct JsonReport<'a> {
     upgraded: Option<u64>,
     sessions: Option<u64>,
     life_from: &'static str,
+    tls_library: Option<&'a str>,
     hooks: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -274,6 +275,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
             Role::Listen => hooks.life_start().name(),
             Role::Connect => LifeStart::Handshake.name(),
         },
+        tls_library: report.tls_library.as_deref(),
         hooks: hooks
             .iter()
             .map(|(capability, label)| (capability.name().to_owned(), label.into()))

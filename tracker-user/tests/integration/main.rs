@@ -12,6 +12,7 @@ mod overload;
 mod prometheus;
 mod sessions;
 mod support;
+mod tls;
 mod top;
 mod truth;
 mod upgrades;

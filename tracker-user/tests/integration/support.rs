@@ -6,7 +6,7 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -648,4 +648,62 @@ pub fn set_backlog(listener: &TcpListener, backlog: i32) {
     use std::os::fd::AsRawFd as _;
     // SAFETY: listen() again on a listening socket only updates its backlog.
     assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), backlog) }, 0);
+}
+
+/// Debian's Python, whose packages `cargo xtask test` installs (not whatever `python3` the
+/// PATH finds first), linked against the system's OpenSSL.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// A Python program started with `args`, killed when dropped.
+pub struct Python {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Python {
+    pub fn start(script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(PYTHON)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting Debian's python3 (`cargo xtask test` installs its packages)");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Self { child, stdout }
+    }
+
+    /// The next line it prints; fails the test if it exits first.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("reading the script's output");
+        assert!(
+            !line.is_empty(),
+            "the script exited: {:?}",
+            self.child.try_wait()
+        );
+        line.trim().to_owned()
+    }
+
+    /// A server's first line: the port it listens on.
+    pub fn port(&mut self) -> u16 {
+        let line = self.line();
+        line.parse()
+            .unwrap_or_else(|_| panic!("not a port: {line:?}"))
+    }
+
+    /// Closes its stdin.
+    pub fn end_input(&mut self) {
+        drop(self.child.stdin.take());
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

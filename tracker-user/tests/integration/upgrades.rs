@@ -5,14 +5,8 @@
 //! python3-websockets.
 
 use std::cell::Cell;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
 
-use crate::support::{Daemon, max, run_client, sum};
-
-/// Debian's Python, whose packages `cargo xtask test` installs (not whatever `python3` the
-/// PATH finds first).
-const PYTHON: &str = "/usr/bin/python3";
+use crate::support::{Daemon, Python, max, run_client, sum};
 
 /// An h2c server: answers an HTTP/1.1 request carrying `Upgrade: h2c` with a `101` (written
 /// alone), then speaks HTTP/2, answering each stream after the delay given as its argument.
@@ -107,60 +101,6 @@ async def main(port, messages):
 
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 "#;
-
-/// A Python program started with `args`, killed when dropped.
-struct Python {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Python {
-    fn start(script: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(PYTHON)
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting Debian's python3 (`cargo xtask test` installs its packages)");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Self { child, stdout }
-    }
-
-    /// The next line it prints; fails the test if it exits first.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("reading the script's output");
-        assert!(
-            !line.is_empty(),
-            "the script exited: {:?}",
-            self.child.try_wait()
-        );
-        line.trim().to_owned()
-    }
-
-    /// A server's first line: the port it listens on.
-    fn port(&mut self) -> u16 {
-        let line = self.line();
-        line.parse()
-            .unwrap_or_else(|_| panic!("not a port: {line:?}"))
-    }
-
-    /// Closes its stdin.
-    fn end_input(&mut self) {
-        drop(self.child.stdin.take());
-    }
-}
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A WebSocket's messages are not requests: after its upgrade request (one HTTP/1 session) the
 /// connection stays open and counted, never busy, and its sessions are not "unknown".
