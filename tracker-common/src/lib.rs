@@ -14,6 +14,7 @@
 
 use core::net::{IpAddr, SocketAddr};
 
+pub mod gauge;
 pub mod proto;
 pub mod walk;
 
@@ -30,8 +31,12 @@ pub const TRACK_FULL_SLOT: u32 = 1;
 /// Slot of [`LOST_MAP`] counting opens and closes that [`ENDPOINT_TOTALS_MAP`] could not
 /// count because it was full (a host with more local endpoints than it holds).
 pub const TOTALS_FULL_SLOT: u32 = 2;
+/// Slot of [`LOST_MAP`] counting live gauge updates missed (see [`gauge`]): its table was full,
+/// or other CPUs kept changing a peak through every try. The interval's kernel peak is then
+/// not used.
+pub const GAUGES_MISSED_SLOT: u32 = 3;
 /// Number of slots in [`LOST_MAP`].
-pub const LOST_SLOTS: u32 = 3;
+pub const LOST_SLOTS: u32 = 4;
 /// Name of the hash map of local ports to watch; consulted only when [`Config::filter_ports`]
 /// is set.
 pub const PORTS_MAP: &str = "PORTS";
@@ -736,6 +741,10 @@ mod user {
     unsafe impl aya::Pod for super::Endpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EndpointTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::gauge::GaugeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::gauge::LiveGauges {}
 }
 
 #[cfg(test)]

@@ -8,7 +8,14 @@
 //! in the kernel, so their cost is a few instructions.
 #![no_std]
 #![no_main]
+// Compare-and-swap for the live gauges (see `gauges`).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "the atomic intrinsics are the only compare-and-swap the BPF target offers"
+)]
 
+mod gauges;
 mod maps;
 mod payload;
 mod probes;

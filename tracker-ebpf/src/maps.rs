@@ -1,6 +1,7 @@
 //! Maps shared by the probes. Names match the `*_MAP` constants in `tracker-common`, which the
 //! daemon uses to find them.
 
+use crate::gauges::{self, Step};
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
@@ -114,6 +115,25 @@ pub enum Total {
 }
 
 impl Total {
+    /// How this moves the live gauges, `(by_handshake, by_accept)`: the same starts and ends
+    /// as the spans the daemon reads as lives (`EndpointTotals::established_until_server_close`,
+    /// and `accepted` plus `untracked`).
+    #[inline(always)]
+    fn life_steps(self) -> (Step, Step) {
+        let down_if = |ends: bool| if ends { Step::Down } else { Step::Still };
+        match self {
+            Self::Opened => (Step::Up, Step::Still),
+            Self::OpenedUntracked => (Step::Up, Step::Up),
+            Self::Accepted => (Step::Still, Step::Up),
+            Self::ServerClosed { accepted } => (Step::Down, down_if(accepted)),
+            Self::Closed {
+                closing,
+                accepted,
+                untracked,
+            } => (down_if(!closing), down_if(accepted || untracked)),
+        }
+    }
+
     /// The close of the connection `track` describes.
     #[inline(always)]
     pub fn close_of(track: &ConnTrack) -> Self {
@@ -130,6 +150,8 @@ impl Total {
 /// are exact whatever becomes of the ring.
 #[inline(always)]
 pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
+    let (by_handshake, by_accept) = total.life_steps();
+    gauges::count(endpoint, by_handshake, by_accept);
     let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
     if totals.is_none()
         && let Some(zero) = ZERO_TOTALS.get(0)

@@ -22,12 +22,14 @@ use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
     CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, DIRECTION_IN,
-    DIRECTION_OUT, ENDPOINT_TOTALS_MAP, EVENTS_MAP, Endpoint, EndpointTotals, LOST_MAP, LOST_SLOT,
-    PORTS_MAP, PREEXISTING_MAP, RegsLayout, SYSCALL_BUFFERS_MAP, TOTALS_FULL_SLOT, TRACK_FULL_SLOT,
-    TRACKED_MAP, buf_shape,
+    DIRECTION_OUT, ENDPOINT_TOTALS_MAP, EVENTS_MAP, Endpoint, EndpointTotals, GAUGES_MISSED_SLOT,
+    LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout, SYSCALL_BUFFERS_MAP,
+    TOTALS_FULL_SLOT, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
 };
 
 use crate::hooks::{AttachSettings, HookChoice, HookKind, attach_all};
+use crate::kernel_gauges::KernelGauges;
+use crate::observer::GaugeReading;
 use crate::tracefs::Tracefs;
 
 /// System calls whose buffer the socket programs may read, with how it is passed and in
@@ -100,6 +102,8 @@ pub struct LossCounters {
     pub table_full: u64,
     /// Opens and closes the kernel could not count because its table of endpoints was full.
     pub totals_full: u64,
+    /// Live gauge updates the kernel could not make (see `tracker_common::gauge`).
+    pub gauges_missed: u64,
     /// Program runs the kernel skipped because the program was already running on that CPU
     /// (see [`crate::prog_info`]): events lost before they could reach the ring.
     pub skipped_runs: u64,
@@ -115,6 +119,7 @@ pub struct Probes {
     tracked: HashMap<MapData, u64, ConnTrack>,
     preexisting: HashMap<MapData, ConnKey, u8>,
     endpoint_totals: PerCpuHashMap<MapData, Endpoint, EndpointTotals>,
+    gauges: KernelGauges,
     config: Array<MapData, Config>,
     /// The hook serving each capability.
     pub hooks: HookChoice,
@@ -181,6 +186,13 @@ pub fn load_and_attach(
                 )
             }
         })?;
+    // A probe that cannot run (no permission, say) leaves the verdict to the programs' load.
+    if let Ok(false) = crate::bpf_atomics::compare_and_swap_supported() {
+        anyhow::bail!(
+            "this kernel's BPF has no compare-and-swap (Linux 5.12+), which the per-listener \
+             connection gauges need"
+        );
+    }
 
     // Offsets of kernel structures, for the raw lifecycle program and namespaces.
     let layout = std::fs::read("/sys/kernel/btf/vmlinux")
@@ -249,6 +261,7 @@ pub fn load_and_attach(
         ebpf.take_map(ENDPOINT_TOTALS_MAP)
             .ok_or_else(|| anyhow!("map {ENDPOINT_TOTALS_MAP} missing from the eBPF object"))?,
     )?;
+    let gauges = KernelGauges::take_from(&mut ebpf)?;
     let config = Array::try_from(
         ebpf.take_map(CONFIG_MAP)
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
@@ -261,6 +274,7 @@ pub fn load_and_attach(
             tracked,
             preexisting,
             endpoint_totals,
+            gauges,
             config,
             hooks,
             _run_time_stats: run_time_stats,
@@ -274,20 +288,31 @@ pub fn load_and_attach(
 impl Probes {
     /// Reads the loss counters.
     pub fn losses(&self) -> anyhow::Result<LossCounters> {
-        let sum = |slot: u32| -> anyhow::Result<u64> {
-            Ok(self
-                .lost
-                .get(&slot, 0)
-                .with_context(|| format!("reading {LOST_MAP}[{slot}]"))?
-                .iter()
-                .sum())
-        };
         Ok(LossCounters {
-            ring_full: sum(LOST_SLOT)?,
-            table_full: sum(TRACK_FULL_SLOT)?,
-            totals_full: sum(TOTALS_FULL_SLOT)?,
+            ring_full: self.lost_in(LOST_SLOT)?,
+            table_full: self.lost_in(TRACK_FULL_SLOT)?,
+            totals_full: self.lost_in(TOTALS_FULL_SLOT)?,
+            gauges_missed: self.lost_in(GAUGES_MISSED_SLOT)?,
             skipped_runs: self.skipped_runs(),
         })
+    }
+
+    /// One loss counter, summed over CPUs.
+    fn lost_in(&self, slot: u32) -> anyhow::Result<u64> {
+        Ok(self
+            .lost
+            .get(&slot, 0)
+            .with_context(|| format!("reading {LOST_MAP}[{slot}]"))?
+            .iter()
+            .sum())
+    }
+
+    /// Ends the report interval of the kernel's live gauges and reads them (see
+    /// [`crate::kernel_gauges`]).
+    pub fn end_gauge_interval(&mut self) -> anyhow::Result<GaugeReading> {
+        let ended = self.gauges.end_epoch()?;
+        let missed = self.lost_in(GAUGES_MISSED_SLOT)?;
+        self.gauges.read(ended, missed)
     }
 
     /// Runs the kernel skipped, over every program; a program whose counter cannot be read

@@ -388,6 +388,8 @@ impl State {
         let totals = self.interval_totals(now)?;
         let kernel_totals = self.probes.endpoint_totals()?;
         self.observer.apply_kernel_totals(&kernel_totals, now);
+        let gauges = self.probes.end_gauge_interval()?;
+        self.observer.apply_live_gauges(&gauges);
         self.sync_tls()?;
         let mut reports = self.observer.report(now);
         for report in &mut reports {
@@ -457,6 +459,13 @@ impl State {
                 "{} connection opens or closes not counted in the last interval (the kernel's \
                  table of local endpoints is full): opened and closed may be short",
                 losses.totals_full - self.losses.totals_full
+            );
+        }
+        if losses.gauges_missed > self.losses.gauges_missed {
+            log::warn!(
+                "{} live gauge updates missed by the kernel in the last interval (gauge table \
+                 full, or contention): that interval's peaks are the model's",
+                losses.gauges_missed - self.losses.gauges_missed
             );
         }
         if totals.untracked_connections > 0 {

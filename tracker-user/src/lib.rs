@@ -9,10 +9,12 @@
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
 pub mod bpf;
+pub mod bpf_atomics;
 pub mod btf;
 pub mod daemon;
 pub mod event;
 pub mod hooks;
+pub mod kernel_gauges;
 pub mod log_pipe;
 pub mod model;
 pub mod observer;

@@ -59,6 +59,12 @@ impl DaemonCounts {
         self.add(Spans::end(at));
     }
 
+    /// Connections these count as open now: those adopted and not yet closed, less the
+    /// closes of connections the kernel saw open.
+    pub(super) fn running(&self) -> u64 {
+        self.connections.running()
+    }
+
     fn add(&mut self, counted: Spans) {
         self.connections = self.connections.plus(&counted);
     }

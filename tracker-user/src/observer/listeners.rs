@@ -48,6 +48,9 @@ pub(super) struct Listener {
     pub(super) kernel_counts: KernelCounts,
     /// Opens and closes the kernel could not count, which the daemon adds to its counts.
     pub(super) daemon_counts: DaemonCounts,
+    /// The interval's peak by the kernel's live gauge, before the daemon's own counts are
+    /// added (see [`Observer::apply_live_gauges`]); `None` when no gauge speaks for it.
+    pub(super) kernel_peak: Option<i64>,
     /// Connections the server has closed and the kernel is still finishing, by the kernel's
     /// count when last applied (wrapping, see [`Listener::closing_now`]).
     pub(super) closing: u64,
@@ -87,6 +90,7 @@ impl Listener {
             upgraded: 0,
             kernel_counts: KernelCounts::default(),
             daemon_counts: DaemonCounts::default(),
+            kernel_peak: None,
             closing: 0,
             tls: TlsSeen::default(),
         }

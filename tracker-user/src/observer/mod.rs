@@ -25,6 +25,7 @@ mod accept_queue;
 mod connections;
 mod kernel_totals;
 mod listeners;
+mod live_gauges;
 mod outbound;
 mod reconcile;
 mod report;
@@ -42,6 +43,7 @@ use crate::tracker_id::TrackerId;
 use connections::ConnRef;
 use listeners::Listener;
 pub use listeners::TlsSeen;
+pub use live_gauges::GaugeReading;
 pub use reconcile::Discrepancies;
 pub use report::{ClosedConnection, ListenerReport};
 
@@ -114,6 +116,8 @@ pub struct Observer {
     /// The kernel's totals per local endpoint as of the last report, once the daemon passes
     /// them: reports then take `opened` and `closed` from the kernel.
     kernel_totals: Option<kernel_totals::Baseline>,
+    /// The kernel's live gauges as of the last report (see [`Observer::apply_live_gauges`]).
+    gauge_starts: live_gauges::GaugeStarts,
     life_start: LifeStart,
 }
 

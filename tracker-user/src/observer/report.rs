@@ -154,6 +154,9 @@ impl Observer {
                     snapshot.opened = kernel_counts.opened;
                     snapshot.closed = kernel_counts.closed;
                     snapshot.conn_for_ns = kernel_counts.conn_ns;
+                    if let Some(peak) = state.peak_by_kernel(snapshot.curr) {
+                        snapshot.peak = peak;
+                    }
                 }
                 ListenerReport {
                     id,

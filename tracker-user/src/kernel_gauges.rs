@@ -1,0 +1,70 @@
+//! The daemon's side of the kernel's live gauges (`tracker_common::gauge`): at each report it
+//! closes the interval's epoch, then reads every gauge, so that peaks stored with the closed
+//! epoch are that interval's.
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+};
+use tracker_common::gauge::{GAUGE_EPOCH_MAP, GaugeKey, LIVE_GAUGES_MAP, LiveGauges};
+
+use crate::observer::GaugeReading;
+
+/// The gauge maps and the epoch the programs count peaks in.
+pub struct KernelGauges {
+    gauges: HashMap<MapData, GaugeKey, LiveGauges>,
+    epoch_map: Array<MapData, u64>,
+    /// The epoch the programs count in now (the map starts at 0 at load).
+    epoch: u32,
+    /// Gauge updates the kernel had missed at the previous reading.
+    missed: u64,
+}
+
+impl KernelGauges {
+    /// Takes the gauge maps out of the loaded object.
+    pub fn take_from(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let gauges = ebpf
+            .take_map(LIVE_GAUGES_MAP)
+            .ok_or_else(|| anyhow!("map {LIVE_GAUGES_MAP} missing from the eBPF object"))?;
+        let epoch_map = ebpf
+            .take_map(GAUGE_EPOCH_MAP)
+            .ok_or_else(|| anyhow!("map {GAUGE_EPOCH_MAP} missing from the eBPF object"))?;
+        Ok(Self {
+            gauges: HashMap::try_from(gauges)?,
+            epoch_map: Array::try_from(epoch_map)?,
+            epoch: 0,
+            missed: 0,
+        })
+    }
+
+    /// Ends the current epoch: programs count peaks in the next one from here. Returns the
+    /// epoch that ended.
+    pub fn end_epoch(&mut self) -> anyhow::Result<u32> {
+        let ended = self.epoch;
+        let next = ended.wrapping_add(1);
+        self.epoch_map
+            .set(0, u64::from(next), 0)
+            .with_context(|| format!("writing {GAUGE_EPOCH_MAP}"))?;
+        self.epoch = next;
+        Ok(ended)
+    }
+
+    /// Reads the gauges after [`KernelGauges::end_epoch`] ended `ended_epoch`; `missed` is the
+    /// kernel's count of gauge updates it could not make since load, read after the epoch
+    /// ended.
+    pub fn read(&mut self, ended_epoch: u32, missed: u64) -> anyhow::Result<GaugeReading> {
+        let gauges = self
+            .gauges
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading {LIVE_GAUGES_MAP}"))?;
+        let complete = missed == self.missed;
+        self.missed = missed;
+        Ok(GaugeReading {
+            ended_epoch,
+            gauges,
+            complete,
+        })
+    }
+}
