@@ -43,8 +43,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     max_held: usize,
     /// Only the HTTPS keep-alive figures, printed rather than written to BENCHMARKS.md.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overhead_only")]
     https_only: bool,
+    /// Only the overhead on nginx, printed rather than written to BENCHMARKS.md.
+    #[arg(long)]
+    overhead_only: bool,
 }
 
 /// Debian packages the benchmark drives: (command, package).
@@ -58,43 +61,6 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
 ];
 
-/// bpftrace on the tracepoints tracker uses for connections and turns, doing the minimum a
-/// one-liner would: count events per kind in maps.
-const BPFTRACE_SCRIPT: &str = r#"
-tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { @states[args->oldstate, args->newstate] = count(); }
-tracepoint:sock:sock_recv_length { @recv = count(); }
-tracepoint:sock:sock_send_length { @send = count(); }
-"#;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Observer {
-    None,
-    Tracker,
-    /// tracker watching a port nothing listens on: its programs stay attached to the same
-    /// hooks and run on every firing, but drop every socket at their first check. What is
-    /// left is the cost of being attached, before any per-connection work.
-    TrackerIdle,
-    Bpftrace,
-}
-
-impl Observer {
-    const ALL: [Observer; 4] = [
-        Observer::None,
-        Observer::Tracker,
-        Observer::TrackerIdle,
-        Observer::Bpftrace,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Observer::None => "baseline",
-            Observer::Tracker => "tracker",
-            Observer::TrackerIdle => "tracker, idle",
-            Observer::Bpftrace => "bpftrace",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Load {
     /// A new connection per request (`Connection: close`).
@@ -104,7 +70,7 @@ pub(crate) enum Load {
 }
 
 impl Load {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Load::Churn => "churn (Connection: close)",
             Load::KeepAlive => "keep-alive",
@@ -130,34 +96,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: nginx on {url}");
 
     // 1. Overhead, interleaved.
-    // Nothing listens there: the kernel picked it for us and it was released at once.
-    let idle_port = free_port()?;
-    let mut overhead: Vec<(Load, Observer, Vec<f64>)> = Vec::new();
-    for load in [Load::Churn, Load::KeepAlive] {
-        for observer in Observer::ALL {
-            overhead.push((load, observer, Vec::new()));
-        }
-    }
-    for rep in 0..args.reps {
-        for load in [Load::Churn, Load::KeepAlive] {
-            for observer in Observer::ALL {
-                let guard = start_observer(observer, &tracker, nginx.port, idle_port, &out_dir)?;
-                let rate = wrk(&url, load, args.connections, args.seconds)?.requests_per_s;
-                drop(guard);
-                eprintln!(
-                    "bench: rep {} {} {}: {rate:.0} req/s",
-                    rep + 1,
-                    load.name(),
-                    observer.name()
-                );
-                if let Some((_, _, rates)) = overhead
-                    .iter_mut()
-                    .find(|(l, o, _)| *l == load && *o == observer)
-                {
-                    rates.push(rate);
-                }
-            }
-        }
+    let overhead = crate::bench_overhead::measure(&tracker, nginx.port, &url, args, &out_dir)?;
+    if args.overhead_only {
+        let mut table = String::new();
+        crate::bench_overhead::render(&mut table, args, &overhead);
+        println!("{table}");
+        return Ok(());
     }
 
     // 2. Highest loss-free churn, with cost per event and `ss` polling alongside.
@@ -213,7 +157,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     std::fs::write(&path, format!("{report}\n{kept}"))?;
-    plot(&overhead, &out_dir)?;
+    crate::bench_overhead::plot(&overhead, &out_dir)?;
     eprintln!("bench: wrote BENCHMARKS.md and benchmarks.png");
     Ok(())
 }
@@ -339,9 +283,9 @@ pub(crate) fn stop(child: &mut Child) {
 
 /// A running observer, stopped when dropped.
 pub(crate) struct ObserverGuard {
-    child: Option<Child>,
+    pub(crate) child: Option<Child>,
     /// Lines the process wrote to its log stream (stderr for tracker, stdout for bpftrace).
-    log: Option<mpsc::Receiver<String>>,
+    pub(crate) log: Option<mpsc::Receiver<String>>,
 }
 
 impl ObserverGuard {
@@ -366,7 +310,7 @@ impl Drop for ObserverGuard {
     }
 }
 
-fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -379,7 +323,11 @@ fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<
 }
 
 /// Waits for a line containing `needle`; fails if the stream ends first.
-fn wait_for_line(log: &mpsc::Receiver<String>, needle: &str, what: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_for_line(
+    log: &mpsc::Receiver<String>,
+    needle: &str,
+    what: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     loop {
@@ -388,40 +336,6 @@ fn wait_for_line(log: &mpsc::Receiver<String>, needle: &str, what: &str) -> anyh
             Ok(line) if line.contains(needle) => return Ok(()),
             Ok(line) => seen.push(line),
             Err(_) => bail!("{what} did not start:\n{}", seen.join("\n")),
-        }
-    }
-}
-
-fn start_observer(
-    observer: Observer,
-    tracker: &Path,
-    port: u16,
-    idle_port: u16,
-    out_dir: &Path,
-) -> anyhow::Result<ObserverGuard> {
-    match observer {
-        Observer::None => Ok(ObserverGuard {
-            child: None,
-            log: None,
-        }),
-        Observer::Tracker => start_tracker(tracker, port, out_dir.join("tracker.jsonl"), &[]),
-        Observer::TrackerIdle => {
-            start_tracker(tracker, idle_port, out_dir.join("tracker-idle.jsonl"), &[])
-        }
-        Observer::Bpftrace => {
-            let mut child = Command::new("bpftrace")
-                .args(["-e", BPFTRACE_SCRIPT])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting bpftrace")?;
-            let log = forward_lines(child.stdout.take().expect("piped"));
-            let guard = ObserverGuard {
-                child: Some(child),
-                log: Some(log),
-            };
-            wait_for_line(guard.log.as_ref().expect("set"), "Attaching", "bpftrace")?;
-            Ok(guard)
         }
     }
 }
@@ -460,6 +374,8 @@ pub(crate) fn start_tracker(
 pub(crate) struct WrkResult {
     pub(crate) requests: u64,
     pub(crate) requests_per_s: f64,
+    /// What the machine's CPUs did while wrk ran (see [`crate::bench_overhead::CpuUse`]).
+    pub(crate) cpu: crate::bench_overhead::CpuUse,
 }
 
 pub(crate) fn wrk(
@@ -498,7 +414,9 @@ pub(crate) fn wrk_through(
     if load == Load::Churn {
         command.args(["-H", "Connection: close"]);
     }
+    let before = crate::bench_overhead::CpuTicks::read()?;
     let output = command.arg(url).output().context("running wrk")?;
+    let cpu = crate::bench_overhead::CpuTicks::read()?.since(&before);
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!("wrk failed: {text}");
@@ -517,6 +435,7 @@ pub(crate) fn wrk_through(
     Ok(WrkResult {
         requests,
         requests_per_s,
+        cpu,
     })
 }
 
@@ -872,7 +791,7 @@ pub(crate) fn stats(values: &[f64]) -> (f64, f64, f64) {
 
 fn render_report(
     args: &BenchArgs,
-    overhead: &[(Load, Observer, Vec<f64>)],
+    overhead: &[crate::bench_overhead::Runs],
     churn: &[ChurnLevel],
     kernel_costs: &[KernelCost],
     memory: &[MemoryPoint],
@@ -894,44 +813,7 @@ fn render_report(
         took.as_secs_f64(),
         kernel.trim()
     );
-    let _ = writeln!(out, "## Overhead on nginx throughput\n");
-    let _ = writeln!(
-        out,
-        "nginx-light, 1 worker, `return 200` on loopback; wrk `-t 2 -c {} -d {}s`; {} \
-         interleaved repetitions (baseline, tracker, tracker idle, bpftrace, …). tracker runs \
-         as deployed (`--format json --interval 1 --port <nginx>`, sessions on, raw \
-         tracepoints). *tracker, idle* is the same daemon watching a port nothing listens on: \
-         its programs stay attached to the same hooks and run on every firing but drop every \
-         socket at their first check, so its overhead is the cost of being attached, the part \
-         no per-connection design on these hooks avoids. bpftrace runs a script counting events on the same tracepoints \
-         (`inet_sock_set_state`, `sock_recv_length`, `sock_send_length`; classic \
-         tracepoints, the only kind Debian's bpftrace attaches). Ratio: median throughput \
-         with the observer / median baseline.\n",
-        args.connections, args.seconds, args.reps
-    );
-    let _ = writeln!(
-        out,
-        "| scenario | observer | req/s min | req/s median | req/s max | ratio to baseline | overhead |"
-    );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
-    for load in [Load::Churn, Load::KeepAlive] {
-        let baseline = overhead
-            .iter()
-            .find(|(l, o, _)| *l == load && *o == Observer::None)
-            .map(|(_, _, rates)| stats(rates).1)
-            .unwrap_or(f64::NAN);
-        for (l, observer, rates) in overhead.iter().filter(|(l, ..)| *l == load) {
-            let (min, median, max) = stats(rates);
-            let ratio = median / baseline;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {min:.0} | {median:.0} | {max:.0} | {ratio:.3} | {:.1}% |",
-                l.name(),
-                observer.name(),
-                (1.0 - ratio) * 100.0
-            );
-        }
-    }
+    crate::bench_overhead::render(&mut out, args, overhead);
     let _ = writeln!(
         out,
         "\n![throughput per scenario and observer](benchmarks.png)\n"
@@ -1069,43 +951,4 @@ fn render_report(
         );
     }
     out
-}
-
-/// A bar chart of median throughput with min–max error bars, per scenario and observer.
-fn plot(overhead: &[(Load, Observer, Vec<f64>)], out_dir: &Path) -> anyhow::Result<()> {
-    let data = out_dir.join("overhead.dat");
-    let mut text = String::new();
-    for (index, (load, observer, rates)) in overhead.iter().enumerate() {
-        let (min, median, max) = stats(rates);
-        let _ = writeln!(
-            text,
-            "{index} \"{}\\n{}\" {median} {min} {max}",
-            load.name().split(' ').next().unwrap_or(""),
-            observer.name()
-        );
-    }
-    std::fs::write(&data, text)?;
-    let png = workspace_root().join("benchmarks.png");
-    let script = format!(
-        "set terminal png size 900,500
-set output '{png}'
-set title 'nginx throughput with and without observers (median, min-max)'
-set ylabel 'requests/s'
-set style fill solid 0.6
-set boxwidth 0.6
-set yrange [0:*]
-set bmargin 4
-set xtics rotate by 0
-unset key
-plot '{data}' using 1:3:xtic(2) with boxes, '' using 1:3:4:5 with yerrorbars lc rgb 'black'
-",
-        png = png.display(),
-        data = data.display()
-    );
-    let script_path = out_dir.join("overhead.gp");
-    std::fs::write(&script_path, script)?;
-    run_step(
-        "plotting benchmarks.png",
-        Command::new("gnuplot").arg(&script_path),
-    )
 }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_memory;
+mod bench_overhead;
 mod bench_tls;
 mod test;
 mod toolchain;
