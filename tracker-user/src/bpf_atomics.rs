@@ -1,7 +1,7 @@
 //! Whether the kernel's BPF takes compare-and-swap (`BPF_ATOMIC | BPF_CMPXCHG`, Linux 5.12+),
 //! which the live gauges (`tracker_common::gauge`) use in the lifecycle and accept programs.
 //! Older kernels reject any program holding the instruction, reachable or not, with a
-//! verifier message that names no feature; probing with a program of five instructions first
+//! verifier message that names no feature; probing with a program of seven instructions first
 //! turns that into one clear line.
 
 use std::io;
