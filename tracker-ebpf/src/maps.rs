@@ -99,18 +99,21 @@ pub enum Total {
     /// which writes no other field).
     Accepted,
     /// The server closed a connection that is not yet CLOSE: its closing phase starts, and
-    /// its life as the server sees it ends (`accepted`: it was counted accepted).
+    /// its life as the server sees it ends (`accepted`: it was counted accepted), with the turn
+    /// it was in.
     ServerClosed {
         accepted: bool,
+        turn: TurnCut,
     },
     /// A connection reached CLOSE (`closing`: the server had closed it before, so its closing
     /// phase ends; `accepted`: it was counted accepted and the server had not closed it), or,
     /// for one followed by endpoints, the server closed it (`untracked`: counted so at its
-    /// open).
+    /// open). A turn still open ends with it.
     Closed {
         closing: bool,
         accepted: bool,
         untracked: bool,
+        turn: TurnCut,
     },
 }
 
@@ -125,23 +128,56 @@ impl Total {
             Self::Opened => (Step::Up, Step::Still),
             Self::OpenedUntracked => (Step::Up, Step::Up),
             Self::Accepted => (Step::Still, Step::Up),
-            Self::ServerClosed { accepted } => (Step::Down, down_if(accepted)),
+            Self::ServerClosed { accepted, .. } => (Step::Down, down_if(accepted)),
             Self::Closed {
                 closing,
                 accepted,
                 untracked,
+                ..
             } => (down_if(!closing), down_if(accepted || untracked)),
         }
     }
 
-    /// The close of the connection `track` describes.
+    /// The close, at `at`, of the connection `track` describes.
     #[inline(always)]
-    pub fn close_of(track: &ConnTrack) -> Self {
+    pub fn close_of(track: &ConnTrack, at: u64) -> Self {
         let closing = track.server_closed_ns != 0;
         Self::Closed {
             closing,
             accepted: track.accepted_ns != 0 && !closing,
             untracked: false,
+            turn: TurnCut::of(track, at),
+        }
+    }
+}
+
+/// The turn a close cuts short, as `EndpointTotals::turns` and `answered` count its end.
+#[derive(Clone, Copy, Default)]
+pub struct TurnCut {
+    /// When the turn ended (see [`turn_end_at`]); 0: the connection was not in a turn.
+    pub ends_at: u64,
+    /// The server's last send in it, which ends its `answered` span; 0: it never answered.
+    pub answered_at: u64,
+}
+
+impl TurnCut {
+    /// The turn of `track`, if it is in one, cut at `at`.
+    #[inline(always)]
+    pub fn of(track: &ConnTrack, at: u64) -> Self {
+        let in_turn = track.in_turn != 0;
+        Self {
+            ends_at: turn_end_at(in_turn, track.last_send_ns, at),
+            answered_at: if in_turn { track.last_send_ns } else { 0 },
+        }
+    }
+
+    #[inline(always)]
+    fn count_on(self, totals: &mut EndpointTotals) {
+        if self.ends_at != 0 {
+            totals.turns.count_end(self.ends_at);
+        }
+        if self.answered_at != 0 {
+            totals.answered.count_end(self.answered_at);
         }
     }
 }
@@ -152,24 +188,9 @@ impl Total {
 pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
     let (by_handshake, by_accept) = total.life_steps();
     gauges::count(endpoint, by_handshake, by_accept);
-    let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
-    if totals.is_none()
-        && let Some(zero) = ZERO_TOTALS.get(0)
-    {
-        // BPF_NOEXIST: another program on this CPU may have added it meanwhile; either way
-        // the entry exists afterwards unless the map is full.
-        let _ = ENDPOINT_TOTALS.insert(endpoint, zero, u64::from(BPF_NOEXIST));
-        totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
-    }
-    let Some(totals) = totals else {
-        count_lost(TOTALS_FULL_SLOT);
+    let Some(totals) = totals_here(endpoint) else {
         return;
     };
-    // SAFETY: this CPU's value in a live map entry. Plain adds are exact: the state change
-    // program writes every field but the accepted starts, which only the accept program
-    // writes, and the kernel never runs a program nested in itself on one CPU (a softirq that
-    // fires it while it runs in a task is skipped and counted as a miss).
-    let totals = unsafe { &mut *totals };
     match total {
         Total::Opened => totals.connections.count_start(at),
         Total::OpenedUntracked => {
@@ -177,16 +198,18 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
             totals.untracked.count_start(at);
         }
         Total::Accepted => totals.accepted.count_start(at),
-        Total::ServerClosed { accepted } => {
+        Total::ServerClosed { accepted, turn } => {
             totals.closing.count_start(at);
             if accepted {
                 totals.accepted.count_end(at);
             }
+            turn.count_on(totals);
         }
         Total::Closed {
             closing,
             accepted,
             untracked,
+            turn,
         } => {
             totals.connections.count_end(at);
             if closing {
@@ -198,20 +221,83 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
             if untracked {
                 totals.untracked.count_end(at);
             }
+            turn.count_on(totals);
         }
     }
 }
 
-/// The kernel-side state of a connection the daemon was told of, by socket address, while
-/// the server holds it. Connections in [`TRACKED`] unreported (their open found the ring full)
-/// are left out: the daemon would drop whatever is sent about them, and the ring they would
-/// take space in is the one that was full. So are those the server has closed: the daemon
-/// was told so and has forgotten them.
+/// A connection's turn changes at a request's first payload: the turn it was in ends (`cut`),
+/// and a new one starts at `starts_at` (0: none, the connection left HTTP).
+#[inline(always)]
+pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
+    let Some(totals) = totals_here(endpoint) else {
+        return;
+    };
+    cut.count_on(totals);
+    if starts_at != 0 {
+        totals.turns.count_start(starts_at);
+    }
+}
+
+/// The server sent payload at `at` in a turn, whose previous send was at `previous` (0: this
+/// is its first): the turn's answered span starts again from here.
+#[inline(always)]
+pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
+    let Some(totals) = totals_here(endpoint) else {
+        return;
+    };
+    if previous != 0 {
+        totals.answered.count_end(previous);
+    }
+    totals.answered.count_start(at);
+}
+
+/// This CPU's totals of `endpoint`, added if new; counts [`TOTALS_FULL_SLOT`] when the map
+/// cannot take it.
+#[inline(always)]
+fn totals_here(endpoint: &Endpoint) -> Option<&'static mut EndpointTotals> {
+    let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
+    if totals.is_none()
+        && let Some(zero) = ZERO_TOTALS.get(0)
+    {
+        // BPF_NOEXIST: another program on this CPU may have added it meanwhile; either way
+        // the entry exists afterwards unless the map is full.
+        let _ = ENDPOINT_TOTALS.insert(endpoint, zero, u64::from(BPF_NOEXIST));
+        totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
+    }
+    let Some(totals) = totals else {
+        count_lost(TOTALS_FULL_SLOT);
+        return None;
+    };
+    // SAFETY: this CPU's value in a live map entry. Plain adds are exact: the state change
+    // program writes every field but the accepted starts (the accept program's) and the turns
+    // (the socket programs'), and the kernel never runs a program nested in itself on one CPU
+    // (a softirq that fires it while it runs in a task is skipped and counted as a miss).
+    Some(unsafe { &mut *totals })
+}
+
+/// The kernel-side state of a tracked connection, by socket address, while the server holds
+/// it: those the server has closed are left out (the daemon was told so and has forgotten
+/// them). Connections in [`TRACKED`] unreported (their open found the ring full) are in: their
+/// turns count in the totals, though nothing is sent about them (see [`ConnTrack::unreported`]).
+#[inline(always)]
+pub fn served_connection(skaddr: &u64) -> Option<*mut ConnTrack> {
+    let track = TRACKED.get_ptr_mut(skaddr)?;
+    // SAFETY: a field of a live map value.
+    if unsafe { (*track).server_closed_ns != 0 } {
+        return None;
+    }
+    Some(track)
+}
+
+/// A [`served_connection`] the daemon was told of: one whose open found the ring full is left
+/// out, since the daemon would drop whatever is sent about it, and the ring it would take
+/// space in is the one that was full.
 #[inline(always)]
 pub fn reported_connection(skaddr: &u64) -> Option<*mut ConnTrack> {
-    let track = TRACKED.get_ptr_mut(skaddr)?;
-    // SAFETY: two fields of a live map value.
-    if unsafe { (*track).unreported != 0 || (*track).server_closed_ns != 0 } {
+    let track = served_connection(skaddr)?;
+    // SAFETY: a field of a live map value.
+    if unsafe { (*track).unreported != 0 } {
         return None;
     }
     Some(track)
@@ -272,7 +358,7 @@ fn retire_stale(skaddr: u64, at: u64) {
     // SAFETY: a live map value; the fields needed are copied before the entry is removed.
     let (outbound, local, close) = unsafe {
         let stale = &*stale;
-        (stale.outbound, stale.endpoint, Total::close_of(stale))
+        (stale.outbound, stale.endpoint, Total::close_of(stale, at))
     };
     if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
         count_total(&local, close, at);

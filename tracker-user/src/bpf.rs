@@ -360,26 +360,30 @@ impl Probes {
     }
 
     /// Removes the connection opened (or accepted) at `opened_ns` on socket `sock` from the
-    /// kernel's table of tracked connections: true if it was there (the kernel had not reported
-    /// its close and now never will). A later connection on the same socket memory is left
-    /// alone.
-    pub fn forget_tracked(&mut self, sock: u64, opened_ns: u64) -> anyhow::Result<bool> {
+    /// kernel's table of tracked connections: its entry if it was there (the kernel had not
+    /// reported its close and now never will). A later connection on the same socket memory
+    /// is left alone.
+    pub fn forget_tracked(
+        &mut self,
+        sock: u64,
+        opened_ns: u64,
+    ) -> anyhow::Result<Option<ConnTrack>> {
         let same_connection =
             |track: &ConnTrack| opened_ns == track.opened_ns || opened_ns == track.accepted_ns;
         // One the server has closed is still being finished by the kernel, which counts its
         // close at CLOSE.
-        if self
+        let Some(track) = self
             .conn_track(sock)
-            .is_none_or(|track| !same_connection(&track) || track.server_closed_ns != 0)
-        {
-            return Ok(false);
-        }
+            .filter(|track| same_connection(track) && track.server_closed_ns == 0)
+        else {
+            return Ok(None);
+        };
         match self.tracked.remove(&sock) {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(Some(track)),
             Err(aya::maps::MapError::SyscallError(error))
                 if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(error) => {
                 Err(anyhow::Error::new(error).context(format!("removing {TRACKED_MAP} entry")))

@@ -12,7 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::bpf::{self, EventRing, KernelLog, LossCounters, ProbeOptions, Probes};
 use crate::event::Event;
 use crate::model::Nanos;
-use crate::observer::{Applied, Observer};
+use crate::observer::{Applied, Observer, TurnLeftOpen};
 use crate::procfs;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::tcp_table::{TableSource, TcpTable};
@@ -328,8 +328,10 @@ impl State {
         // its entry would stay for good and its close would go uncounted. Whoever removes the
         // entry counts the close.
         for (listener, sock, opened_at) in seen_open {
-            if self.probes.forget_tracked(sock, opened_at)? {
-                self.observer.count_unseen_close(listener, monotonic_now());
+            if let Some(track) = self.probes.forget_tracked(sock, opened_at)? {
+                let now = monotonic_now();
+                let turn = TurnLeftOpen::of(&track, now);
+                self.observer.count_unseen_close(listener, now, turn);
             }
         }
         self.follow_adopted(&adopted)

@@ -63,8 +63,8 @@ use aya_log_ebpf::warn;
 
 use crate::maps::{
     CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, PREEXISTING, TRACKED,
-    Total, count_lost, count_total, emit_for_socket, port_wanted, submit, track_connection,
-    turn_end_at,
+    Total, TurnCut, count_lost, count_total, emit_for_socket, port_wanted, submit,
+    track_connection, turn_end_at,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -123,6 +123,8 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
                 }
                 return;
             };
+            // SAFETY: a plain helper call.
+            closed_at = unsafe { bpf_ktime_get_ns() };
             // SAFETY: a live map value; the fields needed are copied out before the entry is
             // removed (not the whole value: its frame walks are most of it).
             let (in_turn, sent, outbound, unreported, local, close) = unsafe {
@@ -133,13 +135,11 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
                     track.outbound,
                     track.unreported,
                     track.endpoint,
-                    Total::close_of(track),
+                    Total::close_of(track, closed_at),
                 )
             };
             closing_turn = in_turn != 0;
             last_send_ns = sent;
-            // SAFETY: a plain helper call.
-            closed_at = unsafe { bpf_ktime_get_ns() };
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close.
             if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
@@ -272,11 +272,15 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    // The turn it was in ends here, counted with the close; nothing of it is followed after.
+    let turn = TurnCut::of(track, now);
     track.server_closed_ns = now;
+    track.in_turn = 0;
     count_total(
         &track.endpoint,
         Total::ServerClosed {
             accepted: track.accepted_ns != 0,
+            turn,
         },
         now,
     );
@@ -287,8 +291,7 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
         }
         return;
     }
-    let turn_end_ns = turn_end_at(track.in_turn != 0, track.last_send_ns, now);
-    emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn_end_ns, 0);
+    emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn.ends_at, 0);
 }
 
 /// The local endpoint of the connection `endpoints` in namespace `netns`.
@@ -373,6 +376,7 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted, pha
             closing: false,
             accepted: direction != FOLLOWED_UNTRACKED,
             untracked: direction == FOLLOWED_UNTRACKED,
+            turn: TurnCut::default(),
         };
         count_total(&endpoint(&endpoints, netns), close, now);
     }

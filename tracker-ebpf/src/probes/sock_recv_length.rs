@@ -2,9 +2,10 @@
 //!
 //! Why this hook: it fires in `sock_recvmsg` once the bytes have been copied to the reader,
 //! with the socket address and the byte count, for every read path (read, recv, recvmsg,
-//! readv, io_uring). Only connections the daemon was told of (`maps::reported_connection`) go
-//! further, and only the first payload of a turn produces an event, so the ring carries one
-//! event per request/response turn.
+//! readv, io_uring). Only tracked connections the server still holds
+//! (`maps::served_connection`) go further. The first payload of a turn counts the turn in the
+//! endpoint's totals (busy time exact when events are lost) and, for connections the daemon
+//! was told of, produces an event, so the ring carries one event per request/response turn.
 //!
 //! Attached as a raw tracepoint (`TP_PROTO(struct sock *sk, int ret, int flags)`), or as the
 //! classic one whose format on kernel 6.18 (`events/sock/sock_recv_length/format`;
@@ -30,7 +31,7 @@ use tracker_common::{
     walk::SyscallBuffer,
 };
 
-use crate::maps::{emit_for_socket, reported_connection, turn_end_at};
+use crate::maps::{TurnCut, count_turn, emit_for_socket, served_connection, turn_end_at};
 use crate::payload::{Source, detect_protocol, switch_protocol, walk_frames};
 use crate::probes::openssl::{self, ssl_call_on};
 use crate::record::SockLength;
@@ -61,7 +62,7 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
         return;
     }
     let skaddr = call.skaddr;
-    let Some(track) = reported_connection(&skaddr) else {
+    let Some(track) = served_connection(&skaddr) else {
         return;
     };
     let ssl_call = match source {
@@ -128,19 +129,32 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
         // More of the same request: still one turn.
         None
     };
+    // Its open never reached the daemon: its turns are counted, nothing more is sent.
+    let reported = track.unreported == 0;
     if let Some(previous_turn_end) = turn_starts {
+        let cut = TurnCut {
+            ends_at: previous_turn_end,
+            answered_at: if previous_turn_end != 0 {
+                track.last_send_ns
+            } else {
+                0
+            },
+        };
+        count_turn(&track.endpoint, cut, if left_http { 0 } else { now });
         track.in_turn = u32::from(!left_http);
         track.last_send_ns = 0;
-        emit_for_socket(
-            EventKind::Turn as u32,
-            skaddr,
-            now,
-            previous_turn_end,
-            decided,
-        );
+        if reported {
+            emit_for_socket(
+                EventKind::Turn as u32,
+                skaddr,
+                now,
+                previous_turn_end,
+                decided,
+            );
+        }
     }
 
-    if track.protocol == Protocol::Http2 as u32 {
+    if reported && track.protocol == Protocol::Http2 as u32 {
         walk_frames(
             ctx,
             &mut track.walk_in,

@@ -2,10 +2,10 @@
 //!
 //! Why this hook: the send-side twin of `sock_recv_length` (same arguments and format, see
 //! there; attached the same two ways), fired in `sock_sendmsg` for every write path including
-//! sendfile/splice. A send inside a turn only
-//! records its time in the connection's map entry: the turn's end is the last send before the
-//! next inbound payload, known only when that payload (or the close) arrives, so no event
-//! here for it. On HTTP/2 connections the frames sent are walked (see `payload`); on HTTP/1
+//! sendfile/splice. A send inside a turn records its time in the connection's map entry and
+//! restarts the turn's `answered` span in the endpoint's totals: the turn's end is the last send
+//! before the next inbound payload, known only when that payload (or the close) arrives, so no
+//! event here for it. On HTTP/2 connections the frames sent are walked (see `payload`); on HTTP/1
 //! ones the first bytes of each answer are read for a `101 Switching Protocols`.
 
 use aya_ebpf::{
@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tracker_common::{DIRECTION_OUT, proto::Protocol};
 
-use crate::maps::reported_connection;
+use crate::maps::{count_answer, served_connection};
 use crate::payload::{Source, answer_switches_protocols, walk_frames};
 use crate::probes::openssl::{self, ssl_call_on};
 use crate::record::SockLength;
@@ -46,7 +46,7 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
         return;
     }
     let skaddr = call.skaddr;
-    let Some(track) = reported_connection(&skaddr) else {
+    let Some(track) = served_connection(&skaddr) else {
         return;
     };
     if matches!(source, Source::Syscall)
@@ -74,9 +74,11 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
     }
     // Sends outside a turn (a greeting before any request) are not busy time.
     if track.in_turn != 0 {
+        count_answer(&track.endpoint, track.last_send_ns, now);
         track.last_send_ns = now;
     }
-    if track.protocol == Protocol::Http2 as u32 {
+    // Frames of a connection the daemon was never told of would be dropped.
+    if track.unreported == 0 && track.protocol == Protocol::Http2 as u32 {
         let buf = source.buffer(DIRECTION_OUT, call.bytes as u32);
         walk_frames(
             ctx,

@@ -1,23 +1,26 @@
 //! The kernel's own count of connections opened and closed at each local endpoint, of their
-//! connection time and of their closing phases, added up per listener: once the daemon passes
-//! them, reports take `opened`, `closed`, `connFor` and the closing figures from here. Lives
-//! run from the accept or the handshake's end (see [`LifeStart`]) to the server's close.
+//! connection time, closing phases and turns, added up per listener: once the daemon passes
+//! them, reports take `opened`, `closed`, `connFor`, `activeFor`, `busy` and the closing
+//! figures from here. Lives run from the accept or the handshake's end (see [`LifeStart`]) to
+//! the server's close.
 //!
 //! The kernel counts before it sends any event, so these totals stay exact when events are
 //! lost (a full ring, a stalled daemon); what only events carry (lifetimes for the histogram,
-//! busy time, sessions) may then be short, and `curr` is corrected against the kernel's table.
+//! the busy peak, sessions) may then be short, and `curr` is corrected against the kernel's
+//! table.
 //!
 //! Connection time comes from the stamp sums of [`Spans`]: an endpoint's connection-nanoseconds
 //! since load up to an instant follow from its totals, so an interval's share is the
-//! difference of two readings; closing time likewise. The kernel misses two kinds of connection, and
-//! the daemon adds them to a listener's own [`DaemonCounts`]: the opens of connections that
-//! predate it (counted from their adoption, as the model does), and the closes it finds
-//! itself ([`Observer::close_adopted`], [`Observer::count_unseen_close`]).
+//! difference of two readings; closing and busy time likewise. The kernel misses two kinds of
+//! connection, and the daemon adds them to a listener's own [`DaemonCounts`]: the opens of
+//! connections that predate it (counted from their adoption, as the model does), and the
+//! closes it finds itself ([`Observer::close_adopted`], [`Observer::count_unseen_close`]), with
+//! the turns the kernel left open in them.
 
 use std::net::SocketAddr;
 
 use rustc_hash::FxHashMap;
-use tracker_common::{Endpoint, EndpointTotals, Spans, wire_addr};
+use tracker_common::{ConnTrack, Endpoint, EndpointTotals, Spans, wire_addr};
 
 use super::{LifeStart, Observer};
 use crate::model::Nanos;
@@ -32,6 +35,8 @@ pub(super) struct KernelCounts {
     pub(super) conn_ns: u64,
     /// Nanoseconds connections spent closing in the interval (wrapping likewise).
     pub(super) closing_ns: u64,
+    /// Busy-nanoseconds of the interval, by the kernel's turns (wrapping likewise).
+    pub(super) busy_ns: u64,
 }
 
 /// Opens and closes of a listener's connections that only the daemon knows of, in the form
@@ -40,6 +45,10 @@ pub(super) struct KernelCounts {
 pub(super) struct DaemonCounts {
     connections: Spans,
     reported_conn_ns: u64,
+    /// Ends of turns the kernel left open (in entries of its table the daemon removed), in
+    /// the form of [`EndpointTotals::turns`] and [`EndpointTotals::answered`].
+    turns: EndpointTotals,
+    reported_busy_ns: u64,
 }
 
 impl DaemonCounts {
@@ -54,9 +63,16 @@ impl DaemonCounts {
         self.connections = self.connections.since(&Spans::start(at));
     }
 
-    /// A close the kernel did not count, found at `at`.
-    pub(super) fn closed(&mut self, at: Nanos) {
+    /// A close the kernel did not count, found at `at`, of a connection in the turn `turn`
+    /// left open.
+    pub(super) fn closed(&mut self, at: Nanos, turn: Option<TurnLeftOpen>) {
         self.add(Spans::end(at));
+        if let Some(turn) = turn {
+            self.turns.turns = self.turns.turns.plus(&Spans::end(turn.ends_at));
+            if let Some(answered_at) = turn.answered_at {
+                self.turns.answered = self.turns.answered.plus(&Spans::end(answered_at));
+            }
+        }
     }
 
     /// Connections these count as open now: those adopted and not yet closed, less the
@@ -73,6 +89,42 @@ impl DaemonCounts {
     fn conn_ns_until(&mut self, now: Nanos) -> u64 {
         let conn_ns = self.connections.ns_at(now);
         conn_ns.wrapping_sub(std::mem::replace(&mut self.reported_conn_ns, conn_ns))
+    }
+
+    /// Busy time these gave since the last call, up to `now` (negative, wrapping: they end
+    /// turns the kernel counts as running).
+    fn busy_ns_until(&mut self, now: Nanos) -> u64 {
+        let busy_ns = self.turns.busy_ns_at(now);
+        busy_ns.wrapping_sub(std::mem::replace(&mut self.reported_busy_ns, busy_ns))
+    }
+
+    /// Connections these count busy now (wrapping: negative, they end turns the kernel
+    /// counts as running).
+    pub(super) fn busy_now(&self) -> u64 {
+        self.turns.busy_now()
+    }
+}
+
+/// A turn the kernel's table held open for a connection whose close the kernel did not see:
+/// it ended at `ends_at`, the server's last send in it (`answered_at`) or the close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnLeftOpen {
+    pub ends_at: Nanos,
+    pub answered_at: Option<Nanos>,
+}
+
+impl TurnLeftOpen {
+    /// The turn `track` (an entry removed from the kernel's table) was in, if any, for a
+    /// connection found closed at `closed_at`: as the kernel ends a turn at a close.
+    pub fn of(track: &ConnTrack, closed_at: Nanos) -> Option<Self> {
+        if track.in_turn == 0 {
+            return None;
+        }
+        let answered_at = (track.last_send_ns != 0).then_some(track.last_send_ns);
+        Some(Self {
+            ends_at: answered_at.unwrap_or(closed_at),
+            answered_at,
+        })
     }
 }
 
@@ -92,6 +144,7 @@ impl Observer {
         let mut baseline = self.kernel_totals.take().unwrap_or_default();
         for listener in self.listeners.values_mut() {
             listener.closing = 0;
+            listener.busy = listener.daemon_counts.busy_now();
         }
         for &(endpoint, current) in totals {
             let before = baseline
@@ -137,7 +190,13 @@ impl Observer {
                     .ns_at(now)
                     .wrapping_sub(before.closing.ns_at(baseline.at)),
             );
+            counts.busy_ns = counts.busy_ns.wrapping_add(
+                current
+                    .busy_ns_at(now)
+                    .wrapping_sub(before.busy_ns_at(baseline.at)),
+            );
             listener.closing = listener.closing.wrapping_add(current.closing.running());
+            listener.busy = listener.busy.wrapping_add(current.busy_now());
         }
         baseline.at = now;
         self.kernel_totals = Some(baseline);
@@ -153,7 +212,14 @@ impl super::listeners::Listener {
         counts.conn_ns = counts
             .conn_ns
             .wrapping_add(self.daemon_counts.conn_ns_until(now));
-        for ns in [&mut counts.conn_ns, &mut counts.closing_ns] {
+        counts.busy_ns = counts
+            .busy_ns
+            .wrapping_add(self.daemon_counts.busy_ns_until(now));
+        for ns in [
+            &mut counts.conn_ns,
+            &mut counts.closing_ns,
+            &mut counts.busy_ns,
+        ] {
             if *ns > i64::MAX as u64 {
                 *ns = 0;
             }
@@ -164,10 +230,16 @@ impl super::listeners::Listener {
     /// Connections closing now by the kernel's count (wrapping sums of endpoints whose
     /// readings raced with a close on another CPU can come out negative: none then).
     pub(super) fn closing_now(&self) -> u64 {
-        if self.closing > i64::MAX as u64 {
-            0
-        } else {
-            self.closing
-        }
+        not_negative(self.closing)
     }
+
+    /// Connections busy now by the kernel's count, likewise.
+    pub(super) fn busy_now(&self) -> u64 {
+        not_negative(self.busy)
+    }
+}
+
+/// A wrapping count read as signed, negatives as 0.
+fn not_negative(count: u64) -> u64 {
+    if count > i64::MAX as u64 { 0 } else { count }
 }

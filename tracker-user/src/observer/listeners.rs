@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rustc_hash::FxHashSet;
 
-use super::kernel_totals::{DaemonCounts, KernelCounts};
+use super::kernel_totals::{DaemonCounts, KernelCounts, TurnLeftOpen};
 use super::report::ClosedConnection;
 use super::{Applied, Observer, Owner};
 use crate::event::{Netns, SockId};
@@ -54,6 +54,9 @@ pub(super) struct Listener {
     /// Connections the server has closed and the kernel is still finishing, by the kernel's
     /// count when last applied (wrapping, see [`Listener::closing_now`]).
     pub(super) closing: u64,
+    /// Its connections busy now by the kernel's count of turns when last applied (wrapping,
+    /// see [`Listener::busy_now`]).
+    pub(super) busy: u64,
     /// What its connections showed of TLS.
     pub(super) tls: TlsSeen,
 }
@@ -92,14 +95,16 @@ impl Listener {
             daemon_counts: DaemonCounts::default(),
             kernel_peak: None,
             closing: 0,
+            busy: 0,
             tls: TlsSeen::default(),
         }
     }
 
-    /// A close of one of its connections that the kernel could not count, found at `at`.
-    pub(super) fn count_close_for_kernel(&mut self, at: Nanos) {
+    /// A close of one of its connections that the kernel could not count, found at `at`, with
+    /// the turn the kernel left open in it.
+    pub(super) fn count_close_for_kernel(&mut self, at: Nanos, turn: Option<TurnLeftOpen>) {
         self.kernel_counts.closed += 1;
-        self.daemon_counts.closed(at);
+        self.daemon_counts.closed(at, turn);
     }
 
     pub(super) fn is_listening(&self) -> bool {

@@ -41,6 +41,7 @@ use crate::event::{Event, Netns, SockId};
 use crate::tracker_id::TrackerId;
 
 use connections::ConnRef;
+pub use kernel_totals::TurnLeftOpen;
 use listeners::Listener;
 pub use listeners::TlsSeen;
 pub use live_gauges::GaugeReading;

@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use super::Observer;
 use super::connections::Closing;
+use super::{Observer, TurnLeftOpen};
 use crate::event::SockId;
 use crate::model::{ConnState, Nanos};
 use crate::tracker_id::{Role, TrackerId};
@@ -117,10 +117,15 @@ impl Observer {
 
     /// Counts a close the kernel program never ran for (see [`Observer::sockets_of`]), found
     /// at `now`: the connection left the kernel's table while still in its table of tracked
-    /// connections.
-    pub fn count_unseen_close(&mut self, listener: SocketAddr, now: Nanos) {
+    /// connections, where it was in the turn `turn` (which ends with it).
+    pub fn count_unseen_close(
+        &mut self,
+        listener: SocketAddr,
+        now: Nanos,
+        turn: Option<TurnLeftOpen>,
+    ) {
         if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, listener)) {
-            listener.count_close_for_kernel(now);
+            listener.count_close_for_kernel(now, turn);
         }
     }
 
@@ -139,7 +144,7 @@ impl Observer {
             // The kernel closed it before it was asked to follow it, so it did not count the
             // close, unless it had been tracking it since its open.
             if adoption == Adoption::BeforeStart {
-                listener.count_close_for_kernel(now);
+                listener.count_close_for_kernel(now, None);
             }
         }
     }

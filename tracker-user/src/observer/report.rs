@@ -157,6 +157,10 @@ impl Observer {
                     if let Some(peak) = state.peak_by_kernel(snapshot.curr) {
                         snapshot.peak = peak;
                     }
+                    snapshot.active_for_ns = kernel_counts.busy_ns;
+                    snapshot.busy = usize::try_from(state.busy_now()).unwrap_or(usize::MAX);
+                    // The busy peak is the model's, from events; never below busy now.
+                    snapshot.busy_peak = snapshot.busy_peak.max(snapshot.busy);
                 }
                 ListenerReport {
                     id,

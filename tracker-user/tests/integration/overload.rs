@@ -2,16 +2,16 @@
 //! stopped while connections churn or open.
 
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::assert_conn_for_matches;
 use crate::prometheus::http_get;
 use crate::support::{Conn, Daemon, Nginx, connect_many, free_port, max, patience, slowdown, sum};
+use crate::{assert_conn_for_matches, assert_seconds_match, request_serially};
 
 /// nginx's own count of the connections it accepted (stub_status's "accepts"), itself
 /// included: the status request is accepted before it is answered.
@@ -360,28 +360,72 @@ fn the_peak_is_the_kernels_when_the_events_of_its_connections_were_lost() {
     const HELD: usize = 200;
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a listener");
     let target = listener.local_addr().unwrap();
+    let (reports, brief) = through_a_stop(target, &["peak", "curr", "opened", "closed"], || {
+        let conns = connect_many(&listener, target, HELD);
+        for conn in conns {
+            conn.close();
+        }
+    });
+    assert_eq!(sum(&reports, "opened"), HELD as f64, "{brief}");
+    assert_eq!(max(&reports, "peak"), HELD as u64, "{brief}");
+}
+
+#[test]
+fn busy_time_is_the_kernels_when_the_events_of_its_turns_were_lost() {
+    // Every request takes SERVICE, all while the daemon is stopped: most opens, turns and
+    // closes are lost. The server's own clock says how long it was busy.
+    const CONNECTIONS: usize = 40;
+    const REQUESTS: usize = 3;
+    const SERVICE: Duration = Duration::from_millis(50);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a listener");
+    let target = listener.local_addr().unwrap();
+    let mut served = Duration::ZERO;
+    let fields = ["active_for_s", "busy", "busy_peak", "closed"];
+    let (reports, brief) = through_a_stop(target, &fields, || {
+        served = thread::scope(|scope| {
+            let server = scope.spawn(|| serve_lines_timed(&listener, CONNECTIONS, SERVICE));
+            for _ in 0..CONNECTIONS {
+                scope.spawn(move || {
+                    let stream = TcpStream::connect(target).expect("connecting");
+                    request_serially(stream, REQUESTS);
+                });
+            }
+            server.join().expect("the server")
+        });
+    });
+    assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64, "{brief}");
+    assert!(served >= SERVICE * (CONNECTIONS * REQUESTS) as u32);
+    assert_seconds_match(&reports, "active_for_s", served);
+    assert_eq!(reports.last().unwrap()["busy"], 0, "{brief}");
+}
+
+/// The reports of the listener at `target` around `load`, which runs while the daemon (behind
+/// a 4 KiB ring, which holds about 40 events) is stopped, until its connections have closed;
+/// with `fields` of each, one report a line, for messages. Events must have been lost.
+fn through_a_stop(
+    target: SocketAddr,
+    fields: &[&str],
+    load: impl FnOnce(),
+) -> (Vec<Value>, String) {
     let name = target.to_string();
     let port = target.port().to_string();
     let mut daemon = Daemon::start(&["--port", &port, "--interval", "0.5", "--ring-bytes", "4096"]);
     let mut reports = daemon.reports_until(&name, |r| r["curr"] == 0);
-
     daemon.pause();
-    let conns = connect_many(&listener, target, HELD);
-    for conn in conns {
-        conn.close();
-    }
+    load();
     daemon.resume();
-
     reports.extend(daemon.reports_until(&name, |r| {
         r["closed"].as_u64().unwrap() > 0 && r["curr"] == 0
     }));
     let brief = reports
         .iter()
         .map(|r| {
-            format!(
-                "peak={} curr={} opened={} closed={} lost={}",
-                r["peak"], r["curr"], r["opened"], r["closed"], r["lost_events"]
-            )
+            fields
+                .iter()
+                .chain(&["lost_events"])
+                .map(|field| format!("{field}={}", r[*field]))
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect::<Vec<_>>()
         .join("\n");
@@ -389,6 +433,36 @@ fn the_peak_is_the_kernels_when_the_events_of_its_connections_were_lost() {
         sum(&reports, "lost_events") > 0.0,
         "no event lost: the stop tested nothing\n{brief}"
     );
-    assert_eq!(sum(&reports, "opened"), HELD as f64, "{brief}");
-    assert_eq!(max(&reports, "peak"), HELD as u64, "{brief}");
+    (reports, brief)
+}
+
+/// A blocking server of `connections` connections that spends `service` per request (reads
+/// one line, sleeps, answers), timing each request from its read to its answer's write: the
+/// busy time it had, by its own clock.
+fn serve_lines_timed(listener: &TcpListener, connections: usize, service: Duration) -> Duration {
+    thread::scope(|scope| {
+        let servers: Vec<_> = (0..connections)
+            .map(|_| {
+                let (stream, _) = listener.accept().expect("accepting");
+                scope.spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    let mut busy = Duration::ZERO;
+                    while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+                        let read = Instant::now();
+                        thread::sleep(service);
+                        writer.write_all(b"done\n").unwrap();
+                        busy += read.elapsed();
+                        line.clear();
+                    }
+                    busy
+                })
+            })
+            .collect();
+        servers
+            .into_iter()
+            .map(|server| server.join().expect("a connection's server"))
+            .sum()
+    })
 }

@@ -10,6 +10,8 @@ use crate::event::{Event, SockId};
 use crate::model::{ErrorKind, Nanos};
 use crate::tracker_id::TrackerId;
 
+mod kernel_busy;
+
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
 }
@@ -759,7 +761,7 @@ fn connections_seen_open_are_found_by_socket_for_a_close_the_kernel_skipped() {
     let local = addr("127.0.0.1:80");
     let gone = BTreeSet::from([(local, addr("127.0.0.1:5000"))]);
     assert_eq!(observer.sockets_of(&gone), vec![(local, 1, SECOND)]);
-    observer.count_unseen_close(local, 2 * SECOND);
+    observer.count_unseen_close(local, 2 * SECOND, None);
     let report = report_of(&mut observer, 2 * SECOND, "127.0.0.1:80");
     assert_eq!((report.snapshot.opened, report.snapshot.closed), (0, 1));
 }
@@ -801,7 +803,7 @@ fn connection_time_is_the_kernels_with_the_daemons_own_opens_and_closes() {
         &[c_close, a_close, 5 * SECOND],
     );
     observer.apply_kernel_totals(&[(endpoint(0, "127.0.0.1:80"), totals)], 8 * SECOND);
-    observer.count_unseen_close(addr("0.0.0.0:80"), 7 * SECOND);
+    observer.count_unseen_close(addr("0.0.0.0:80"), 7 * SECOND, None);
     let third = report_of(&mut observer, 8 * SECOND, "0.0.0.0:80");
     assert_eq!((third.snapshot.opened, third.snapshot.closed), (1, 1));
     assert_eq!(third.snapshot.conn_for_ns, 500 * ms);
