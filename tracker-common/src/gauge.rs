@@ -1,5 +1,5 @@
-//! Live gauges: how many connection lives run now at each listening port, and the most that
-//! ran at once in the current report interval, kept by the kernel with atomic operations so
+//! Live gauges: how many connection lives run now at each listening port, and how many of them
+//! are busy, and the most that ran (or were busy) at once in the current report interval, kept by the kernel with atomic operations so
 //! that the peak is exact in the order the kernel saw the opens, whatever the ring loses.
 //!
 //! The per-CPU [`EndpointTotals`](crate::EndpointTotals) cannot give a peak: a maximum of a
@@ -49,12 +49,17 @@ pub struct Gauge {
 /// The two lives the daemon may report (see `EndpointTotals`): from the handshake's end, and
 /// from the server's accept (connections whose accept cannot be seen count from the
 /// handshake in both). Both are kept so that the count never depends on which accept hook the
-/// daemon managed to attach; the daemon reads the one it reports.
+/// daemon managed to attach; the daemon reads the one it reports. Beside them, the busy
+/// connections.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct LiveGauges {
     pub by_handshake: Gauge,
     pub by_accept: Gauge,
+    /// Connections in a turn whose server has not sent anything in it yet (see
+    /// `EndpointTotals::busy_now`): up at a request's first payload, down at the first send of
+    /// its answer, or at its end if it was never answered.
+    pub busy: Gauge,
 }
 
 /// A peak and the epoch it belongs to, packed into one `u64` (epoch high, value low) so one

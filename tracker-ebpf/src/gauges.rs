@@ -1,10 +1,10 @@
-//! The live gauges of `tracker_common::gauge`: lives running now per listening port and their
-//! exact peak in the report interval, moved with atomic instructions on a map value shared by
+//! The live gauges of `tracker_common::gauge`: lives running (and connections busy) now per
+//! listening port and their exact peak in the report interval, moved with atomic instructions on a map value shared by
 //! all CPUs.
 //!
 //! Why atomics here and per-CPU counters elsewhere: a sum can be split over CPUs and added up
-//! later, a maximum cannot. The cost is one compare-and-swap per open (an atomic add per
-//! close), and one more when the count reaches a new high for the interval.
+//! later, a maximum cannot. The cost is one compare-and-swap per open or request (an atomic
+//! add per close or answer), and one more when the count reaches a new high for the interval.
 //!
 //! Rust's BPF target declares no compare-and-swap (`atomic_cas: false`), so
 //! `core::sync::atomic` offers only loads and stores there; the instruction exists
@@ -46,10 +46,33 @@ pub enum Step {
     Still,
 }
 
-/// Moves the gauges of `endpoint`'s port by `by_handshake` and `by_accept`.
+impl Step {
+    /// Up for a start, down for an end, still for both or neither.
+    #[inline(always)]
+    pub fn of(starts: bool, ends: bool) -> Self {
+        match (starts, ends) {
+            (true, false) => Self::Up,
+            (false, true) => Self::Down,
+            _ => Self::Still,
+        }
+    }
+}
+
+/// How one counted event moves the gauges of its port.
+#[derive(Clone, Copy)]
+pub struct Steps {
+    pub by_handshake: Step,
+    pub by_accept: Step,
+    pub busy: Step,
+}
+
+/// Moves the gauges of `endpoint`'s port by `steps`.
 #[inline(always)]
-pub fn count(endpoint: &Endpoint, by_handshake: Step, by_accept: Step) {
-    if by_handshake == Step::Still && by_accept == Step::Still {
+pub fn count(endpoint: &Endpoint, steps: Steps) {
+    if steps.by_handshake == Step::Still
+        && steps.by_accept == Step::Still
+        && steps.busy == Step::Still
+    {
         return;
     }
     let key = GaugeKey {
@@ -69,6 +92,7 @@ pub fn count(endpoint: &Endpoint, by_handshake: Step, by_accept: Step) {
         let fresh = LiveGauges {
             by_handshake: empty,
             by_accept: empty,
+            busy: empty,
         };
         let _ = LIVE_GAUGES.insert(&key, &fresh, u64::from(BPF_NOEXIST));
         gauges = LIVE_GAUGES.get_ptr_mut(&key);
@@ -79,8 +103,9 @@ pub fn count(endpoint: &Endpoint, by_handshake: Step, by_accept: Step) {
     };
     // SAFETY: fields of a live map value, changed only through atomic instructions.
     unsafe {
-        step(&raw mut (*gauges).by_handshake, by_handshake, epoch);
-        step(&raw mut (*gauges).by_accept, by_accept, epoch);
+        step(&raw mut (*gauges).by_handshake, steps.by_handshake, epoch);
+        step(&raw mut (*gauges).by_accept, steps.by_accept, epoch);
+        step(&raw mut (*gauges).busy, steps.busy, epoch);
     }
 }
 

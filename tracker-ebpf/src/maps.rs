@@ -1,7 +1,7 @@
 //! Maps shared by the probes. Names match the `*_MAP` constants in `tracker-common`, which the
 //! daemon uses to find them.
 
-use crate::gauges::{self, Step};
+use crate::gauges::{self, Step, Steps};
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
@@ -118,23 +118,28 @@ pub enum Total {
 }
 
 impl Total {
-    /// How this moves the live gauges, `(by_handshake, by_accept)`: the same starts and ends
-    /// as the spans the daemon reads as lives (`EndpointTotals::established_until_server_close`,
-    /// and `accepted` plus `untracked`).
+    /// How this moves the live gauges: lives with the same starts and ends as the spans the
+    /// daemon reads as lives (`EndpointTotals::established_until_server_close`, and `accepted`
+    /// plus `untracked`), and busy connections with the turn a close cuts short.
     #[inline(always)]
-    fn life_steps(self) -> (Step, Step) {
-        let down_if = |ends: bool| if ends { Step::Down } else { Step::Still };
-        match self {
-            Self::Opened => (Step::Up, Step::Still),
-            Self::OpenedUntracked => (Step::Up, Step::Up),
-            Self::Accepted => (Step::Still, Step::Up),
-            Self::ServerClosed { accepted, .. } => (Step::Down, down_if(accepted)),
+    fn gauge_steps(self) -> Steps {
+        let down_if = |ends: bool| Step::of(false, ends);
+        let (by_handshake, by_accept, turn) = match self {
+            Self::Opened => (Step::Up, Step::Still, TurnCut::default()),
+            Self::OpenedUntracked => (Step::Up, Step::Up, TurnCut::default()),
+            Self::Accepted => (Step::Still, Step::Up, TurnCut::default()),
+            Self::ServerClosed { accepted, turn } => (Step::Down, down_if(accepted), turn),
             Self::Closed {
                 closing,
                 accepted,
                 untracked,
-                ..
-            } => (down_if(!closing), down_if(accepted || untracked)),
+                turn,
+            } => (down_if(!closing), down_if(accepted || untracked), turn),
+        };
+        Steps {
+            by_handshake,
+            by_accept,
+            busy: down_if(turn.unanswered()),
         }
     }
 
@@ -171,6 +176,12 @@ impl TurnCut {
         }
     }
 
+    /// A turn ends here that the server never answered: it was busy until now.
+    #[inline(always)]
+    fn unanswered(self) -> bool {
+        self.ends_at != 0 && self.answered_at == 0
+    }
+
     #[inline(always)]
     fn count_on(self, totals: &mut EndpointTotals) {
         if self.ends_at != 0 {
@@ -186,8 +197,7 @@ impl TurnCut {
 /// are exact whatever becomes of the ring.
 #[inline(always)]
 pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
-    let (by_handshake, by_accept) = total.life_steps();
-    gauges::count(endpoint, by_handshake, by_accept);
+    gauges::count(endpoint, total.gauge_steps());
     let Some(totals) = totals_here(endpoint) else {
         return;
     };
@@ -230,6 +240,10 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
 /// and a new one starts at `starts_at` (0: none, the connection left HTTP).
 #[inline(always)]
 pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
+    gauges::count(
+        endpoint,
+        busy_step(Step::of(starts_at != 0, cut.unanswered())),
+    );
     let Some(totals) = totals_here(endpoint) else {
         return;
     };
@@ -243,6 +257,8 @@ pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
 /// is its first): the turn's answered span starts again from here.
 #[inline(always)]
 pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
+    // The first answer takes the connection off the busy gauge.
+    gauges::count(endpoint, busy_step(Step::of(false, previous == 0)));
     let Some(totals) = totals_here(endpoint) else {
         return;
     };
@@ -250,6 +266,16 @@ pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
         totals.answered.count_end(previous);
     }
     totals.answered.count_start(at);
+}
+
+/// Gauge steps that move only the busy gauge.
+#[inline(always)]
+fn busy_step(busy: Step) -> Steps {
+    Steps {
+        by_handshake: Step::Still,
+        by_accept: Step::Still,
+        busy,
+    }
 }
 
 /// This CPU's totals of `endpoint`, added if new; counts [`TOTALS_FULL_SLOT`] when the map

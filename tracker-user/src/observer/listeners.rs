@@ -51,6 +51,8 @@ pub(super) struct Listener {
     /// The interval's peak by the kernel's live gauge, before the daemon's own counts are
     /// added (see [`Observer::apply_live_gauges`]); `None` when no gauge speaks for it.
     pub(super) kernel_peak: Option<i64>,
+    /// The interval's busy peak by the kernel's live gauge, likewise.
+    pub(super) kernel_busy_peak: Option<i64>,
     /// Connections the server has closed and the kernel is still finishing, by the kernel's
     /// count when last applied (wrapping, see [`Listener::closing_now`]).
     pub(super) closing: u64,
@@ -94,6 +96,7 @@ impl Listener {
             kernel_counts: KernelCounts::default(),
             daemon_counts: DaemonCounts::default(),
             kernel_peak: None,
+            kernel_busy_peak: None,
             closing: 0,
             busy: 0,
             tls: TlsSeen::default(),

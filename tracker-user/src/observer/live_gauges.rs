@@ -1,6 +1,8 @@
-//! The interval's peak of connections from the kernel's live gauges (see
-//! `tracker_common::gauge`): exact in the order the kernel saw opens and closes, whatever
-//! events were lost, where the model's peak (from events) falls short under loss.
+//! The interval's peaks of connections and of busy connections from the kernel's live gauges
+//! (see `tracker_common::gauge`): exact in the order the kernel saw opens, closes, requests
+//! and answers, whatever events were lost. The model's peak (from events) falls short under
+//! loss; its busy peak also counts a connection busy until its next request, since it learns
+//! when a turn ended only then.
 //!
 //! A gauge counts the lives at one (namespace, family, port). It is a listener's count where
 //! that listener is the only one there, the usual case; where listeners on one port differ
@@ -14,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use rustc_hash::FxHashMap;
 use tracker_common::{
     AF_INET, AF_INET6,
-    gauge::{GaugeKey, LiveGauges, Peak},
+    gauge::{Gauge, GaugeKey, LiveGauges, Peak},
 };
 
 use super::{LifeStart, Observer};
@@ -33,7 +35,14 @@ pub struct GaugeReading {
 
 /// What each gauge counted when the previous interval ended: a peak is at least that.
 #[derive(Debug, Default)]
-pub(super) struct GaugeStarts(FxHashMap<GaugeKey, i64>);
+pub(super) struct GaugeStarts(FxHashMap<GaugeKey, GaugeStart>);
+
+/// A port's lives and busy connections when the previous interval ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct GaugeStart {
+    lives: i64,
+    busy: i64,
+}
 
 impl Observer {
     /// Takes each listener's peak for the interval ending now from `reading`, for
@@ -41,24 +50,28 @@ impl Observer {
     pub fn apply_live_gauges(&mut self, reading: &GaugeReading) {
         for listener in self.listeners.values_mut() {
             listener.kernel_peak = None;
+            listener.kernel_busy_peak = None;
         }
         let mut starts = std::mem::take(&mut self.gauge_starts);
         for &(key, gauges) in &reading.gauges {
-            let gauge = match self.life_start {
+            let lives = match self.life_start {
                 LifeStart::Handshake => gauges.by_handshake,
                 LifeStart::Accept => gauges.by_accept,
             };
+            let now = GaugeStart {
+                lives: lives.now as i64,
+                busy: gauges.busy.now as i64,
+            };
             // A gauge first seen now was created in this interval, from zero.
-            let start = starts.0.insert(key, gauge.now as i64).unwrap_or(0);
+            let start = starts.0.insert(key, now).unwrap_or_default();
             if !reading.complete {
                 continue;
             }
-            let peak = Peak::of_epoch(gauge.peak, reading.ended_epoch)
-                .map_or(start, |peak| start.max(i64::from(peak)));
             if let Some(id) = self.only_listener_at(key)
                 && let Some(listener) = self.listeners.get_mut(&id)
             {
-                listener.kernel_peak = Some(peak);
+                listener.kernel_peak = Some(interval_peak(lives, start.lives, reading));
+                listener.kernel_busy_peak = Some(interval_peak(gauges.busy, start.busy, reading));
             }
         }
         self.gauge_starts = starts;
@@ -78,6 +91,11 @@ impl Observer {
     }
 }
 
+/// The peak `gauge` reached in the interval `reading` ends, which began at `start`.
+fn interval_peak(gauge: Gauge, start: i64, reading: &GaugeReading) -> i64 {
+    Peak::of_epoch(gauge.peak, reading.ended_epoch).map_or(start, |peak| start.max(i64::from(peak)))
+}
+
 fn family_of(addr: SocketAddr) -> u16 {
     match addr.ip() {
         IpAddr::V4(_) => AF_INET,
@@ -94,13 +112,20 @@ impl super::listeners::Listener {
             .wrapping_add(self.daemon_counts.running() as i64);
         Some(usize::try_from(peak).unwrap_or(0).max(curr))
     }
+
+    /// The interval's busy peak by the kernel's gauge, less the turns the daemon ended for it,
+    /// and never below `busy`; `None` when no gauge speaks for this listener.
+    pub(super) fn busy_peak_by_kernel(&self, busy: usize) -> Option<usize> {
+        let peak = self
+            .kernel_busy_peak?
+            .wrapping_add(self.daemon_counts.busy_now() as i64);
+        Some(usize::try_from(peak).unwrap_or(0).max(busy))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-
-    use tracker_common::gauge::Gauge;
 
     use super::*;
     use crate::event::Event;
@@ -150,6 +175,7 @@ mod tests {
             LiveGauges {
                 by_handshake: gauge,
                 by_accept: Gauge::default(),
+                busy: Gauge::default(),
             },
         )
     }
@@ -255,5 +281,51 @@ mod tests {
             "127.0.0.1:80",
         );
         assert_eq!(peak, 1);
+    }
+
+    #[test]
+    fn the_busy_peak_is_the_gauges_less_the_turns_the_daemon_ended() {
+        let mut observer = Observer::new(None);
+        up(&mut observer, 1, "0.0.0.0:80");
+        open(&mut observer, 10, "127.0.0.1:80", "127.0.0.1:5000");
+        let busy_gauge = |now: u64, epoch: u32, peak: i32| {
+            let (key, mut gauges) = gauge(80, 1, epoch, 1);
+            gauges.busy = Gauge {
+                now,
+                peak: Peak { epoch, value: peak }.pack(),
+            };
+            (key, gauges)
+        };
+        let busy_peak = |observer: &mut Observer, reading: &GaugeReading| {
+            observer.apply_kernel_totals(&[], 2 * SECOND);
+            observer.apply_live_gauges(reading);
+            observer
+                .report(2 * SECOND)
+                .into_iter()
+                .find(|report| report.id.addr == addr("0.0.0.0:80"))
+                .expect("a report for the listener")
+                .snapshot
+                .busy_peak
+        };
+        // Four were busy at once; one still is when the interval ends.
+        assert_eq!(
+            busy_peak(&mut observer, &reading(0, vec![busy_gauge(1, 0, 4)])),
+            4
+        );
+        // No new high: the peak is what was busy when the interval began.
+        assert_eq!(
+            busy_peak(&mut observer, &reading(1, vec![busy_gauge(1, 0, 4)])),
+            1
+        );
+        // The daemon ends that turn (its close was never seen): the gauge still counts it.
+        let turn = crate::observer::TurnLeftOpen {
+            ends_at: 2 * SECOND,
+            answered_at: None,
+        };
+        observer.count_unseen_close(addr("0.0.0.0:80"), 2 * SECOND, Some(turn));
+        assert_eq!(
+            busy_peak(&mut observer, &reading(2, vec![busy_gauge(1, 2, 2)])),
+            1
+        );
     }
 }

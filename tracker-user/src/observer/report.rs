@@ -159,8 +159,9 @@ impl Observer {
                     }
                     snapshot.active_for_ns = kernel_counts.busy_ns;
                     snapshot.busy = usize::try_from(state.busy_now()).unwrap_or(usize::MAX);
-                    // The busy peak is the model's, from events; never below busy now.
-                    snapshot.busy_peak = snapshot.busy_peak.max(snapshot.busy);
+                    snapshot.busy_peak = state
+                        .busy_peak_by_kernel(snapshot.busy)
+                        .unwrap_or(snapshot.busy_peak.max(snapshot.busy));
                 }
                 ListenerReport {
                     id,

@@ -658,3 +658,42 @@ fn assert_server_accepts_and_closes(reports: &[Value], connections: u64) {
         }
     }
 }
+
+#[test]
+fn keep_alive_connections_are_not_busy_while_they_wait_for_their_next_request() {
+    // Twenty keep-alive connections, each asking every quarter second (its think time, part
+    // of the workload), answered at once: at most a few are ever busy at the same instant,
+    // though all of them are between requests most of the time.
+    const CONNECTIONS: usize = 20;
+    const REQUESTS: usize = 8;
+    let think = Duration::from_millis(250);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port().to_string();
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &port]);
+    thread::scope(|scope| {
+        scope.spawn(|| serve_lines(&listener, CONNECTIONS, Duration::ZERO));
+        for client in 0..CONNECTIONS {
+            scope.spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap();
+                // Spread over the think time, so that requests rarely meet.
+                thread::sleep(think / CONNECTIONS as u32 * client as u32);
+                for _ in 0..REQUESTS {
+                    request_serially(stream.try_clone().unwrap(), 1);
+                    thread::sleep(think);
+                }
+            });
+        }
+    });
+    let closed_so_far = std::cell::Cell::new(0);
+    let reports = daemon.reports_until(&addr.to_string(), |report| {
+        closed_so_far.set(closed_so_far.get() + report["closed"].as_u64().unwrap());
+        closed_so_far.get() >= CONNECTIONS as u64 && report["curr"] == 0
+    });
+    assert_eq!(max(&reports, "peak"), CONNECTIONS as u64, "{reports:#?}");
+    assert!(
+        max(&reports, "busy_peak") <= 5,
+        "busy peak counts connections waiting for their next request: {reports:#?}"
+    );
+    assert_no_errors_or_loss(&reports);
+}
