@@ -30,6 +30,12 @@ use crate::maps::count_lost;
 static LIVE_GAUGES: HashMap<GaugeKey, LiveGauges> =
     HashMap::with_max_entries(LIVE_GAUGES_MAX_ENTRIES, 0);
 
+/// One zeroed [`LiveGauges`], never written: the value a new port's gauges start from, passed
+/// to the insert from here rather than built on the lifecycle program's stack, which every
+/// count is inlined into and which older verifiers cap at 512 bytes.
+#[map]
+static ZERO_GAUGES: Array<LiveGauges> = Array::with_max_entries(1, 0);
+
 /// See `tracker_common::gauge::GAUGE_EPOCH_MAP`.
 #[map]
 static GAUGE_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
@@ -58,55 +64,63 @@ impl Step {
     }
 }
 
-/// How one counted event moves the gauges of its port.
-#[derive(Clone, Copy)]
-pub struct Steps {
-    pub by_handshake: Step,
-    pub by_accept: Step,
-    pub busy: Step,
-}
-
-/// Moves the gauges of `endpoint`'s port by `steps`.
+/// Moves the lives gauges of `endpoint`'s port by `by_handshake` and `by_accept`.
 #[inline(always)]
-pub fn count(endpoint: &Endpoint, steps: Steps) {
-    if steps.by_handshake == Step::Still
-        && steps.by_accept == Step::Still
-        && steps.busy == Step::Still
-    {
+pub fn count(endpoint: &Endpoint, by_handshake: Step, by_accept: Step) {
+    if by_handshake == Step::Still && by_accept == Step::Still {
         return;
     }
+    let epoch = current_epoch();
+    let Some(gauges) = gauges_of(endpoint) else {
+        return;
+    };
+    // SAFETY: fields of a live map value, changed only through atomic instructions.
+    unsafe {
+        step(&raw mut (*gauges).by_handshake, by_handshake, epoch);
+        step(&raw mut (*gauges).by_accept, by_accept, epoch);
+    }
+}
+
+/// Moves the busy gauge of `endpoint`'s port by `busy`. Apart from `count`, so that the
+/// lifecycle program, which moves it only at the rare close of an unanswered turn, does not
+/// carry a third inlined compare-and-swap loop at each of its counts (its stack would pass
+/// what older verifiers allow).
+#[inline(always)]
+pub fn count_busy(endpoint: &Endpoint, busy: Step) {
+    if busy == Step::Still {
+        return;
+    }
+    let epoch = current_epoch();
+    let Some(gauges) = gauges_of(endpoint) else {
+        return;
+    };
+    // SAFETY: a field of a live map value, changed only through atomic instructions.
+    unsafe { step(&raw mut (*gauges).busy, busy, epoch) };
+}
+
+/// The gauges of `endpoint`'s port, added if new; counts a miss when the table cannot take
+/// them.
+#[inline(always)]
+fn gauges_of(endpoint: &Endpoint) -> Option<*mut LiveGauges> {
     let key = GaugeKey {
         netns: endpoint.netns,
         family: endpoint.family,
         port: endpoint.port,
     };
-    let epoch = current_epoch();
     let mut gauges = LIVE_GAUGES.get_ptr_mut(&key);
-    if gauges.is_none() {
+    if gauges.is_none()
+        && let Some(zero) = ZERO_GAUGES.get(0)
+    {
         // BPF_NOEXIST: another CPU may have added it meanwhile; either way it exists afterwards
-        // unless the map is full. Its peaks start in the current epoch at 0.
-        let empty = Gauge {
-            now: 0,
-            peak: Peak { epoch, value: 0 }.pack(),
-        };
-        let fresh = LiveGauges {
-            by_handshake: empty,
-            by_accept: empty,
-            busy: empty,
-        };
-        let _ = LIVE_GAUGES.insert(&key, &fresh, u64::from(BPF_NOEXIST));
+        // unless the map is full. Its peaks are 0 in epoch 0, which any later epoch replaces
+        // (`Peak::raised`), but the one before it wraps to 0.
+        let _ = LIVE_GAUGES.insert(&key, zero, u64::from(BPF_NOEXIST));
         gauges = LIVE_GAUGES.get_ptr_mut(&key);
     }
-    let Some(gauges) = gauges else {
+    if gauges.is_none() {
         count_lost(GAUGES_MISSED_SLOT);
-        return;
-    };
-    // SAFETY: fields of a live map value, changed only through atomic instructions.
-    unsafe {
-        step(&raw mut (*gauges).by_handshake, steps.by_handshake, epoch);
-        step(&raw mut (*gauges).by_accept, steps.by_accept, epoch);
-        step(&raw mut (*gauges).busy, steps.busy, epoch);
     }
+    gauges
 }
 
 /// The report epoch, read after the count it goes with was taken (see `step`).

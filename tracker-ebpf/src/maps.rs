@@ -1,7 +1,7 @@
 //! Maps shared by the probes. Names match the `*_MAP` constants in `tracker-common`, which the
 //! daemon uses to find them.
 
-use crate::gauges::{self, Step, Steps};
+use crate::gauges::{self, Step};
 use aya_ebpf::{
     bindings::{
         BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
@@ -99,59 +99,49 @@ pub enum Total {
     /// which writes no other field).
     Accepted,
     /// The server closed a connection that is not yet CLOSE: its closing phase starts, and
-    /// its life as the server sees it ends (`accepted`: it was counted accepted), with the turn
-    /// it was in.
+    /// its life as the server sees it ends (`accepted`: it was counted accepted).
     ServerClosed {
         accepted: bool,
-        turn: TurnCut,
     },
     /// A connection reached CLOSE (`closing`: the server had closed it before, so its closing
     /// phase ends; `accepted`: it was counted accepted and the server had not closed it), or,
     /// for one followed by endpoints, the server closed it (`untracked`: counted so at its
-    /// open). A turn still open ends with it.
+    /// open).
     Closed {
         closing: bool,
         accepted: bool,
         untracked: bool,
-        turn: TurnCut,
     },
 }
 
 impl Total {
-    /// How this moves the live gauges: lives with the same starts and ends as the spans the
-    /// daemon reads as lives (`EndpointTotals::established_until_server_close`, and `accepted`
-    /// plus `untracked`), and busy connections with the turn a close cuts short.
+    /// How this moves the live gauges, `(by_handshake, by_accept)`: the same starts and ends
+    /// as the spans the daemon reads as lives (`EndpointTotals::established_until_server_close`,
+    /// and `accepted` plus `untracked`).
     #[inline(always)]
-    fn gauge_steps(self) -> Steps {
+    fn life_steps(self) -> (Step, Step) {
         let down_if = |ends: bool| Step::of(false, ends);
-        let (by_handshake, by_accept, turn) = match self {
-            Self::Opened => (Step::Up, Step::Still, TurnCut::default()),
-            Self::OpenedUntracked => (Step::Up, Step::Up, TurnCut::default()),
-            Self::Accepted => (Step::Still, Step::Up, TurnCut::default()),
-            Self::ServerClosed { accepted, turn } => (Step::Down, down_if(accepted), turn),
+        match self {
+            Self::Opened => (Step::Up, Step::Still),
+            Self::OpenedUntracked => (Step::Up, Step::Up),
+            Self::Accepted => (Step::Still, Step::Up),
+            Self::ServerClosed { accepted } => (Step::Down, down_if(accepted)),
             Self::Closed {
                 closing,
                 accepted,
                 untracked,
-                turn,
-            } => (down_if(!closing), down_if(accepted || untracked), turn),
-        };
-        Steps {
-            by_handshake,
-            by_accept,
-            busy: down_if(turn.unanswered()),
+            } => (down_if(!closing), down_if(accepted || untracked)),
         }
     }
 
-    /// The close, at `at`, of the connection `track` describes.
+    /// The close of the connection `track` describes.
     #[inline(always)]
-    pub fn close_of(track: &ConnTrack, at: u64) -> Self {
+    pub fn close_of(track: &ConnTrack) -> Self {
         let closing = track.server_closed_ns != 0;
         Self::Closed {
             closing,
             accepted: track.accepted_ns != 0 && !closing,
             untracked: false,
-            turn: TurnCut::of(track, at),
         }
     }
 }
@@ -197,7 +187,19 @@ impl TurnCut {
 /// are exact whatever becomes of the ring.
 #[inline(always)]
 pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
-    gauges::count(endpoint, total.gauge_steps());
+    count_close(endpoint, total, TurnCut::default(), at);
+}
+
+/// [`count_total`] for a close (`Total::ServerClosed` or `Total::Closed`) that ends the turn
+/// `turn`. The turn travels apart from `total`: inside it, the lifecycle program's stack (where
+/// every count is inlined) would pass what older verifiers allow.
+#[inline(always)]
+pub fn count_close(endpoint: &Endpoint, total: Total, turn: TurnCut, at: u64) {
+    let (by_handshake, by_accept) = total.life_steps();
+    gauges::count(endpoint, by_handshake, by_accept);
+    if turn.unanswered() {
+        gauges::count_busy(endpoint, Step::Down);
+    }
     let Some(totals) = totals_here(endpoint) else {
         return;
     };
@@ -208,18 +210,16 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
             totals.untracked.count_start(at);
         }
         Total::Accepted => totals.accepted.count_start(at),
-        Total::ServerClosed { accepted, turn } => {
+        Total::ServerClosed { accepted } => {
             totals.closing.count_start(at);
             if accepted {
                 totals.accepted.count_end(at);
             }
-            turn.count_on(totals);
         }
         Total::Closed {
             closing,
             accepted,
             untracked,
-            turn,
         } => {
             totals.connections.count_end(at);
             if closing {
@@ -231,19 +231,16 @@ pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
             if untracked {
                 totals.untracked.count_end(at);
             }
-            turn.count_on(totals);
         }
     }
+    turn.count_on(totals);
 }
 
 /// A connection's turn changes at a request's first payload: the turn it was in ends (`cut`),
 /// and a new one starts at `starts_at` (0: none, the connection left HTTP).
 #[inline(always)]
 pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
-    gauges::count(
-        endpoint,
-        busy_step(Step::of(starts_at != 0, cut.unanswered())),
-    );
+    gauges::count_busy(endpoint, Step::of(starts_at != 0, cut.unanswered()));
     let Some(totals) = totals_here(endpoint) else {
         return;
     };
@@ -258,7 +255,7 @@ pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
 #[inline(always)]
 pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
     // The first answer takes the connection off the busy gauge.
-    gauges::count(endpoint, busy_step(Step::of(false, previous == 0)));
+    gauges::count_busy(endpoint, Step::of(false, previous == 0));
     let Some(totals) = totals_here(endpoint) else {
         return;
     };
@@ -266,16 +263,6 @@ pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
         totals.answered.count_end(previous);
     }
     totals.answered.count_start(at);
-}
-
-/// Gauge steps that move only the busy gauge.
-#[inline(always)]
-fn busy_step(busy: Step) -> Steps {
-    Steps {
-        by_handshake: Step::Still,
-        by_accept: Step::Still,
-        busy,
-    }
 }
 
 /// This CPU's totals of `endpoint`, added if new; counts [`TOTALS_FULL_SLOT`] when the map
@@ -382,12 +369,17 @@ fn retire_stale(skaddr: u64, at: u64) {
         return;
     };
     // SAFETY: a live map value; the fields needed are copied before the entry is removed.
-    let (outbound, local, close) = unsafe {
+    let (outbound, local, close, turn) = unsafe {
         let stale = &*stale;
-        (stale.outbound, stale.endpoint, Total::close_of(stale, at))
+        (
+            stale.outbound,
+            stale.endpoint,
+            Total::close_of(stale),
+            TurnCut::of(stale, at),
+        )
     };
     if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
-        count_total(&local, close, at);
+        count_close(&local, close, turn, at);
     }
 }
 

@@ -63,7 +63,7 @@ use aya_log_ebpf::warn;
 
 use crate::maps::{
     CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, PREEXISTING, TRACKED,
-    Total, TurnCut, count_lost, count_total, emit_for_socket, port_wanted, submit,
+    Total, TurnCut, count_close, count_lost, count_total, emit_for_socket, port_wanted, submit,
     track_connection, turn_end_at,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
@@ -135,15 +135,20 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
                     track.outbound,
                     track.unreported,
                     track.endpoint,
-                    Total::close_of(track, closed_at),
+                    Total::close_of(track),
                 )
             };
             closing_turn = in_turn != 0;
             last_send_ns = sent;
             // Forget it even if the event below cannot be sent: the map must not fill up with
-            // dead sockets. Whoever removes it counts the close.
+            // dead sockets. Whoever removes it counts the close, and the end of a turn it was
+            // in.
             if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
-                count_total(&local, close, closed_at);
+                let turn = TurnCut {
+                    ends_at: turn_end_at(closing_turn, sent, closed_at),
+                    answered_at: if closing_turn { sent } else { 0 },
+                };
+                count_close(&local, close, turn, closed_at);
             }
             if matches!(close, Total::Closed { closing: true, .. }) {
                 // The daemon was told at the server's close.
@@ -276,12 +281,12 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     let turn = TurnCut::of(track, now);
     track.server_closed_ns = now;
     track.in_turn = 0;
-    count_total(
+    count_close(
         &track.endpoint,
         Total::ServerClosed {
             accepted: track.accepted_ns != 0,
-            turn,
         },
+        turn,
         now,
     );
     if track.unreported != 0 {
@@ -376,7 +381,6 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted, pha
             closing: false,
             accepted: direction != FOLLOWED_UNTRACKED,
             untracked: direction == FOLLOWED_UNTRACKED,
-            turn: TurnCut::default(),
         };
         count_total(&endpoint(&endpoints, netns), close, now);
     }
