@@ -150,8 +150,8 @@ unsafe fn step(gauge: *mut Gauge, step: Step, epoch: u32) {
         }
         Step::Up => {
             // The count this open made is needed for the peak, and an add that returns the
-            // value before it needs BPF CPU v3, which aya-build's flags do not select: the add
-            // is a compare-and-swap instead.
+            // value before it needs BPF CPU v3, which the eBPF build's flags do not select: the
+            // add is a compare-and-swap instead.
             // SAFETY: as above; a stale read only costs one more try.
             let mut before = unsafe { read_volatile(now) };
             for _ in 0..TRIES {
