@@ -180,16 +180,21 @@ impl State {
         state.rescan_listeners()?;
         state.adopt_existing_connections()?;
         state.sync_tls()?;
+        // Two lines, each short enough to read; the hooks' line comes last, once the daemon
+        // watches everything it will report on.
         log::info!(
-            "attached to {}; reading the TCP table from {}; watching {} listener(s){}",
-            state.probes.hooks.describe(),
-            state.table.source(),
+            "watching {} listener(s){}; reading the TCP table from {}",
             state.observer.listener_addrs().count(),
-            match &options.ports {
-                Some(ports) => format!(" on port(s) {ports:?}"),
-                None => String::new(),
-            }
+            options
+                .ports
+                .as_ref()
+                .map_or_else(String::new, |ports| format!(
+                    " on port(s) {}",
+                    crate::log_pipe::few(ports.iter())
+                )),
+            state.table.source(),
         );
+        log::info!("attached to {}", state.probes.hooks.describe());
         Ok(state)
     }
 

@@ -22,8 +22,9 @@
 //!   socket joining its file), else a kretprobe on `inet_csk_accept` (no tracepoint marks it).
 //! * Close (the server's own close): fentry on `tcp_close`, else kprobe.
 //!
-//! A capability without a usable candidate is one warning naming what is missing, and its
-//! figures are reported as unavailable. `--hooks` restricts the choice to one kind, for tests
+//! A capability without a usable candidate is one short warning saying what the operator
+//! loses, and its figures are reported as unavailable; why each candidate was refused is
+//! logged at debug level. `--hooks` restricts the choice to one kind, for tests
 //! of each fallback and for comparing their cost; a forced kind the kernel refuses is an
 //! error, not a silent fallback.
 
@@ -61,13 +62,13 @@ impl Capability {
         }
     }
 
-    /// What is lost without it, for the warning.
+    /// What the operator loses without it, for the warning.
     fn consequence(self) -> &'static str {
         match self {
             Self::Lifecycle => "tracker cannot run",
-            Self::Turns => "busy time and sessions are reported as unavailable (null)",
-            Self::Accept => "accepted counts are reported as unavailable (null)",
-            Self::Close => "server_closed counts are reported as unavailable (null)",
+            Self::Turns => "busy time and sessions are null",
+            Self::Accept => "`accepted` is null and connections' lives start at the handshake",
+            Self::Close => "`server_closed` is null",
         }
     }
 }
@@ -271,14 +272,16 @@ pub fn attach_all(
                 kind.name(),
                 capability.name()
             ),
+            // The refused candidates' errors are long and name system calls: they were
+            // logged at debug level above, one line each.
             Some(kind) => log::warn!(
-                "{} unavailable: no {} hook for it; {}",
+                "{} unavailable (no {} hook for it): {}",
                 capability.name(),
                 kind.name(),
                 capability.consequence()
             ),
             None => log::warn!(
-                "{} unavailable ({missing}); {}",
+                "{} unavailable on this kernel: {}; RUST_LOG=debug shows why",
                 capability.name(),
                 capability.consequence()
             ),

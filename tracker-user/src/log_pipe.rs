@@ -111,6 +111,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `items` for a log line, `1, 2, 3` but past a few only the first ones and how many more:
+/// a set of ports or of a server's workers can be long, and a log line is read at a glance.
+pub fn few<T: std::fmt::Display>(items: impl ExactSizeIterator<Item = T>) -> String {
+    const LISTED: usize = 4;
+    let total = items.len();
+    let listed: Vec<String> = items.take(LISTED).map(|item| item.to_string()).collect();
+    let listed = listed.join(", ");
+    if total > LISTED {
+        format!("{listed} and {} more", total - LISTED)
+    } else {
+        listed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +173,14 @@ mod tests {
             &text[text.len().saturating_sub(300)..]
         );
         assert_eq!(text.lines().count() as u64, kept + 2);
+    }
+
+    #[test]
+    fn few_lists_a_few_items_and_counts_the_rest() {
+        assert_eq!(few([80, 443].iter()), "80, 443");
+        assert_eq!(
+            few((1..=7).collect::<Vec<_>>().iter()),
+            "1, 2, 3, 4 and 3 more"
+        );
     }
 }

@@ -142,7 +142,8 @@ impl TlsLibraries {
             match attach(ebpf, &target) {
                 Ok(links) => {
                     log::info!(
-                        "following TLS plaintext in {path} (OpenSSL), for process(es) {users:?}"
+                        "following TLS plaintext in {path} (OpenSSL), for process(es) {}",
+                        crate::log_pipe::few(users.iter())
                     );
                     self.hooked.insert(id, Hooked { path, links, users });
                 }

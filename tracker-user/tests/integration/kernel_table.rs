@@ -91,11 +91,9 @@ fn without_tcp_sock_diag_the_daemon_reads_proc_net_tcp_and_loses_only_the_backlo
         ])
     };
     assert!(
-        daemon
-            .attach_line()
-            .contains("reading the TCP table from /proc/net/tcp"),
-        "{}",
-        daemon.attach_line()
+        daemon.has_logged("reading the TCP table from /proc/net/tcp"),
+        "{:?}",
+        daemon.log()
     );
 
     let first = daemon.next_report(&name);

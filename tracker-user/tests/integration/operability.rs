@@ -1,5 +1,6 @@
 //! The outputs operators rely on: the JSON lines schema documented in the README, the
-//! systemd unit's command line, and eBPF log messages reaching the daemon's log.
+//! systemd unit's command line, eBPF log messages reaching the daemon's log, and a start-up
+//! log read at a glance.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -8,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Daemon, connect_many, free_port};
+use crate::support::{Daemon, connect_many, free_port, note_for_this_kernel};
 
 /// The README's JSON field table: field name → type ("integer", "string or null", …).
 fn documented_schema() -> BTreeMap<String, String> {
@@ -230,4 +231,69 @@ fn the_kernel_takes_the_compare_and_swap_the_gauges_need() {
         tracker::bpf_atomics::compare_and_swap_supported().expect("running the probe"),
         "the probe found no BPF compare-and-swap"
     );
+}
+
+/// What an operator reads at start-up fits a glance: at the default level a few short lines,
+/// one per capability this kernel cannot serve saying what that costs; why each hook was
+/// refused (system call errors, verifier output) only at debug level.
+#[test]
+fn the_start_up_log_is_a_few_short_lines_with_the_details_at_debug_level() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let args = ["--interval", "0.5", "--port", &port];
+
+    let daemon = Daemon::start_with_log_level("json", "info", &args);
+    let start_up = daemon.log().to_vec();
+    drop(daemon);
+    assert!(start_up.len() <= 5, "more than 5 lines: {start_up:#?}");
+    for line in &start_up {
+        assert!(line.len() < 200, "{} characters: {line}", line.len());
+        for detail in [
+            "os error",
+            "syscall",
+            "Verifier",
+            "/sys/bus/",
+            " not used: ",
+        ] {
+            assert!(!line.contains(detail), "{detail:?} in: {line}");
+        }
+    }
+    let attached = start_up.last().expect("the start-up log");
+    let unavailable: Vec<&str> = ["turns", "accept", "close"]
+        .into_iter()
+        .filter(|capability| attached.contains(&format!("{capability}: unavailable")))
+        .collect();
+    for capability in &unavailable {
+        let warnings: Vec<&String> = start_up
+            .iter()
+            .filter(|line| line.contains(&format!("{capability} unavailable on this kernel: ")))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{capability}: {start_up:#?}");
+        assert!(warnings[0].contains("RUST_LOG=debug"), "{}", warnings[0]);
+    }
+    let warnings = start_up.iter().filter(|line| line.contains("WARN")).count();
+    assert_eq!(warnings, unavailable.len(), "{start_up:#?}");
+
+    let daemon = Daemon::start_with_log_level("json", "debug", &args);
+    let refusals: Vec<&String> = daemon
+        .log()
+        .iter()
+        .filter(|line| line.contains(" not used: "))
+        .collect();
+    for capability in &unavailable {
+        assert!(
+            refusals
+                .iter()
+                .any(|line| line.contains(&format!("{capability}: "))),
+            "no refused {capability} hook at debug level: {:#?}",
+            daemon.log()
+        );
+    }
+    if unavailable.is_empty() {
+        note_for_this_kernel(&format!(
+            "every capability has a hook, so no warning at start-up ({} refused candidates at \
+             debug level)",
+            refusals.len()
+        ));
+    }
 }
