@@ -6,11 +6,13 @@
 //! * [`procfs`], [`tcp_table`], [`tracefs`], [`bpf`], [`tls`]: what the daemon reads from and
 //!   attaches to the kernel (and to servers' TLS libraries).
 //! * [`tracker_id`]: the identity every tracker's report goes by.
+//! * [`cli`]: the command line, and the man page and shell completions made from it.
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
 pub mod bpf;
 pub mod bpf_atomics;
 pub mod btf;
+pub mod cli;
 pub mod daemon;
 pub mod event;
 pub mod hooks;

@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain pieces if missing, then build target/release/tracker.
+    /// Install the eBPF toolchain pieces if missing, then build target/release/tracker, its
+    /// man pages (target/release/man) and shell completions (target/release/completions).
     Build,
     /// Build, then run tracker as root (through sudo when not root) with ARGS.
     Run {
@@ -49,7 +50,7 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Build => build().map(|_| ()),
+        Task::Build => build().and_then(|binary| write_man_and_completions(&binary)),
         Task::Run { args } => run(&args),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => {
@@ -120,9 +121,27 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
             "tracker-user",
             "--bin",
             "tracker",
+            "--bin",
+            "tracker-docs",
         ]),
     )?;
     Ok(workspace_root().join("target/release/tracker"))
+}
+
+/// Writes the man pages and shell completions beside `binary`, through `tracker-docs` (built
+/// with it, from the same flag definitions), and says where in one line.
+fn write_man_and_completions(binary: &Path) -> anyhow::Result<()> {
+    let dir = binary.parent().context("the binary has a directory")?;
+    run_step(
+        "writing the man pages and shell completions",
+        Command::new(dir.join("tracker-docs")).arg(dir),
+    )?;
+    let shown = dir.strip_prefix(workspace_root()).unwrap_or(dir).display();
+    eprintln!(
+        "xtask: man pages in {shown}/man (man -l {shown}/man/tracker.1), shell completions in \
+         {shown}/completions"
+    );
+    Ok(())
 }
 
 pub(crate) fn is_root() -> bool {

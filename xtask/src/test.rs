@@ -49,6 +49,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("prometheus", "prometheus"),
     ("tmux", "tmux"),
+    ("man", "man-db"),
 ];
 
 /// What the VM matrix needs on the host: the emulator, the initramfs's shell, the module

@@ -1,8 +1,8 @@
 //! The outputs operators rely on: the JSON lines schema documented in the README, the
-//! systemd unit's command line, eBPF log messages reaching the daemon's log, and a start-up
-//! log read at a glance.
+//! systemd unit's command line, eBPF log messages reaching the daemon's log, a start-up log
+//! read at a glance, and man pages that document every flag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -296,4 +296,64 @@ fn the_start_up_log_is_a_few_short_lines_with_the_details_at_debug_level() {
             refusals.len()
         ));
     }
+}
+
+/// The long flags `help` names (`--interval`, ...).
+fn long_flags(help: &str) -> BTreeSet<String> {
+    help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| word.len() > 2 && word.starts_with("--"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What `command` prints on stdout, failing with its stderr unless it succeeds.
+fn stdout_of(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{command:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The man pages tracker-docs writes render with `man` without a warning, and each names
+/// every flag that `tracker --help` (or the subcommand's help) shows.
+#[test]
+fn the_man_pages_render_every_flag_of_the_help() {
+    let dir = std::env::temp_dir().join(format!("tracker-docs-test-{}", std::process::id()));
+    stdout_of(Command::new(env!("CARGO_BIN_EXE_tracker-docs")).arg(&dir));
+    for completion in ["tracker.bash", "_tracker", "tracker.fish"] {
+        let script = std::fs::read_to_string(dir.join("completions").join(completion)).unwrap();
+        assert!(script.contains("--interval"), "{completion}: {script}");
+    }
+    for (page, subcommand) in [("tracker.1", None), ("tracker-top.1", Some("top"))] {
+        let help = stdout_of(
+            Command::new(env!("CARGO_BIN_EXE_tracker"))
+                .args(subcommand)
+                .arg("--help"),
+        );
+        let flags = long_flags(&help);
+        assert!(flags.contains("--interval"), "{help}");
+        let rendered = Command::new("man")
+            .args(["--warnings", "-P", "cat", "-l"])
+            .arg(dir.join("man").join(page))
+            // Plain ASCII, lines long enough that no flag is broken across two.
+            .env("LC_ALL", "C")
+            .env("MANWIDTH", "200")
+            .output()
+            .expect("running man (cargo xtask test installs man-db)");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        let warnings = String::from_utf8_lossy(&rendered.stderr);
+        assert!(
+            rendered.status.success() && warnings.is_empty(),
+            "{page}: {warnings}"
+        );
+        let documented = long_flags(&text);
+        let missing: Vec<&String> = flags.difference(&documented).collect();
+        assert!(missing.is_empty(), "{page} lacks {missing:?}:\n{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
