@@ -308,6 +308,11 @@ impl Daemon {
         self.reading_log.set(true);
     }
 
+    /// Sends SIGHUP, as service managers do to ask for a reload.
+    pub fn hang_up(&self) {
+        signal(&self.child, libc::SIGHUP);
+    }
+
     /// Kills the daemon (SIGKILL): it gets no chance to clean up.
     pub fn kill(mut self) {
         signal(&self.child, libc::SIGKILL);
