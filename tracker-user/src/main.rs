@@ -1,7 +1,7 @@
 //! `tracker`: the daemon binary. Parses flags ([`tracker::cli`]), checks privileges, picks where reports go
 //! (lines on stdout, a Prometheus endpoint, or the live view) and hands over to
 //! [`tracker::daemon::run`] with SIGINT/SIGTERM (and `q` in the live view) as its shutdown
-//! signal.
+//! signal; SIGHUP is logged and ignored.
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
@@ -151,10 +151,19 @@ fn run(options: Options, outputs: Outputs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
+        // Service managers and operators send SIGHUP to reload; its default action would end
+        // the daemon without its final report.
+        let mut hangup = signal(SignalKind::hangup())?;
         let signals = async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = interrupt.recv() => break,
+                    _ = terminate.recv() => break,
+                    _ = hangup.recv() => log::info!(
+                        "SIGHUP received: nothing to reload (the daemon's settings are its \
+                         command line); carrying on"
+                    ),
+                }
             }
         };
         let mut sinks: Vec<Box<dyn ReportSink>> = Vec::new();

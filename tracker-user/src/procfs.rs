@@ -1,7 +1,7 @@
 //! Who owns a socket: the processes holding it, from `/proc/<pid>/fd` (`socket:[inode]`
 //! links), and their names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,23 +11,31 @@ use crate::observer::Owner;
 use crate::tcp_table::TcpSocket;
 
 /// Listening sockets grouped by address, each with the number of sockets on it (more than
-/// one for SO_REUSEPORT groups) and the processes holding them.
+/// one for SO_REUSEPORT groups) and the processes holding them now.
 pub fn group_listeners(listeners: &[TcpSocket]) -> BTreeMap<SocketAddr, (u32, Vec<Owner>)> {
-    let owners = socket_owners(Path::new("/proc"));
+    let inodes: HashSet<u64> = listeners
+        .iter()
+        .map(|listener| u64::from(listener.inode))
+        .collect();
+    let owners = socket_owners(Path::new("/proc"), &inodes);
     let mut grouped: BTreeMap<SocketAddr, (u32, Vec<Owner>)> = BTreeMap::new();
     for listener in listeners {
         let entry = grouped.entry(listener.local).or_default();
         entry.0 += 1;
-        if let Some(found) = owners.get(&u64::from(listener.inode)) {
-            entry.1.extend(found.iter().cloned());
+        for owner in owners.get(&u64::from(listener.inode)).into_iter().flatten() {
+            if !entry.1.iter().any(|known| known.pid == owner.pid) {
+                entry.1.push(owner.clone());
+            }
         }
     }
     grouped
 }
 
-/// Socket inode → processes holding it, from `<proc>/<pid>/fd/*` links (`socket:[inode]`).
-/// Processes that exit during the walk, or whose fds we cannot read, are skipped.
-pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Vec<Owner>> {
+/// Socket inode → processes holding it, from `<proc>/<pid>/fd/*` links (`socket:[inode]`),
+/// for the sockets in `inodes` only. Processes that exit during the walk, or whose fds we
+/// cannot read, are skipped. Its cost is a directory read per process and a link read per
+/// open file on the host.
+pub fn socket_owners(proc_root: &Path, inodes: &HashSet<u64>) -> HashMap<u64, Vec<Owner>> {
     let mut owners: HashMap<u64, Vec<Owner>> = HashMap::new();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return owners;
@@ -43,28 +51,42 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u64, Vec<Owner>> {
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        let mut comm = None;
+        let mut owner = None;
         for fd in fds.flatten() {
             let Some(inode) = fs::read_link(fd.path())
                 .ok()
                 .and_then(|target| socket_inode(target.to_str()?))
+                .filter(|inode| inodes.contains(inode))
             else {
                 continue;
             };
-            let comm = comm
-                .get_or_insert_with(|| process_comm(pid).unwrap_or_default())
-                .clone();
+            let owner = owner.get_or_insert_with(|| Owner {
+                pid,
+                comm: process_comm(pid).unwrap_or_default(),
+                cmdline: process_cmdline(pid).unwrap_or_default(),
+            });
             let list = owners.entry(inode).or_default();
-            if !list.iter().any(|owner| owner.pid == pid) {
-                list.push(Owner {
-                    pid,
-                    comm,
-                    cmdline: process_cmdline(pid).unwrap_or_default(),
-                });
+            if !list.iter().any(|known| known.pid == pid) {
+                list.push(owner.clone());
             }
         }
     }
     owners
+}
+
+/// Whether process `pid` still runs: it exists and has not exited (an exited process whose
+/// parent has not reaped it yet is a zombie, which holds no files).
+pub fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| process_state(&stat))
+        .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
+/// The state letter of a `/proc/<pid>/stat` line (after the command name, which may itself
+/// hold spaces and parentheses).
+fn process_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// The command name of process `pid` (its main thread's `comm`), if it still exists.
@@ -131,6 +153,32 @@ mod tests {
             listen_counters().is_some(),
             "this kernel has /proc/net/netstat"
         );
+    }
+
+    #[test]
+    fn process_states_are_read_past_the_command_name() {
+        assert_eq!(process_state("42 (nginx) S 1 42"), Some('S'));
+        assert_eq!(process_state("42 (a) Z) Z 1 42"), Some('Z'));
+        assert_eq!(process_state("42 (nginx"), None);
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn an_exited_process_not_yet_reaped_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| process_state(&stat))
+            != Some('Z')
+        {
+            assert!(std::time::Instant::now() < deadline, "true did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!process_alive(pid));
+        child.wait().unwrap();
     }
 
     #[test]

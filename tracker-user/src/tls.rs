@@ -94,7 +94,7 @@ impl TlsLibraries {
                 .iter()
                 .find(|(_, library)| library.users.contains(&pid))
             {
-                if Path::new(&format!("/proc/{pid}")).exists() {
+                if crate::procfs::process_alive(pid) {
                     wanted
                         .entry(id)
                         .or_insert_with(|| (library.path.clone(), PathBuf::new(), BTreeSet::new()))
@@ -167,12 +167,16 @@ impl TlsLibraries {
             .map(|library| library.path.as_str())
     }
 
-    /// Says once per process when a listener's TLS connections could not be followed.
+    /// Says once per running process when a listener's TLS connections could not be followed.
     pub fn warn_if_opaque(&mut self, report: &ListenerReport) {
         if !report.tls.opaque || report.tls_library.is_some() {
             return;
         }
-        for owner in &report.owners {
+        for owner in report
+            .owners
+            .iter()
+            .filter(|owner| crate::procfs::process_alive(owner.pid))
+        {
             if self.warned.insert(owner.pid) {
                 log::warn!(
                     "{} (pid {}) serves TLS on {} through a TLS library tracker does not hook \

@@ -1,7 +1,7 @@
 //! The registry of listeners: which addresses listen, through which sockets, owned by whom,
 //! and which listener a connection was accepted through.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rustc_hash::FxHashSet;
@@ -61,6 +61,17 @@ pub(super) struct Listener {
     pub(super) busy: u64,
     /// What its connections showed of TLS.
     pub(super) tls: TlsSeen,
+}
+
+/// What [`Observer::owners_check`] found among the listeners still listening.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnersCheck {
+    /// Some listener is still listening.
+    pub listening: bool,
+    /// Some owner has exited (its sockets may have passed to other processes).
+    pub exited: bool,
+    /// Some listener has no owner still running.
+    pub ownerless: bool,
 }
 
 /// Whether a listener's connections spoke TLS, and whether the kernel saw their handshakes
@@ -131,6 +142,41 @@ impl Observer {
             .filter(|(id, listener)| id.role == Role::Listen && listener.is_listening())
             .flat_map(|(_, listener)| listener.owners.iter().map(|owner| owner.pid))
             .collect()
+    }
+
+    /// Whether the owners of the listeners still listening need looking up again.
+    pub fn owners_check(&self, alive: impl Fn(u32) -> bool) -> OwnersCheck {
+        let mut check = OwnersCheck::default();
+        for (_, listener) in self
+            .listeners
+            .iter()
+            .filter(|(id, listener)| id.role == Role::Listen && listener.is_listening())
+        {
+            let live = listener
+                .owners
+                .iter()
+                .filter(|owner| alive(owner.pid))
+                .count();
+            check.listening = true;
+            check.exited |= live < listener.owners.len();
+            check.ownerless |= live == 0;
+        }
+        check
+    }
+
+    /// Makes the owners of each listener the processes that hold its sockets now: `holders`,
+    /// by listener, where a listener's sockets were found; elsewhere its owners still `alive`.
+    pub fn refresh_owners(
+        &mut self,
+        holders: &BTreeMap<TrackerId, Vec<Owner>>,
+        alive: impl Fn(u32) -> bool,
+    ) {
+        for (id, listener) in &mut self.listeners {
+            match holders.get(id).filter(|found| !found.is_empty()) {
+                Some(found) => listener.owners = found.iter().cloned().collect(),
+                None => listener.owners.retain(|owner| alive(owner.pid)),
+            }
+        }
     }
 
     /// Records a listening socket found in the kernel's table (at start-up or on a rescan).

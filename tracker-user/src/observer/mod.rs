@@ -43,7 +43,7 @@ use crate::tracker_id::TrackerId;
 use connections::ConnRef;
 pub use kernel_totals::TurnLeftOpen;
 use listeners::Listener;
-pub use listeners::TlsSeen;
+pub use listeners::{OwnersCheck, TlsSeen};
 pub use live_gauges::GaugeReading;
 pub use reconcile::Discrepancies;
 pub use report::{ClosedConnection, ListenerReport};

@@ -7,8 +7,10 @@ mod closing;
 mod kernel_table;
 mod lifetime;
 mod netns;
+mod nginx_service;
 mod operability;
 mod overload;
+mod owners;
 mod prometheus;
 mod sessions;
 mod support;
@@ -274,6 +276,31 @@ fn sigterm_prints_a_final_report_and_exits_cleanly() {
         .unwrap_or_else(|| panic!("no final report in {lines:?}"));
     assert_eq!(final_report["curr"], 2, "{final_report}");
     assert_eq!(final_report["opened"], 2, "{final_report}");
+    drop(conns);
+}
+
+/// SIGHUP, which service managers and operators send to ask for a reload, is logged and the
+/// daemon goes on reporting; SIGTERM then ends it with its final report, as ever.
+#[test]
+fn sighup_is_logged_and_the_daemon_carries_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name = addr.to_string();
+    let mut daemon = Daemon::start(&["--interval", INTERVAL, "--port", &addr.port().to_string()]);
+    let _ = daemon.next_report(&name);
+    daemon.hang_up();
+    daemon.wait_for_log("SIGHUP received");
+    let conns = connect_many(&listener, addr, 2);
+    let _ = daemon.reports_until(&name, |report| report["curr"] == 2);
+    let (lines, status) = daemon.terminate();
+    assert!(status.success(), "exit status {status}");
+    let final_report: Value = lines
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .rev()
+        .find(|report| report["listener"] == name)
+        .unwrap_or_else(|| panic!("no final report in {lines:?}"));
+    assert_eq!(final_report["curr"], 2, "{final_report}");
     drop(conns);
 }
 

@@ -308,6 +308,11 @@ impl Daemon {
         self.reading_log.set(true);
     }
 
+    /// Sends SIGHUP, as service managers do to ask for a reload.
+    pub fn hang_up(&self) {
+        signal(&self.child, libc::SIGHUP);
+    }
+
     /// Kills the daemon (SIGKILL): it gets no chance to clean up.
     pub fn kill(mut self) {
         signal(&self.child, libc::SIGKILL);
@@ -465,6 +470,37 @@ pub fn max(reports: &[Value], field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// An nginx configuration with its files in `dir`, `workers` worker processes, the main
+/// context's `directives` (such as `daemon off;`) and the `server { ... }` blocks in `servers`.
+pub fn nginx_config(
+    dir: &std::path::Path,
+    workers: u32,
+    directives: &str,
+    servers: &str,
+) -> String {
+    format!(
+        "user root;
+worker_processes {workers};
+{directives}
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 100000;
+  http2_max_concurrent_streams 256;
+  {servers}
+}}
+",
+        dir = dir.display()
+    )
+}
+
 /// A real nginx (Debian's nginx-light, installed by `cargo xtask test`) on loopback, with one
 /// master and one worker, stopped when dropped.
 pub struct Nginx {
@@ -482,27 +518,7 @@ impl Nginx {
             ports.first().copied().unwrap_or(0)
         ));
         std::fs::create_dir_all(&dir).expect("creating the nginx directory");
-        let config = format!(
-            "user root;
-worker_processes 1;
-daemon off;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 100000;
-  http2_max_concurrent_streams 256;
-  {servers}
-}}
-",
-            dir = dir.display()
-        );
+        let config = nginx_config(&dir, 1, "daemon off;", servers);
         let config_path = dir.join("nginx.conf");
         std::fs::write(&config_path, config).expect("writing nginx.conf");
         let child = Command::new("nginx")

@@ -16,12 +16,12 @@ const INTERVAL: &str = "0.5";
 
 /// A self-signed certificate and key for 127.0.0.1 in a directory of their own, removed when
 /// dropped.
-struct Certificate {
+pub(crate) struct Certificate {
     dir: PathBuf,
 }
 
 impl Certificate {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("tracker-tls-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("creating the certificate directory");
         let certificate = Self { dir };
@@ -48,11 +48,11 @@ impl Certificate {
         certificate
     }
 
-    fn cert(&self) -> String {
+    pub(crate) fn cert(&self) -> String {
         self.dir.join("cert.pem").display().to_string()
     }
 
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.dir.join("key.pem").display().to_string()
     }
 
@@ -88,7 +88,7 @@ fn daemon_following_tls(port: u16) -> Daemon {
 
 /// Waits for a report of the listener on `port` naming the TLS library followed; returns the
 /// reports until then.
-fn wait_for_tls(daemon: &mut Daemon, port: u16) -> Vec<Value> {
+pub(crate) fn wait_for_tls(daemon: &mut Daemon, port: u16) -> Vec<Value> {
     daemon.reports_until(&format!("127.0.0.1:{port}"), |report| {
         report["tls_library"]
             .as_str()
@@ -117,7 +117,7 @@ fn curl_keep_alive(port: u16, requests: usize) {
     assert_eq!(output.matches("ok").count(), requests, "{output}");
 }
 
-fn assert_followed(daemon: &mut Daemon, reports: &[Value]) {
+pub(crate) fn assert_followed(daemon: &mut Daemon, reports: &[Value]) {
     for report in reports {
         assert_eq!(report["errs"], 0, "unexpected errors: {report}");
         assert_eq!(report["sessions_unknown"], 0, "sessions unknown: {report}");

@@ -11,6 +11,7 @@ use crate::model::{ErrorKind, Nanos};
 use crate::tracker_id::TrackerId;
 
 mod kernel_busy;
+mod owners;
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
