@@ -62,8 +62,8 @@ pub enum Protocol {
     Hijacked = 6,
 }
 
-/// Set in a turn event's protocol value when the protocol was decided after a `101`: the
-/// connection was upgraded.
+/// Set in the protocol value of the turn event a server's `101` sends (with
+/// [`Protocol::Switching`]): the connection was upgraded, its upgrade request's turn ends.
 pub const UPGRADED: u32 = 0x100;
 
 /// Set in a turn event's protocol value of [`Protocol::Tls`] when the kernel saw the TLS
@@ -100,19 +100,53 @@ enum Prefix {
     Mismatch,
 }
 
-/// How many bytes of a response [`switches_protocols`] needs: `HTTP/1.1 101`.
+/// How many bytes of a response [`answer_status`] needs: `HTTP/1.1 101`.
 pub const STATUS_BYTES: usize = 12;
 
-/// Whether a response starting with `first` (its first [`STATUS_BYTES`] bytes) is an HTTP/1.x
-/// `101 Switching Protocols`: the connection leaves HTTP/1 once it is sent.
-#[inline]
-pub fn switches_protocols(first: &[u8; STATUS_BYTES]) -> bool {
-    matches!(prefix_match(first, b"HTTP/1."), Prefix::Full)
-        && matches!(
-            prefix_match(first.get(8..).unwrap_or(&[]), b" 101"),
-            Prefix::Full
-        )
+/// What an HTTP/1 answer's status line says of the request's turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerStatus {
+    /// A final status (2xx to 5xx), or bytes that are not an HTTP/1 status line at all: the
+    /// answer itself.
+    Final,
+    /// An interim `1xx` other than `101` (`100 Continue`, `102 Processing`, `103 Early
+    /// Hints`): the request goes on, its answer is still to come.
+    Interim,
+    /// `101 Switching Protocols`: the connection leaves HTTP/1 once it is sent.
+    Switching,
 }
+
+/// Classifies a response starting with `first` (its first [`STATUS_BYTES`] bytes): `HTTP/1.x`,
+/// a space, then a three-digit status code.
+#[inline]
+pub fn answer_status(first: &[u8; STATUS_BYTES]) -> AnswerStatus {
+    let [
+        h,
+        t1,
+        t2,
+        p,
+        slash,
+        one,
+        dot,
+        _minor,
+        space,
+        hundreds,
+        tens,
+        units,
+    ] = *first;
+    let http1 = [h, t1, t2, p, slash, one, dot] == *b"HTTP/1." && space == b' ';
+    if !http1 || hundreds != b'1' || !tens.is_ascii_digit() || !units.is_ascii_digit() {
+        return AnswerStatus::Final;
+    }
+    if tens == b'0' && units == b'1' {
+        AnswerStatus::Switching
+    } else {
+        AnswerStatus::Interim
+    }
+}
+
+/// The end of an HTTP/1 message head: the blank line after its last header.
+pub const HEAD_END: [u8; 4] = *b"\r\n\r\n";
 
 /// Compares `input` with the beginning of `pattern` (at most [`MAX_PATTERN_LEN`] bytes).
 #[inline]
@@ -396,17 +430,40 @@ mod tests {
     }
 
     #[test]
-    fn only_a_101_status_switches_protocols() {
+    fn a_status_line_says_final_interim_or_switching() {
         let status = |line: &[u8]| {
             let mut first = [0u8; STATUS_BYTES];
             first.copy_from_slice(&line[..STATUS_BYTES]);
-            switches_protocols(&first)
+            answer_status(&first)
         };
-        assert!(status(b"HTTP/1.1 101 Switching Protocols\r\n"));
-        assert!(status(b"HTTP/1.0 101 Switching Protocols\r\n"));
-        assert!(!status(b"HTTP/1.1 200 OK\r\nContent-Length: 0"));
-        assert!(!status(b"HTTP/2.0 101 Switching\r\n"));
-        assert!(!status(b"\x81\x05hello world!"));
+        assert_eq!(
+            status(b"HTTP/1.1 101 Switching Protocols\r\n"),
+            AnswerStatus::Switching
+        );
+        assert_eq!(
+            status(b"HTTP/1.0 101 Switching Protocols\r\n"),
+            AnswerStatus::Switching
+        );
+        for interim in [
+            &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+            b"HTTP/1.1 102 Processing\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            b"HTTP/1.0 199 Misc\r\n",
+        ] {
+            assert_eq!(status(interim), AnswerStatus::Interim, "{interim:?}");
+        }
+        for last in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 0"[..],
+            b"HTTP/1.1 204 No Content\r\n",
+            b"HTTP/1.1 417 Expectation Failed\r\n",
+            b"HTTP/2.0 101 Switching\r\n",
+            b"HTTP/1.1 1x0 Odd\r\n\r\n",
+            b"HTTP/1.1  100 Continue\r\n",
+            b"HTTP/1.1\t100 Continue\r\n",
+            b"\x81\x05hello world!",
+        ] {
+            assert_eq!(status(last), AnswerStatus::Final, "{last:?}");
+        }
     }
 
     #[test]

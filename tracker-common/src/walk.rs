@@ -14,7 +14,7 @@
 
 use crate::DIRECTION_IN;
 use crate::buf_shape;
-use crate::proto::{self, FrameHeader, H2Walk, Protocol, flag, frame};
+use crate::proto::{self, AnswerStatus, FrameHeader, H2Walk, Protocol, flag, frame};
 
 /// Most iovecs followed in one system call (nginx batches up to 64 per writev).
 pub const MAX_IOVECS: u64 = 64;
@@ -126,20 +126,71 @@ fn segments<M: UserMemory>(memory: &M, buf: &SyscallBuffer, total: u32) -> Optio
     })
 }
 
-/// Whether an HTTP/1 server's call of `total` bytes starts a `101 Switching Protocols`
-/// response: its first segment starts with the status line. A call without a readable buffer,
-/// or whose first segment is too short for the status code, is not one.
+/// What an HTTP/1 server's call of `total` bytes, the first of its answer to a request, is
+/// for the request's turn: from the status line its first segment starts with. A call without
+/// a readable buffer, or whose first segment is too short for the status code, is the answer
+/// ([`AnswerStatus::Final`]). An interim `1xx` is [`AnswerStatus::Interim`] only when the call
+/// holds its whole head and nothing after it: a final answer sent in the same call follows
+/// the interim one's blank line, and then the call is the answer. A head whose blank line is
+/// not within the first [`HEAD_SCAN_BYTES`] bytes of the first segment is taken for the answer
+/// too.
 #[inline(always)]
-pub fn switches_call<M: UserMemory>(memory: &M, buf: &SyscallBuffer, total: u32) -> bool {
+pub fn answer_call<M: UserMemory>(memory: &M, buf: &SyscallBuffer, total: u32) -> AnswerStatus {
     let Some(segments) = segments(memory, buf, total) else {
-        return false;
+        return AnswerStatus::Final;
     };
-    if segments.first_len.min(u64::from(total)) < proto::STATUS_BYTES as u64 {
-        return false;
+    let available = segments.first_len.min(u64::from(total));
+    if available < proto::STATUS_BYTES as u64 {
+        return AnswerStatus::Final;
     }
-    memory
-        .read::<{ proto::STATUS_BYTES }>(segments.first)
-        .is_some_and(|first| proto::switches_protocols(&first))
+    let Some(first) = memory.read::<{ proto::STATUS_BYTES }>(segments.first) else {
+        return AnswerStatus::Final;
+    };
+    match proto::answer_status(&first) {
+        AnswerStatus::Interim
+            if head_end(memory, segments.first, available) == Some(u64::from(total)) =>
+        {
+            AnswerStatus::Interim
+        }
+        AnswerStatus::Interim => AnswerStatus::Final,
+        status => status,
+    }
+}
+
+/// How far into an interim answer [`answer_call`] looks for the blank line that ends its head:
+/// `100 Continue` and `102 Processing` take 25 to 30 bytes; a `103 Early Hints` with many links
+/// may take more, and is then taken for the final answer.
+pub const HEAD_SCAN_BYTES: u64 = 256;
+
+/// Bytes copied at a time by [`head_end`].
+const HEAD_SCAN_WORD: u64 = 16;
+/// Stride of those copies: each covers the [`proto::HEAD_END`] patterns starting at its first
+/// `WORD − 3` offsets, so consecutive copies overlap by 3 bytes and miss none.
+const HEAD_SCAN_STRIDE: u64 = HEAD_SCAN_WORD - 3;
+/// Copies needed to cover [`HEAD_SCAN_BYTES`].
+const HEAD_SCAN_COPIES: u64 = (HEAD_SCAN_BYTES - HEAD_SCAN_WORD).div_ceil(HEAD_SCAN_STRIDE) + 1;
+
+/// Offset just past the first blank line (`\r\n\r\n`) in the `available` bytes at `address`,
+/// if it is within [`HEAD_SCAN_BYTES`] of them.
+#[inline(always)]
+fn head_end<M: UserMemory>(memory: &M, address: u64, available: u64) -> Option<u64> {
+    let limit = available.min(HEAD_SCAN_BYTES);
+    let last_copy = limit.checked_sub(HEAD_SCAN_WORD)?;
+    let mut offset = 0;
+    for _ in 0..HEAD_SCAN_COPIES {
+        let at = offset.min(last_copy);
+        let word = memory.read::<{ HEAD_SCAN_WORD as usize }>(address.wrapping_add(at))?;
+        for start in 0..HEAD_SCAN_STRIDE as usize {
+            if word.get(start..start + proto::HEAD_END.len()) == Some(&proto::HEAD_END[..]) {
+                return Some(at + start as u64 + proto::HEAD_END.len() as u64);
+            }
+        }
+        if at == last_copy {
+            return None;
+        }
+        offset += HEAD_SCAN_STRIDE;
+    }
+    None
 }
 
 /// Decides a connection's protocol from its first inbound call of `total` bytes: from up to

@@ -236,8 +236,9 @@ pub fn count_close(endpoint: &Endpoint, total: Total, turn: TurnCut, at: u64) {
     turn.count_on(totals);
 }
 
-/// A connection's turn changes at a request's first payload: the turn it was in ends (`cut`),
-/// and a new one starts at `starts_at` (0: none, the connection left HTTP).
+/// A connection's turn changes: the turn it was in ends (`cut`), and at a request's first
+/// payload a new one starts at `starts_at` (0: none, the server's `101` took the connection out
+/// of HTTP/1).
 #[inline(always)]
 pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
     gauges::count_busy(endpoint, Step::of(starts_at != 0, cut.unanswered()));

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use tracker_common::{
     ConnTrack, DIRECTION_OUT, EventKind, FrameDetail, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
-    proto::{H2Walk, Protocol},
+    proto::{AnswerStatus, H2Walk, Protocol},
     walk::{
         self, CallWalk, MAX_STEPS, SyscallBuffer, UserMemory, detect_call, opens_or_ends_streams,
     },
@@ -127,10 +127,9 @@ pub fn detect_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -
 /// speaks: HTTP/2 (an h2c upgrade), whose walks start here, or something that is no longer
 /// HTTP (a WebSocket). The server's frames sent between its `101` and now (its SETTINGS, the
 /// upgraded request's response) are not walked: the outbound walk starts at its next send,
-/// which begins with a frame when the server writes whole frames. Returns the protocol as
-/// `u32`, for the daemon.
+/// which begins with a frame when the server writes whole frames. Returns the protocol.
 #[inline(always)]
-pub fn switch_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -> u32 {
+pub fn switch_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -> Protocol {
     let protocol = if detect_call(&CurrentTask, buf, total) == Protocol::Http2 {
         track.walk_in = H2Walk::inbound();
         track.walk_out = H2Walk::outbound();
@@ -139,15 +138,15 @@ pub fn switch_protocol(track: &mut ConnTrack, buf: &SyscallBuffer, total: u32) -
         Protocol::Hijacked
     };
     track.protocol = protocol as u32;
-    protocol as u32
+    protocol
 }
 
-/// Whether the current send of `total` bytes from `source`, the first of an HTTP/1 answer, is
-/// a `101 Switching Protocols`.
+/// What the current send of `total` bytes from `source`, the first of an HTTP/1 answer, is
+/// for its request's turn (see `walk::answer_call`).
 #[inline(always)]
-pub fn answer_switches_protocols(source: Source, total: u32) -> bool {
+pub fn answer_status(source: Source, total: u32) -> AnswerStatus {
     let buf = source.buffer(DIRECTION_OUT, total);
-    walk::switches_call(&CurrentTask, &buf, total)
+    walk::answer_call(&CurrentTask, &buf, total)
 }
 
 /// A walk in progress and what its frames are reported with, shared with the `bpf_loop`

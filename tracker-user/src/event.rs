@@ -58,8 +58,9 @@ pub enum Event {
     /// A request/response turn began at `at`; the previous one ended at `previous_end` (None:
     /// the connection was idle). On a connection's first turn, `protocol` is what its first
     /// bytes showed (None on later turns). `upgraded`: the connection's server answered `101
-    /// Switching Protocols`, and `protocol` is what it speaks since; if that is
-    /// [`Protocol::Hijacked`] no turn begins, only the previous one ends.
+    /// Switching Protocols` at `at`, ending the previous turn there; `protocol` is then
+    /// [`Protocol::Switching`] and no turn begins (the client's next bytes may start one, as
+    /// HTTP/2, in a later turn event).
     Turn {
         sock: SockId,
         at: Nanos,
@@ -440,15 +441,15 @@ mod tests {
                 ..
             })
         ));
-        // After a `101`, the protocol the connection went on with.
+        // The server's `101`: the connection leaves HTTP/1.
         assert!(matches!(
             Event::from_note(&note(
                 EventKind::Turn,
                 0,
-                Protocol::Hijacked as u32 | UPGRADED
+                Protocol::Switching as u32 | UPGRADED
             )),
             Ok(Event::Turn {
-                protocol: Some(Protocol::Hijacked),
+                protocol: Some(Protocol::Switching),
                 upgraded: true,
                 tls_followed: false,
                 ..

@@ -416,28 +416,117 @@ fn detection_reads_the_first_segment_only() {
     );
 }
 
+/// The kind of answer a server's call holding `segments` is, laid out as `shape`.
+fn answer(segments: &[&[u8]], shape: u32) -> AnswerStatus {
+    let memory = CallMemory::new(segments, shape);
+    answer_call(&memory, &memory.buf, memory.total)
+}
+
 #[test]
 fn a_101_is_found_at_the_start_of_the_first_segment() {
-    let switches = |segments: &[&[u8]], shape| {
-        let memory = CallMemory::new(segments, shape);
-        switches_call(&memory, &memory.buf, memory.total)
-    };
     let response: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n";
-    assert!(switches(&[response], buf_shape::FLAT));
-    assert!(switches(&[response, b"body"], buf_shape::IOVEC));
-    assert!(switches(&[response], buf_shape::MSGHDR));
-    assert!(!switches(&[b"HTTP/1.1 200 OK\r\n\r\n"], buf_shape::FLAT));
+    for shape in [buf_shape::FLAT, buf_shape::IOVEC, buf_shape::MSGHDR] {
+        assert_eq!(answer(&[response], shape), AnswerStatus::Switching);
+    }
+    // With the upgraded protocol's first bytes in the same call, or in the next iovec.
+    // An empty SETTINGS frame.
+    let frames: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    assert_eq!(
+        answer(&[&[response, frames].concat()], buf_shape::FLAT),
+        AnswerStatus::Switching
+    );
+    assert_eq!(
+        answer(&[response, frames], buf_shape::IOVEC),
+        AnswerStatus::Switching
+    );
+    assert_eq!(
+        answer(&[b"HTTP/1.1 200 OK\r\n\r\n"], buf_shape::FLAT),
+        AnswerStatus::Final
+    );
     // A status line split before its code is not looked for further.
-    assert!(!switches(
-        &[b"HTTP/1.1 ", b"101 Switching"],
-        buf_shape::IOVEC
-    ));
+    assert_eq!(
+        answer(&[b"HTTP/1.1 ", b"101 Switching"], buf_shape::IOVEC),
+        AnswerStatus::Final
+    );
     let memory = CallMemory::new(&[response], buf_shape::FLAT);
-    assert!(!switches_call(&memory, &SyscallBuffer::default(), 40));
-    assert!(
-        !switches_call(&memory, &memory.buf, 11),
+    assert_eq!(
+        answer_call(&memory, &SyscallBuffer::default(), 40),
+        AnswerStatus::Final
+    );
+    assert_eq!(
+        answer_call(&memory, &memory.buf, 11),
+        AnswerStatus::Final,
         "only the bytes the call moved"
     );
+}
+
+#[test]
+fn an_interim_answer_alone_in_its_call_is_not_the_answer() {
+    let interims: [&[u8]; 4] = [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 100\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n",
+    ];
+    let last: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    for interim in interims {
+        for shape in [buf_shape::FLAT, buf_shape::IOVEC, buf_shape::MSGHDR] {
+            assert_eq!(
+                answer(&[interim], shape),
+                AnswerStatus::Interim,
+                "{interim:?}"
+            );
+        }
+        // The final answer in the same call, joined or in the next iovec: the call is the answer.
+        assert_eq!(
+            answer(&[&[interim, last].concat()], buf_shape::FLAT),
+            AnswerStatus::Final,
+            "{interim:?}"
+        );
+        assert_eq!(
+            answer(&[interim, last], buf_shape::IOVEC),
+            AnswerStatus::Final,
+            "{interim:?}"
+        );
+        // Only the bytes the call moved count: a buffer holding more is still the interim.
+        let memory = CallMemory::new(&[&[interim, last].concat()], buf_shape::FLAT);
+        assert_eq!(
+            answer_call(&memory, &memory.buf, interim.len() as u32),
+            AnswerStatus::Interim,
+            "{interim:?}"
+        );
+        // A head cut short (its blank line in a later call) is taken for the answer.
+        let cut = &interim[..interim.len() - 2];
+        assert_eq!(answer(&[cut], buf_shape::FLAT), AnswerStatus::Final);
+    }
+}
+
+#[test]
+fn the_blank_line_is_found_at_every_offset_of_the_scanned_bytes() {
+    // Every head length from the shortest (a bare status line) to the last the scan covers.
+    let head = |len: usize| {
+        let mut head = b"HTTP/1.1 103".to_vec();
+        head.resize(len - proto::HEAD_END.len(), b'x');
+        head.extend_from_slice(&proto::HEAD_END);
+        head
+    };
+    let last: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+    for len in 16..=HEAD_SCAN_BYTES as usize {
+        let interim = head(len);
+        assert_eq!(
+            answer(&[&interim], buf_shape::FLAT),
+            AnswerStatus::Interim,
+            "{len}"
+        );
+        assert_eq!(
+            answer(&[&[&interim[..], last].concat()], buf_shape::FLAT),
+            AnswerStatus::Final,
+            "{len}"
+        );
+    }
+    // Beyond the scanned bytes the head is taken for the answer.
+    let long = head(HEAD_SCAN_BYTES as usize + 1);
+    assert_eq!(answer(&[&long], buf_shape::FLAT), AnswerStatus::Final);
 }
 
 #[test]

@@ -27,11 +27,11 @@ use aya_ebpf::{
 };
 use tracker_common::{
     DIRECTION_IN, EventKind, MSG_PEEK,
-    proto::{Protocol, TLS_FOLLOWED, UPGRADED},
+    proto::{Protocol, TLS_FOLLOWED},
     walk::SyscallBuffer,
 };
 
-use crate::maps::{TurnCut, count_turn, emit_for_socket, served_connection, turn_end_at};
+use crate::maps::{TurnCut, count_turn, emit_for_socket, served_connection};
 use crate::payload::{Source, detect_protocol, switch_protocol, walk_frames};
 use crate::probes::openssl::{self, ssl_call_on};
 use crate::record::SockLength;
@@ -106,16 +106,18 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
             protocol
         }
     } else if switching {
-        switch_protocol(track, &buf, bytes) | UPGRADED
+        // The `101` ended the upgrade request's turn and was counted then (see
+        // `sock_send_length`): what the client sends next either starts HTTP/2's first turn
+        // or is no request at all.
+        let protocol = switch_protocol(track, &buf, bytes);
+        if protocol == Protocol::Hijacked {
+            return;
+        }
+        protocol as u32
     } else {
         0
     };
-    let left_http = track.protocol == Protocol::Hijacked as u32;
-    let turn_starts = if left_http {
-        // The upgrade request's turn ended with the server's last send (its `101`), and no
-        // other turn follows: one last turn event says so.
-        Some(turn_end_at(track.in_turn != 0, track.last_send_ns, now))
-    } else if track.in_turn == 0 {
+    let turn_starts = if track.in_turn == 0 {
         Some(0)
     } else if track.last_send_ns != 0 {
         // The server answered since the turn began: this payload starts the next turn.
@@ -140,8 +142,8 @@ pub(crate) fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
                 0
             },
         };
-        count_turn(&track.endpoint, cut, if left_http { 0 } else { now });
-        track.in_turn = u32::from(!left_http);
+        count_turn(&track.endpoint, cut, now);
+        track.in_turn = 1;
         track.last_send_ns = 0;
         if reported {
             emit_for_socket(

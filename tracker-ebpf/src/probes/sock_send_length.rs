@@ -6,7 +6,8 @@
 //! restarts the turn's `answered` span in the endpoint's totals: the turn's end is the last send
 //! before the next inbound payload, known only when that payload (or the close) arrives, so no
 //! event here for it. On HTTP/2 connections the frames sent are walked (see `payload`); on HTTP/1
-//! ones the first bytes of each answer are read for a `101 Switching Protocols`.
+//! ones the first bytes of each answer are read for its status: an interim `1xx` is not the
+//! answer (the request goes on), a `101 Switching Protocols` ends the turn and HTTP/1 at once.
 
 use aya_ebpf::{
     EbpfContext,
@@ -14,10 +15,13 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracker_common::{DIRECTION_OUT, proto::Protocol};
+use tracker_common::{
+    ConnTrack, DIRECTION_OUT, EventKind,
+    proto::{AnswerStatus, Protocol, UPGRADED},
+};
 
-use crate::maps::{count_answer, served_connection};
-use crate::payload::{Source, answer_switches_protocols, walk_frames};
+use crate::maps::{TurnCut, count_answer, count_turn, emit_for_socket, served_connection};
+use crate::payload::{Source, answer_status, walk_frames};
 use crate::probes::openssl::{self, ssl_call_on};
 use crate::record::SockLength;
 
@@ -57,20 +61,27 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
     // SAFETY: a live map value of this connection.
     let track = unsafe { &mut *track };
     // Outbound connections (`--connect`) are followed for their life only, and so are
-    // connections that left HTTP.
-    if track.outbound != 0 || track.protocol == Protocol::Hijacked as u32 {
+    // connections that left HTTP or are leaving it (the client has not said for what yet).
+    if track.outbound != 0
+        || track.protocol == Protocol::Hijacked as u32
+        || track.protocol == Protocol::Switching as u32
+    {
         return;
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    // The first send of an HTTP/1 answer: a `101 Switching Protocols` takes the connection out
-    // of HTTP/1 (a WebSocket, an h2c upgrade); the client's next bytes say into what.
-    if track.protocol == Protocol::Http1 as u32
-        && track.in_turn != 0
-        && track.last_send_ns == 0
-        && answer_switches_protocols(source, call.bytes as u32)
-    {
-        track.protocol = Protocol::Switching as u32;
+    // The first send of an HTTP/1 answer says what it is.
+    if track.protocol == Protocol::Http1 as u32 && track.in_turn != 0 && track.last_send_ns == 0 {
+        match answer_status(source, call.bytes as u32) {
+            // `100 Continue` and the like: the request goes on (the client may send its body
+            // next, which is no new request), and it is still busy until its answer.
+            AnswerStatus::Interim => return,
+            AnswerStatus::Switching => {
+                switch_protocols(track, skaddr, now);
+                return;
+            }
+            AnswerStatus::Final => {}
+        }
     }
     // Sends outside a turn (a greeting before any request) are not busy time.
     if track.in_turn != 0 {
@@ -88,6 +99,32 @@ pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source)
             &buf,
             call.bytes as u32,
             now,
+        );
+    }
+}
+
+/// The server sent a `101 Switching Protocols` at `now`, the first send of its answer to the
+/// upgrade request: that request's turn ends here, and the connection leaves HTTP/1, counted
+/// upgraded now, whatever the client does next. No turn is open until the client's next bytes
+/// say what follows: an h2c upgrade's preface starts one as HTTP/2, a WebSocket never does,
+/// however much the server pushes.
+#[inline(always)]
+fn switch_protocols(track: &mut ConnTrack, skaddr: u64, now: u64) {
+    let cut = TurnCut {
+        ends_at: now,
+        answered_at: 0,
+    };
+    count_turn(&track.endpoint, cut, 0);
+    track.in_turn = 0;
+    track.last_send_ns = 0;
+    track.protocol = Protocol::Switching as u32;
+    if track.unreported == 0 {
+        emit_for_socket(
+            EventKind::Turn as u32,
+            skaddr,
+            now,
+            now,
+            Protocol::Switching as u32 | UPGRADED,
         );
     }
 }

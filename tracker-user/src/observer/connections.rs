@@ -240,8 +240,9 @@ impl Observer {
         if let Some(end) = previous_end {
             conn.end_turn(&mut listener.tracker, end);
         }
-        if protocol == Some(Protocol::Hijacked) {
-            // It left HTTP (a WebSocket): open, but never busy again.
+        if matches!(protocol, Some(Protocol::Switching | Protocol::Hijacked)) {
+            // Its server answered `101` (a WebSocket, an h2c upgrade): open, and busy again
+            // only if the client's next bytes turn out to be HTTP/2.
             return Applied::Done;
         }
         listener

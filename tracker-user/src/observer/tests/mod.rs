@@ -570,7 +570,7 @@ fn upgraded_connections_go_on_as_http2_or_leave_http() {
     let ms = SECOND / 1000;
     let mut observer = Observer::new(None);
     let _ = observer.apply(&up(1, "127.0.0.1:80"));
-    let upgrade = |sock, remote, protocol| {
+    let upgrade = |sock, remote| {
         [
             open(sock, "127.0.0.1:80", remote, 0),
             Event::Turn {
@@ -581,23 +581,32 @@ fn upgraded_connections_go_on_as_http2_or_leave_http() {
                 upgraded: false,
                 tls_followed: false,
             },
-            // The client's next bytes, after the server's `101` at 1.1 s.
+            // The server's `101` at 1.1 s.
             Event::Turn {
                 sock,
-                at: 1200 * ms,
+                at: 1100 * ms,
                 previous_end: Some(1100 * ms),
-                protocol: Some(protocol),
+                protocol: Some(Protocol::Switching),
                 upgraded: true,
                 tls_followed: false,
             },
         ]
     };
-    for event in upgrade(10, "127.0.0.1:5000", Protocol::Http2)
+    for event in upgrade(10, "127.0.0.1:5000")
         .iter()
-        .chain(&upgrade(11, "127.0.0.1:5001", Protocol::Hijacked))
+        .chain(&upgrade(11, "127.0.0.1:5001"))
     {
         let _ = observer.apply(event);
     }
+    // The h2c client's preface; the WebSocket's client never sends.
+    let _ = observer.apply(&Event::Turn {
+        sock: 10,
+        at: 1200 * ms,
+        previous_end: None,
+        protocol: Some(Protocol::Http2),
+        upgraded: false,
+        tls_followed: false,
+    });
     for stream_id in [13, 15] {
         let _ = observer.apply(&Event::H2Frame {
             sock: 10,
