@@ -368,7 +368,7 @@ pub enum EventKind {
     /// own to save one event per connection.
     Turn = 5,
     /// An HTTP/2 frame that opens or ends streams. `detail` is a packed [`FrameDetail`];
-    /// `aux` is the stream id.
+    /// `aux` the stream id and a GOAWAY's last stream id, see [`FrameDetail::aux`].
     H2Frame = 7,
     /// The frame walker of a connection lost its place (a read failed, or too many frames in
     /// one system call): its sessions are unknown from now on.
@@ -409,6 +409,18 @@ impl FrameDetail {
     #[inline(always)]
     pub const fn pack(self) -> u32 {
         self.kind as u32 | (self.flags as u32) << 8 | (self.direction & 0xff) << 16
+    }
+
+    /// The `aux` of a frame's event: its stream id in bits 0..32, its
+    /// [`walk::Frame::last_stream_id`] in bits 32..64.
+    #[inline(always)]
+    pub fn aux(frame: &walk::Frame) -> u64 {
+        u64::from(frame.header.stream_id) | u64::from(frame.last_stream_id) << 32
+    }
+
+    /// (stream id, last stream id) from the `aux` of a frame's event, see [`FrameDetail::aux`].
+    pub const fn unpack_aux(aux: u64) -> (u32, u32) {
+        (aux as u32, (aux >> 32) as u32)
     }
 
     pub const fn unpack(detail: u32) -> Self {

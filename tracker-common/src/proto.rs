@@ -224,7 +224,7 @@ pub const FRAME_HEADER_LEN: u32 = 9;
 const MAX_PLAUSIBLE_KIND: u8 = 0x20;
 
 /// Mask of the stream identifier without the reserved bit.
-const STREAM_ID_MASK: u32 = 0x7fff_ffff;
+pub const STREAM_ID_MASK: u32 = 0x7fff_ffff;
 
 /// A decoded HTTP/2 frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,10 +19,16 @@ use crate::proto::{self, AnswerStatus, FrameHeader, H2Walk, Protocol, flag, fram
 /// Most iovecs followed in one system call (nginx batches up to 64 per writev).
 pub const MAX_IOVECS: u64 = 64;
 /// Most walker steps (a skip, a header, one byte of a split header, or moving to the next
-/// iovec) per system call. A call needing more makes the connection's sessions unknown rather
-/// than guessed. 1024 covers 400 small frames, e.g. a client opening a few hundred streams in
-/// one write.
-pub const MAX_STEPS: u32 = 1024;
+/// iovec) per system call. A frame takes at most two (its header, its payload's skip) plus
+/// the iovec moves and split-header bytes, so a call of up to 32,768 frames is walked whole:
+/// a 256 KiB read of nothing but empty frames (29,127) fits. A call needing more makes the
+/// connection's sessions unknown rather than guessed. `bpf_loop` allows 1 << 23 iterations;
+/// this bound keeps what one call may cost small, and an ordinary call ends its loop as soon
+/// as its bytes are walked.
+pub const MAX_STEPS: u32 = 1 << 16;
+/// [`Frame::last_stream_id`] of a frame that is not a GOAWAY, or of a GOAWAY whose payload
+/// did not follow its header in the same segment. Above every stream id (31 bits).
+pub const UNKNOWN_STREAM: u32 = u32::MAX;
 /// Bytes copied for protocol detection.
 pub const DETECT_BYTES: usize = 16;
 /// Offsets in `struct user_msghdr` (x86_64 and every 64-bit ABI): `msg_iov`, `msg_iovlen`.
@@ -242,15 +248,27 @@ fn detect_at<M: UserMemory>(memory: &M, address: u64, available: u64) -> Protoco
 }
 
 /// Whether the daemon needs this frame to follow streams: what opens, ends or resets them.
-/// `direction` is [`DIRECTION_IN`] or [`crate::DIRECTION_OUT`].
+/// `direction` is [`DIRECTION_IN`] or [`crate::DIRECTION_OUT`]. A client's GOAWAY is not
+/// needed: its last stream id is about the server's (pushed) streams, which are not sessions.
 #[inline(always)]
 pub fn opens_or_ends_streams(header: &FrameHeader, direction: u32) -> bool {
     match header.kind {
-        frame::RST_STREAM | frame::GOAWAY => true,
+        frame::RST_STREAM => true,
         frame::HEADERS if direction == DIRECTION_IN => true,
+        frame::GOAWAY => direction != DIRECTION_IN,
         frame::HEADERS | frame::DATA => header.flags & flag::END_STREAM != 0,
         _ => false,
     }
+}
+
+/// A frame header the walk completed, with what the daemon needs of its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub header: FrameHeader,
+    /// A GOAWAY's last stream id (RFC 9113 §6.8: streams above it were not processed), read
+    /// when its first 4 payload bytes follow the header in the same segment, as a server's
+    /// whole-frame writes have them; [`UNKNOWN_STREAM`] otherwise, and for other frames.
+    pub last_stream_id: u32,
 }
 
 /// Why a walk through a call lost its place. The connection's walker is then given up for
@@ -336,11 +354,7 @@ impl CallWalk {
     /// or the move to the next iovec. Each frame header completed goes to `on_frame`. Returns
     /// whether to go on: false once the call is walked or the walk is lost.
     #[inline(always)]
-    pub fn advance<M: UserMemory>(
-        &mut self,
-        memory: &M,
-        on_frame: impl FnOnce(FrameHeader),
-    ) -> bool {
+    pub fn advance<M: UserMemory>(&mut self, memory: &M, on_frame: impl FnOnce(Frame)) -> bool {
         if self.remaining == 0 || self.lost != LOST_NONE {
             return false;
         }
@@ -368,9 +382,26 @@ impl CallWalk {
         self.segment_left -= consumed;
         self.remaining = self.remaining.saturating_sub(consumed);
         if let Some(header) = step.frame {
-            on_frame(header);
+            on_frame(Frame {
+                header,
+                last_stream_id: self.last_stream_id(memory, &header),
+            });
         }
         true
+    }
+
+    /// A GOAWAY's last stream id, from the 4 bytes at the current position (its payload's
+    /// start) if they are in this segment; the walk skips them as payload all the same.
+    #[inline(always)]
+    fn last_stream_id<M: UserMemory>(&self, memory: &M, header: &FrameHeader) -> u32 {
+        if header.kind != frame::GOAWAY || header.length < 4 || self.segment_left < 4 {
+            return UNKNOWN_STREAM;
+        }
+        memory
+            .read::<4>(self.position)
+            .map_or(UNKNOWN_STREAM, |bytes| {
+                u32::from_be_bytes(bytes) & proto::STREAM_ID_MASK
+            })
     }
 
     #[inline(always)]
@@ -395,11 +426,7 @@ impl CallWalk {
 
     /// Advances up to [`MAX_STEPS`] times, as `bpf_loop` does in the kernel. Always true (the
     /// loop cannot fail), to be passed to [`walk_call`].
-    pub fn run<M: UserMemory>(
-        &mut self,
-        memory: &M,
-        mut on_frame: impl FnMut(FrameHeader),
-    ) -> bool {
+    pub fn run<M: UserMemory>(&mut self, memory: &M, mut on_frame: impl FnMut(Frame)) -> bool {
         for _ in 0..MAX_STEPS {
             if !self.advance(memory, &mut on_frame) {
                 break;

@@ -177,14 +177,14 @@ extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
     // SAFETY: this CPU's scratch slot; programs using it do not nest on one CPU (they run in
     // system-call context only).
     let state = unsafe { &mut *state };
-    let more = state.call.advance(&CurrentTask, |header| {
-        if opens_or_ends_streams(&header, state.direction) {
+    let more = state.call.advance(&CurrentTask, |frame| {
+        if opens_or_ends_streams(&frame.header, state.direction) {
             emit_for_socket(
                 EventKind::H2Frame as u32,
                 state.skaddr,
                 state.now,
-                u64::from(header.stream_id),
-                FrameDetail::new(&header, state.direction).pack(),
+                FrameDetail::aux(&frame),
+                FrameDetail::new(&frame.header, state.direction).pack(),
             );
         }
     });

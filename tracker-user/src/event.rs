@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use tracker_common::proto::{FrameHeader, Protocol, TLS_FOLLOWED, UPGRADED};
+use tracker_common::proto::{FrameHeader, Protocol, TLS_FOLLOWED, UPGRADED, frame};
+use tracker_common::walk::UNKNOWN_STREAM;
 use tracker_common::{
     DIRECTION_IN, EventKind, FrameDetail, OPEN_UNTRACKED, SockEvent, SockNote, wire_addr,
 };
@@ -75,6 +76,8 @@ pub enum Event {
     H2Frame {
         sock: SockId,
         frame: FrameHeader,
+        /// A GOAWAY's last stream id, if the kernel could read it.
+        goaway_last_stream: Option<u32>,
         inbound: bool,
     },
     /// The kernel lost its place in the connection's HTTP/2 frames.
@@ -218,6 +221,7 @@ impl Event {
             }
             EventKind::H2Frame => {
                 let detail = FrameDetail::unpack(note.detail);
+                let (stream_id, last_stream_id) = FrameDetail::unpack_aux(note.aux);
                 Self::H2Frame {
                     sock,
                     frame: FrameHeader {
@@ -225,8 +229,11 @@ impl Event {
                         length: 0,
                         kind: detail.kind,
                         flags: detail.flags,
-                        stream_id: note.aux as u32,
+                        stream_id,
                     },
+                    goaway_last_stream: (detail.kind == frame::GOAWAY
+                        && last_stream_id != UNKNOWN_STREAM)
+                        .then_some(last_stream_id),
                     inbound: detail.direction == DIRECTION_IN,
                 }
             }
@@ -422,14 +429,47 @@ mod tests {
             flags: 1,
             stream_id: 7,
         };
+        let aux = |header, last_stream_id| {
+            FrameDetail::aux(&tracker_common::walk::Frame {
+                header,
+                last_stream_id,
+            })
+        };
         for (direction, inbound) in [(DIRECTION_IN, true), (DIRECTION_OUT, false)] {
             let detail = FrameDetail::new(&header, direction).pack();
             assert_eq!(
-                Event::from_note(&note(EventKind::H2Frame, 7, detail)),
+                Event::from_note(&note(
+                    EventKind::H2Frame,
+                    aux(header, UNKNOWN_STREAM),
+                    detail
+                )),
                 Ok(Event::H2Frame {
                     sock: 0xffff_8880_0000_2000,
                     frame: header,
+                    goaway_last_stream: None,
                     inbound,
+                })
+            );
+        }
+        // A GOAWAY's last stream id, when the kernel read it.
+        let goaway = FrameHeader {
+            length: 8,
+            kind: frame::GOAWAY,
+            flags: 0,
+            stream_id: 0,
+        };
+        let detail = FrameDetail::new(&goaway, DIRECTION_OUT).pack();
+        for (last, expected) in [(99, Some(99)), (0, Some(0)), (UNKNOWN_STREAM, None)] {
+            assert_eq!(
+                Event::from_note(&note(EventKind::H2Frame, aux(goaway, last), detail)),
+                Ok(Event::H2Frame {
+                    sock: 0xffff_8880_0000_2000,
+                    frame: FrameHeader {
+                        length: 0,
+                        ..goaway
+                    },
+                    goaway_last_stream: expected,
+                    inbound: false,
                 })
             );
         }

@@ -10,7 +10,8 @@
 //!   when the turn ends (the server has answered and the client speaks again, or the
 //!   connection goes idle or closes).
 //! * HTTP/2: one client-initiated stream, from the client's HEADERS to the end of the
-//!   server's response (its END_STREAM) or a reset.
+//!   server's response (its END_STREAM) or a reset, or to the server's GOAWAY if that names
+//!   it unprocessed.
 //! * Anything else (TLS, other protocols, or a connection first seen mid-stream so its start
 //!   could not be classified): no sessions are counted.
 
@@ -35,8 +36,9 @@ pub struct H2Streams {
     /// trailers or belongs to a stream already over, never a new stream (RFC 9113 §5.1.1:
     /// stream ids only grow).
     highest_client_stream: u32,
-    /// A GOAWAY was seen from either side: the connection is shutting down.
-    goaway: bool,
+    /// The last stream id of the server's GOAWAY (the lowest, if it sent several): the
+    /// streams above it were not processed and no later one will be (RFC 9113 §6.8).
+    processed_up_to: Option<u32>,
     /// New streams not tracked because [`MAX_OPEN_STREAMS`] were already open, since
     /// [`H2Streams::take_overflow`] last took them.
     overflow: u64,
@@ -45,36 +47,42 @@ pub struct H2Streams {
 impl H2Streams {
     /// A frame the client sent. HEADERS on an odd stream id above the highest seen opens a
     /// session (trailers on an open stream do not). RST_STREAM on an open stream closes it.
-    /// GOAWAY closes all open streams. The client's END_STREAM closes nothing: it only ends
-    /// the request, the session lasts until the response ends. Returns `(opened, closed)`.
-    ///
-    /// After a GOAWAY no new stream is opened: every stream it closed is gone for good, and
-    /// opening later ones would count sessions the shutdown already cut off.
+    /// The client's END_STREAM closes nothing: it only ends the request, the session lasts
+    /// until the response ends. Nor does its GOAWAY: that names the last of the server's
+    /// streams it processed, and the client's own streams still get their answers. Returns
+    /// `(opened, closed)`.
     pub fn client_frame(&mut self, frame: &FrameHeader) -> (u32, u32) {
         match frame.kind {
             frame::HEADERS => (self.client_headers(frame.stream_id), 0),
             frame::RST_STREAM => (0, self.close(frame.stream_id)),
-            frame::GOAWAY => (0, self.goaway()),
             _ => (0, 0),
         }
     }
 
     /// A frame the server sent. HEADERS or DATA with END_STREAM on an open stream closes it;
-    /// RST_STREAM closes it; GOAWAY closes all. Returns `(opened, closed)`; the server never
+    /// RST_STREAM closes it. A GOAWAY closes the open streams above its last stream id
+    /// (`goaway_last_stream`), which the server did not process; those at or below it may
+    /// still complete (RFC 9113 §6.8), as a server's graceful shutdown or reload lets them.
+    /// A GOAWAY whose last stream id the kernel could not read closes nothing: its streams
+    /// end as they would, or with the connection. Returns `(opened, closed)`; the server never
     /// opens a session (its pushed streams are not requests).
-    pub fn server_frame(&mut self, frame: &FrameHeader) -> (u32, u32) {
+    pub fn server_frame(
+        &mut self,
+        frame: &FrameHeader,
+        goaway_last_stream: Option<u32>,
+    ) -> (u32, u32) {
         let closed = match frame.kind {
             frame::HEADERS | frame::DATA if frame.flags & flag::END_STREAM != 0 => {
                 self.close(frame.stream_id)
             }
             frame::RST_STREAM => self.close(frame.stream_id),
-            frame::GOAWAY => self.goaway(),
+            frame::GOAWAY => goaway_last_stream.map_or(0, |last| self.goaway(last)),
             _ => 0,
         };
         (0, closed)
     }
 
-    /// The connection closed: everything still open ends. Returns how many did.
+    /// Everything still open ends (the walk lost its place). Returns how many did.
     pub fn close_all(&mut self) -> u32 {
         let n = count(self.open.len());
         self.open.clear();
@@ -99,7 +107,8 @@ impl H2Streams {
             return 0;
         }
         self.highest_client_stream = stream_id;
-        if self.goaway {
+        if self.processed_up_to.is_some_and(|last| stream_id > last) {
+            // Sent after the server's GOAWAY: never processed.
             return 0;
         }
         if self.open.len() >= MAX_OPEN_STREAMS {
@@ -114,9 +123,14 @@ impl H2Streams {
         u32::from(self.open.remove(&stream_id))
     }
 
-    fn goaway(&mut self) -> u32 {
-        self.goaway = true;
-        self.close_all()
+    /// The server's GOAWAY with last stream id `last`: the open streams above it end.
+    fn goaway(&mut self, last: u32) -> u32 {
+        let last = self
+            .processed_up_to
+            .map_or(last, |earlier| earlier.min(last));
+        self.processed_up_to = Some(last);
+        let unprocessed = self.open.split_off(&last.saturating_add(1));
+        count(unprocessed.len())
     }
 }
 
@@ -196,16 +210,20 @@ impl Sessions {
     }
 
     /// HTTP/2: a frame the server sent, see [`H2Streams::server_frame`]. `(0, 0)` otherwise.
-    pub fn server_frame(&mut self, frame: &FrameHeader) -> (u32, u32) {
+    pub fn server_frame(
+        &mut self,
+        frame: &FrameHeader,
+        goaway_last_stream: Option<u32>,
+    ) -> (u32, u32) {
         match self {
-            Self::Http2(streams) => streams.server_frame(frame),
+            Self::Http2(streams) => streams.server_frame(frame, goaway_last_stream),
             _ => (0, 0),
         }
     }
 
-    /// The connection closed: every open session ends. Returns how many did. Call it (and
-    /// apply the result) before closing the connection in the [`Tracker`], which otherwise
-    /// counts the open sessions as lost.
+    /// Every open session ends, for a walk that lost its place. Returns how many did. A
+    /// connection that closes with sessions open leaves them to the [`Tracker`] instead,
+    /// which counts it in `conns_lost`.
     pub fn close_all(&mut self) -> u32 {
         match self {
             Self::Unknown => 0,
@@ -312,8 +330,8 @@ mod tests {
         assert_eq!(s.client_frame(&headers_end(1)), (0, 0));
         assert_eq!(s.open_count(), 1);
         // Response headers, then response trailers close it.
-        assert_eq!(s.server_frame(&headers(1)), (0, 0));
-        assert_eq!(s.server_frame(&headers_end(1)), (0, 1));
+        assert_eq!(s.server_frame(&headers(1), None), (0, 0));
+        assert_eq!(s.server_frame(&headers_end(1), None), (0, 1));
         // A late client HEADERS on the finished stream does not reopen it.
         assert_eq!(s.client_frame(&headers(1)), (0, 0));
         assert_eq!(s.open_count(), 0);
@@ -325,7 +343,7 @@ mod tests {
         assert_eq!(s.client_frame(&headers_end(1)), (1, 0));
         assert_eq!(s.client_frame(&data_end(1)), (0, 0));
         assert_eq!(s.open_count(), 1);
-        assert_eq!(s.server_frame(&data_end(1)), (0, 1));
+        assert_eq!(s.server_frame(&data_end(1), None), (0, 1));
         assert_eq!(s.open_count(), 0);
     }
 
@@ -334,15 +352,15 @@ mod tests {
         let mut s = H2Streams::default();
         s.client_frame(&headers(1));
         // DATA without END_STREAM does nothing.
-        assert_eq!(s.server_frame(&data(1)), (0, 0));
+        assert_eq!(s.server_frame(&data(1), None), (0, 0));
         // END_STREAM on a stream never opened (or a pushed, even one) does nothing.
-        assert_eq!(s.server_frame(&data_end(3)), (0, 0));
-        assert_eq!(s.server_frame(&headers_end(2)), (0, 0));
-        assert_eq!(s.server_frame(&data_end(1)), (0, 1));
+        assert_eq!(s.server_frame(&data_end(3), None), (0, 0));
+        assert_eq!(s.server_frame(&headers_end(2), None), (0, 0));
+        assert_eq!(s.server_frame(&data_end(1), None), (0, 1));
         // A second END_STREAM on the closed stream does not close twice.
-        assert_eq!(s.server_frame(&data_end(1)), (0, 0));
+        assert_eq!(s.server_frame(&data_end(1), None), (0, 0));
         // Other frame kinds from the server are ignored.
-        assert_eq!(s.server_frame(&f(frame::CONTINUATION, 1, 1)), (0, 0));
+        assert_eq!(s.server_frame(&f(frame::CONTINUATION, 1, 1), None), (0, 0));
     }
 
     #[test]
@@ -351,32 +369,61 @@ mod tests {
         s.client_frame(&headers(1));
         s.client_frame(&headers(3));
         assert_eq!(s.client_frame(&rst(1)), (0, 1));
-        assert_eq!(s.server_frame(&rst(3)), (0, 1));
+        assert_eq!(s.server_frame(&rst(3), None), (0, 1));
         // Resetting a stream that is not open closes nothing.
         assert_eq!(s.client_frame(&rst(1)), (0, 0));
-        assert_eq!(s.server_frame(&rst(7)), (0, 0));
+        assert_eq!(s.server_frame(&rst(7), None), (0, 0));
         assert_eq!(s.open_count(), 0);
     }
 
     #[test]
-    fn goaway_closes_all_from_either_side() {
-        for from_client in [false, true] {
-            let mut s = H2Streams::default();
-            for id in [1, 3, 5] {
-                s.client_frame(&headers(id));
-            }
-            let r = if from_client {
-                s.client_frame(&goaway())
-            } else {
-                s.server_frame(&goaway())
-            };
-            assert_eq!(r, (0, 3));
-            assert_eq!(s.open_count(), 0);
-            // The closed streams' ends are ignored, and no new stream opens.
-            assert_eq!(s.server_frame(&data_end(3)), (0, 0));
-            assert_eq!(s.client_frame(&headers(7)), (0, 0));
-            assert_eq!(s.open_count(), 0);
+    fn a_server_goaway_ends_only_the_streams_above_its_last_stream_id() {
+        let mut s = H2Streams::default();
+        for id in (1..=99).step_by(2).chain([101, 103]) {
+            assert_eq!(s.client_frame(&headers(id)), (1, 0));
         }
+        // Graceful: 1..=99 were processed and still get their answers; 101 and 103 were not.
+        assert_eq!(s.server_frame(&goaway(), Some(99)), (0, 2));
+        assert_eq!(s.open_count(), 50);
+        assert_eq!(s.server_frame(&data_end(103), None), (0, 0));
+        // A stream the client opened after the GOAWAY is not processed either.
+        assert_eq!(s.client_frame(&headers(105)), (0, 0));
+        // A second GOAWAY only ever lowers the last stream id.
+        assert_eq!(s.server_frame(&goaway(), Some(0x7fff_ffff)), (0, 0));
+        assert_eq!(s.client_frame(&headers(107)), (0, 0));
+        assert_eq!(s.server_frame(&goaway(), Some(89)), (0, 5));
+        for id in (1..=89).step_by(2) {
+            assert_eq!(s.server_frame(&data_end(id), None), (0, 1));
+        }
+        assert_eq!(s.open_count(), 0);
+    }
+
+    #[test]
+    fn the_double_goaway_of_a_graceful_shutdown_ends_nothing_processed() {
+        let mut s = H2Streams::default();
+        s.client_frame(&headers(1));
+        // The first GOAWAY names the highest id (more streams may be on their way)...
+        assert_eq!(s.server_frame(&goaway(), Some(0x7fff_ffff)), (0, 0));
+        // ... and a stream that crossed it is still processed.
+        assert_eq!(s.client_frame(&headers(3)), (1, 0));
+        assert_eq!(s.server_frame(&goaway(), Some(3)), (0, 0));
+        assert_eq!(s.server_frame(&data_end(1), None), (0, 1));
+        assert_eq!(s.server_frame(&headers_end(3), None), (0, 1));
+    }
+
+    #[test]
+    fn a_client_goaway_or_an_unread_last_stream_id_ends_nothing() {
+        let mut s = H2Streams::default();
+        for id in [1, 3, 5] {
+            s.client_frame(&headers(id));
+        }
+        assert_eq!(s.client_frame(&goaway()), (0, 0));
+        assert_eq!(s.server_frame(&goaway(), None), (0, 0));
+        assert_eq!(s.open_count(), 3);
+        // New streams are still counted: neither named a limit.
+        assert_eq!(s.client_frame(&headers(7)), (1, 0));
+        // A GOAWAY(0): nothing was processed.
+        assert_eq!(s.server_frame(&goaway(), Some(0)), (0, 4));
     }
 
     #[test]
@@ -385,7 +432,7 @@ mod tests {
         for id in [1, 3, 5, 7] {
             s.client_frame(&headers(id));
         }
-        s.server_frame(&data_end(3));
+        s.server_frame(&data_end(3), None);
         assert_eq!(s.close_all(), 3);
         assert_eq!(s.open_count(), 0);
         assert_eq!(s.close_all(), 0);
@@ -405,7 +452,7 @@ mod tests {
         // SETTINGS and WINDOW_UPDATE first: no sessions.
         let r = s.client_frame(&f(4, 0, 0));
         track(r, &s);
-        let r = s.server_frame(&f(4, 0, 0));
+        let r = s.server_frame(&f(4, 0, 0), None);
         track(r, &s);
         let mut next = 1;
         for _ in 0..10 {
@@ -415,11 +462,11 @@ mod tests {
         }
         let mut oldest = 1;
         for _ in 0..90 {
-            let r = s.server_frame(&headers(oldest));
+            let r = s.server_frame(&headers(oldest), None);
             track(r, &s);
-            let r = s.server_frame(&data(oldest));
+            let r = s.server_frame(&data(oldest), None);
             track(r, &s);
-            let r = s.server_frame(&data_end(oldest));
+            let r = s.server_frame(&data_end(oldest), None);
             track(r, &s);
             oldest += 2;
             let r = s.client_frame(&headers_end(next));
@@ -427,7 +474,7 @@ mod tests {
             next += 2;
         }
         while oldest < next {
-            let r = s.server_frame(&data_end(oldest));
+            let r = s.server_frame(&data_end(oldest), None);
             track(r, &s);
             oldest += 2;
         }
@@ -449,9 +496,9 @@ mod tests {
         assert_eq!(s.take_overflow(), 1);
         // The untracked stream's end is ignored; its trailers do not open it either.
         assert_eq!(s.client_frame(&headers(untracked)), (0, 0));
-        assert_eq!(s.server_frame(&data_end(untracked)), (0, 0));
+        assert_eq!(s.server_frame(&data_end(untracked), None), (0, 0));
         // Once one closes, new streams are tracked again.
-        assert_eq!(s.server_frame(&data_end(1)), (0, 1));
+        assert_eq!(s.server_frame(&data_end(1), None), (0, 1));
         assert_eq!(s.client_frame(&headers(untracked + 2)), (1, 0));
         assert_eq!(s.take_overflow(), 0, "taken already, none since");
         assert_eq!(s.close_all(), count(MAX_OPEN_STREAMS));
@@ -490,7 +537,7 @@ mod tests {
         assert_eq!(s.close_all(), 0);
         // Frames are meaningless for HTTP/1.
         assert_eq!(s.client_frame(&headers(1)), (0, 0));
-        assert_eq!(s.server_frame(&rst(1)), (0, 0));
+        assert_eq!(s.server_frame(&rst(1), None), (0, 0));
     }
 
     #[test]
@@ -504,7 +551,7 @@ mod tests {
         assert_eq!((s.turn_started(), s.turn_ended()), (0, 0));
         assert_eq!(s.client_frame(&headers(1)), (1, 0));
         assert_eq!(s.client_frame(&headers(3)), (1, 0));
-        assert_eq!(s.server_frame(&rst(1)), (0, 1));
+        assert_eq!(s.server_frame(&rst(1), None), (0, 1));
         assert_eq!(s.open_count(), 1);
         assert_eq!(s.close_all(), 1);
     }
@@ -518,7 +565,11 @@ mod tests {
         for id in [1, 3, 5] {
             assert!(apply(&mut tracker, &key, s.client_frame(&headers(id))));
         }
-        assert!(apply(&mut tracker, &key, s.server_frame(&data_end(3))));
+        assert!(apply(
+            &mut tracker,
+            &key,
+            s.server_frame(&data_end(3), None)
+        ));
         assert!(apply(&mut tracker, &key, (0, s.close_all())));
         // No session is left open, so closing the connection loses none.
         assert!(tracker.conn_state(key, 10, ConnState::Closed));

@@ -6,7 +6,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
-use super::{Iovec, Lost, MSGHDR_IOV, MSGHDR_IOVLEN, SyscallBuffer, UserMemory, walk_call};
+use super::{Frame, Iovec, Lost, MSGHDR_IOV, MSGHDR_IOVLEN, SyscallBuffer, UserMemory, walk_call};
 use crate::buf_shape;
 use crate::proto::{FrameHeader, H2Walk};
 
@@ -94,7 +94,16 @@ impl CallMemory {
     }
 
     /// Walks this call with [`walk_call`] and [`super::CallWalk::run`], as the kernel would.
-    pub fn walk(&self, walk: &mut H2Walk, on_frame: impl FnMut(FrameHeader)) -> Result<(), Lost> {
+    pub fn walk(
+        &self,
+        walk: &mut H2Walk,
+        mut on_frame: impl FnMut(FrameHeader),
+    ) -> Result<(), Lost> {
+        self.walk_frames(walk, |frame| on_frame(frame.header))
+    }
+
+    /// [`CallMemory::walk`], with what the walk read of each frame's payload.
+    pub fn walk_frames(&self, walk: &mut H2Walk, on_frame: impl FnMut(Frame)) -> Result<(), Lost> {
         walk_call(self, walk, &self.buf, self.total, |call| {
             call.run(self, on_frame)
         })

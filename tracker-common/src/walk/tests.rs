@@ -557,7 +557,6 @@ fn reported_frames_are_those_that_open_or_end_streams() {
     };
     for direction in [DIRECTION_IN, DIRECTION_OUT] {
         assert!(opens_or_ends_streams(&f(frame::RST_STREAM, 0), direction));
-        assert!(opens_or_ends_streams(&f(frame::GOAWAY, 0), direction));
         assert!(opens_or_ends_streams(
             &f(frame::DATA, flag::END_STREAM),
             direction
@@ -576,6 +575,133 @@ fn reported_frames_are_those_that_open_or_end_streams() {
     // A client's HEADERS opens a stream; a server's only matters when it ends one.
     assert!(opens_or_ends_streams(&f(frame::HEADERS, 0), DIRECTION_IN));
     assert!(!opens_or_ends_streams(&f(frame::HEADERS, 0), DIRECTION_OUT));
+    // A server's GOAWAY says which streams it will still answer; a client's names none of
+    // the client's streams.
+    assert!(opens_or_ends_streams(&f(frame::GOAWAY, 0), DIRECTION_OUT));
+    assert!(!opens_or_ends_streams(&f(frame::GOAWAY, 0), DIRECTION_IN));
+}
+
+/// `streams` client streams as `HEADERS` (a 20-byte header block) each, followed by a
+/// `RST_STREAM` if `reset` (the rapid-reset pattern).
+fn client_streams(streams: u32, reset: bool) -> Vec<FrameHeader> {
+    let mut frames = Vec::new();
+    for i in 0..streams {
+        let stream_id = 2 * i + 1;
+        frames.push(FrameHeader {
+            length: 20,
+            kind: frame::HEADERS,
+            flags: 0x4 | flag::END_STREAM,
+            stream_id,
+        });
+        if reset {
+            frames.push(FrameHeader {
+                length: 4,
+                kind: frame::RST_STREAM,
+                flags: 0,
+                stream_id,
+            });
+        }
+    }
+    frames
+}
+
+#[test]
+fn five_thousand_frames_in_one_call_are_walked_whole() {
+    for frames in [client_streams(5_000, false), client_streams(2_500, true)] {
+        let data = build(&frames, true);
+        for shape in SHAPES {
+            // One iovec, then 64 of them (the last one holding most).
+            for iovecs in [&[][..], &[1000][..]] {
+                let got = walk_stream(H2Walk::inbound(), &data, &[], iovecs, shape);
+                assert_eq!(got.result, Ok(()), "shape {shape}, iovecs {iovecs:?}");
+                assert_eq!(got.frames, frames, "shape {shape}, iovecs {iovecs:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_call_of_half_the_step_budget_in_frames_with_payload_is_walked_whole() {
+    // Each frame takes two steps (its header, its payload's skip): the most frames a call
+    // is sure to hold, whatever they carry, as the README states.
+    let frames: Vec<FrameHeader> = (0..MAX_STEPS / 2)
+        .map(|i| FrameHeader {
+            length: 1 + i % 7,
+            kind: 6,
+            flags: 0,
+            stream_id: 0,
+        })
+        .collect();
+    assert_eq!(frames.len(), 32_768);
+    let data = build(&frames, false);
+    let got = walk_stream(H2Walk::outbound(), &data, &[], &[], buf_shape::FLAT);
+    assert_eq!((got.frames.len(), got.result), (frames.len(), Ok(())));
+}
+
+/// A GOAWAY naming `last_stream_id` (with the reserved bit set, which is not part of it),
+/// error code 0 and 5 bytes of debug data.
+fn goaway(last_stream_id: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(
+        &mut out,
+        &FrameHeader {
+            length: 13,
+            kind: frame::GOAWAY,
+            flags: 0,
+            stream_id: 0,
+        },
+        false,
+        0,
+    );
+    out.truncate(9);
+    out.extend_from_slice(&(last_stream_id | 0x8000_0000).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(b"bye!!");
+    out
+}
+
+/// The last stream ids of the GOAWAYs in calls made of `pieces`, each one segment.
+fn goaway_ids(calls: &[&[&[u8]]]) -> Vec<u32> {
+    let mut walk = H2Walk::outbound();
+    let mut ids = Vec::new();
+    for segments in calls {
+        let memory = CallMemory::new(segments, buf_shape::IOVEC);
+        let result = memory.walk_frames(&mut walk, |f| {
+            if f.header.kind == frame::GOAWAY {
+                ids.push(f.last_stream_id);
+            } else {
+                assert_eq!(f.last_stream_id, UNKNOWN_STREAM);
+            }
+        });
+        assert_eq!(result, Ok(()));
+    }
+    ids
+}
+
+#[test]
+fn a_goaway_gives_its_last_stream_id_when_its_payload_follows_in_the_segment() {
+    let mut data = build(&fixed_frames()[..4], false);
+    let start = data.len();
+    data.extend_from_slice(&goaway(99));
+    assert_eq!(goaway_ids(&[&[&data]]), [99]);
+    // Its header alone in a segment, or its id cut: not known.
+    let header_end = start + 9;
+    assert_eq!(
+        goaway_ids(&[&[&data[..header_end], &data[header_end..]]]),
+        [UNKNOWN_STREAM]
+    );
+    assert_eq!(
+        goaway_ids(&[&[&data[..header_end + 3]], &[&data[header_end + 3..]]]),
+        [UNKNOWN_STREAM]
+    );
+    // A header split across segments, with the id after it in the same segment: known.
+    assert_eq!(
+        goaway_ids(&[&[&data[..start + 4], &data[start + 4..]]]),
+        [99]
+    );
+    // Zero, and the largest id.
+    assert_eq!(goaway_ids(&[&[&goaway(0)]]), [0]);
+    assert_eq!(goaway_ids(&[&[&goaway(0x7fff_ffff)]]), [0x7fff_ffff]);
 }
 
 fn arb_frame() -> impl Strategy<Value = FrameHeader> {

@@ -96,8 +96,10 @@ impl Listener {
     pub(super) fn close_connection(&mut self, remote: SocketAddr, at: Nanos, closing: Closing) {
         let (peak_sessions, sessions_unknown) = match closing {
             Closing::Tracked(mut conn) => {
-                // Streams end with their connection.
-                let ended = conn.sessions.close_all();
+                // An HTTP/1 request ends with its connection at the latest. HTTP/2 streams
+                // still open (neither answered to their end nor reset) are left to the
+                // tracker, which ends them and counts the connection in `conns_lost`.
+                let ended = conn.sessions.turn_ended();
                 sessions::apply(&mut self.tracker, &remote, (0, ended));
                 (conn.peak_sessions, conn.sessions_unknown)
             }
@@ -255,12 +257,18 @@ impl Observer {
         Applied::Done
     }
 
-    pub(super) fn h2_frame(&mut self, sock: SockId, frame: &FrameHeader, inbound: bool) -> Applied {
+    pub(super) fn h2_frame(
+        &mut self,
+        sock: SockId,
+        frame: &FrameHeader,
+        goaway_last_stream: Option<u32>,
+        inbound: bool,
+    ) -> Applied {
         if let Some((conn, listener)) = self.conn_and_listener(sock) {
             let change = if inbound {
                 conn.sessions.client_frame(frame)
             } else {
-                conn.sessions.server_frame(frame)
+                conn.sessions.server_frame(frame, goaway_last_stream)
             };
             sessions::apply(&mut listener.tracker, &conn.remote, change);
             conn.note_peak_sessions();

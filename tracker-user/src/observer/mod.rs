@@ -219,8 +219,9 @@ impl Observer {
             Event::H2Frame {
                 sock,
                 ref frame,
+                goaway_last_stream,
                 inbound,
-            } => self.h2_frame(sock, frame, inbound),
+            } => self.h2_frame(sock, frame, goaway_last_stream, inbound),
             Event::WalkLost { sock } => self.walk_lost(sock),
             Event::Accepted { sock, at } => self.accepted(sock, at),
             Event::ServerClosed { sock, .. } => self.server_closed(sock),

@@ -4,6 +4,7 @@
 //! the kernel picked for it (`--port`), so other traffic on the host cannot disturb it.
 
 mod closing;
+mod http2;
 mod interim;
 mod kernel_table;
 mod lifetime;

@@ -10,6 +10,7 @@ use crate::event::{Event, SockId};
 use crate::model::{ErrorKind, Nanos};
 use crate::tracker_id::TrackerId;
 
+mod http2;
 mod kernel_busy;
 mod owners;
 
@@ -551,6 +552,7 @@ fn http2_streams_beyond_the_limit_are_reported_untracked() {
                 flags: 0x4,
                 stream_id: 2 * n + 1,
             },
+            goaway_last_stream: None,
             inbound: true,
         });
     }
@@ -616,6 +618,7 @@ fn upgraded_connections_go_on_as_http2_or_leave_http() {
                 flags: 0x5,
                 stream_id,
             },
+            goaway_last_stream: None,
             inbound: true,
         });
     }
