@@ -98,11 +98,15 @@ pub async fn run(
     // `Config::wakeup_bytes`); otherwise events are collected in batches on this timer.
     let mut collect = tokio::time::interval(COLLECT_EVERY);
     collect.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut ticker = tokio::time::interval_at(Instant::now() + options.interval, options.interval);
+    // The report clock and `--duration` count from one instant, so that a duration that is a
+    // whole number of intervals ends on a tick rather than a fraction of a millisecond after it.
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval_at(started + options.interval, options.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let end = options.duration.map(|duration| started + duration);
     let deadline = async {
-        match options.duration {
-            Some(duration) => tokio::time::sleep(duration).await,
+        match end {
+            Some(end) => tokio::time::sleep_until(end).await,
             None => std::future::pending().await,
         }
     };
@@ -123,6 +127,11 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
+                // The tick at the end of `--duration` is the final report, not one more before
+                // it: the deadline, due at the same instant, may be polled after it.
+                if end.is_some_and(|end| Instant::now() >= end) {
+                    break;
+                }
                 if state.report(&mut ring, sink)? == Flow::Stop {
                     state.log_totals();
                     return sink.finish();

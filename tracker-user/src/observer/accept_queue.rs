@@ -4,7 +4,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::Observer;
-use crate::tracker_id::Role;
+use crate::tracker_id::{Role, TrackerId};
+
+/// Whether the samples speak for tracker `id`: sock_diag lists the daemon's own namespace's
+/// listening sockets only, so another namespace's queue is unknown.
+pub(super) fn sampled(id: &TrackerId) -> bool {
+    id.role == Role::Listen && id.netns == 0
+}
 
 impl Observer {
     /// Records an accept-queue sample: (listening socket address, waiting connections,
@@ -17,11 +23,7 @@ impl Observer {
             sum.0 = sum.0.saturating_add(queue);
             sum.1 = sum.1.zip(backlog).map(|(sum, one)| sum.saturating_add(one));
         }
-        // sock_diag lists the daemon's own namespace only.
-        let own_listeners = self
-            .listeners
-            .iter_mut()
-            .filter(|(id, _)| id.role == Role::Listen && id.netns == 0);
+        let own_listeners = self.listeners.iter_mut().filter(|(id, _)| sampled(id));
         for (id, listener) in own_listeners {
             let (queue, backlog) = sums.get(&id.addr).copied().unwrap_or((0, Some(0)));
             listener.accept_queue = queue;

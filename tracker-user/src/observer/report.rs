@@ -1,6 +1,6 @@
 //! Report assembly: one [`ListenerReport`] per tracker and interval.
 
-use super::{Observer, Owner, TlsSeen};
+use super::{Observer, Owner, TlsSeen, accept_queue};
 use crate::model::{Nanos, Snapshot};
 use crate::tracker_id::{Role, TrackerId};
 
@@ -27,10 +27,12 @@ pub struct ListenerReport {
     /// Connections the model had to add or close to match the kernel's table in the
     /// interval (events were lost, or the connection predates the daemon).
     pub corrections: u64,
-    /// Connections waiting in the accept queue when last sampled.
-    pub accept_queue: u32,
-    /// Most connections waiting in the accept queue among the interval's samples.
-    pub accept_queue_peak: u32,
+    /// Connections waiting in the accept queue when last sampled; `None` when its queue is
+    /// not sampled (a listener in another network namespace).
+    pub accept_queue: Option<u32>,
+    /// Most connections waiting in the accept queue among the interval's samples; `None`
+    /// likewise.
+    pub accept_queue_peak: Option<u32>,
     /// The accept queue's limit (the listen backlog), when the kernel's table tells it.
     pub accept_backlog: Option<u32>,
     /// Connections the server accepted (`accept()` returned them) in the interval; 0 where
@@ -69,8 +71,8 @@ impl ListenerReport {
             sessions_untracked: 0,
             closed_connections: Vec::new(),
             corrections: 0,
-            accept_queue: 0,
-            accept_queue_peak: 0,
+            accept_queue: Some(0),
+            accept_queue_peak: Some(0),
             accept_backlog: Some(0),
             accepted: 0,
             server_closed: 0,
@@ -149,6 +151,7 @@ impl Observer {
                 state.accept_queue_peak = state.accept_queue;
                 let mut snapshot = state.tracker.snapshot(now, true);
                 let kernel_counts = state.take_kernel_counts(now);
+                let queue_known = accept_queue::sampled(&id);
                 let from_kernel = self.kernel_totals.is_some() && id.role == Role::Listen;
                 if from_kernel {
                     snapshot.opened = kernel_counts.opened;
@@ -173,9 +176,9 @@ impl Observer {
                     sessions_untracked: std::mem::take(&mut state.sessions_untracked),
                     closed_connections: std::mem::take(&mut state.closed_log),
                     corrections: std::mem::take(&mut state.corrections),
-                    accept_queue: state.accept_queue,
-                    accept_queue_peak,
-                    accept_backlog: state.accept_backlog,
+                    accept_queue: queue_known.then_some(state.accept_queue),
+                    accept_queue_peak: queue_known.then_some(accept_queue_peak),
+                    accept_backlog: state.accept_backlog.filter(|_| queue_known),
                     accepted: std::mem::take(&mut state.accepted),
                     server_closed: std::mem::take(&mut state.server_closed),
                     upgraded: std::mem::take(&mut state.upgraded),

@@ -184,3 +184,44 @@ fn same_address_in_two_namespaces_is_two_sets_of_prometheus_series() {
         in_namespace_sockets,
     ));
 }
+
+/// The daemon samples accept queues from its own namespace's table: a listener elsewhere has
+/// no known queue, which is null rather than a made-up 0, while the same state here is
+/// counted.
+#[test]
+fn a_listener_in_another_namespace_has_an_unknown_accept_queue() {
+    const WAITING: usize = 2;
+    let tag = std::process::id() % 100_000;
+    let name = format!("trk-q-{tag}");
+    let _namespace = Namespaces::create(std::slice::from_ref(&name));
+    let port = free_port("127.0.0.1");
+    let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &port.to_string()]);
+
+    // Two connections waiting, never accepted, on 127.0.0.1:port here and in the namespace.
+    let root_listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let root_clients: Vec<TcpStream> = (0..WAITING)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let in_namespace_sockets = in_namespace(&name, move || {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let clients: Vec<TcpStream> = (0..WAITING)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        (listener, clients)
+    });
+
+    let root_name = format!("127.0.0.1:{port}");
+    let namespaced_name = format!("netns:{}/127.0.0.1:{port}", netns_inode(&name));
+    let root = daemon.reports_until(&root_name, |report| report["accept_queue"] == WAITING);
+    assert!(root.last().unwrap()["accept_backlog"].is_u64(), "{root:?}");
+    let mut namespaced = Vec::new();
+    while crate::support::sum(&namespaced, "opened") < WAITING as f64 {
+        namespaced.push(daemon.next_report(&namespaced_name));
+    }
+    for report in &namespaced {
+        for field in ["accept_queue", "accept_queue_peak", "accept_backlog"] {
+            assert_eq!(report[field], serde_json::Value::Null, "{field}: {report}");
+        }
+    }
+    drop((root_clients, root_listener, in_namespace_sockets));
+}

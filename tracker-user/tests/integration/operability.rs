@@ -357,3 +357,41 @@ fn the_man_pages_render_every_flag_of_the_help() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With `--duration` a whole number of intervals, the last interval's report is the final
+/// one: exactly one report per interval, each a full interval long, and none merged (stdout
+/// is a file, always ready). The end and the last tick fall on the same instant, so which is
+/// seen first varies from run to run: ten runs.
+#[test]
+fn a_duration_of_whole_intervals_prints_one_report_per_interval() {
+    const INTERVALS: usize = 3;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    for run in 0..10 {
+        let path = std::env::temp_dir().join(format!(
+            "tracker-duration-{}-{run}.json",
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_tracker"))
+            .args(["--format", "json", "--interval", "0.2", "--duration", "0.6"])
+            .args(["--port", &port])
+            .stdout(file)
+            .output()
+            .expect("running tracker");
+        let stdout = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "run {run}: {stderr}");
+        assert!(!stderr.contains("not being read"), "run {run}: {stderr}");
+        let reports: Vec<Value> = stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(reports.len(), INTERVALS, "run {run}: {stdout}");
+        for report in &reports {
+            let interval = report["interval_s"].as_f64().unwrap();
+            assert!(interval >= 0.15, "run {run}: a short interval: {stdout}");
+        }
+    }
+}

@@ -184,11 +184,12 @@ impl Inner {
             i64::try_from(report.sessions_unknown()).unwrap_or(i64::MAX),
         );
         set(&metrics.listener_up, i64::from(!report.gone));
-        set(&metrics.accept_queue, i64::from(report.accept_queue));
-        set(
-            &metrics.accept_queue_peak,
-            i64::from(report.accept_queue_peak),
-        );
+        if let Some(queue) = report.accept_queue {
+            set(&metrics.accept_queue, i64::from(queue));
+        }
+        if let Some(peak) = report.accept_queue_peak {
+            set(&metrics.accept_queue_peak, i64::from(peak));
+        }
         if let Some(backlog) = report.accept_backlog {
             set(&metrics.accept_backlog, i64::from(backlog));
         }
