@@ -15,6 +15,7 @@
 use core::net::{IpAddr, SocketAddr};
 
 pub mod gauge;
+pub mod handover;
 pub mod proto;
 pub mod totals;
 pub mod walk;
@@ -38,8 +39,11 @@ pub const TOTALS_FULL_SLOT: u32 = 2;
 /// or other CPUs kept changing a peak through every try. The interval's kernel peak is then
 /// not used.
 pub const GAUGES_MISSED_SLOT: u32 = 3;
+/// Slot of [`LOST_MAP`] counting closing phases handed on to a time-wait socket that
+/// [`handover::HANDED_OVER_MAP`] could not take: they end when the full socket does.
+pub const HANDOVER_FULL_SLOT: u32 = 4;
 /// Number of slots in [`LOST_MAP`].
-pub const LOST_SLOTS: u32 = 4;
+pub const LOST_SLOTS: u32 = 5;
 /// Name of the hash map of local ports to watch; consulted only when [`Config::filter_ports`]
 /// is set.
 pub const PORTS_MAP: &str = "PORTS";
@@ -300,6 +304,8 @@ pub mod tcp_state {
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
     pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
     pub const CLOSE_WAIT: i32 = 8;
     pub const LAST_ACK: i32 = 9;
@@ -483,6 +489,14 @@ pub struct Config {
     /// the current thread is inside a TLS library call (one more lookup per payload of a
     /// tracked connection), whose plaintext those hooks follow instead of the ciphertext.
     pub tls: u32,
+    /// Offset of `sock.sk_flags` (`unsigned long`), found by the daemon in the kernel's BTF;
+    /// 0 when unknown or when the daemon cannot read time-wait sockets: closing phases then
+    /// end when the full socket reaches CLOSE (see [`handover`]).
+    pub sock_flags_offset: u32,
+    /// The daemon's network namespace as events name it (its inode, or 0 where events carry
+    /// none): only its time-wait sockets can be looked up, so only its connections are
+    /// recorded in [`handover::HANDED_OVER_MAP`].
+    pub own_netns: u32,
     /// Where the fields the raw `inet_sock_set_state` program reads sit in a socket.
     pub sock: SockLayout,
     /// Where a task's saved user registers keep the system call number and arguments.
@@ -604,6 +618,8 @@ mod user {
     unsafe impl aya::Pod for super::ConnKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::handover::HandedOver {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::gauge::GaugeKey {}
     // SAFETY: as above.

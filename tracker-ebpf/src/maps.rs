@@ -14,6 +14,7 @@ use tracker_common::{
     ENDPOINT_TOTALS_MAX_ENTRIES, Endpoint, EndpointTotals, LOST_SLOT, LOST_SLOTS,
     PORTS_MAX_ENTRIES, PREEXISTING_MAX_ENTRIES, SYSCALL_BUFFERS_MAX_ENTRIES, SockNote,
     TOTALS_FULL_SLOT, TRACKED_MAX_ENTRIES,
+    handover::{HANDED_OVER_MAX_ENTRIES, HandedOver},
 };
 
 /// Events to the daemon. The daemon may resize it at load time (a tiny ring lets tests force
@@ -63,6 +64,12 @@ pub static ENDPOINT_TOTALS: PerCpuHashMap<Endpoint, EndpointTotals> =
 /// passed to the insert from here rather than built on the programs' 512-byte stack.
 #[map]
 static ZERO_TOTALS: Array<EndpointTotals> = Array::with_max_entries(1, 0);
+
+/// Connections whose closing phase a time-wait socket in FIN_WAIT2 carries on (see
+/// `tracker_common::handover`). Only the state change program inserts; the daemon removes.
+#[map]
+pub static HANDED_OVER: HashMap<ConnKey, HandedOver> =
+    HashMap::with_max_entries(HANDED_OVER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Destinations of tracked outbound connections (see `CONNECT_TARGETS_MAP`). Value unused.
 #[map]

@@ -26,6 +26,10 @@ use tracker_common::{
     LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout, SYSCALL_BUFFERS_MAP,
     TOTALS_FULL_SLOT, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
 };
+use tracker_common::{
+    HANDOVER_FULL_SLOT,
+    handover::{HANDED_OVER_MAP, HandedOver},
+};
 
 use crate::hooks::{AttachSettings, HookChoice, HookKind, attach_all};
 use crate::kernel_gauges::KernelGauges;
@@ -104,6 +108,9 @@ pub struct LossCounters {
     pub totals_full: u64,
     /// Live gauge updates the kernel could not make (see `tracker_common::gauge`).
     pub gauges_missed: u64,
+    /// Closing phases handed on to a time-wait socket that the kernel could not record:
+    /// they ended when the full socket did (see `tracker_common::handover`).
+    pub handovers_missed: u64,
     /// Program runs the kernel skipped because the program was already running on that CPU
     /// (see [`crate::prog_info`]): events lost before they could reach the ring.
     pub skipped_runs: u64,
@@ -119,6 +126,9 @@ pub struct Probes {
     tracked: HashMap<MapData, u64, ConnTrack>,
     preexisting: HashMap<MapData, ConnKey, u8>,
     endpoint_totals: PerCpuHashMap<MapData, Endpoint, EndpointTotals>,
+    handed_over: HashMap<MapData, ConnKey, HandedOver>,
+    /// Where `sock.sk_flags` is, if the kernel's BTF says (see [`Probes::follow_time_wait`]).
+    sock_flags_offset: Option<u32>,
     gauges: KernelGauges,
     config: Array<MapData, Config>,
     /// The hook serving each capability.
@@ -261,6 +271,10 @@ pub fn load_and_attach(
         ebpf.take_map(ENDPOINT_TOTALS_MAP)
             .ok_or_else(|| anyhow!("map {ENDPOINT_TOTALS_MAP} missing from the eBPF object"))?,
     )?;
+    let handed_over = HashMap::try_from(
+        ebpf.take_map(HANDED_OVER_MAP)
+            .ok_or_else(|| anyhow!("map {HANDED_OVER_MAP} missing from the eBPF object"))?,
+    )?;
     let gauges = KernelGauges::take_from(&mut ebpf)?;
     let config = Array::try_from(
         ebpf.take_map(CONFIG_MAP)
@@ -274,6 +288,8 @@ pub fn load_and_attach(
             tracked,
             preexisting,
             endpoint_totals,
+            handed_over,
+            sock_flags_offset: layout.sock_flags,
             gauges,
             config,
             hooks,
@@ -293,6 +309,7 @@ impl Probes {
             table_full: self.lost_in(TRACK_FULL_SLOT)?,
             totals_full: self.lost_in(TOTALS_FULL_SLOT)?,
             gauges_missed: self.lost_in(GAUGES_MISSED_SLOT)?,
+            handovers_missed: self.lost_in(HANDOVER_FULL_SLOT)?,
             skipped_runs: self.skipped_runs(),
         })
     }
@@ -343,6 +360,54 @@ impl Probes {
 }
 
 impl Probes {
+    /// Has the kernel hand closing phases on to time-wait sockets of the daemon's network
+    /// namespace (`own_netns`, its inode) rather than end them when the full socket goes (see
+    /// `tracker_common::handover`), for a daemon that looks those sockets up. False where
+    /// the kernel's BTF does not say where `sk_flags` is.
+    pub fn follow_time_wait(&mut self, own_netns: u32) -> anyhow::Result<bool> {
+        let Some(offset) = self.sock_flags_offset else {
+            return Ok(false);
+        };
+        let mut config = self
+            .config
+            .get(&0, 0)
+            .context("reading the configuration map")?;
+        config.sock_flags_offset = offset;
+        // Without the namespace offsets every event names namespace 0.
+        config.own_netns = if config.sock_net_offset == 0 {
+            0
+        } else {
+            own_netns
+        };
+        self.config
+            .set(0, config, 0)
+            .context("writing the configuration map")?;
+        Ok(true)
+    }
+
+    /// Connections whose closing phase a time-wait socket carries on, by endpoints.
+    pub fn handed_over(&self) -> anyhow::Result<Vec<(ConnKey, HandedOver)>> {
+        self.handed_over
+            .iter()
+            .map(|entry| entry.with_context(|| format!("reading {HANDED_OVER_MAP}")))
+            .collect()
+    }
+
+    /// Removes a [`Probes::handed_over`] entry whose closing phase the daemon has ended.
+    pub fn forget_handed_over(&mut self, key: &ConnKey) -> anyhow::Result<()> {
+        match self.handed_over.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(error) => {
+                Err(anyhow!(error)).context(format!("removing a {HANDED_OVER_MAP} entry"))
+            }
+        }
+    }
+
     /// Runs and run time of every loaded program since load. Zero unless the kernel accounts
     /// run time (`--bpf-stats`, or `sysctl kernel.bpf_stats_enabled=1`).
     pub fn program_costs(&self) -> Vec<ProgramCost> {
@@ -541,6 +606,9 @@ fn configure(
         payload: u32::from(options.sessions && SYSCALL_REGS.is_some()),
         // Set once a TLS library is hooked.
         tls: 0,
+        // Set once the daemon knows it can read time-wait sockets.
+        sock_flags_offset: 0,
+        own_netns: 0,
         sock: layout.sock.unwrap_or_default(),
         regs: SYSCALL_REGS.unwrap_or_default(),
     };

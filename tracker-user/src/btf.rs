@@ -74,6 +74,9 @@ impl FunctionParams {
 pub struct KernelLayout {
     pub netns: Option<NetnsOffsets>,
     pub sock: Option<SockLayout>,
+    /// Offset of `sock.sk_flags`, whose `SOCK_DONE` tells a closing socket handed to a
+    /// time-wait socket still waiting for the client's FIN (see `tracker_common::handover`).
+    pub sock_flags: Option<u32>,
     pub params: FunctionParams,
 }
 
@@ -85,6 +88,7 @@ pub fn kernel_layout(btf: &[u8]) -> KernelLayout {
     KernelLayout {
         netns: netns_offsets(&types),
         sock: sock_layout(&types),
+        sock_flags: sock_flags_offset(&types),
         params: FunctionParams(FUNCTIONS.map(|name| {
             let proto = types.functions.get(name)?;
             types.proto_params.get(proto).copied()
@@ -123,6 +127,17 @@ fn sock_layout(types: &Types<'_>) -> Option<SockLayout> {
         remote_v4: in_common("skc_daddr")?,
         local_v6: in_common("skc_v6_rcv_saddr")?,
         remote_v6: in_common("skc_v6_daddr")?,
+    })
+}
+
+/// Where `struct sock` keeps its flags: `sk_flags`, or, since Linux 6.18, `skc_flags` in its
+/// `sock_common` (which `sk_flags` names).
+fn sock_flags_offset(types: &Types<'_>) -> Option<u32> {
+    let sock = *types.by_name.get("sock")?;
+    member_offset(types, sock, "sk_flags").or_else(|| {
+        let common = member_offset(types, sock, "__sk_common")?;
+        let sock_common = *types.by_name.get("sock_common")?;
+        Some(common + member_offset(types, sock_common, "skc_flags")?)
     })
 }
 
@@ -268,6 +283,11 @@ mod tests {
         assert!(
             sock.local_port > sock.protocol,
             "inet_sport lies past struct sock"
+        );
+        let flags = kernel_layout(&btf).sock_flags.expect("sock.sk_flags found");
+        assert!(
+            flags > sock.family && flags.is_multiple_of(8),
+            "sk_flags, an unsigned long, lies past the family: {flags}"
         );
     }
 

@@ -16,6 +16,7 @@ use crate::observer::{Applied, Observer, TurnLeftOpen};
 use crate::procfs;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 use crate::tcp_table::{TableSource, TcpTable};
+use crate::time_wait::HandoverWatch;
 use crate::tls::TlsLibraries;
 use crate::tracker_id::TrackerId;
 
@@ -175,6 +176,8 @@ struct State {
     tls: TlsLibraries,
     /// When the holders of the listening sockets were last looked up.
     last_owner_lookup: Nanos,
+    /// Closing phases the kernel handed on to time-wait sockets, followed to their end.
+    handovers: HandoverWatch,
 }
 
 impl State {
@@ -200,7 +203,20 @@ impl State {
             last_reconcile: (monotonic_now(), LossCounters::default(), 0),
             tls: TlsLibraries::default(),
             last_owner_lookup: monotonic_now(),
+            handovers: HandoverWatch::default(),
         };
+        // Only `sock_diag` lists time-wait sockets with their timers; elsewhere the closing
+        // phase ends when the full socket does.
+        if state.table.sock_diag().is_some()
+            && !state
+                .probes
+                .follow_time_wait(procfs::own_netns().unwrap_or(0))?
+        {
+            log::debug!(
+                "sock.sk_flags not found in the kernel's BTF: closing phases end when the \
+                 kernel hands a socket to a time-wait socket in FIN_WAIT2"
+            );
+        }
         state.rescan_listeners()?;
         state.adopt_existing_connections()?;
         state.sync_tls()?;
@@ -431,12 +447,34 @@ impl State {
         Ok(())
     }
 
+    /// Ends the closing phases of the connections whose time-wait socket has left FIN_WAIT2
+    /// (see [`crate::time_wait`]), before the kernel's totals are read.
+    fn end_handed_over_closings(&mut self) -> anyhow::Result<()> {
+        let Some(diag) = self.table.sock_diag() else {
+            return Ok(());
+        };
+        let handed = self.probes.handed_over()?;
+        if handed.is_empty() {
+            return Ok(());
+        }
+        let ended = self
+            .handovers
+            .ended(diag, &handed, monotonic_now)
+            .context("looking up time-wait sockets")?;
+        for (key, endpoint, at) in ended {
+            self.observer.end_handed_over_closing(endpoint, at);
+            self.probes.forget_handed_over(&key)?;
+        }
+        Ok(())
+    }
+
     /// Makes one report and hands it to the sink.
     fn report(&mut self, ring: &mut EventRing, sink: &mut dyn ReportSink) -> anyhow::Result<Flow> {
         // Everything the kernel sent before this instant belongs in this report, corrected
         // against the kernel's own table.
         self.reconcile(ring)?;
         self.sample_accept_queues()?;
+        self.end_handed_over_closings()?;
         let now = monotonic_now();
         // Connections whose server has answered and that wait for the next request are idle
         // now; the kernel will only say so when that request (or the close) comes.
@@ -529,6 +567,14 @@ impl State {
                 "{} live gauge updates missed by the kernel in the last interval (gauge table \
                  full, or contention): that interval's peaks are the model's",
                 losses.gauges_missed - self.losses.gauges_missed
+            );
+        }
+        if losses.handovers_missed > self.losses.handovers_missed {
+            log::warn!(
+                "{} connections closed by their server left FIN_WAIT2 for a time-wait socket \
+                 the kernel could not record (its table is full) in the last interval: their \
+                 closing phase ended there",
+                losses.handovers_missed - self.losses.handovers_missed
             );
         }
         if totals.untracked_connections > 0 {

@@ -7,6 +7,7 @@
 //!   attaches to the kernel (and to servers' TLS libraries).
 //! * [`tracker_id`]: the identity every tracker's report goes by.
 //! * [`cli`]: the command line, and the man page and shell completions made from it.
+//! * [`time_wait`]: the ends of closing phases the kernel hands on to time-wait sockets.
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
 pub mod bpf;
@@ -28,6 +29,7 @@ pub mod sink;
 pub mod tcp_table;
 #[cfg(test)]
 mod test_writer;
+pub mod time_wait;
 pub mod tls;
 pub mod tracefs;
 pub mod tracker_id;

@@ -21,7 +21,10 @@
 //! * `* → CLOSE` for a socket in `TRACKED`: the connection is gone. The daemon is told only if
 //!   it was not at the server's close (a reset, or an outbound connection). Sockets in
 //!   TIME_WAIT have already passed through CLOSE, so a connection is counted closed once, when
-//!   its full socket is released from the state machine.
+//!   its full socket is released from the state machine. Except `FIN_WAIT2 → CLOSE` of one the
+//!   server closed, before the client's FIN: the kernel handed it to a time-wait socket that
+//!   still waits for that FIN, and its closing phase goes on there; it is recorded in
+//!   `HANDED_OVER`, and the daemon counts its end (see `tracker_common::handover`).
 //!
 //! Attached as a raw tracepoint where the daemon found the socket's field offsets in the
 //! kernel's BTF (`TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`):
@@ -49,22 +52,25 @@
 //! field:__u8 daddr_v6[16];        offset:56;      size:16;        signed:0;
 //! ```
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    Config, ConnKey, Endpoint, EventKind, IPPROTO_TCP, LOST_SLOT, OPEN_UNTRACKED, SockEvent,
-    TRACK_FULL_SLOT, tcp_state,
+    Config, ConnKey, Endpoint, EventKind, HANDOVER_FULL_SLOT, IPPROTO_TCP, LOST_SLOT,
+    OPEN_UNTRACKED, SockEvent, TRACK_FULL_SLOT,
+    handover::{HandedOver, SOCK_DONE},
+    tcp_state,
 };
 
 use aya_log_ebpf::warn;
 
 use crate::maps::{
-    CONFIG, CONNECT_TARGETS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, PREEXISTING, TRACKED,
-    Total, TurnCut, count_close, count_lost, count_total, emit_for_socket, port_wanted, submit,
-    track_connection, turn_end_at,
+    CONFIG, CONNECT_TARGETS, ENDPOINT_TOTALS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED,
+    HANDED_OVER, PREEXISTING, TRACKED, Total, TurnCut, count_close, count_lost, count_total,
+    emit_for_socket, port_wanted, submit, track_connection, turn_end_at,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -143,7 +149,12 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close, and the end of a turn it was
             // in.
-            if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
+            if TRACKED.remove(&skaddr).is_ok()
+                && outbound == 0
+                && !(old_state == tcp_state::FIN_WAIT2
+                    && matches!(close, Total::Closed { closing: true, .. })
+                    && handed_to_time_wait(change, skaddr, config, &local, closed_at))
+            {
                 let turn = TurnCut {
                     ends_at: turn_end_at(closing_turn, sent, closed_at),
                     answered_at: if closing_turn { sent } else { 0 },
@@ -297,6 +308,50 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
         return;
     }
     emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn.ends_at, 0);
+}
+
+/// A connection the server closed leaves FIN_WAIT2 for CLOSE at `at`: if the kernel handed it
+/// to a time-wait socket that still waits for the client's FIN (`SOCK_DONE` clear: no FIN
+/// came), its closing phase goes on there, unseen by any tracepoint. It is then recorded in
+/// `HANDED_OVER`, whose reader, the daemon, counts its close and the end of its closing phase
+/// when the time-wait socket is past FIN_WAIT2; true if so. False, and the close is counted
+/// now, where the daemon cannot look it up (`sk_flags` unknown, another network namespace, an
+/// endpoint the totals do not hold) or the map cannot take it (counted as
+/// `HANDOVER_FULL_SLOT`).
+#[inline(always)]
+fn handed_to_time_wait<C: StateChange>(
+    change: &C,
+    skaddr: u64,
+    config: &Config,
+    local: &Endpoint,
+    at: u64,
+) -> bool {
+    if config.sock_flags_offset == 0 || local.netns != config.own_netns {
+        return false;
+    }
+    let Some(flags) = kernel::<u64>(skaddr.wrapping_add(u64::from(config.sock_flags_offset)))
+    else {
+        return false;
+    };
+    // SAFETY: presence test only. The closing phase's start is counted there; without an
+    // entry it was not, and no end may be counted later either.
+    if flags & SOCK_DONE != 0 || unsafe { ENDPOINT_TOTALS.get(local) }.is_none() {
+        return false;
+    }
+    let handed = HandedOver {
+        endpoint: *local,
+        at_ns: at,
+    };
+    // BPF_NOEXIST: an entry for the same endpoints (a newer connection that took over an
+    // older one's time-wait socket) is the daemon's to end; this one ends now.
+    if HANDED_OVER
+        .insert(&change.endpoints(), &handed, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        count_lost(HANDOVER_FULL_SLOT);
+        return false;
+    }
+    true
 }
 
 /// The local endpoint of the connection `endpoints` in namespace `netns`.

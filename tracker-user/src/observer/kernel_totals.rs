@@ -146,7 +146,8 @@ impl Observer {
             listener.closing = 0;
             listener.busy = listener.daemon_counts.busy_now();
         }
-        for &(endpoint, current) in totals {
+        for &(endpoint, kernel) in totals {
+            let current = self.with_closing_ends(endpoint, kernel);
             let before = baseline
                 .totals
                 .insert(endpoint, current)
@@ -200,6 +201,29 @@ impl Observer {
         }
         baseline.at = now;
         self.kernel_totals = Some(baseline);
+    }
+}
+
+impl Observer {
+    /// The closing phase of a connection at `endpoint` that the kernel handed on to a
+    /// time-wait socket ended at `at` (see [`crate::time_wait`]): the kernel counted its start
+    /// and leaves its end, and its close, to the daemon.
+    pub fn end_handed_over_closing(&mut self, endpoint: Endpoint, at: Nanos) {
+        let ends = self.closing_ends.entry(endpoint).or_default();
+        *ends = ends.plus(&Spans::end(at));
+    }
+
+    /// The kernel's `totals` of `endpoint` with the ends the daemon counted for it: of its
+    /// closing phases and of the connections they finish.
+    fn with_closing_ends(&self, endpoint: Endpoint, totals: EndpointTotals) -> EndpointTotals {
+        let Some(ends) = self.closing_ends.get(&endpoint) else {
+            return totals;
+        };
+        EndpointTotals {
+            connections: totals.connections.plus(ends),
+            closing: totals.closing.plus(ends),
+            ..totals
+        }
     }
 }
 

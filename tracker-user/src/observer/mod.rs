@@ -120,6 +120,9 @@ pub struct Observer {
     /// The kernel's live gauges as of the last report (see [`Observer::apply_live_gauges`]).
     gauge_starts: live_gauges::GaugeStarts,
     life_start: LifeStart,
+    /// Ends of closing phases the kernel handed on to time-wait sockets, per local endpoint,
+    /// since start: the daemon counts them (see [`Observer::end_handed_over_closing`]).
+    closing_ends: FxHashMap<tracker_common::Endpoint, tracker_common::Spans>,
 }
 
 impl Observer {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
-pub use sock_diag::SockDiag;
+pub use sock_diag::{SockDiag, TIME_WAIT, TimeWaitSocket};
 
 /// `TCP_LISTEN` (`include/net/tcp_states.h`).
 pub const LISTEN: u8 = 10;
@@ -108,6 +108,14 @@ impl TcpTable {
         match self {
             Self::SockDiag(diag) => diag.connections(),
             Self::ProcNet => proc_net::sockets(&CONNECTION_STATES),
+        }
+    }
+
+    /// `sock_diag`, which alone looks up time-wait sockets with their timers.
+    pub fn sock_diag(&mut self) -> Option<&mut SockDiag> {
+        match self {
+            Self::SockDiag(diag) => Some(diag),
+            Self::ProcNet => None,
         }
     }
 }

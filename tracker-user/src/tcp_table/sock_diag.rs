@@ -10,9 +10,12 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags, Timer};
+use netlink_packet_sock_diag::inet::{
+    ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags, Timer,
+};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
+use tracker_common::{ConnKey, wire_addr};
 
 use super::{CONNECTION_STATES, LISTEN, TcpSocket};
 
@@ -63,12 +66,85 @@ impl SockDiag {
         states: StateFlags,
         sockets: &mut Vec<TcpSocket>,
     ) -> io::Result<()> {
+        let socket_id = any_socket(family);
+        self.ask(family, states, socket_id, true, |header, _| {
+            // Time-wait sockets are listed under their substate; they are not connections.
+            if header.timer == Some(Timer::TimeWait) {
+                return;
+            }
+            let id = &header.socket_id;
+            sockets.push(TcpSocket {
+                state: header.state,
+                local: SocketAddr::new(id.source_address, id.source_port),
+                remote: SocketAddr::new(id.destination_address, id.destination_port),
+                recv_queue: header.recv_queue,
+                // For a listener the kernel puts its backlog in this field.
+                backlog: (header.state == LISTEN).then_some(header.send_queue),
+                inode: header.inode,
+            });
+        })
+    }
+
+    /// Time-wait sockets in FIN_WAIT2 (still waiting for the client's FIN) of `family`.
+    pub fn time_wait_in_fin_wait2(&mut self, family: u8) -> io::Result<Vec<TimeWaitSocket>> {
+        let socket_id = any_socket(family);
+        let mut sockets = Vec::new();
+        let states = StateFlags::from_bits_truncate(1 << FIN_WAIT2);
+        self.ask(family, states, socket_id, true, |header, expires_ms| {
+            if let Some(socket) = TimeWaitSocket::of(header, expires_ms) {
+                sockets.push(socket);
+            }
+        })?;
+        Ok(sockets)
+    }
+
+    /// The time-wait socket of the connection `key`, if the kernel has one: looked up by its
+    /// endpoints (no dump), so the cost does not grow with the kernel's table.
+    pub fn time_wait_of(&mut self, key: &ConnKey) -> io::Result<Option<TimeWaitSocket>> {
+        let decode = |addr| {
+            wire_addr::decode(key.family, addr).map_err(|family| {
+                io::Error::other(format!("time-wait look-up: address family {family}"))
+            })
+        };
+        let (local, remote) = (decode(key.local_addr)?, decode(key.remote_addr)?);
+        let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+        let socket_id = SocketId {
+            source_port: key.local_port,
+            destination_port: key.remote_port,
+            source_address: local,
+            destination_address: remote,
+            interface_id: 0,
+            // INET_DIAG_NOCOOKIE: any socket with these endpoints.
+            cookie: [0xff; 8],
+        };
+        let mut found = None;
+        let states = StateFlags::all();
+        match self.ask(family, states, socket_id, false, |header, expires_ms| {
+            found = TimeWaitSocket::of(header, expires_ms);
+        }) {
+            Ok(()) => Ok(found),
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends one request, a dump (`dump`) or the look-up of the socket `socket_id` names,
+    /// and hands each socket of the answer to `each`, with its timer's expiry in
+    /// milliseconds (read from the message itself: the decoder drops it for time-wait
+    /// sockets).
+    fn ask(
+        &mut self,
+        family: u8,
+        states: StateFlags,
+        socket_id: SocketId,
+        dump: bool,
+        mut each: impl FnMut(&InetResponseHeader, u32),
+    ) -> io::Result<()> {
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let socket_id = if family == AF_INET {
-            SocketId::new_v4()
+        header.flags = if dump {
+            NLM_F_REQUEST | NLM_F_DUMP
         } else {
-            SocketId::new_v6()
+            NLM_F_REQUEST
         };
         let mut request = NetlinkMessage::new(
             header,
@@ -102,22 +178,23 @@ impl SockDiag {
                     }
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(error) => {
-                        return Err(io::Error::other(format!("sock_diag: {error}")));
-                    }
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
-                        if response.header.timer != Some(Timer::TimeWait) =>
-                    {
-                        let header = &response.header;
-                        let id = &header.socket_id;
-                        sockets.push(TcpSocket {
-                            state: header.state,
-                            local: SocketAddr::new(id.source_address, id.source_port),
-                            remote: SocketAddr::new(id.destination_address, id.destination_port),
-                            recv_queue: header.recv_queue,
-                            // For a listener the kernel puts its backlog in this field.
-                            backlog: (header.state == LISTEN).then_some(header.send_queue),
-                            inode: header.inode,
+                        return Err(match error.code {
+                            Some(code) if code.get() < 0 => {
+                                io::Error::from_raw_os_error(-code.get())
+                            }
+                            _ => io::Error::other(format!("sock_diag: {error}")),
                         });
+                    }
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                        let at = offset + NETLINK_HEADER_BYTES + EXPIRES_AT;
+                        let expires_ms = self.buffer[..size]
+                            .get(at..at + 4)
+                            .map_or(0, |raw| u32::from_ne_bytes(raw.try_into().unwrap()));
+                        each(&response.header, expires_ms);
+                        // A look-up is answered by one message, with no DONE after it.
+                        if !dump {
+                            return Ok(());
+                        }
                     }
                     _ => {}
                 }
@@ -127,6 +204,52 @@ impl SockDiag {
                 offset += length;
             }
         }
+    }
+}
+
+/// The socket id of a dump of `family`: any socket.
+fn any_socket(family: u8) -> SocketId {
+    if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    }
+}
+
+/// Bytes of a netlink message header, before the `inet_diag_msg`.
+const NETLINK_HEADER_BYTES: usize = 16;
+/// Where `idiag_expires` sits in `struct inet_diag_msg`: after family, state, timer and
+/// retransmits (4 bytes) and the socket id (48).
+const EXPIRES_AT: usize = 52;
+/// `TCP_FIN_WAIT2`.
+const FIN_WAIT2: u8 = 5;
+/// `TCP_TIME_WAIT`.
+pub const TIME_WAIT: u8 = 6;
+
+/// A time-wait socket as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWaitSocket {
+    /// Its substate: FIN_WAIT2 (the client's FIN has not come) or [`TIME_WAIT`].
+    pub state: u8,
+    pub key: ConnKey,
+    /// Milliseconds until its timer fires and the kernel frees it.
+    pub expires_ms: u32,
+}
+
+impl TimeWaitSocket {
+    fn of(header: &InetResponseHeader, expires_ms: u32) -> Option<Self> {
+        if header.timer != Some(Timer::TimeWait) {
+            return None;
+        }
+        let id = &header.socket_id;
+        Some(Self {
+            state: header.state,
+            key: ConnKey::new(
+                SocketAddr::new(id.source_address, id.source_port),
+                SocketAddr::new(id.destination_address, id.destination_port),
+            ),
+            expires_ms,
+        })
     }
 }
 
@@ -184,6 +307,36 @@ mod tests {
                         && socket.remote == addr),
                 "client side not listed"
             );
+        }
+    }
+
+    #[test]
+    fn finds_a_time_wait_socket_in_fin_wait2_by_its_endpoints_and_in_a_dump() {
+        let mut diag = SockDiag::open().unwrap();
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = TcpListener::bind(bind).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = TcpStream::connect(addr).unwrap();
+            let (server, peer) = listener.accept().unwrap();
+            // Closed by the server, kept open by the client: once the client acknowledges the
+            // FIN, the kernel hands the socket to a time-wait socket in FIN_WAIT2.
+            drop(server);
+            let key = ConnKey::new(addr, peer);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let found = loop {
+                if let Some(found) = diag.time_wait_of(&key).unwrap() {
+                    break found;
+                }
+                assert!(std::time::Instant::now() < deadline, "no time-wait socket");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            assert_eq!(found.state, FIN_WAIT2, "{found:?}");
+            assert_eq!(found.key, key);
+            assert!((1..=60_000).contains(&found.expires_ms), "{found:?}");
+            let family = if addr.is_ipv4() { AF_INET } else { AF_INET6 };
+            let listed = diag.time_wait_in_fin_wait2(family).unwrap();
+            assert!(listed.iter().any(|socket| socket.key == key), "{listed:?}");
+            drop(client);
         }
     }
 }
