@@ -145,6 +145,12 @@ pub struct ConnTrack {
     /// ring full): the kernel still counts its close in [`ENDPOINT_TOTALS_MAP`], and reports it
     /// only if the daemon has adopted the connection since (through [`PREEXISTING_MAP`]).
     pub unreported: u32,
+    /// Non-zero once the server called `close()` on it (seen by the close program, before the
+    /// state change that call makes).
+    pub close_called: u32,
+    /// Non-zero when the server shut its sending side down (`shutdown()`) before any
+    /// `close()`: where the close program runs, its life goes on until that `close()`.
+    pub shut_down: u32,
     /// Its local endpoint, as counted at its open: the close counts there without reading the
     /// socket again.
     pub endpoint: Endpoint,
@@ -497,6 +503,9 @@ pub struct Config {
     /// none): only its time-wait sockets can be looked up, so only its connections are
     /// recorded in [`handover::HANDED_OVER_MAP`].
     pub own_netns: u32,
+    /// Non-zero once the close program (`tcp_close`) is attached: a `shutdown()` then only
+    /// starts the server's close, which ends the connection's life at its `close()`.
+    pub close_hook: u32,
     /// Where the fields the raw `inet_sock_set_state` program reads sit in a socket.
     pub sock: SockLayout,
     /// Where a task's saved user registers keep the system call number and arguments.

@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use tracker_common::{
     CONNECT_TARGETS_MAX_ENTRIES, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES,
     ENDPOINT_TOTALS_MAX_ENTRIES, Endpoint, EndpointTotals, LOST_SLOT, LOST_SLOTS,
@@ -195,6 +196,44 @@ impl TurnCut {
 #[inline(always)]
 pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
     count_close(endpoint, total, TurnCut::default(), at);
+}
+
+/// The server's close of `track` at `now` ends its life as the server sees it and starts its
+/// closing phase: the turn it was in ends here, counted with the close, and nothing of it is
+/// followed after. The caller has set (or claimed) its `server_closed_ns`; returns the turn cut.
+#[inline(always)]
+pub fn end_life_at_server_close(track: &mut ConnTrack, now: u64) -> TurnCut {
+    let turn = TurnCut::of(track, now);
+    track.in_turn = 0;
+    count_close(
+        &track.endpoint,
+        Total::ServerClosed {
+            accepted: track.accepted_ns != 0,
+        },
+        turn,
+        now,
+    );
+    turn
+}
+
+/// Stamps `track` as closed by its server at `stamp`, if nothing has yet: true if this call
+/// did. A connection the server shut down (`shut_down`) ends either at the server's `close()`
+/// (the close program) or at CLOSE, and the two can run at once on two CPUs, since the close
+/// program runs before `close()` takes the socket's lock: exactly one of them may count its end.
+///
+/// # Safety
+/// `track` points into a live map value.
+#[inline(always)]
+pub unsafe fn claim_server_close(track: *mut ConnTrack, stamp: u64) -> bool {
+    // SAFETY: the caller's pointer; both claimants change the field only by compare-and-swap.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*track).server_closed_ns,
+            0,
+            stamp,
+        )
+    };
+    swapped
 }
 
 /// [`count_total`] for a close (`Total::ServerClosed` or `Total::Closed`) that ends the turn

@@ -31,7 +31,7 @@ use tracker_common::{
     handover::{HANDED_OVER_MAP, HandedOver},
 };
 
-use crate::hooks::{AttachSettings, HookChoice, HookKind, attach_all};
+use crate::hooks::{AttachSettings, Capability, HookChoice, HookKind, attach_all};
 use crate::kernel_gauges::KernelGauges;
 use crate::observer::GaugeReading;
 use crate::tracefs::Tracefs;
@@ -276,10 +276,13 @@ pub fn load_and_attach(
             .ok_or_else(|| anyhow!("map {HANDED_OVER_MAP} missing from the eBPF object"))?,
     )?;
     let gauges = KernelGauges::take_from(&mut ebpf)?;
-    let config = Array::try_from(
+    let mut config = Array::try_from(
         ebpf.take_map(CONFIG_MAP)
             .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
     )?;
+    if hooks.has(Capability::Close) {
+        follow_shutdowns(&mut config)?;
+    }
     Ok((
         Probes {
             ebpf,
@@ -609,6 +612,8 @@ fn configure(
         // Set once the daemon knows it can read time-wait sockets.
         sock_flags_offset: 0,
         own_netns: 0,
+        // Set once the close program is attached.
+        close_hook: 0,
         sock: layout.sock.unwrap_or_default(),
         regs: SYSCALL_REGS.unwrap_or_default(),
     };
@@ -622,6 +627,17 @@ fn configure(
         .set(0, value, 0)
         .context("writing the configuration map")?;
     Ok(())
+}
+
+/// Tells the programs that the close program runs, so that a server's `shutdown()` leaves the
+/// connection's life to its `close()`. Until then (the programs are attached first) a
+/// shutdown ends it, as on kernels without a close hook.
+fn follow_shutdowns(config: &mut Array<MapData, Config>) -> anyhow::Result<()> {
+    let mut value = config.get(&0, 0).context("reading the configuration map")?;
+    value.close_hook = 1;
+    config
+        .set(0, value, 0)
+        .context("writing the configuration map")
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.

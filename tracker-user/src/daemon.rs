@@ -11,11 +11,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::bpf::{self, EventRing, KernelLog, LossCounters, ProbeOptions, Probes};
 use crate::event::Event;
+use crate::hooks::Capability;
 use crate::model::Nanos;
 use crate::observer::{Applied, Observer, TurnLeftOpen};
 use crate::procfs;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
-use crate::tcp_table::{TableSource, TcpTable};
+use crate::tcp_table::{HeldConnections, TableSource, TcpTable};
 use crate::time_wait::HandoverWatch;
 use crate::tls::TlsLibraries;
 use crate::tracker_id::TrackerId;
@@ -352,9 +353,15 @@ impl State {
     fn kernel_connections(
         &mut self,
     ) -> anyhow::Result<Vec<(std::net::SocketAddr, std::net::SocketAddr)>> {
+        // A connection the server shut down is still its own where its life ends at `close()`.
+        let held = if self.probes.hooks.has(Capability::Close) {
+            HeldConnections::OpenOrShutDown
+        } else {
+            HeldConnections::Open
+        };
         Ok(self
             .table
-            .connections()
+            .connections(held)
             .context("reading the kernel's connections")?
             .into_iter()
             .map(|socket| (socket.local, socket.remote))

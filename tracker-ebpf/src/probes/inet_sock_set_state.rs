@@ -59,7 +59,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    Config, ConnKey, Endpoint, EventKind, HANDOVER_FULL_SLOT, IPPROTO_TCP, LOST_SLOT,
+    Config, ConnKey, ConnTrack, Endpoint, EventKind, HANDOVER_FULL_SLOT, IPPROTO_TCP, LOST_SLOT,
     OPEN_UNTRACKED, SockEvent, TRACK_FULL_SLOT,
     handover::{HandedOver, SOCK_DONE},
     tcp_state,
@@ -69,8 +69,9 @@ use aya_log_ebpf::warn;
 
 use crate::maps::{
     CONFIG, CONNECT_TARGETS, ENDPOINT_TOTALS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED,
-    HANDED_OVER, PREEXISTING, TRACKED, Total, TurnCut, count_close, count_lost, count_total,
-    emit_for_socket, port_wanted, submit, track_connection, turn_end_at,
+    HANDED_OVER, PREEXISTING, TRACKED, Total, TurnCut, claim_server_close, count_close, count_lost,
+    count_total, emit_for_socket, end_life_at_server_close, port_wanted, submit, track_connection,
+    turn_end_at,
 };
 use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 
@@ -123,7 +124,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             EventKind::OutboundOpen
         }
         (_, tcp_state::CLOSE) => {
-            let Some(track) = TRACKED.get_ptr(&skaddr) else {
+            let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
                 if config.preexisting != 0 {
                     close_followed(change, skaddr, Counted::No, Phase::Close);
                 }
@@ -134,17 +135,18 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             // SAFETY: a live map value; the fields needed are copied out before the entry is
             // removed (not the whole value: its frame walks are most of it).
             let (in_turn, sent, outbound, unreported, local, close) = unsafe {
-                let track = &*track;
                 (
-                    track.in_turn,
-                    track.last_send_ns,
-                    track.outbound,
-                    track.unreported,
-                    track.endpoint,
-                    Total::close_of(track),
+                    (*track).in_turn,
+                    (*track).last_send_ns,
+                    (*track).outbound,
+                    (*track).unreported,
+                    (*track).endpoint,
+                    close_at_close(track),
                 )
             };
-            closing_turn = in_turn != 0;
+            // The server's close counts the turn it cut (for a shut-down connection, possibly
+            // on another CPU right now).
+            closing_turn = in_turn != 0 && !matches!(close, Total::Closed { closing: true, .. });
             last_send_ns = sent;
             // Forget it even if the event below cannot be sent: the map must not fill up with
             // dead sockets. Whoever removes it counts the close, and the end of a turn it was
@@ -286,20 +288,17 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     if track.outbound != 0 || track.server_closed_ns != 0 {
         return;
     }
+    if config.close_hook != 0 && track.close_called == 0 && track.unreported == 0 {
+        // A `shutdown()`, not a `close()`: the server still holds the connection, and may
+        // still read from it. Its life ends at its `close()` (see `tcp_close`), or at CLOSE if
+        // the client finishes it first.
+        track.shut_down = 1;
+        return;
+    }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    // The turn it was in ends here, counted with the close; nothing of it is followed after.
-    let turn = TurnCut::of(track, now);
     track.server_closed_ns = now;
-    track.in_turn = 0;
-    count_close(
-        &track.endpoint,
-        Total::ServerClosed {
-            accepted: track.accepted_ns != 0,
-        },
-        turn,
-        now,
-    );
+    let turn = end_life_at_server_close(track, now);
     if track.unreported != 0 {
         if config.preexisting != 0 {
             // Its close is counted at CLOSE, with its closing phase.
@@ -308,6 +307,27 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
         return;
     }
     emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn.ends_at, 0);
+}
+
+/// The close of `track` as its CLOSE counts it. A connection the server shut down but has not
+/// closed ends its life here, unless the server's `close()` claimed it first.
+///
+/// # Safety
+/// `track` points into a live map value.
+#[inline(always)]
+unsafe fn close_at_close(track: *mut ConnTrack) -> Total {
+    // SAFETY: the caller's pointer. `u64::MAX` only keeps the close program from claiming it:
+    // the entry is removed next.
+    unsafe {
+        if (*track).shut_down != 0 && claim_server_close(track, u64::MAX) {
+            return Total::Closed {
+                closing: false,
+                accepted: (*track).accepted_ns != 0,
+                untracked: false,
+            };
+        }
+        Total::close_of(&*track)
+    }
 }
 
 /// A connection the server closed leaves FIN_WAIT2 for CLOSE at `at`: if the kernel handed it

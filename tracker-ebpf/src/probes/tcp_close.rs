@@ -5,7 +5,9 @@
 //! first is closed by the server only when it notices). `sock:inet_sock_set_state` sees the
 //! state changes, not who caused them, and no tracepoint marks the call. Only sockets in
 //! `TRACKED` produce an event. A socket that already reached CLOSE (a reset, say) has left
-//! `TRACKED`, so its later `tcp_close` is not reported.
+//! `TRACKED`, so its later `tcp_close` is not reported. It also tells `shutdown()` from
+//! `close()`: both send the server's FIN (`ESTABLISHED → FIN_WAIT1`), but only after a
+//! `close()` has the server let go, so a connection shut down first ends its life here.
 //!
 //! fentry where BPF trampolines work, else kprobe; `void tcp_close(struct sock *sk, long
 //! timeout)` has kept its parameters since 2.6, and only the first is read.
@@ -17,7 +19,9 @@ use aya_ebpf::{
 };
 use tracker_common::EventKind;
 
-use crate::maps::{emit_for_socket, reported_connection};
+use crate::maps::{
+    claim_server_close, emit_for_socket, end_life_at_server_close, reported_connection,
+};
 use crate::record::btf_arg_value;
 
 #[fentry(function = "tcp_close")]
@@ -34,10 +38,23 @@ pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn closing(skaddr: u64) {
-    if skaddr == 0 || reported_connection(&skaddr).is_none() {
+    if skaddr == 0 {
         return;
     }
+    let Some(track) = reported_connection(&skaddr) else {
+        return;
+    };
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a live map value of this connection. `close_called` is read only by the state
+    // changes this `close()` makes next, on this CPU.
+    unsafe { (*track).close_called = 1 };
     emit_for_socket(EventKind::ServerClosed as u32, skaddr, now, 0, 0);
+    // SAFETY: as above; the stamp is claimed against a CLOSE on another CPU.
+    if unsafe { (*track).shut_down != 0 && claim_server_close(track, now) } {
+        // Shut down earlier, so no state change follows to end its life: it ends here.
+        // SAFETY: as above; this call owns the connection's close now.
+        let turn = end_life_at_server_close(unsafe { &mut *track }, now);
+        emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn.ends_at, 0);
+    }
 }

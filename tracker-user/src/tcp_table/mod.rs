@@ -30,6 +30,21 @@ pub const LISTEN: u8 = 10;
 /// sources also list TIME_WAIT mini-sockets under their substate; those are left out too.
 pub const CONNECTION_STATES: [u8; 2] = [1, 8];
 
+/// States of a connection the server shut down (`shutdown()`) but still holds: FIN_WAIT1,
+/// FIN_WAIT2, LAST_ACK, CLOSING. Where the close hook serves, its life goes on until the
+/// server's `close()`; a socket in one of them whose server still holds it has an inode (a
+/// closed one is an orphan, with none).
+pub const SHUT_DOWN_STATES: [u8; 4] = [4, 5, 9, 11];
+
+/// Which connections the server holds, as the model counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldConnections {
+    /// Those in [`CONNECTION_STATES`]: a `shutdown()` ends a life.
+    Open,
+    /// Those too that the server shut down but has not closed (the close hook serves).
+    OpenOrShutDown,
+}
+
 /// One TCP socket as the kernel lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSocket {
@@ -103,12 +118,18 @@ impl TcpTable {
         }
     }
 
-    /// TCP connections in [`CONNECTION_STATES`], IPv4 and IPv6.
-    pub fn connections(&mut self) -> io::Result<Vec<TcpSocket>> {
-        match self {
-            Self::SockDiag(diag) => diag.connections(),
-            Self::ProcNet => proc_net::sockets(&CONNECTION_STATES),
+    /// TCP connections the server holds (see [`HeldConnections`]), IPv4 and IPv6.
+    pub fn connections(&mut self, held: HeldConnections) -> io::Result<Vec<TcpSocket>> {
+        let mut states = CONNECTION_STATES.to_vec();
+        if held == HeldConnections::OpenOrShutDown {
+            states.extend(SHUT_DOWN_STATES);
         }
+        let mut sockets = match self {
+            Self::SockDiag(diag) => diag.sockets(&states)?,
+            Self::ProcNet => proc_net::sockets(&states)?,
+        };
+        sockets.retain(|socket| CONNECTION_STATES.contains(&socket.state) || socket.inode != 0);
+        Ok(sockets)
     }
 
     /// `sock_diag`, which alone looks up time-wait sockets with their timers.
@@ -157,8 +178,11 @@ mod tests {
             listeners[0].recv_queue, 1,
             "one connection waits to be accepted"
         );
-        let connections = ours(proc_net.connections().unwrap());
-        assert_eq!(connections, ours(diag.connections().unwrap()));
+        let connections = ours(proc_net.connections(HeldConnections::Open).unwrap());
+        assert_eq!(
+            connections,
+            ours(diag.connections(HeldConnections::Open).unwrap())
+        );
         assert_eq!(connections.len(), 4, "two connections, both ends");
     }
 
@@ -171,7 +195,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server_side = |table: &mut TcpTable| {
             table
-                .connections()
+                .connections(HeldConnections::Open)
                 .unwrap()
                 .into_iter()
                 .filter(|socket| socket.local == addr)
@@ -203,5 +227,49 @@ mod tests {
             );
         }
         assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "the server's FIN");
+    }
+
+    /// A connection the server shut down is still its own until it closes it, and listed as
+    /// such where asked; once closed (an orphan, with no inode) it is not.
+    #[test]
+    fn a_shut_down_connection_is_listed_as_held_until_the_server_closes_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "the server's FIN");
+        let server_side = |table: &mut TcpTable, held: HeldConnections| {
+            table
+                .connections(held)
+                .unwrap()
+                .into_iter()
+                .filter(|socket| socket.local == addr)
+                .map(|socket| socket.state)
+                .collect::<Vec<_>>()
+        };
+        for source in [TableSource::SockDiag, TableSource::ProcNet] {
+            let mut table = TcpTable::open(source).unwrap();
+            assert_eq!(
+                server_side(&mut table, HeldConnections::Open),
+                Vec::<u8>::new()
+            );
+            assert_eq!(
+                server_side(&mut table, HeldConnections::OpenOrShutDown),
+                [5],
+                "FIN_WAIT2, listed by {}",
+                table.source()
+            );
+        }
+        drop(server);
+        for source in [TableSource::SockDiag, TableSource::ProcNet] {
+            let mut table = TcpTable::open(source).unwrap();
+            assert_eq!(
+                server_side(&mut table, HeldConnections::OpenOrShutDown),
+                Vec::<u8>::new(),
+                "listed by {}",
+                table.source()
+            );
+        }
     }
 }

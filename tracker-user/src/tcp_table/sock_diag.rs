@@ -17,7 +17,7 @@ use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
 use tracker_common::{ConnKey, wire_addr};
 
-use super::{CONNECTION_STATES, LISTEN, TcpSocket};
+use super::{LISTEN, TcpSocket};
 
 /// A netlink socket for sock_diag dumps, reused across dumps.
 pub struct SockDiag {
@@ -41,13 +41,11 @@ impl SockDiag {
         self.dump(StateFlags::from_bits_truncate(1 << LISTEN))
     }
 
-    /// TCP connections in [`CONNECTION_STATES`], IPv4 and IPv6.
-    pub fn connections(&mut self) -> io::Result<Vec<TcpSocket>> {
-        let states = CONNECTION_STATES
-            .iter()
-            .fold(StateFlags::empty(), |flags, &state| {
-                flags | StateFlags::from_bits_truncate(1 << state)
-            });
+    /// TCP sockets in `states` (not time-wait ones), IPv4 and IPv6.
+    pub fn sockets(&mut self, states: &[u8]) -> io::Result<Vec<TcpSocket>> {
+        let states = states.iter().fold(StateFlags::empty(), |flags, &state| {
+            flags | StateFlags::from_bits_truncate(1 << state)
+        });
         self.dump(states)
     }
 
@@ -293,7 +291,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let client = TcpStream::connect(addr).unwrap();
             let (_server, peer) = listener.accept().unwrap();
-            let connections = diag.connections().unwrap();
+            let connections = diag.sockets(&crate::tcp_table::CONNECTION_STATES).unwrap();
             assert!(
                 connections
                     .iter()

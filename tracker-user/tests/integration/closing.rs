@@ -1,8 +1,8 @@
 //! The closing phase: connections the server has closed that the kernel is still finishing,
 //! reported beside the rest of their life.
 
-use std::io::{ErrorKind, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -174,4 +174,85 @@ fn connections_the_server_closed_are_closing_while_their_clients_keep_their_end_
         (Some(0), Some(0.0)),
         "{after}"
     );
+}
+
+/// A server that shuts its sending side down (`shutdown(SHUT_WR)`) and `close()`s the
+/// connection later, its client still open. Where the close hook serves, the connection is the
+/// server's until that `close()`: in `curr`, not closing, and `server_closed` counts it then.
+/// Elsewhere nothing tells a `shutdown()` from a `close()`, and its life ends at the
+/// `shutdown()`, as the README says.
+#[test]
+fn a_connection_shut_down_then_closed_ends_at_its_close_where_the_close_hook_serves() {
+    const CONNECTIONS: usize = 2;
+    let hold = Duration::from_millis(2500);
+    let (listener, mut daemon, conns, mut reports) = daemon_with_connections(CONNECTIONS);
+    let addr = listener.local_addr().unwrap();
+    let name = addr.to_string();
+    let close_hook = !reports[0]["hooks"]["close"].is_null();
+
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for conn in conns {
+        conn.server.shutdown(Shutdown::Write).unwrap();
+        servers.push(conn.server);
+        clients.push(conn.client);
+    }
+    for client in &mut clients {
+        assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "the server's FIN");
+    }
+    let shut_down_at = Instant::now();
+    let (held, closing) = if close_hook {
+        (CONNECTIONS, 0)
+    } else {
+        (0, CONNECTIONS)
+    };
+    let first = daemon.reports_until(&name, |report| report["closing"] == closing);
+    reports.extend(first);
+    while shut_down_at.elapsed() < hold {
+        let report = daemon.next_report(&name);
+        assert_eq!(
+            (report["curr"].as_u64(), report["closing"].as_u64()),
+            (Some(held as u64), Some(closing as u64)),
+            "(curr, closing) while shut down (close hook: {close_hook}): {report}"
+        );
+        reports.push(report);
+    }
+    assert_eq!(
+        server_sockets_in(addr.port(), "fin-wait-2"),
+        CONNECTIONS,
+        "ss: shut down, the clients' end still open"
+    );
+
+    drop(servers);
+    let closed_at = Instant::now();
+    reports.extend(daemon.reports_until(&name, |report| {
+        report["curr"] == 0 && report["closing"] == CONNECTIONS
+    }));
+    assert_eq!(sum(&reports, "closed"), CONNECTIONS as f64, "{reports:#?}");
+    let lives = sum(&reports, "conn_for_s");
+    if close_hook {
+        let server_closed: f64 = sum(&reports, "server_closed");
+        assert_eq!(server_closed, CONNECTIONS as f64, "{reports:#?}");
+        assert!(
+            lives >= (CONNECTIONS as f64) * hold.as_secs_f64(),
+            "each life spans the time shut down: {lives} s; {reports:#?}"
+        );
+    } else {
+        assert!(
+            reports
+                .iter()
+                .all(|report| report["server_closed"].is_null()),
+            "{reports:#?}"
+        );
+        assert!(
+            lives < (CONNECTIONS as f64) * hold.as_secs_f64(),
+            "each life ended at the shutdown: {lives} s; {reports:#?}"
+        );
+    }
+    let server_closed_at = if close_hook {
+        vec![closed_at; CONNECTIONS]
+    } else {
+        vec![shut_down_at; CONNECTIONS]
+    };
+    clients_leave(&mut daemon, &name, reports, clients, &server_closed_at);
 }
