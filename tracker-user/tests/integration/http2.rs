@@ -12,13 +12,13 @@ use crate::support::{Daemon, Python, max, sum};
 const INTERVAL: &str = "0.5";
 
 /// The HTTP/2 client preface and an empty SETTINGS frame.
-fn preface() -> Vec<u8> {
+pub(crate) fn preface() -> Vec<u8> {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     push_frame(&mut out, 4, 0, 0, &[]);
     out
 }
 
-fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &[u8]) {
+pub(crate) fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &[u8]) {
     out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes()[1..]);
     out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream_id.to_be_bytes());
@@ -28,13 +28,13 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &
 /// A `GET /` on `stream_id` with END_STREAM and END_HEADERS: HPACK's static `:method GET`,
 /// `:scheme http`, `:path /`, and `:authority localhost` not indexed, so every block is the
 /// same whatever came before.
-fn push_get(out: &mut Vec<u8>, stream_id: u32) {
+pub(crate) fn push_get(out: &mut Vec<u8>, stream_id: u32) {
     let block = b"\x82\x86\x84\x01\x09localhost";
     push_frame(out, 1, 0x5, stream_id, block);
 }
 
 /// RST_STREAM(CANCEL) on `stream_id`.
-fn push_reset(out: &mut Vec<u8>, stream_id: u32) {
+pub(crate) fn push_reset(out: &mut Vec<u8>, stream_id: u32) {
     push_frame(out, 3, 0, stream_id, &8u32.to_be_bytes());
 }
 

@@ -5,6 +5,7 @@
 
 mod closing;
 mod http2;
+mod http2_nginx;
 mod interim;
 mod kernel_table;
 mod lifetime;
