@@ -82,6 +82,8 @@ pub struct ProbeOptions {
     pub connect: Vec<SocketAddr>,
     /// Skip the raw tracepoint candidates (exercises the fallback).
     pub classic_tracepoints: bool,
+    /// Attach no turns hook (`--connections-only`).
+    pub connections_only: bool,
     /// Use only this kind of hook where a capability has one (`--hooks`).
     pub forced_hooks: Option<HookKind>,
     /// Have the kernel account the programs' run time (`BPF_ENABLE_STATS`, for as long as the
@@ -243,6 +245,11 @@ pub fn load_and_attach(
             layout: &layout,
             classic_tracepoints: options.classic_tracepoints,
             forced: options.forced_hooks,
+            declined: if options.connections_only {
+                &[Capability::Turns]
+            } else {
+                &[]
+            },
         },
     )?;
 

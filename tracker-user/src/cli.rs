@@ -85,6 +85,12 @@ pub struct Flags {
     #[arg(long, global = true)]
     pub no_sessions: bool,
 
+    /// Count connections only, at the lowest cost: attach the hooks on listens, accepts and
+    /// closes, none on reads and writes. Busy time and sessions are null, as on a kernel
+    /// without a turns hook. Example: --connections-only
+    #[arg(long, global = true)]
+    pub connections_only: bool,
+
     /// Also track the connections this host opens to ADDR:PORT, in a tracker named
     /// connect:ADDR:PORT; repeat for several (at most 1024). Example: --connect 10.0.0.5:5432
     #[arg(long = "connect", global = true, value_name = "ADDR:PORT")]

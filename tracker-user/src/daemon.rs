@@ -60,6 +60,8 @@ pub struct Options {
     pub tracked_entries: Option<u32>,
     /// Count sessions from payload.
     pub sessions: bool,
+    /// Attach no turns hook (`--connections-only`).
+    pub connections_only: bool,
     /// Use only classic tracepoints (the fallback hooks).
     pub classic_tracepoints: bool,
     /// Use only this kind of hook where a capability has one (`--hooks`).
@@ -86,6 +88,7 @@ pub async fn run(
         sessions: options.sessions,
         connect: options.connect.clone(),
         classic_tracepoints: options.classic_tracepoints,
+        connections_only: options.connections_only,
         forced_hooks: options.forced_hooks,
         run_time_stats: options.bpf_stats,
     };

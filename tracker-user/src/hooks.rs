@@ -76,15 +76,25 @@ impl Capability {
 /// The hook serving each capability (None: unavailable on this kernel), as a label such as
 /// `fexit tcp_recvmsg/tcp_sendmsg`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HookChoice([Option<&'static str>; 4]);
+pub struct HookChoice {
+    hooks: [Option<&'static str>; 4],
+    /// Left unattached as the operator asked (`--connections-only`), not for want of a hook.
+    declined: [bool; 4],
+}
 
 impl HookChoice {
     pub fn get(&self, capability: Capability) -> Option<&'static str> {
-        self.0[capability as usize]
+        self.hooks[capability as usize]
     }
 
     pub fn set(&mut self, capability: Capability, label: Option<&'static str>) {
-        self.0[capability as usize] = label;
+        self.hooks[capability as usize] = label;
+    }
+
+    /// Leaves `capability` unserved because the operator asked so.
+    pub fn decline(&mut self, capability: Capability) {
+        self.hooks[capability as usize] = None;
+        self.declined[capability as usize] = true;
     }
 
     /// Whether `capability` is served.
@@ -110,11 +120,17 @@ impl HookChoice {
         }
     }
 
-    /// `lifecycle: raw tracepoint inet_sock_set_state, turns: ..., accept: unavailable`.
+    /// `lifecycle: raw tracepoint inet_sock_set_state, turns: ..., accept: unavailable`
+    /// (`off as asked` for a declined capability).
     pub fn describe(&self) -> String {
         self.iter()
             .map(|(capability, label)| {
-                format!("{}: {}", capability.name(), label.unwrap_or("unavailable"))
+                let hook = match label {
+                    Some(label) => label,
+                    None if self.declined[capability as usize] => "off as asked",
+                    None => "unavailable",
+                };
+                format!("{}: {hook}", capability.name())
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -215,6 +231,9 @@ pub struct AttachSettings<'a> {
     pub classic_tracepoints: bool,
     /// Only this kind of hook for the capabilities that have one (`--hooks`).
     pub forced: Option<HookKind>,
+    /// Capabilities the operator asked to do without (`--connections-only`): left unattached,
+    /// reported as unavailable, said once at start-up.
+    pub declined: &'a [Capability],
 }
 
 /// Attaches every capability to its best usable hook. Fails if the lifecycle cannot be
@@ -229,6 +248,15 @@ pub fn attach_all(
     let mut choice = HookChoice::default();
     for hooks in HOOKS {
         let capability = hooks.capability;
+        if settings.declined.contains(&capability) {
+            choice.decline(capability);
+            log::info!(
+                "{} not attached, as asked: {}",
+                capability.name(),
+                capability.consequence()
+            );
+            continue;
+        }
         let forced = settings
             .forced
             .filter(|_| capability != Capability::Lifecycle);
@@ -475,6 +503,22 @@ mod tests {
         assert_eq!(
             choice.describe(),
             "lifecycle: unavailable, turns: fexit tcp_recvmsg/tcp_sendmsg, \
+             accept: unavailable, close: unavailable"
+        );
+    }
+
+    #[test]
+    fn a_declined_capability_is_unserved_and_said_to_be_off_as_asked() {
+        let mut choice = HookChoice::default();
+        choice.set(
+            Capability::Lifecycle,
+            Some("raw tracepoint inet_sock_set_state"),
+        );
+        choice.decline(Capability::Turns);
+        assert!(!choice.has(Capability::Turns));
+        assert_eq!(
+            choice.describe(),
+            "lifecycle: raw tracepoint inet_sock_set_state, turns: off as asked, \
              accept: unavailable, close: unavailable"
         );
     }

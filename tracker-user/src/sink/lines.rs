@@ -172,8 +172,8 @@ struct JsonReport<'a> {
     peak_sessions: Option<usize>,
     busy: Option<usize>,
     busy_peak: Option<usize>,
-    sessions_unknown: u64,
-    sessions_untracked: u64,
+    sessions_unknown: Option<u64>,
+    sessions_untracked: Option<u64>,
     corrections: u64,
     accept_queue: Option<u32>,
     accept_queue_peak: Option<u32>,
@@ -235,8 +235,12 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         peak_sessions: turns(snapshot.peak_sessions),
         busy: turns(snapshot.busy),
         busy_peak: turns(snapshot.busy_peak),
-        sessions_unknown: report.sessions_unknown(),
-        sessions_untracked: report.sessions_untracked,
+        sessions_unknown: hooks
+            .has(Capability::Turns)
+            .then(|| report.sessions_unknown()),
+        sessions_untracked: hooks
+            .has(Capability::Turns)
+            .then_some(report.sessions_untracked),
         corrections: report.corrections,
         accept_queue: report.accept_queue,
         accept_queue_peak: report.accept_queue_peak,

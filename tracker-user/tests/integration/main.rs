@@ -4,6 +4,7 @@
 //! the kernel picked for it (`--port`), so other traffic on the host cannot disturb it.
 
 mod closing;
+mod connections_only;
 mod http2;
 mod http2_nginx;
 mod interim;

@@ -131,7 +131,6 @@ impl Inner {
         add(&metrics.opened, snapshot.opened);
         add(&metrics.closed, snapshot.closed);
         add(&metrics.corrections, report.corrections);
-        add(&metrics.sessions_untracked, report.sessions_untracked);
         for (kind, count) in snapshot.errors.iter() {
             // Created even at zero, so that every kind is visible from the first scrape.
             metrics
@@ -158,6 +157,7 @@ impl Inner {
         if turns {
             add(&metrics.upgraded, report.upgraded);
             add(&metrics.sessions, snapshot.sessions);
+            add(&metrics.sessions_untracked, report.sessions_untracked);
         }
         if hooks.has(Capability::Accept) {
             add(&metrics.accepted, report.accepted);
@@ -179,10 +179,12 @@ impl Inner {
             set(&metrics.busy_connections, gauge_value(snapshot.busy));
             set(&metrics.sessions_peak, gauge_value(snapshot.peak_sessions));
         }
-        set(
-            &metrics.sessions_unknown,
-            i64::try_from(report.sessions_unknown()).unwrap_or(i64::MAX),
-        );
+        if turns {
+            set(
+                &metrics.sessions_unknown,
+                i64::try_from(report.sessions_unknown()).unwrap_or(i64::MAX),
+            );
+        }
         set(&metrics.listener_up, i64::from(!report.gone));
         if let Some(queue) = report.accept_queue {
             set(&metrics.accept_queue, i64::from(queue));
@@ -195,10 +197,14 @@ impl Inner {
         }
 
         let lifetime = metrics.lifetime.get_or_create(&labels);
-        let peak_sessions = metrics.peak_sessions.get_or_create(&labels);
         for closed in &report.closed_connections {
             lifetime.observe(seconds(closed.lifetime_ns));
-            peak_sessions.observe(f64::from(closed.peak_sessions));
+        }
+        if turns {
+            let peak_sessions = metrics.peak_sessions.get_or_create(&labels);
+            for closed in &report.closed_connections {
+                peak_sessions.observe(f64::from(closed.peak_sessions));
+            }
         }
     }
 
