@@ -122,9 +122,18 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     // 3. What each eBPF program costs, as the kernel accounts it.
     let mut kernel_costs = Vec::new();
     for load in [Load::Churn, Load::KeepAlive] {
-        let cost = kernel_cost(&tracker, &url, nginx.port, load, args, &out_dir)?;
-        eprintln!("bench: kernel cost {}: {cost:?}", load.name());
-        kernel_costs.push(cost);
+        for connections_only in [false, true] {
+            let cost = kernel_cost(
+                &tracker,
+                &url,
+                nginx.port,
+                (load, connections_only),
+                args,
+                &out_dir,
+            )?;
+            eprintln!("bench: kernel cost {}: {cost:?}", cost.scenario());
+            kernel_costs.push(cost);
+        }
     }
 
     // 4. Memory per tracked connection.
@@ -574,32 +583,48 @@ fn churn_level(
 #[derive(Debug)]
 struct KernelCost {
     load: Load,
+    /// The daemon ran with `--connections-only`.
+    connections_only: bool,
     requests: u64,
     seconds: f64,
     /// (program, runs, nanoseconds in all).
     programs: Vec<(String, u64, u64)>,
 }
 
+impl KernelCost {
+    /// `churn`, or `churn, --connections-only`.
+    fn scenario(&self) -> String {
+        if self.connections_only {
+            format!("{}, --connections-only", self.load.name())
+        } else {
+            self.load.name().to_owned()
+        }
+    }
+}
+
+/// One wrk run of `load` under a tracker accounting its programs' run time, with
+/// `--connections-only` if the pair's second part says so.
 fn kernel_cost(
     tracker: &Path,
     url: &str,
     port: u16,
-    load: Load,
+    (load, connections_only): (Load, bool),
     args: &BenchArgs,
     out_dir: &Path,
 ) -> anyhow::Result<KernelCost> {
-    let guard = start_tracker(
-        tracker,
-        port,
-        out_dir.join("kernel-cost.jsonl"),
-        &["--bpf-stats"],
-    )?;
+    let flags: &[&str] = if connections_only {
+        &["--bpf-stats", "--connections-only"]
+    } else {
+        &["--bpf-stats"]
+    };
+    let guard = start_tracker(tracker, port, out_dir.join("kernel-cost.jsonl"), flags)?;
     let started = Instant::now();
     let run = wrk(url, load, args.connections, args.seconds)?;
     let seconds = started.elapsed().as_secs_f64();
     let programs = program_costs(guard)?;
     Ok(KernelCost {
         load,
+        connections_only,
         requests: run.requests,
         seconds,
         programs,
@@ -897,7 +922,7 @@ fn render_report(
             let _ = writeln!(
                 out,
                 "| {} | `{program}` | {runs} | {:.1} | {:.0} | {:.0} | {:.2}% |",
-                cost.load.name(),
+                cost.scenario(),
                 *runs as f64 / requests,
                 *nanos as f64 / (*runs).max(1) as f64,
                 *nanos as f64 / requests,
@@ -907,7 +932,7 @@ fn render_report(
         let _ = writeln!(
             out,
             "| {} | all | | | | {:.0} | {:.2}% |",
-            cost.load.name(),
+            cost.scenario(),
             total_ns as f64 / requests,
             share(total_ns, cost.seconds),
         );

@@ -36,14 +36,18 @@ pub(crate) enum Observer {
     /// hooks and run on every firing, but drop every socket at their first check. What is
     /// left is the cost of being attached, before any per-connection work.
     TrackerIdle,
+    /// tracker with `--connections-only`: lifecycle, accept and close hooks, none on reads
+    /// and writes.
+    TrackerConnectionsOnly,
     Bpftrace,
 }
 
 impl Observer {
-    pub(crate) const ALL: [Observer; 4] = [
+    pub(crate) const ALL: [Observer; 5] = [
         Observer::None,
         Observer::Tracker,
         Observer::TrackerIdle,
+        Observer::TrackerConnectionsOnly,
         Observer::Bpftrace,
     ];
 
@@ -52,6 +56,7 @@ impl Observer {
             Observer::None => "baseline",
             Observer::Tracker => "tracker",
             Observer::TrackerIdle => "tracker, idle",
+            Observer::TrackerConnectionsOnly => "tracker --connections-only",
             Observer::Bpftrace => "bpftrace",
         }
     }
@@ -73,6 +78,12 @@ fn start_observer(
         Observer::TrackerIdle => {
             start_tracker(tracker, idle_port, out_dir.join("tracker-idle.jsonl"), &[])
         }
+        Observer::TrackerConnectionsOnly => start_tracker(
+            tracker,
+            port,
+            out_dir.join("tracker-connections-only.jsonl"),
+            &["--connections-only"],
+        ),
         Observer::Bpftrace => {
             let mut child = Command::new("bpftrace")
                 .args(["-e", BPFTRACE_SCRIPT])
@@ -159,7 +170,8 @@ pub(crate) fn render(out: &mut String, args: &BenchArgs, all: &[Runs]) {
          tracepoints). *tracker, idle* is the same daemon watching a port nothing listens on: \
          its programs stay attached to the same hooks and run on every firing but drop every \
          socket at their first check, so its overhead is the cost of being attached, the part \
-         no per-connection design on these hooks avoids. bpftrace runs a script counting \
+         no per-connection design on these hooks avoids. *tracker --connections-only* attaches \
+         only the lifecycle, accept and close hooks (no busy time, no sessions). bpftrace runs a script counting \
          events on the same tracepoints (`inet_sock_set_state`, `sock_recv_length`, \
          `sock_send_length`; classic tracepoints, the only kind Debian's bpftrace attaches).\n\n\
          Two measures of the same cost. Throughput: median requests/s with the observer over \
