@@ -18,8 +18,9 @@
 //!   `sock:sock_recv_length` / `sock:sock_send_length` tracepoints (6.6+). Where `tcp_recvmsg`'s parameter list
 //!   changed (5.19 dropped `nonblock`, 6.16 `addr_len`), the candidate matching the kernel's
 //!   BTF is used.
-//! * Accept: fexit on `inet_csk_accept`, else a kprobe on `security_sock_graft` (the accepted
-//!   socket joining its file), else a kretprobe on `inet_csk_accept` (no tracepoint marks it).
+//! * Accept: fentry on `security_sock_graft` (the accepted socket joining its file, once its
+//!   handshake is fully processed), else fexit on `inet_csk_accept`, else a kprobe on
+//!   `security_sock_graft`, else a kretprobe on `inet_csk_accept` (no tracepoint marks it).
 //! * Close (the server's own close): fentry on `tcp_close`, else kprobe.
 //!
 //! A capability without a usable candidate is one short warning saying what the operator

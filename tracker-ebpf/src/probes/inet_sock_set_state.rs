@@ -2,8 +2,9 @@
 //!
 //! Why this hook: it is a stable tracepoint (kernel 4.16+) that sees listeners open and close,
 //! server-side children become established and every socket reach CLOSE, with addresses and
-//! ports already decoded, and it needs neither kprobes nor BTF-based attach (both unavailable on
-//! the machines we target). The transitions we keep, as seen on kernel 6.18:
+//! ports already decoded, and it needs neither kprobes nor fentry (hardened kernels compile
+//! the first out and refuse the second, as on this project's 6.18 hosts). The transitions we
+//! keep, as seen on kernel 6.18:
 //!
 //! * `CLOSE → LISTEN` (in the process calling `listen()`): a listener appears. Its port is 0
 //!   here when `listen()` picked an ephemeral port; the daemon then learns it from the kernel's
