@@ -1,0 +1,3 @@
+//! Who runs a listener: the systemd unit, container and Kubernetes pod its cgroup names.
+
+pub mod cgroup_path;
