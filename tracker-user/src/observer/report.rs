@@ -3,6 +3,7 @@
 use super::{Observer, Owner, TlsSeen, accept_queue};
 use crate::model::{Nanos, Snapshot};
 use crate::tracker_id::{Role, TrackerId};
+use crate::workload::Workload;
 
 /// One tracker's report for one interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,11 @@ pub struct ListenerReport {
     /// The TLS library whose plaintext is followed for its owners (set by the daemon, which
     /// attaches the library hooks).
     pub tls_library: Option<String>,
+    /// The cgroup of the process that opened the listener (None: unknown, or a `--connect`
+    /// destination).
+    pub cgroup: Option<String>,
+    /// Who runs in that cgroup (set by the daemon, which parses it and reads pod names).
+    pub workload: Workload,
 }
 
 #[cfg(test)]
@@ -81,6 +87,8 @@ impl ListenerReport {
             closing_ns: 0,
             tls: TlsSeen::default(),
             tls_library: None,
+            cgroup: None,
+            workload: Workload::default(),
         }
     }
 }
@@ -129,6 +137,8 @@ impl ListenerReport {
             closing_ns: self.closing_ns.saturating_add(next.closing_ns),
             tls: next.tls,
             tls_library: next.tls_library.clone(),
+            cgroup: next.cgroup.clone(),
+            workload: next.workload.clone(),
         }
     }
 
@@ -190,6 +200,8 @@ impl Observer {
                     },
                     tls: state.tls,
                     tls_library: None,
+                    cgroup: state.cgroup.clone(),
+                    workload: Workload::default(),
                 }
             })
             .collect();
