@@ -274,7 +274,23 @@ fn a_listener_is_reported_under_the_cgroup_it_was_opened_in() {
 /// A podman container, removed (at once, not after podman's 10 s grace) when dropped.
 struct Container {
     id: String,
-    rootfs: PathBuf,
+    /// Its root filesystem, and podman's storage for it.
+    dir: PathBuf,
+}
+
+/// `podman` with storage of its own under `dir`: the vfs driver, as the VMs' `/var` is an
+/// overlay that podman's overlay driver cannot stack on, and the cgroupfs manager, as no
+/// systemd runs there.
+fn podman(dir: &Path) -> Command {
+    let mut command = Command::new("podman");
+    command
+        .arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+        .args(["--events-backend", "file"]);
+    command
 }
 
 impl Container {
@@ -283,13 +299,14 @@ impl Container {
     /// crun, which refuses a cgroup v1/v2 hybrid host; the ulimits podman would set by
     /// default exceed what this host grants.
     fn httpd(port: u16) -> Self {
-        let rootfs = std::env::temp_dir().join(format!("tracker-podman-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tracker-podman-{}", std::process::id()));
+        let rootfs = dir.join("rootfs");
         fs::create_dir_all(rootfs.join("bin")).unwrap();
         fs::create_dir_all(rootfs.join("www")).unwrap();
         fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
             .expect("copying busybox-static's /bin/busybox (`cargo xtask test` installs it)");
         fs::write(rootfs.join("www/index.html"), "ok\n").unwrap();
-        let output = Command::new("podman")
+        let output = podman(&dir)
             .args(["run", "-d", "--runtime", "runc"])
             .args([
                 "--ulimit",
@@ -310,12 +327,12 @@ impl Container {
         );
         let id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
         assert_eq!(id.len(), 64, "podman printed no container id: {id:?}");
-        Self { id, rootfs }
+        Self { id, dir }
     }
 
     /// The host's pid of its process.
     fn pid(&self) -> u32 {
-        let output = Command::new("podman")
+        let output = podman(&self.dir)
             .args(["inspect", "-f", "{{.State.Pid}}", &self.id])
             .output()
             .expect("running podman inspect");
@@ -328,10 +345,11 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("podman")
+        let _ = podman(&self.dir)
             .args(["rm", "-f", "-t", "0", &self.id])
             .output();
-        let _ = fs::remove_dir_all(&self.rootfs);
+        // vfs storage holds the container's files; podman unmounts them on removal.
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
