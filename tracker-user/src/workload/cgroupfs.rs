@@ -44,6 +44,10 @@ impl Cgroups {
 
     /// The path of cgroup `id` below the hierarchy's root (`/system.slice/nginx.service`).
     pub fn path_of(&mut self, id: u64) -> Option<String> {
+        // 0: the kernel gave no id (no cgroup v2 on this host).
+        if id == 0 {
+            return None;
+        }
         if let Some(path) = self.by_id.get(&id) {
             return Some(path.clone());
         }
