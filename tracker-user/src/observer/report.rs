@@ -142,6 +142,21 @@ impl ListenerReport {
         }
     }
 
+    /// The name the report goes by: its tracker's (see [`TrackerId`]), except that a listener
+    /// in another network namespace is named by the container or pod that runs it where one
+    /// is known (`podman:0123456789ab/127.0.0.1:8080`, `shop/cart-7f9/[::]:80`): its
+    /// namespace's inode says nothing to an operator, and stays in `id.netns`.
+    pub fn name(&self) -> String {
+        let workload = &self.workload;
+        let named = workload.container.is_some() || workload.pod.is_some();
+        match workload.short_name() {
+            Some(owner) if named && self.id.role == Role::Listen && self.id.netns != 0 => {
+                format!("{owner}/{}", self.id.addr)
+            }
+            _ => self.id.to_string(),
+        }
+    }
+
     /// The tracker's last report: it has closed and holds no connections.
     pub fn is_last(&self) -> bool {
         self.gone && self.snapshot.curr == 0

@@ -243,7 +243,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         version: JSON_VERSION,
         time: totals.unix_time_s,
         interval_s: totals.interval_s,
-        listener: report.id.to_string(),
+        listener: report.name(),
         role: report.id.role.name(),
         netns: report.id.foreign_netns(),
         port: report.id.port(),
@@ -419,6 +419,7 @@ mod tests {
                     name: Some("cart".into()),
                 }),
             },
+            id: crate::tracker_id::TrackerId::listen(4026532481, "[::1]:8080".parse().unwrap()),
             ..sample()
         };
         let line = render(Format::Json, &report, &IntervalTotals::default());
@@ -431,6 +432,9 @@ mod tests {
         assert_eq!(value["pod"]["namespace"], "shop");
         assert_eq!(value["pod"]["name"], "cart");
         assert!(value["cgroup"].as_str().unwrap().starts_with("/kubepods/"));
+        // In another network namespace, named by its pod; the namespace in a field of its own.
+        assert_eq!(value["listener"], "shop/cart/[::1]:8080");
+        assert_eq!(value["netns"], 4026532481_u32);
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl Workload {
         if let Some(pod) = &self.pod {
             return Some(match (&pod.namespace, &pod.name) {
                 (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
-                _ => format!("pod {}", pod.uid),
+                _ => format!("pod:{}", pod.uid),
             });
         }
         if let Some(container) = &self.container {
@@ -97,6 +97,8 @@ impl Workloads {
             }
             if let Some(cgroup) = &report.cgroup {
                 report.workload = self.of(cgroup);
+                // The text line prints the snapshot's name.
+                report.snapshot.name = report.name();
             }
         }
         if self.by_path.len() > reports.len() {

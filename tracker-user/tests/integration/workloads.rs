@@ -366,8 +366,10 @@ fn a_listener_in_a_podman_container_is_reported_under_the_container() {
     let mut daemon = Daemon::start(&["--interval", "0.5", "--port", &port.to_string()]);
     let container = Container::httpd(port);
     let pid = container.pid();
-    let listener = format!("netns:{}/127.0.0.1:{port}", netns_of(pid));
+    // Named by its container, not by its network namespace, which is in a field of its own.
+    let listener = format!("podman:{}/127.0.0.1:{port}", &container.id[..12]);
     let report = daemon.next_report(&listener);
+    assert_eq!(report["netns"], netns_of(pid), "{report}");
     assert_eq!(
         report["container"],
         json!({"runtime": "podman", "id": container.id}),

@@ -106,7 +106,7 @@ impl Inner {
     /// gauges move to the new ones, or two series would claim the tracker's current state.
     fn labels_of(&mut self, report: &ListenerReport) -> ListenerLabels {
         let labels = ListenerLabels {
-            listener: report.id.to_string(),
+            listener: report.name(),
             port: report.id.port().to_string(),
             process: report
                 .owners

@@ -323,7 +323,7 @@ struct RowText {
 fn row_text(report: &ListenerReport) -> RowText {
     let snapshot = &report.snapshot;
     let at_peak = snapshot.curr > 0 && snapshot.curr == snapshot.peak;
-    let mut listener = report.id.to_string();
+    let mut listener = report.name();
     if report.gone {
         listener.push_str(" (gone)");
     }
