@@ -363,6 +363,7 @@ pub mod inet_sock_set_state {
 #[repr(u32)]
 pub enum EventKind {
     /// A socket entered LISTEN (runs in the context of the process calling `listen()`).
+    /// `aux` is that process's cgroup v2 id (the inode of its cgroup's directory in cgroupfs).
     ListenerUp = 1,
     /// A listening socket left LISTEN for CLOSE.
     ListenerDown = 2,

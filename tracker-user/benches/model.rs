@@ -133,6 +133,8 @@ fn observer_open_close(c: &mut Criterion) {
             addr: LISTENER,
             pid: 1,
             comm: "bench".into(),
+            cgroup_id: 0,
+            cgroup: None,
         };
         assert_eq!(observer.apply(&up), Applied::Done);
         let mut start: Nanos = 0;

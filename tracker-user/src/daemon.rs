@@ -20,6 +20,7 @@ use crate::tcp_table::{HeldConnections, TableSource, TcpTable};
 use crate::time_wait::HandoverWatch;
 use crate::tls::TlsLibraries;
 use crate::tracker_id::TrackerId;
+use crate::workload::Workloads;
 
 /// How often the daemon collects events that the kernel queued without waking it. Short
 /// enough that the ring (millions of bytes) cannot fill in between at any rate this host
@@ -182,6 +183,8 @@ struct State {
     last_owner_lookup: Nanos,
     /// Closing phases the kernel handed on to time-wait sockets, followed to their end.
     handovers: HandoverWatch,
+    /// The listeners' cgroups and who runs in them.
+    workloads: Workloads,
 }
 
 impl State {
@@ -208,6 +211,7 @@ impl State {
             tls: TlsLibraries::default(),
             last_owner_lookup: monotonic_now(),
             handovers: HandoverWatch::default(),
+            workloads: Workloads::default(),
         };
         // Only `sock_diag` lists time-wait sockets with their timers; elsewhere the closing
         // phase ends when the full socket does.
@@ -298,12 +302,20 @@ impl State {
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         let count = bpf::drain(ring, |record| match Event::decode(record) {
             Ok(mut event) => {
-                if let Event::ListenerUp { pid, comm, .. } = &mut event {
+                if let Event::ListenerUp {
+                    pid,
+                    comm,
+                    cgroup_id,
+                    cgroup,
+                    ..
+                } = &mut event
+                {
                     // The kernel gave the calling thread's name; operators know processes by
                     // their main thread's (nginx, not a worker thread's name).
                     if let Some(process) = procfs::process_comm(*pid) {
                         *comm = process;
                     }
+                    *cgroup = self.workloads.cgroup_of_listener(*cgroup_id, *pid);
                 }
                 if self.observer.apply(&event) == Applied::NeedsRescan {
                     if let Err(error) = self.rescan_listeners() {
@@ -511,6 +523,7 @@ impl State {
                 .map(str::to_owned);
             self.tls.warn_if_opaque(report);
         }
+        self.workloads.describe(&mut reports, &mut self.observer);
         // Owners known from listen() events carry no command line yet.
         for owner in reports
             .iter_mut()

@@ -28,6 +28,10 @@ pub enum Event {
         pid: u32,
         comm: String,
         netns: Netns,
+        /// The cgroup v2 id of that process (0: unknown).
+        cgroup_id: u64,
+        /// Its cgroup's path, once the daemon has found it (None as decoded).
+        cgroup: Option<String>,
     },
     /// A listening socket closed.
     ListenerDown {
@@ -146,6 +150,8 @@ impl Event {
                 pid: raw.pid,
                 comm: comm_to_string(&raw.comm),
                 netns: raw.netns,
+                cgroup_id: raw.aux,
+                cgroup: None,
             },
             EventKind::ListenerDown => Self::ListenerDown {
                 sock,
@@ -323,7 +329,9 @@ mod tests {
 
     #[test]
     fn decodes_ipv6_listener_with_owner() {
-        let event = Event::decode(&bytes_of(&raw(EventKind::ListenerUp as u32, AF_INET6))).unwrap();
+        let mut listen = raw(EventKind::ListenerUp as u32, AF_INET6);
+        listen.aux = 7;
+        let event = Event::decode(&bytes_of(&listen)).unwrap();
         assert_eq!(
             event,
             Event::ListenerUp {
@@ -332,6 +340,8 @@ mod tests {
                 pid: 42,
                 comm: "nginx".to_owned(),
                 netns: 0,
+                cgroup_id: 7,
+                cgroup: None,
             }
         );
     }

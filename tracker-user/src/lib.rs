@@ -7,6 +7,7 @@
 //!   attaches to the kernel (and to servers' TLS libraries).
 //! * [`tracker_id`]: the identity every tracker's report goes by.
 //! * [`cli`]: the command line, and the man page and shell completions made from it.
+//! * [`workload`]: the systemd unit, container and pod a listener's cgroup names.
 //! * [`time_wait`]: the ends of closing phases the kernel hands on to time-wait sockets.
 //! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
 
@@ -33,3 +34,4 @@ pub mod time_wait;
 pub mod tls;
 pub mod tracefs;
 pub mod tracker_id;
+pub mod workload;

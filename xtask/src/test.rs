@@ -50,6 +50,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("tmux", "tmux"),
     ("man", "man-db"),
+    // A container from a root filesystem in a directory: podman, the runtime that works on
+    // a cgroup v1/v2 hybrid host, and a static busybox to serve from inside it.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("/bin/busybox", "busybox-static"),
 ];
 
 /// What the VM matrix needs on the host: the emulator, the initramfs's shell, the module

@@ -55,7 +55,9 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -489,8 +491,9 @@ fn is_connect_target<C: StateChange>(change: &C) -> bool {
 }
 
 /// The event for a socket with these endpoints in namespace `netns`. Listener events are
-/// stamped with the current task (listen() runs in the caller's context); the others run
-/// wherever the packet was processed, so they carry no task.
+/// stamped with the current task (listen() runs in the caller's context), and a listener's
+/// appearance with its cgroup v2 id, read here because the caller may be gone by the time the
+/// daemon looks; the others run wherever the packet was processed, so they carry no task.
 #[inline(always)]
 fn connection_event(
     kind: EventKind,
@@ -520,7 +523,12 @@ fn connection_event(
         } else {
             [0; 16]
         },
-        aux: 0,
+        aux: if matches!(kind, EventKind::ListenerUp) {
+            // SAFETY: a plain helper call (tracing programs may make it since kernel 4.18).
+            unsafe { bpf_get_current_cgroup_id() }
+        } else {
+            0
+        },
         detail: 0,
         netns,
     }

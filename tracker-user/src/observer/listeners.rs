@@ -61,6 +61,9 @@ pub(super) struct Listener {
     pub(super) busy: u64,
     /// What its connections showed of TLS.
     pub(super) tls: TlsSeen,
+    /// The cgroup of the process that opened it (the last one to call `listen()` on it), or
+    /// of an owner found by a scan.
+    pub(super) cgroup: Option<String>,
 }
 
 /// What [`Observer::owners_check`] found among the listeners still listening.
@@ -111,6 +114,7 @@ impl Listener {
             closing: 0,
             busy: 0,
             tls: TlsSeen::default(),
+            cgroup: None,
         }
     }
 
@@ -179,6 +183,14 @@ impl Observer {
         }
     }
 
+    /// Sets the cgroup of listener `id` where no `listen()` event gave one (a listener found
+    /// by a scan: the daemon reads its owner's).
+    pub fn set_cgroup(&mut self, id: TrackerId, cgroup: String) {
+        if let Some(listener) = self.listeners.get_mut(&id) {
+            listener.cgroup.get_or_insert(cgroup);
+        }
+    }
+
     /// Records a listening socket found in the kernel's table (at start-up or on a rescan).
     /// A listener already known from events or an earlier scan only gains the owners.
     pub fn add_scanned_listener(&mut self, addr: SocketAddr, owners: &[Owner]) {
@@ -215,7 +227,7 @@ impl Observer {
         netns: Netns,
         sock: SockId,
         addr: SocketAddr,
-        owner: Owner,
+        (owner, cgroup): (Owner, Option<&str>),
         rescanned: bool,
     ) -> Applied {
         if addr.port() == 0 {
@@ -236,6 +248,9 @@ impl Observer {
             .or_insert_with(|| Listener::new(id));
         listener.sockets.insert(sock);
         listener.owners.insert(owner);
+        if let Some(cgroup) = cgroup {
+            listener.cgroup = Some(cgroup.to_owned());
+        }
         Applied::Done
     }
 

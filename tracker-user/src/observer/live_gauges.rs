@@ -144,6 +144,8 @@ mod tests {
             addr: addr(listener),
             pid: 7,
             comm: "srv".into(),
+            cgroup_id: 0,
+            cgroup: None,
         });
     }
 

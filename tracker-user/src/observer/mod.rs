@@ -188,7 +188,15 @@ impl Observer {
                 pid,
                 ref comm,
                 netns,
-            } => self.listener_up(netns, sock, addr, Owner::from_event(pid, comm), rescanned),
+                ref cgroup,
+                ..
+            } => self.listener_up(
+                netns,
+                sock,
+                addr,
+                (Owner::from_event(pid, comm), cgroup.as_deref()),
+                rescanned,
+            ),
             Event::ListenerDown { sock, addr, netns } => self.listener_down(netns, sock, addr),
             Event::ConnOpen {
                 sock,

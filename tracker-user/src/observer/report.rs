@@ -3,6 +3,7 @@
 use super::{Observer, Owner, TlsSeen, accept_queue};
 use crate::model::{Nanos, Snapshot};
 use crate::tracker_id::{Role, TrackerId};
+use crate::workload::Workload;
 
 /// One tracker's report for one interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,11 @@ pub struct ListenerReport {
     /// The TLS library whose plaintext is followed for its owners (set by the daemon, which
     /// attaches the library hooks).
     pub tls_library: Option<String>,
+    /// The cgroup of the process that opened the listener (None: unknown, or a `--connect`
+    /// destination).
+    pub cgroup: Option<String>,
+    /// Who runs in that cgroup (set by the daemon, which parses it and reads pod names).
+    pub workload: Workload,
 }
 
 #[cfg(test)]
@@ -81,6 +87,8 @@ impl ListenerReport {
             closing_ns: 0,
             tls: TlsSeen::default(),
             tls_library: None,
+            cgroup: None,
+            workload: Workload::default(),
         }
     }
 }
@@ -129,6 +137,23 @@ impl ListenerReport {
             closing_ns: self.closing_ns.saturating_add(next.closing_ns),
             tls: next.tls,
             tls_library: next.tls_library.clone(),
+            cgroup: next.cgroup.clone(),
+            workload: next.workload.clone(),
+        }
+    }
+
+    /// The name the report goes by: its tracker's (see [`TrackerId`]), except that a listener
+    /// in another network namespace is named by the container or pod that runs it where one
+    /// is known (`podman:0123456789ab/127.0.0.1:8080`, `shop/cart-7f9/[::]:80`): its
+    /// namespace's inode says nothing to an operator, and stays in `id.netns`.
+    pub fn name(&self) -> String {
+        let workload = &self.workload;
+        let named = workload.container.is_some() || workload.pod.is_some();
+        match workload.short_name() {
+            Some(owner) if named && self.id.role == Role::Listen && self.id.netns != 0 => {
+                format!("{owner}/{}", self.id.addr)
+            }
+            _ => self.id.to_string(),
         }
     }
 
@@ -190,6 +215,8 @@ impl Observer {
                     },
                     tls: state.tls,
                     tls_library: None,
+                    cgroup: state.cgroup.clone(),
+                    workload: Workload::default(),
                 }
             })
             .collect();

@@ -158,6 +158,20 @@ struct JsonOwner<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonContainer<'a> {
+    runtime: Option<&'static str>,
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonPod<'a> {
+    uid: &'a str,
+    qos: &'static str,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct JsonReport<'a> {
     version: u32,
     time: f64,
@@ -201,6 +215,10 @@ struct JsonReport<'a> {
     life_from: &'static str,
     tls_library: Option<&'a str>,
     hooks: serde_json::Map<String, serde_json::Value>,
+    cgroup: Option<&'a str>,
+    unit: Option<&'a str>,
+    container: Option<JsonContainer<'a>>,
+    pod: Option<JsonPod<'a>>,
 }
 
 /// Renders one listener's report in `format` (no trailing newline).
@@ -225,7 +243,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         version: JSON_VERSION,
         time: totals.unix_time_s,
         interval_s: totals.interval_s,
-        listener: report.id.to_string(),
+        listener: report.name(),
         role: report.id.role.name(),
         netns: report.id.foreign_netns(),
         port: report.id.port(),
@@ -284,6 +302,22 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
             .iter()
             .map(|(capability, label)| (capability.name().to_owned(), label.into()))
             .collect(),
+        cgroup: report.cgroup.as_deref(),
+        unit: report.workload.unit.as_deref(),
+        container: report
+            .workload
+            .container
+            .as_ref()
+            .map(|container| JsonContainer {
+                runtime: container.runtime.map(|runtime| runtime.name()),
+                id: &container.id,
+            }),
+        pod: report.workload.pod.as_ref().map(|pod| JsonPod {
+            uid: &pod.uid,
+            qos: pod.qos.name(),
+            namespace: pod.namespace.as_deref(),
+            name: pod.name.as_deref(),
+        }),
     };
     serde_json::to_string(&json).expect("a report always serialises")
 }
@@ -295,6 +329,7 @@ mod tests {
 
     use crate::hooks::HookChoice;
     use crate::model::Tracker;
+    use crate::workload::cgroup_path::{Container, Qos, Runtime};
 
     fn sample() -> ListenerReport {
         let mut tracker = Tracker::new("[::1]:8080");
@@ -365,7 +400,45 @@ mod tests {
         assert_eq!(value["hooks"]["turns"], "fexit tcp_recvmsg/tcp_sendmsg");
         assert_eq!(value["hooks"]["close"], serde_json::Value::Null);
         assert_eq!(value["hooks"].as_object().unwrap().len(), 4);
+        assert_eq!(value["cgroup"], serde_json::Value::Null);
+        assert_eq!(value["pod"], serde_json::Value::Null);
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn json_names_who_runs_the_listener() {
+        let uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        let report = ListenerReport {
+            cgroup: Some(format!("/kubepods/besteffort/pod{uid}/{}", "a".repeat(64))),
+            workload: crate::workload::Workload {
+                unit: None,
+                container: Some(Container {
+                    runtime: Some(Runtime::Containerd),
+                    id: "a".repeat(64),
+                }),
+                pod: Some(crate::workload::Pod {
+                    uid: uid.to_owned(),
+                    qos: Qos::BestEffort,
+                    namespace: Some("shop".into()),
+                    name: Some("cart".into()),
+                }),
+            },
+            id: crate::tracker_id::TrackerId::listen(4026532481, "[::1]:8080".parse().unwrap()),
+            ..sample()
+        };
+        let line = render(Format::Json, &report, &IntervalTotals::default());
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["unit"], serde_json::Value::Null);
+        assert_eq!(value["container"]["runtime"], "containerd");
+        assert_eq!(value["container"]["id"], "a".repeat(64));
+        assert_eq!(value["pod"]["uid"], uid);
+        assert_eq!(value["pod"]["qos"], "besteffort");
+        assert_eq!(value["pod"]["namespace"], "shop");
+        assert_eq!(value["pod"]["name"], "cart");
+        assert!(value["cgroup"].as_str().unwrap().starts_with("/kubepods/"));
+        // In another network namespace, named by its pod; the namespace in a field of its own.
+        assert_eq!(value["listener"], "shop/cart/[::1]:8080");
+        assert_eq!(value["netns"], 4026532481_u32);
     }
 
     #[test]

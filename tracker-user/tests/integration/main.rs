@@ -22,6 +22,7 @@ mod tls;
 mod top;
 mod truth;
 mod upgrades;
+mod workloads;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;

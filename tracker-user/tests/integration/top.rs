@@ -242,8 +242,8 @@ fn top_shows_live_connections_and_quits_on_q() {
         .find(|line| line.starts_with("LISTENER"))
         .unwrap();
     for heading in [
-        "LISTENER", "PROCESS", "CURR", "PEAK", "SESS", "BUSY", "CONN-S", "BUSY-S", "OPENED",
-        "CLOSED", "ERRS",
+        "LISTENER", "PROCESS", "OWNER", "CURR", "PEAK", "SESS", "BUSY", "CONN-S", "BUSY-S",
+        "OPENED", "CLOSED", "ERRS",
     ] {
         assert!(header.contains(heading), "no {heading} in:\n{screen}");
     }

@@ -57,6 +57,8 @@ fn up(sock: SockId, listener: &str) -> Event {
         addr: addr(listener),
         pid: 7,
         comm: "srv".into(),
+        cgroup_id: 0,
+        cgroup: None,
     }
 }
 
@@ -223,11 +225,17 @@ fn reuseport_group_is_one_listener_until_the_last_socket_closes() {
         addr: addr("127.0.0.1:8080"),
         pid: 8,
         comm: "worker".into(),
+        cgroup_id: 0,
+        cgroup: Some("/system.slice/srv.service".into()),
     });
     observer.add_scanned_listener_sockets(addr("127.0.0.1:9090"), 2, &[]);
     let reports = observer.report(SECOND);
     assert_eq!(reports.len(), 2);
     assert_eq!(reports[0].owners.len(), 2);
+    assert_eq!(
+        reports[0].cgroup.as_deref(),
+        Some("/system.slice/srv.service")
+    );
 
     for (sock, listener) in [(1, "127.0.0.1:8080"), (99, "127.0.0.1:9090")] {
         let _ = observer.apply(&Event::ListenerDown {

@@ -39,6 +39,22 @@ impl ErrorLabels {
     }
 }
 
+/// Who runs a listener (`tracker_listener_info`): one series per listener, so that the other
+/// series keep their labels and their number, and a query joins it on `listener`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(super) struct InfoLabels {
+    pub(super) listener: String,
+    pub(super) port: String,
+    pub(super) process: String,
+    /// The systemd unit; empty where none.
+    pub(super) unit: String,
+    /// The container's id; empty where none.
+    pub(super) container: String,
+    /// The pod's name, or its uid where the name is unknown; empty where none.
+    pub(super) pod: String,
+    pub(super) pod_namespace: String,
+}
+
 /// Which hook serves a capability (`tracker_hook_info`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct HookLabels {
@@ -92,6 +108,7 @@ pub(super) struct Metrics {
     pub(super) lifetime: HistogramFamily,
     pub(super) peak_sessions: HistogramFamily,
     pub(super) hook_info: Family<HookLabels, Gauge>,
+    pub(super) listener_info: Family<InfoLabels, Gauge>,
     pub(super) accepted: Family<ListenerLabels, Counter>,
     pub(super) upgraded: Family<ListenerLabels, Counter>,
     pub(super) sessions: Family<ListenerLabels, Counter>,
@@ -128,6 +145,7 @@ impl Metrics {
             lifetime: Family::new_with_constructor(lifetime_histogram),
             peak_sessions: Family::new_with_constructor(sessions_histogram),
             hook_info: Family::default(),
+            listener_info: Family::default(),
             accepted: Family::default(),
             upgraded: Family::default(),
             sessions: Family::default(),
@@ -302,6 +320,12 @@ impl Metrics {
             "1 for the kernel hook serving each capability; a capability without one has no \
              series, and neither have its figures",
             self.hook_info.clone(),
+        );
+        registry.register(
+            "listener_info",
+            "1 for each listener, labelled with the systemd unit, container and Kubernetes pod \
+             its cgroup names (empty where none)",
+            self.listener_info.clone(),
         );
     }
 

@@ -33,8 +33,8 @@ use super::{Flow, ReportBatch, ReportSink};
 use crate::hooks::{Capability, HookChoice};
 use crate::model::Nanos;
 use crate::observer::ListenerReport;
-use crate::tracker_id::TrackerId;
-use metrics::{ErrorLabels, HookLabels, ListenerLabels, Metrics};
+use crate::tracker_id::{Role, TrackerId};
+use metrics::{ErrorLabels, HookLabels, InfoLabels, ListenerLabels, Metrics};
 
 /// The content type of the classic text format, served by default.
 pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -58,6 +58,8 @@ struct Inner {
     metrics: Metrics,
     /// The labels of each tracker's series (the owning process can change).
     labels: HashMap<TrackerId, ListenerLabels>,
+    /// The labels of each listener's info series.
+    info_labels: HashMap<TrackerId, InfoLabels>,
 }
 
 impl Inner {
@@ -68,6 +70,7 @@ impl Inner {
             registry,
             metrics,
             labels: HashMap::new(),
+            info_labels: HashMap::new(),
         }
     }
 
@@ -103,7 +106,7 @@ impl Inner {
     /// gauges move to the new ones, or two series would claim the tracker's current state.
     fn labels_of(&mut self, report: &ListenerReport) -> ListenerLabels {
         let labels = ListenerLabels {
-            listener: report.id.to_string(),
+            listener: report.name(),
             port: report.id.port().to_string(),
             process: report
                 .owners
@@ -119,8 +122,42 @@ impl Inner {
         labels
     }
 
+    /// Sets the listener's info series, moving it when its labels changed (one series per
+    /// listener, never two).
+    fn set_info(&mut self, report: &ListenerReport, labels: &ListenerLabels) {
+        if report.id.role != Role::Listen {
+            return;
+        }
+        let workload = &report.workload;
+        let pod = workload.pod.as_ref();
+        let info = InfoLabels {
+            listener: labels.listener.clone(),
+            port: labels.port.clone(),
+            process: labels.process.clone(),
+            unit: workload.unit.clone().unwrap_or_default(),
+            container: workload
+                .container
+                .as_ref()
+                .map(|container| container.id.clone())
+                .unwrap_or_default(),
+            pod: pod
+                .map(|pod| pod.name.clone().unwrap_or_else(|| pod.uid.clone()))
+                .unwrap_or_default(),
+            pod_namespace: pod
+                .and_then(|pod| pod.namespace.clone())
+                .unwrap_or_default(),
+        };
+        self.metrics.listener_info.get_or_create(&info).set(1);
+        if let Some(previous) = self.info_labels.insert(report.id, info.clone())
+            && previous != info
+        {
+            self.metrics.listener_info.remove(&previous);
+        }
+    }
+
     fn apply_tracker(&mut self, report: &ListenerReport, hooks: &HookChoice) {
         let labels = self.labels_of(report);
+        self.set_info(report, &labels);
         let metrics = &self.metrics;
         let snapshot = &report.snapshot;
         let add =

@@ -323,6 +323,57 @@ fn owner_change_moves_gauges_but_keeps_counters() {
 }
 
 /// `GET path` over a plain socket: the status code, the content type and the body.
+#[test]
+fn each_listener_has_one_info_series_naming_who_runs_it() {
+    use crate::workload::cgroup_path::{Container, Qos, Runtime};
+    use crate::workload::{Pod, Workload};
+
+    let mut sink = Inner::new();
+    let mut tracker = Tracker::new("127.0.0.1:8080");
+    let plain = report(&mut tracker, SEC);
+    publish(&mut sink, &plain, IntervalTotals::default());
+    let text = sink.encode_openmetrics().unwrap();
+    let unknown = format!(
+        r#"tracker_listener_info{{{LABELS},unit="",container="",pod="",pod_namespace=""}}"#
+    );
+    assert_eq!(sample(&text, &unknown), "1");
+    // Its workload becomes known: the series moves, and the other series keep their labels.
+    let id = "ab".repeat(32);
+    let known = ListenerReport {
+        workload: Workload {
+            unit: None,
+            container: Some(Container {
+                runtime: Some(Runtime::Containerd),
+                id: id.clone(),
+            }),
+            pod: Some(Pod {
+                uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+                qos: Qos::Burstable,
+                namespace: Some("shop".into()),
+                name: Some("cart".into()),
+            }),
+        },
+        ..report(&mut tracker, 2 * SEC)
+    };
+    publish(&mut sink, &known, IntervalTotals::default());
+    let text = sink.encode_openmetrics().unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                r#"tracker_listener_info{{{LABELS},unit="",container="{id}",pod="cart",pod_namespace="shop"}}"#
+            )
+        ),
+        "1"
+    );
+    assert!(!text.contains(&unknown), "{text}");
+    assert_eq!(text.matches("tracker_listener_info{").count(), 1, "{text}");
+    assert_eq!(
+        sample(&text, &format!("tracker_listener_up{{{LABELS}}}")),
+        "1"
+    );
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
     http_get_accepting(addr, path, "*/*")
 }

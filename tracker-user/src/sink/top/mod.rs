@@ -30,15 +30,18 @@ use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 /// Appended to a PEAK figure when the listener is at that peak right now.
 const AT_PEAK: &str = "▲";
 
-/// Column headings, in display order. The first two are text, the rest numbers.
-const HEADINGS: [&str; 11] = [
-    "LISTENER", "PROCESS", "CURR", "PEAK", "SESS", "BUSY", "CONN-S", "BUSY-S", "OPENED", "CLOSED",
-    "ERRS",
+/// Column headings, in display order. The first three are text, the rest numbers.
+const HEADINGS: [&str; 12] = [
+    "LISTENER", "PROCESS", "OWNER", "CURR", "PEAK", "SESS", "BUSY", "CONN-S", "BUSY-S", "OPENED",
+    "CLOSED", "ERRS",
 ];
 /// Index of the PEAK column in [`HEADINGS`].
-const PEAK_COLUMN: usize = 3;
+const PEAK_COLUMN: usize = 4;
 /// Columns before this index are left-aligned text; from it on, right-aligned numbers.
-const FIRST_NUMBER_COLUMN: usize = 2;
+const FIRST_NUMBER_COLUMN: usize = 3;
+/// The OWNER cell's most characters: a pod's namespace and name can be long, and the figures
+/// matter more.
+const OWNER_WIDTH: usize = 32;
 
 /// Whether the terminal is in raw mode / on the alternate screen because of us. Shared with the
 /// panic hook, which must put the terminal back before the panic message is printed (on the
@@ -320,7 +323,7 @@ struct RowText {
 fn row_text(report: &ListenerReport) -> RowText {
     let snapshot = &report.snapshot;
     let at_peak = snapshot.curr > 0 && snapshot.curr == snapshot.peak;
-    let mut listener = report.id.to_string();
+    let mut listener = report.name();
     if report.gone {
         listener.push_str(" (gone)");
     }
@@ -338,6 +341,7 @@ fn row_text(report: &ListenerReport) -> RowText {
         cells: [
             listener,
             format!("{}{}", process.0, process.1),
+            owner_cell(report),
             snapshot.curr.to_string(),
             peak,
             snapshot.peak_sessions.to_string(),
@@ -352,6 +356,19 @@ fn row_text(report: &ListenerReport) -> RowText {
         at_peak,
         gone: report.gone,
     }
+}
+
+/// Who runs the listener (its pod, container or systemd unit), cut to [`OWNER_WIDTH`]; `-`
+/// where its cgroup names none.
+fn owner_cell(report: &ListenerReport) -> String {
+    let Some(name) = report.workload.short_name() else {
+        return "-".to_owned();
+    };
+    if name.chars().count() <= OWNER_WIDTH {
+        return name;
+    }
+    let kept: String = name.chars().take(OWNER_WIDTH - 1).collect();
+    format!("{kept}…")
 }
 
 fn aligned(column: usize, text: String) -> Line<'static> {

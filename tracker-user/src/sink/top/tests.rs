@@ -164,6 +164,7 @@ fn rows_show_every_figure_sorted_busiest_first() {
             "127.0.0.1:8080",
             "nginx/4242",
             "+1",
+            "-",
             "8",
             "8▲",
             "3",
@@ -222,7 +223,7 @@ fn narrow_terminals_cut_process_names_before_listener_names() {
         cmdline: String::new(),
     }];
     let reports = [report];
-    let screen = lines(&render(90, 6, |frame| {
+    let screen = lines(&render(96, 6, |frame| {
         draw(frame, &batch_view(&reports, totals()))
     }));
     println!("{}", screen.join("\n"));
@@ -355,4 +356,43 @@ fn namespaced_and_connect_trackers_show_their_full_names() {
         .filter(|line| line.trim_start().starts_with("127.0.0.1:8080"))
         .count();
     assert_eq!(bare, 1, "{}", screen.join("\n"));
+}
+
+#[test]
+fn the_owner_column_names_the_pod_container_or_unit() {
+    use crate::workload::cgroup_path::{Container, Qos, Runtime};
+    use crate::workload::{Pod, Workload};
+
+    let mut unit = listener("127.0.0.1:1", 0, 0);
+    unit.workload.unit = Some("nginx.service".into());
+    let mut container = listener("127.0.0.1:2", 0, 0);
+    container.workload = Workload {
+        unit: None,
+        container: Some(Container {
+            runtime: Some(Runtime::Podman),
+            id: "0123456789ab".repeat(5) + "cdef",
+        }),
+        pod: None,
+    };
+    let mut pod = listener("127.0.0.1:3", 0, 0);
+    pod.workload.pod = Some(Pod {
+        uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+        qos: Qos::Burstable,
+        namespace: Some("shop".into()),
+        name: Some("a-very-long-pod-name-from-a-deployment-7f9c".into()),
+    });
+    let reports = [unit, container, pod];
+    let buffer = render(160, 8, |frame| draw(frame, &batch_view(&reports, totals())));
+    let screen = lines(&buffer);
+    let owner = |name: &str| {
+        line_with(&screen, name)
+            .1
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(owner("127.0.0.1:1"), "nginx.service");
+    assert_eq!(owner("127.0.0.1:2"), "podman:0123456789ab");
+    assert_eq!(owner("127.0.0.1:3"), "shop/a-very-long-pod-name-from-…");
 }
