@@ -23,9 +23,11 @@ pub const BOOT_MARKER: &str = "TRACKER_VM_BOOTED ";
 
 /// What needs writing inside the VM (host paths stay read-only): tmpfs where the host's
 /// content does not matter, tmpfs overlays where it does (nginx's /var/lib/nginx, root's
-/// home).
+/// home, and what `dpkg -i` writes: its database under /var/lib/dpkg, the package's files
+/// under /usr and /etc). /lib is a link to usr/lib on Debian 12; /usr/lib gets its own
+/// overlay below, with the kernel's modules.
 const EMPTY_TMPFS: &[&str] = &["/tmp", "/run"];
-const OVERLAID: &[&str] = &["/var", "/root"];
+const OVERLAID: &[&str] = &["/var", "/root", "/etc", "/usr"];
 
 /// Modules stage one loads, in a working order once their dependencies are added.
 const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
@@ -157,6 +159,11 @@ $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hos
             "$bb mount -t tmpfs -o mode=1777 tmpfs /newroot{dir} || fail \"tmpfs on {dir}\"\n"
         );
     }
+    // The host's /usr/lib, held before /usr is overlaid, for the lower layer of the /usr/lib
+    // overlay: an overlay over the /usr overlay would stack two deep.
+    script += "$bb mkdir -p /newroot/run/vm-lower/usr/lib\n\
+               $bb mount --bind /newroot/usr/lib /newroot/run/vm-lower/usr/lib \\\n    \
+               || fail \"holding the host's /usr/lib\"\n";
     // Overlay upper layers live on the guest's /run, which the tests never empty.
     for dir in OVERLAID {
         let layer = format!("/newroot/run/vm-overlay{dir}");
@@ -167,9 +174,12 @@ $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hos
         );
     }
     // The package's modules under /usr/lib/modules/<release> (/lib is a link to usr/lib on
-    // Debian 12), over the host's own: a read-only overlay of two lower layers.
+    // Debian 12), over the host's own, and a writable layer above both (dpkg -i writes
+    // /lib/systemd/system).
+    let layer = "/newroot/run/vm-overlay/usr-lib";
     script += &format!(
-        "$bb mount -t overlay overlay -o lowerdir={modules_lower}:/newroot/usr/lib /newroot/usr/lib \
+        "$bb mkdir -p {layer}/upper {layer}/work\n\
+         $bb mount -t overlay overlay -o lowerdir={modules_lower}:/newroot/run/vm-lower/usr/lib,upperdir={layer}/upper,workdir={layer}/work /newroot/usr/lib \
          || fail \"overlay of the kernel's modules on /usr/lib\"\n\
          $bb cp /stage-two /newroot/run/vm-stage-two\n\
          $bb mount --move /dev /newroot/dev\n\

@@ -13,6 +13,7 @@ mod nginx_service;
 mod operability;
 mod overload;
 mod owners;
+mod package;
 mod prometheus;
 mod sessions;
 mod support;
