@@ -337,6 +337,37 @@ mod tests {
         assert_eq!(module_name("kernel/fs/overlayfs/overlay.ko"), "overlay");
     }
 
+    /// What `dpkg -i` writes is writable in the guest, and /usr/lib keeps the kernel's modules
+    /// over the host's own: its lower layer is the host's /usr/lib, held before /usr is
+    /// overlaid, and its overlay comes after /usr's, which would otherwise hide it.
+    #[test]
+    fn stage_one_overlays_what_dpkg_writes() {
+        let script = stage_one(&Kernel {
+            series: "6.1",
+            package: "linux-image-6.1.0-1-amd64".into(),
+            release: "6.1.0-1-amd64".into(),
+            root: "/k".into(),
+            vmlinux: "/k/vmlinuz".into(),
+        });
+        let position = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{script}"))
+        };
+        for dir in ["/var", "/etc", "/usr"] {
+            position(&format!(
+                "-o lowerdir=/newroot{dir},upperdir=/newroot/run/vm-overlay{dir}/upper,"
+            ));
+        }
+        let hold = position("mount --bind /newroot/usr/lib /newroot/run/vm-lower/usr/lib");
+        let usr = position("-o lowerdir=/newroot/usr,");
+        let usr_lib = position(
+            "-o lowerdir=/newroot/k/lib:/newroot/run/vm-lower/usr/lib,\
+             upperdir=/newroot/run/vm-overlay/usr-lib/upper,",
+        );
+        assert!(hold < usr && usr < usr_lib, "{script}");
+    }
+
     #[test]
     fn stage_two_quotes_what_it_runs() {
         let script = stage_two(&GuestCommand {
