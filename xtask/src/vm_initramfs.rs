@@ -173,6 +173,11 @@ $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hos
              || fail \"overlay on {dir}\"\n"
         );
     }
+    // man-db's dpkg trigger, which `dpkg -i` and `dpkg --purge` fire for the package's man
+    // pages, rebuilds the index from every man page on the system: minutes under emulation
+    // over 9p. The guest's copy of the setting goes (the host's stays); nothing in the guest
+    // reads the index.
+    script += "$bb rm -f /newroot/var/lib/man-db/auto-update\n";
     // The package's modules under /usr/lib/modules/<release> (/lib is a link to usr/lib on
     // Debian 12), over the host's own, and a writable layer above both (dpkg -i writes
     // /lib/systemd/system).
@@ -366,6 +371,8 @@ mod tests {
              upperdir=/newroot/run/vm-overlay/usr-lib/upper,",
         );
         assert!(hold < usr && usr < usr_lib, "{script}");
+        let var = position("-o lowerdir=/newroot/var,");
+        assert!(var < position("rm -f /newroot/var/lib/man-db/auto-update"));
     }
 
     #[test]
