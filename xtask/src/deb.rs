@@ -22,7 +22,7 @@ const SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
 #[derive(clap::Args)]
 pub struct DebArgs {
-    /// Directory for the package (default: target/deb).
+    /// Directory for the package and the tree it is packed from (default: target/deb).
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
 }
