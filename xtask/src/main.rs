@@ -9,6 +9,7 @@ mod bench;
 mod bench_memory;
 mod bench_overhead;
 mod bench_tls;
+mod deb;
 mod test;
 mod toolchain;
 mod vm;
@@ -33,6 +34,9 @@ enum Task {
     /// Install the eBPF toolchain pieces if missing, then build target/release/tracker, its
     /// man pages (target/release/man) and shell completions (target/release/completions).
     Build,
+    /// Build, then pack target/deb/tracker_VERSION_ARCH.deb (the daemon, its systemd unit,
+    /// README, man pages and completions) and print its path.
+    Deb(deb::DebArgs),
     /// Build, then run tracker as root (through sudo when not root) with ARGS.
     Run {
         /// Arguments for tracker, after `--` (e.g. `cargo xtask run -- --interval 1`).
@@ -51,6 +55,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Build => build().and_then(|binary| write_man_and_completions(&binary)),
+        Task::Deb(args) => deb::deb(&args),
         Task::Run { args } => run(&args),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => {
@@ -130,7 +135,7 @@ pub(crate) fn build() -> anyhow::Result<PathBuf> {
 
 /// Writes the man pages and shell completions beside `binary`, through `tracker-docs` (built
 /// with it, from the same flag definitions), and says where in one line.
-fn write_man_and_completions(binary: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_man_and_completions(binary: &Path) -> anyhow::Result<()> {
     let dir = binary.parent().context("the binary has a directory")?;
     run_step(
         "writing the man pages and shell completions",

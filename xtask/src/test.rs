@@ -2,12 +2,13 @@
 //! again inside a VM per kernel of the matrix (Debian's kernel packages under QEMU), so that
 //! every feature is proven on the kernels production hosts run, not only on this one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::deb;
 use crate::vm::{self, VmOutcome};
 use crate::vm_initramfs::GuestCommand;
 use crate::vm_kernel::{self, SERIES};
@@ -55,6 +56,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("runc", "runc"),
     ("/bin/busybox", "busybox-static"),
+    // The package test checks the packaged unit with `systemd-analyze verify`.
+    ("systemd-analyze", "systemd"),
 ];
 
 /// What the VM matrix needs on the host: the emulator, the initramfs's shell, the module
@@ -72,6 +75,9 @@ const VM_PACKAGES: &[(&str, &str)] = &[
 /// instruction, several times slower than the host.
 const VM_SLOWDOWN: u32 = 5;
 
+/// The variable through which the integration tests find the Debian package to install.
+const DEB_VARIABLE: &str = "TRACKER_TEST_DEB";
+
 /// A VM that has not finished by then is killed and its kernel fails: half as much again as
 /// the slowest kernel's run takes on a loaded 2-core machine (6.1, about 19 minutes under
 /// emulation), and short enough that the whole command stays within CI's 90 minutes even when
@@ -87,6 +93,8 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
     }
     toolchain::ensure_ebpf_toolchain()?;
     ensure_packages(TEST_PACKAGES, "the tests")?;
+    // The package test installs what `cargo xtask deb` makes, on the host and in each VM.
+    let package = deb::build_package(&deb::default_out_dir())?;
     if !args.vm_only {
         // Unit tests of every crate, then the integration tests, which attach real programs
         // and drive real traffic: one thread, so that the daemons they start never watch
@@ -94,7 +102,9 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         run_step(
             "tests",
             cargo()
-                .args(["test", "--workspace", "--exclude", "tracker-ebpf", "--"])
+                .args(["test", "--workspace", "--exclude", "tracker-ebpf"])
+                .env(DEB_VARIABLE, &package)
+                .arg("--")
                 .arg("--test-threads=1")
                 .args(&args.args),
         )?;
@@ -103,10 +113,10 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     ensure_packages(VM_PACKAGES, "the VM kernel matrix")?;
-    kernel_matrix(args)
+    kernel_matrix(args, &package)
 }
 
-fn kernel_matrix(args: &TestArgs) -> anyhow::Result<()> {
+fn kernel_matrix(args: &TestArgs, package: &Path) -> anyhow::Result<()> {
     let command = GuestCommand {
         program: build_integration_tests()?,
         args: args
@@ -117,7 +127,14 @@ fn kernel_matrix(args: &TestArgs) -> anyhow::Result<()> {
             .chain(["--test-threads=1".to_owned(), "--color=never".to_owned()])
             .collect(),
         dir: workspace_root().join("tracker-user"),
-        env: vec![("TRACKER_TEST_SLOWDOWN".to_owned(), VM_SLOWDOWN.to_string())],
+        env: vec![
+            ("TRACKER_TEST_SLOWDOWN".to_owned(), VM_SLOWDOWN.to_string()),
+            // The host's root is the guest's, so the host's path to the package holds there.
+            (
+                DEB_VARIABLE.to_owned(),
+                package.to_string_lossy().into_owned(),
+            ),
+        ],
     };
     let mut summary = Vec::new();
     for series in SERIES.iter().filter(|series| {

@@ -23,9 +23,11 @@ pub const BOOT_MARKER: &str = "TRACKER_VM_BOOTED ";
 
 /// What needs writing inside the VM (host paths stay read-only): tmpfs where the host's
 /// content does not matter, tmpfs overlays where it does (nginx's /var/lib/nginx, root's
-/// home).
+/// home, and what `dpkg -i` writes: its database under /var/lib/dpkg, the package's files
+/// under /usr and /etc). /lib is a link to usr/lib on Debian 12; /usr/lib gets its own
+/// overlay below, with the kernel's modules.
 const EMPTY_TMPFS: &[&str] = &["/tmp", "/run"];
-const OVERLAID: &[&str] = &["/var", "/root"];
+const OVERLAID: &[&str] = &["/var", "/root", "/etc", "/usr"];
 
 /// Modules stage one loads, in a working order once their dependencies are added.
 const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
@@ -157,6 +159,11 @@ $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hos
             "$bb mount -t tmpfs -o mode=1777 tmpfs /newroot{dir} || fail \"tmpfs on {dir}\"\n"
         );
     }
+    // The host's /usr/lib, held before /usr is overlaid, for the lower layer of the /usr/lib
+    // overlay: an overlay over the /usr overlay would stack two deep.
+    script += "$bb mkdir -p /newroot/run/vm-lower/usr/lib\n\
+               $bb mount --bind /newroot/usr/lib /newroot/run/vm-lower/usr/lib \\\n    \
+               || fail \"holding the host's /usr/lib\"\n";
     // Overlay upper layers live on the guest's /run, which the tests never empty.
     for dir in OVERLAID {
         let layer = format!("/newroot/run/vm-overlay{dir}");
@@ -166,10 +173,18 @@ $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hos
              || fail \"overlay on {dir}\"\n"
         );
     }
+    // man-db's dpkg trigger, which `dpkg -i` and `dpkg --purge` fire for the package's man
+    // pages, rebuilds the index from every man page on the system: minutes under emulation
+    // over 9p. The guest's copy of the setting goes (the host's stays); nothing in the guest
+    // reads the index.
+    script += "$bb rm -f /newroot/var/lib/man-db/auto-update\n";
     // The package's modules under /usr/lib/modules/<release> (/lib is a link to usr/lib on
-    // Debian 12), over the host's own: a read-only overlay of two lower layers.
+    // Debian 12), over the host's own, and a writable layer above both (dpkg -i writes
+    // /lib/systemd/system).
+    let layer = "/newroot/run/vm-overlay/usr-lib";
     script += &format!(
-        "$bb mount -t overlay overlay -o lowerdir={modules_lower}:/newroot/usr/lib /newroot/usr/lib \
+        "$bb mkdir -p {layer}/upper {layer}/work\n\
+         $bb mount -t overlay overlay -o lowerdir={modules_lower}:/newroot/run/vm-lower/usr/lib,upperdir={layer}/upper,workdir={layer}/work /newroot/usr/lib \
          || fail \"overlay of the kernel's modules on /usr/lib\"\n\
          $bb cp /stage-two /newroot/run/vm-stage-two\n\
          $bb mount --move /dev /newroot/dev\n\
@@ -325,6 +340,39 @@ mod tests {
         );
         assert_eq!(module_name("kernel/fs/9p/9p.ko.xz"), "9p");
         assert_eq!(module_name("kernel/fs/overlayfs/overlay.ko"), "overlay");
+    }
+
+    /// What `dpkg -i` writes is writable in the guest, and /usr/lib keeps the kernel's modules
+    /// over the host's own: its lower layer is the host's /usr/lib, held before /usr is
+    /// overlaid, and its overlay comes after /usr's, which would otherwise hide it.
+    #[test]
+    fn stage_one_overlays_what_dpkg_writes() {
+        let script = stage_one(&Kernel {
+            series: "6.1",
+            package: "linux-image-6.1.0-1-amd64".into(),
+            release: "6.1.0-1-amd64".into(),
+            root: "/k".into(),
+            vmlinux: "/k/vmlinuz".into(),
+        });
+        let position = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{script}"))
+        };
+        for dir in ["/var", "/etc", "/usr"] {
+            position(&format!(
+                "-o lowerdir=/newroot{dir},upperdir=/newroot/run/vm-overlay{dir}/upper,"
+            ));
+        }
+        let hold = position("mount --bind /newroot/usr/lib /newroot/run/vm-lower/usr/lib");
+        let usr = position("-o lowerdir=/newroot/usr,");
+        let usr_lib = position(
+            "-o lowerdir=/newroot/k/lib:/newroot/run/vm-lower/usr/lib,\
+             upperdir=/newroot/run/vm-overlay/usr-lib/upper,",
+        );
+        assert!(hold < usr && usr < usr_lib, "{script}");
+        let var = position("-o lowerdir=/newroot/var,");
+        assert!(var < position("rm -f /newroot/var/lib/man-db/auto-update"));
     }
 
     #[test]

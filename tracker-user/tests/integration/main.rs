@@ -15,6 +15,7 @@ mod nginx_service;
 mod operability;
 mod overload;
 mod owners;
+mod package;
 mod prometheus;
 mod sessions;
 mod support;

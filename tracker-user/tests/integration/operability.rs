@@ -100,7 +100,7 @@ fn the_service_unit_command_line_runs() {
         .find_map(|line| line.strip_prefix("ExecStart="))
         .expect("the unit has an ExecStart line");
     let mut words = exec.split_whitespace();
-    assert_eq!(words.next(), Some("/usr/local/bin/tracker"));
+    assert_eq!(words.next(), Some("/usr/bin/tracker"));
     // The same flags, on a free port instead of the unit's fixed one, for one second.
     let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let args: Vec<String> = words
