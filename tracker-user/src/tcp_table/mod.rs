@@ -254,10 +254,12 @@ mod tests {
                 server_side(&mut table, HeldConnections::Open),
                 Vec::<u8>::new()
             );
-            assert_eq!(
-                server_side(&mut table, HeldConnections::OpenOrShutDown),
-                [5],
-                "FIN_WAIT2, listed by {}",
+            // FIN_WAIT1 until the client's acknowledgement of the FIN is processed, then
+            // FIN_WAIT2: either way still the server's.
+            let held = server_side(&mut table, HeldConnections::OpenOrShutDown);
+            assert!(
+                held == [4] || held == [5],
+                "{held:?}, listed by {}",
                 table.source()
             );
         }
