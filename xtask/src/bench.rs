@@ -46,8 +46,12 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "overhead_only")]
     https_only: bool,
     /// Only the overhead on nginx, printed rather than written to BENCHMARKS.md.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kernel_cost_only")]
     overhead_only: bool,
+    /// Only the eBPF programs' time per request (tracker's and bpftrace's), printed rather
+    /// than written to BENCHMARKS.md.
+    #[arg(long, conflicts_with = "https_only")]
+    kernel_cost_only: bool,
 }
 
 /// Debian packages the benchmark drives: (command, package).
@@ -95,6 +99,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{}/", nginx.port);
     eprintln!("bench: nginx on {url}");
 
+    if args.kernel_cost_only {
+        let costs = crate::bench_kernel_cost::measure(&tracker, nginx.port, &url, args, &out_dir)?;
+        let mut table = String::new();
+        crate::bench_kernel_cost::render(&mut table, &costs);
+        println!("{table}");
+        return Ok(());
+    }
+
     // 1. Overhead, interleaved.
     let overhead = crate::bench_overhead::measure(&tracker, nginx.port, &url, args, &out_dir)?;
     if args.overhead_only {
@@ -119,22 +131,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         churn_levels.push(level);
     }
 
-    // 3. What each eBPF program costs, as the kernel accounts it.
-    let mut kernel_costs = Vec::new();
-    for load in [Load::Churn, Load::KeepAlive] {
-        for connections_only in [false, true] {
-            let cost = kernel_cost(
-                &tracker,
-                &url,
-                nginx.port,
-                (load, connections_only),
-                args,
-                &out_dir,
-            )?;
-            eprintln!("bench: kernel cost {}: {cost:?}", cost.scenario());
-            kernel_costs.push(cost);
-        }
-    }
+    // 3. What each observer's eBPF programs cost, as the kernel accounts it.
+    let kernel_costs =
+        crate::bench_kernel_cost::measure(&tracker, nginx.port, &url, args, &out_dir)?;
 
     // 4. Memory per tracked connection.
     let memory = memory_per_connection(&tracker, args.max_held, &out_dir)?;
@@ -579,83 +578,6 @@ fn churn_level(
     Ok(level)
 }
 
-/// The kernel's accounting of the eBPF programs during one wrk run (`--bpf-stats`).
-#[derive(Debug)]
-struct KernelCost {
-    load: Load,
-    /// The daemon ran with `--connections-only`.
-    connections_only: bool,
-    requests: u64,
-    seconds: f64,
-    /// (program, runs, nanoseconds in all).
-    programs: Vec<(String, u64, u64)>,
-}
-
-impl KernelCost {
-    /// `churn`, or `churn, --connections-only`.
-    fn scenario(&self) -> String {
-        if self.connections_only {
-            format!("{}, --connections-only", self.load.name())
-        } else {
-            self.load.name().to_owned()
-        }
-    }
-}
-
-/// One wrk run of `load` under a tracker accounting its programs' run time, with
-/// `--connections-only` if the pair's second part says so.
-fn kernel_cost(
-    tracker: &Path,
-    url: &str,
-    port: u16,
-    (load, connections_only): (Load, bool),
-    args: &BenchArgs,
-    out_dir: &Path,
-) -> anyhow::Result<KernelCost> {
-    let flags: &[&str] = if connections_only {
-        &["--bpf-stats", "--connections-only"]
-    } else {
-        &["--bpf-stats"]
-    };
-    let guard = start_tracker(tracker, port, out_dir.join("kernel-cost.jsonl"), flags)?;
-    let started = Instant::now();
-    let run = wrk(url, load, args.connections, args.seconds)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let programs = program_costs(guard)?;
-    Ok(KernelCost {
-        load,
-        connections_only,
-        requests: run.requests,
-        seconds,
-        programs,
-    })
-}
-
-/// Stops a tracker started with `--bpf-stats` and reads what it logged each program cost:
-/// (program, runs, nanoseconds in all).
-pub(crate) fn program_costs(guard: ObserverGuard) -> anyhow::Result<Vec<(String, u64, u64)>> {
-    let log = guard.finish();
-    // "program NAME: RUNS runs, NS ns in all, ... ns per run"
-    let programs = log
-        .iter()
-        .filter_map(|line| {
-            let rest = line.split("program ").nth(1)?;
-            let (name, rest) = rest.split_once(": ")?;
-            let mut words = rest.split_whitespace();
-            let runs = words.next()?.parse().ok()?;
-            let nanos = words.nth(1)?.parse().ok()?;
-            Some((name.to_owned(), runs, nanos))
-        })
-        .collect::<Vec<_>>();
-    if programs.is_empty() {
-        bail!(
-            "tracker --bpf-stats logged no program costs:\n{}",
-            log.join("\n")
-        );
-    }
-    Ok(programs)
-}
-
 /// Polls `ss` every 100 ms while `polling` holds: (distinct connections seen, most at once).
 fn poll_ss(port: u16, polling: &std::sync::atomic::AtomicBool) -> (usize, usize) {
     let mut seen = BTreeSet::new();
@@ -789,16 +711,6 @@ fn criterion_figures() -> anyhow::Result<Vec<MicroFigure>> {
     Ok(figures)
 }
 
-/// CPUs of this machine.
-fn cpus() -> usize {
-    thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// `nanos` of CPU time as a percentage of what the machine has in `seconds`.
-fn share(nanos: u64, seconds: f64) -> f64 {
-    nanos as f64 / (seconds * 1e9 * cpus() as f64) * 100.0
-}
-
 pub(crate) fn stats(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -818,7 +730,7 @@ fn render_report(
     args: &BenchArgs,
     overhead: &[crate::bench_overhead::Runs],
     churn: &[ChurnLevel],
-    kernel_costs: &[KernelCost],
+    kernel_costs: &[crate::bench_kernel_cost::KernelCost],
     memory: &[MemoryPoint],
     micro: &[MicroFigure],
     took: Duration,
@@ -899,45 +811,7 @@ fn render_report(
         "\nHighest loss-free, exact churn measured: **{best:.0} connections/s**.\n"
     );
 
-    let _ = writeln!(out, "## Kernel-side cost per program\n");
-    let _ = writeln!(
-        out,
-        "One more wrk run per scenario with `tracker --bpf-stats`, which turns on the kernel's \
-         accounting of BPF program run time (`BPF_ENABLE_STATS`) and logs each program's runs \
-         and nanoseconds at exit. The accounting itself adds two clock reads to every run \
-         (about 30-40 ns here), so these figures are upper bounds. Share of the machine: the \
-         program's nanoseconds over the run's wall time times {} CPUs.\n",
-        cpus()
-    );
-    let _ = writeln!(
-        out,
-        "| scenario | program | runs | runs per request | ns per run | ns per request | share of the machine |"
-    );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
-    for cost in kernel_costs {
-        let requests = cost.requests.max(1) as f64;
-        let mut total_ns = 0u64;
-        for (program, runs, nanos) in &cost.programs {
-            total_ns += nanos;
-            let _ = writeln!(
-                out,
-                "| {} | `{program}` | {runs} | {:.1} | {:.0} | {:.0} | {:.2}% |",
-                cost.scenario(),
-                *runs as f64 / requests,
-                *nanos as f64 / (*runs).max(1) as f64,
-                *nanos as f64 / requests,
-                share(*nanos, cost.seconds),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "| {} | all | | | | {:.0} | {:.2}% |",
-            cost.scenario(),
-            total_ns as f64 / requests,
-            share(total_ns, cost.seconds),
-        );
-    }
-    let _ = writeln!(out);
+    crate::bench_kernel_cost::render(&mut out, kernel_costs);
 
     let _ = writeln!(out, "## Daemon memory per tracked connection\n");
     let _ = writeln!(

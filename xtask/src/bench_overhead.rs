@@ -62,7 +62,8 @@ impl Observer {
     }
 }
 
-fn start_observer(
+/// Starts `observer` and waits until it has attached.
+pub(crate) fn start_observer(
     observer: Observer,
     tracker: &Path,
     port: u16,

@@ -1,6 +1,6 @@
 //! What following TLS plaintext costs: nginx terminating TLS for keep-alive wrk, without and
 //! with tracker watching its port (interleaved, like the clear-text overhead), and what each
-//! program costs per request as the kernel accounts it (`--bpf-stats`).
+//! program costs per request as the kernel accounts it (`BPF_ENABLE_STATS`).
 //!
 //! The library hooks fire in every process that maps the hooked `libssl` file, and wrk is an
 //! OpenSSL client. So wrk runs in a mount namespace of its own where a copy of the library
@@ -8,6 +8,7 @@
 //! measures the server's cost. One more scenario lets wrk share the hooked file, as a client on
 //! the same host does, and pays the traps of its own calls too.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,9 +17,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 use crate::bench::{
-    BenchArgs, Load, Nginx, ObserverGuard, WrkResult, program_costs, start_tracker, stats,
-    wrk_through,
+    BenchArgs, Load, Nginx, ObserverGuard, WrkResult, start_tracker, stats, wrk_through,
 };
+use crate::bench_kernel_cost::{ProgramCosts, ProgramRuns, difference};
 use crate::run_step;
 
 /// The HTTPS figures of one bench run.
@@ -30,9 +31,9 @@ pub struct TlsFigures {
     tracker: Vec<f64>,
     /// The same with wrk sharing the hooked library file.
     tracker_shared: Vec<f64>,
-    /// Requests of the `--bpf-stats` run, and (program, runs, nanoseconds in all) in it.
+    /// Requests of the run whose program costs the kernel accounted, and those costs.
     requests: u64,
-    programs: Vec<(String, u64, u64)>,
+    programs: Vec<ProgramRuns>,
 }
 
 /// nginx answering every HTTPS request itself (TLS 1.3, keep-alive), with a fresh self-signed
@@ -154,20 +155,24 @@ pub fn measure(tracker: &Path, args: &BenchArgs, out_dir: &Path) -> anyhow::Resu
         }
     }
     let started = Instant::now();
+    let accounting = ProgramCosts::start()?;
     let (run, guard) = run_followed(
         tracker,
         (own_library, &url),
         nginx.port,
         args,
         &reports,
-        &["--bpf-stats"],
+        &[],
     )?;
     eprintln!(
         "bench: https kernel cost run: {} requests in {:.1} s",
         run.requests,
         started.elapsed().as_secs_f64()
     );
-    let programs = program_costs(guard)?;
+    // From the daemon's start on: it loads its programs while nginx is already serving, so
+    // nothing but this run's requests reaches them.
+    let programs = difference(&BTreeMap::new(), &accounting.read()?);
+    drop(guard);
     Ok(TlsFigures {
         baseline,
         tracker: with_tracker,
@@ -212,7 +217,7 @@ pub fn render(figures: &TlsFigures) -> String {
     }
     let _ = writeln!(
         out,
-        "\nWhat each program cost in a `--bpf-stats` run of {} requests (client on its own \
+        "\nWhat each program cost, as the kernel accounts it (`BPF_ENABLE_STATS`), in a run of {} requests (client on its own \
          copy; the traps themselves are not in these figures, only in the throughput above):\n",
         figures.requests
     );
@@ -222,17 +227,15 @@ pub fn render(figures: &TlsFigures) -> String {
     );
     let requests = figures.requests.max(1) as f64;
     let mut total = 0.0;
-    for (program, runs, nanos) in &figures.programs {
-        if *runs == 0 {
-            continue;
-        }
-        let per_request = *nanos as f64 / requests;
+    for program in &figures.programs {
+        let per_request = program.nanos as f64 / requests;
         total += per_request;
         let _ = writeln!(
             out,
-            "| `{program}` | {:.2} | {} | {per_request:.0} |",
-            *runs as f64 / requests,
-            nanos / runs
+            "| `{}` | {:.2} | {} | {per_request:.0} |",
+            program.name,
+            program.runs as f64 / requests,
+            program.nanos / program.runs.max(1)
         );
     }
     let _ = writeln!(out, "| all | | | {total:.0} |");
