@@ -117,7 +117,7 @@ pub struct EndpointTotals {
     /// take (followed by endpoints instead): their accept cannot be seen, so where lives start
     /// at the accept, theirs start at the handshake.
     pub untracked: Spans,
-    /// Request/response turns of tracked connections (see the README's "Busy time"), from
+    /// Request/response turns of tracked connections (see "Busy time" in docs/sessions.md), from
     /// the server reading a request's first payload to the end of its answer: the server's
     /// last send before the next request, or the close (the connection's last send, or the
     /// close itself if it never answered). The end is counted only when it is certain, at the

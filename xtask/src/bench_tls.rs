@@ -192,7 +192,7 @@ pub fn render(figures: &TlsFigures) -> String {
          without and with tracker hooking nginx's `libssl.so.3` (interleaved). wrk runs on a \
          copy of the library, as a remote client would, except in the last row, where it shares \
          the hooked file and pays the traps of its own calls too. Each hooked call costs two \
-         traps, whose price depends on the machine (README, \"Sessions inside TLS\"); a \
+         traps, whose price depends on the machine (docs/sessions.md, \"Sessions inside TLS\"); a \
          `return 200` answered in microseconds shows it in full.\n"
     );
     let (_, base, _) = stats(&figures.baseline);
