@@ -6,10 +6,6 @@
 //! bin directory; the second run finds it and skips the build.
 
 mod bench;
-mod bench_kernel_cost;
-mod bench_memory;
-mod bench_overhead;
-mod bench_tls;
 mod deb;
 mod test;
 mod toolchain;

@@ -16,10 +16,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::bench::{
-    BenchArgs, Load, Nginx, ObserverGuard, WrkResult, start_tracker, stats, wrk_through,
+use super::harness::{
+    Load, Nginx, ObserverGuard, Shape, WrkResult, start_tracker, stats, wrk_through,
 };
-use crate::bench_kernel_cost::{ProgramCosts, ProgramRuns, difference};
+use super::kernel_cost::{ProgramCosts, ProgramRuns, difference};
 use crate::run_step;
 
 /// The HTTPS figures of one bench run.
@@ -71,7 +71,7 @@ fn run_followed(
     tracker: &Path,
     (wrapper, url): (&[&str], &str),
     port: u16,
-    args: &BenchArgs,
+    args: &Shape,
     reports: &Path,
     extra_args: &[&str],
 ) -> anyhow::Result<(WrkResult, ObserverGuard)> {
@@ -105,7 +105,7 @@ fn mapped_libssl(pid: u32) -> anyhow::Result<String> {
 }
 
 /// Runs the HTTPS keep-alive scenarios.
-pub fn measure(tracker: &Path, args: &BenchArgs, out_dir: &Path) -> anyhow::Result<TlsFigures> {
+pub fn measure(tracker: &Path, args: &Shape, out_dir: &Path) -> anyhow::Result<TlsFigures> {
     let nginx = start_tls_nginx(out_dir)?;
     let url = format!("https://127.0.0.1:{}/", nginx.port);
     eprintln!("bench: nginx with TLS on {url}");

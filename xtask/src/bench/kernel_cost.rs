@@ -17,8 +17,8 @@ use anyhow::Context as _;
 use aya::programs::loaded_programs;
 use aya::sys::{Stats, enable_stats};
 
-use crate::bench::{BenchArgs, Load, wrk};
-use crate::bench_overhead::{Observer, start_observer};
+use super::harness::{Load, Shape, wrk};
+use super::observers::{Observer, start_observer};
 
 /// One program's runs and run time so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +32,12 @@ pub(crate) struct ProgramRuns {
 fn loaded() -> anyhow::Result<BTreeMap<u32, ProgramRuns>> {
     let mut programs = BTreeMap::new();
     for info in loaded_programs() {
-        let info = info.context("reading a loaded program's info")?;
+        let info = match info {
+            Ok(info) => info,
+            // Unloaded between the listing and the look-up (an observer that just stopped).
+            Err(error) if is_gone(&error) => continue,
+            Err(error) => return Err(error).context("reading a loaded program's info"),
+        };
         programs.insert(
             info.id(),
             ProgramRuns {
@@ -43,6 +48,20 @@ fn loaded() -> anyhow::Result<BTreeMap<u32, ProgramRuns>> {
         );
     }
     Ok(programs)
+}
+
+/// Whether `error` says the program is no longer loaded.
+fn is_gone(error: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::NotFound
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// The kernel's run-time accounting of the programs loaded after [`ProgramCosts::start`]:
@@ -126,7 +145,7 @@ pub(crate) fn measure(
     tracker: &Path,
     nginx_port: u16,
     url: &str,
-    args: &BenchArgs,
+    args: &Shape,
     out_dir: &Path,
 ) -> anyhow::Result<Vec<KernelCost>> {
     let mut costs = Vec::new();

@@ -11,97 +11,11 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context as _, anyhow};
-
-use crate::bench::{
-    BenchArgs, Load, ObserverGuard, forward_lines, start_tracker, stats, wait_for_line, wrk,
-};
+use super::harness::{Load, Shape, free_port, stats, wrk};
+use super::observers::{Observer, start_observer};
 use crate::{run_step, workspace_root};
-
-/// bpftrace on the tracepoints tracker uses for connections and turns, doing the minimum a
-/// one-liner would: count events per kind in maps.
-const BPFTRACE_SCRIPT: &str = r#"
-tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { @states[args->oldstate, args->newstate] = count(); }
-tracepoint:sock:sock_recv_length { @recv = count(); }
-tracepoint:sock:sock_send_length { @send = count(); }
-"#;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Observer {
-    None,
-    Tracker,
-    /// tracker watching a port nothing listens on: its programs stay attached to the same
-    /// hooks and run on every firing, but drop every socket at their first check. What is
-    /// left is the cost of being attached, before any per-connection work.
-    TrackerIdle,
-    /// tracker with `--connections-only`: lifecycle, accept and close hooks, none on reads
-    /// and writes.
-    TrackerConnectionsOnly,
-    Bpftrace,
-}
-
-impl Observer {
-    pub(crate) const ALL: [Observer; 5] = [
-        Observer::None,
-        Observer::Tracker,
-        Observer::TrackerIdle,
-        Observer::TrackerConnectionsOnly,
-        Observer::Bpftrace,
-    ];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Observer::None => "baseline",
-            Observer::Tracker => "tracker",
-            Observer::TrackerIdle => "tracker, idle",
-            Observer::TrackerConnectionsOnly => "tracker --connections-only",
-            Observer::Bpftrace => "bpftrace",
-        }
-    }
-}
-
-/// Starts `observer` and waits until it has attached.
-pub(crate) fn start_observer(
-    observer: Observer,
-    tracker: &Path,
-    port: u16,
-    idle_port: u16,
-    out_dir: &Path,
-) -> anyhow::Result<ObserverGuard> {
-    match observer {
-        Observer::None => Ok(ObserverGuard {
-            child: None,
-            log: None,
-        }),
-        Observer::Tracker => start_tracker(tracker, port, out_dir.join("tracker.jsonl"), &[]),
-        Observer::TrackerIdle => {
-            start_tracker(tracker, idle_port, out_dir.join("tracker-idle.jsonl"), &[])
-        }
-        Observer::TrackerConnectionsOnly => start_tracker(
-            tracker,
-            port,
-            out_dir.join("tracker-connections-only.jsonl"),
-            &["--connections-only"],
-        ),
-        Observer::Bpftrace => {
-            let mut child = Command::new("bpftrace")
-                .args(["-e", BPFTRACE_SCRIPT])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting bpftrace")?;
-            let log = forward_lines(child.stdout.take().expect("piped"));
-            let guard = ObserverGuard {
-                child: Some(child),
-                log: Some(log),
-            };
-            wait_for_line(guard.log.as_ref().expect("set"), "Attaching", "bpftrace")?;
-            Ok(guard)
-        }
-    }
-}
 
 /// The repetitions of one load under one observer.
 #[derive(Debug)]
@@ -120,11 +34,11 @@ pub(crate) fn measure(
     tracker: &Path,
     nginx_port: u16,
     url: &str,
-    args: &BenchArgs,
+    args: &Shape,
     out_dir: &Path,
 ) -> anyhow::Result<Vec<Runs>> {
     // Nothing listens there: the kernel picked it for us and it was released at once.
-    let idle_port = crate::bench::free_port()?;
+    let idle_port = free_port()?;
     let mut all: Vec<Runs> = Vec::new();
     for load in [Load::Churn, Load::KeepAlive] {
         for observer in Observer::ALL {
@@ -161,7 +75,7 @@ pub(crate) fn measure(
 }
 
 /// The section of BENCHMARKS.md for `all`.
-pub(crate) fn render(out: &mut String, args: &BenchArgs, all: &[Runs]) {
+pub(crate) fn render(out: &mut String, args: &Shape, all: &[Runs]) {
     let _ = writeln!(out, "## Overhead on nginx\n");
     let _ = writeln!(
         out,
@@ -256,89 +170,4 @@ plot '{data}' using 1:3:xtic(2) with boxes, '' using 1:3:4:5 with yerrorbars lc 
         "plotting benchmarks.png",
         Command::new("gnuplot").arg(&script_path),
     )
-}
-
-/// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CpuTicks {
-    /// user, nice, system, irq, softirq: work done.
-    busy: u64,
-    /// Time the hypervisor ran something else while this machine wanted its CPUs.
-    steal: u64,
-}
-
-/// What the CPUs did over some period (see [`CpuTicks::since`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CpuUse {
-    busy_ticks: u64,
-    steal_ticks: u64,
-}
-
-impl CpuTicks {
-    pub(crate) fn read() -> anyhow::Result<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        let line = stat
-            .lines()
-            .next()
-            .filter(|line| line.starts_with("cpu "))
-            .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
-        Self::parse(line)
-    }
-
-    /// `cpu  user nice system idle iowait irq softirq steal ...`
-    fn parse(line: &str) -> anyhow::Result<Self> {
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading /proc/stat's cpu line {line:?}"))?;
-        let field = |index: usize| fields.get(index).copied().unwrap_or(0);
-        Ok(Self {
-            busy: field(0) + field(1) + field(2) + field(5) + field(6),
-            steal: field(7),
-        })
-    }
-
-    pub(crate) fn since(&self, before: &Self) -> CpuUse {
-        CpuUse {
-            busy_ticks: self.busy.saturating_sub(before.busy),
-            steal_ticks: self.steal.saturating_sub(before.steal),
-        }
-    }
-}
-
-impl CpuUse {
-    /// Nanoseconds of work done.
-    pub(crate) fn busy_ns(&self) -> f64 {
-        // SAFETY: sysconf only reads a configuration value.
-        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        self.busy_ticks as f64 * 1e9 / ticks_per_s
-    }
-
-    /// Share of the time the CPUs were wanted that the hypervisor gave to others.
-    pub(crate) fn steal_share(&self) -> f64 {
-        let wanted = self.busy_ticks + self.steal_ticks;
-        if wanted == 0 {
-            0.0
-        } else {
-            self.steal_ticks as f64 / wanted as f64
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn busy_time_is_work_done_and_steal_is_apart() {
-        let before = CpuTicks::parse("cpu  100 5 50 1000 7 3 2 40 0 0").unwrap();
-        let after = CpuTicks::parse("cpu  160 5 70 1100 9 4 6 100 0 0").unwrap();
-        let used = after.since(&before);
-        // user 60 + system 20 + irq 1 + softirq 4; idle and iowait are not work.
-        assert_eq!(used.busy_ticks, 85);
-        assert_eq!(used.steal_ticks, 60);
-        assert!((used.steal_share() - 60.0 / 145.0).abs() < 1e-9);
-    }
 }
