@@ -23,7 +23,7 @@ use tracker_common::{
     gauge::{Gauge, GaugeKey, LIVE_GAUGES_MAX_ENTRIES, LiveGauges, Peak},
 };
 
-use crate::maps::count_lost;
+use crate::loss::count_lost;
 
 /// See `tracker_common::gauge::LIVE_GAUGES_MAP`.
 #[map]

@@ -16,10 +16,16 @@
 )]
 
 mod gauges;
-mod maps;
+mod loss;
 mod payload;
 mod probes;
 mod record;
+mod ring;
+mod settings;
+mod tls_calls;
+mod totals;
+mod tracked;
+mod turns;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -33,8 +33,9 @@ use tracker_common::{
     },
 };
 
-use crate::maps::{CONFIG, SYSCALL_BUFFERS, emit_for_socket};
 use crate::record::kernel;
+use crate::ring::emit_for_socket;
+use crate::settings::{CONFIG, SYSCALL_BUFFERS};
 
 /// The memory of the process making the current system call.
 struct CurrentTask;

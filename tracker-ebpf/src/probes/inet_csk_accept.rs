@@ -23,8 +23,10 @@ use aya_ebpf::{
 };
 use tracker_common::EventKind;
 
-use crate::maps::{TRACKED, Total, count_total, emit_for_socket};
 use crate::record::btf_arg_value;
+use crate::ring::emit_for_socket;
+use crate::totals::{Total, count_total};
+use crate::tracked::TRACKED;
 
 /// 6.10+: `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
 #[fexit(function = "inet_csk_accept")]

@@ -70,13 +70,18 @@ use tracker_common::{
 
 use aya_log_ebpf::warn;
 
-use crate::maps::{
-    CONFIG, CONNECT_TARGETS, ENDPOINT_TOTALS, EVENTS, FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED,
-    HANDED_OVER, PREEXISTING, TRACKED, Total, TurnCut, claim_server_close, count_close, count_lost,
-    count_total, emit_for_socket, end_life_at_server_close, port_wanted, submit, track_connection,
+use crate::loss::count_lost;
+use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
+use crate::ring::{EVENTS, emit_for_socket, submit};
+use crate::settings::{CONFIG, CONNECT_TARGETS, port_wanted};
+use crate::totals::{
+    ENDPOINT_TOTALS, Total, TurnCut, count_close, count_total, end_life_at_server_close,
     turn_end_at,
 };
-use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
+use crate::tracked::{
+    FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, HANDED_OVER, PREEXISTING, TRACKED, claim_server_close,
+    track_connection,
+};
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {

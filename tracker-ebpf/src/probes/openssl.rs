@@ -22,56 +22,14 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::maps::CONFIG;
 use crate::payload::Source;
-use crate::probes::{sock_recv_length::on_recv, sock_send_length::on_send};
 use crate::record::SockLength;
-
-/// What a noted call does (see [`ssl_call_on`]).
-pub const READ: u32 = 1;
-pub const WRITE: u32 = 2;
-/// Binds its `SSL *` only: its socket I/O is counted as the socket hooks see it.
-pub const HANDSHAKE: u32 = 3;
-
-/// A TLS library call in progress on a thread.
-#[derive(Clone, Copy)]
-pub struct SslCall {
-    ssl: u64,
-    /// The plaintext buffer (user address).
-    buffer: u64,
-    /// Where an `_ex` function writes its byte count (0: the return value is the count).
-    count_at: u64,
-    /// The socket the call read or wrote, once the socket hooks saw it (0: not yet).
-    skaddr: u64,
-    kind: u32,
-    _pad: u32,
-}
-
-/// Calls in progress, by thread (`pid_tgid`). A thread is in at most one of these functions
-/// at a time (they do not call one another); a note whose return was never seen (the thread
-/// died in it) is replaced by the thread's next call or pushed out by newer ones.
-#[map]
-static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
-
-/// An `SSL *` of one process (the same address means different objects in different
-/// processes, and forked workers share their layout).
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct SslKey {
-    tgid: u32,
-    _pad: u32,
-    ssl: u64,
-}
-
-/// The socket each `SSL *` was last seen reading or writing. Least recently used bindings
-/// make room: a connection that is in use is bound again at its next socket I/O.
-#[map]
-static SSL_SOCKETS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(65536, 0);
+use crate::tls_calls::{HANDSHAKE, READ, SSL_CALLS, SSL_SOCKETS, SslKey, WRITE, note};
+use crate::turns::{on_recv, on_send};
 
 /// `int SSL_read(SSL *ssl, void *buf, int num)`.
 #[uprobe]
@@ -160,48 +118,4 @@ pub fn uretprobe_ssl(ctx: RetProbeContext) -> u32 {
         on_send(&ctx, length, source);
     }
     0
-}
-
-#[inline(always)]
-fn note(ctx: &ProbeContext, kind: u32, ex: bool) {
-    let call = SslCall {
-        ssl: ctx.arg::<u64>(0).unwrap_or(0),
-        buffer: ctx.arg::<u64>(1).unwrap_or(0),
-        count_at: if ex {
-            ctx.arg::<u64>(3).unwrap_or(0)
-        } else {
-            0
-        },
-        skaddr: 0,
-        kind,
-        _pad: 0,
-    };
-    let _ = SSL_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
-}
-
-/// Called by the socket hooks for I/O on tracked connection `skaddr`: if the current thread is
-/// inside a TLS library call, ties the call's `SSL *` to the socket and returns the call's
-/// kind; 0 outside one. In a [`READ`] or [`WRITE`] the plaintext is followed instead, so the
-/// socket hook leaves the bytes alone.
-#[inline(always)]
-pub fn ssl_call_on(skaddr: u64) -> u32 {
-    if CONFIG.get(0).is_none_or(|config| config.tls == 0) {
-        return 0;
-    }
-    let thread = bpf_get_current_pid_tgid();
-    let Some(call) = SSL_CALLS.get_ptr_mut(&thread) else {
-        return 0;
-    };
-    // SAFETY: this thread's live note; only this thread writes it.
-    let call = unsafe { &mut *call };
-    if call.skaddr != skaddr {
-        call.skaddr = skaddr;
-        let key = SslKey {
-            tgid: (thread >> 32) as u32,
-            _pad: 0,
-            ssl: call.ssl,
-        };
-        let _ = SSL_SOCKETS.insert(&key, &skaddr, 0);
-    }
-    call.kind
 }

@@ -10,20 +10,13 @@
 //! answer (the request goes on), a `101 Switching Protocols` ends the turn and HTTP/1 at once.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::bpf_ktime_get_ns,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use tracker_common::{
-    ConnTrack, DIRECTION_OUT, EventKind,
-    proto::{AnswerStatus, Protocol, UPGRADED},
-};
 
-use crate::maps::{TurnCut, count_answer, count_turn, emit_for_socket, served_connection};
-use crate::payload::{Source, answer_status, walk_frames};
-use crate::probes::openssl::{self, ssl_call_on};
+use crate::payload::Source;
 use crate::record::SockLength;
+use crate::turns::on_send;
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn raw_sock_send_length(ctx: RawTracePointContext) -> i32 {
@@ -40,91 +33,4 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
         Source::Syscall,
     );
     0
-}
-
-/// Payload the server sent: to its socket, or as plaintext to its TLS library (see
-/// `sock_recv_length::on_recv`).
-#[inline(always)]
-pub(crate) fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
-    if call.bytes <= 0 {
-        return;
-    }
-    let skaddr = call.skaddr;
-    let Some(track) = served_connection(&skaddr) else {
-        return;
-    };
-    if matches!(source, Source::Syscall)
-        && matches!(ssl_call_on(skaddr), openssl::READ | openssl::WRITE)
-    {
-        return;
-    }
-    // SAFETY: a live map value of this connection.
-    let track = unsafe { &mut *track };
-    // Outbound connections (`--connect`) are followed for their life only, and so are
-    // connections that left HTTP or are leaving it (the client has not said for what yet).
-    if track.outbound != 0
-        || track.protocol == Protocol::Hijacked as u32
-        || track.protocol == Protocol::Switching as u32
-    {
-        return;
-    }
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The first send of an HTTP/1 answer says what it is.
-    if track.protocol == Protocol::Http1 as u32 && track.in_turn != 0 && track.last_send_ns == 0 {
-        match answer_status(source, call.bytes as u32) {
-            // `100 Continue` and the like: the request goes on (the client may send its body
-            // next, which is no new request), and it is still busy until its answer.
-            AnswerStatus::Interim => return,
-            AnswerStatus::Switching => {
-                switch_protocols(track, skaddr, now);
-                return;
-            }
-            AnswerStatus::Final => {}
-        }
-    }
-    // Sends outside a turn (a greeting before any request) are not busy time.
-    if track.in_turn != 0 {
-        count_answer(&track.endpoint, track.last_send_ns, now);
-        track.last_send_ns = now;
-    }
-    // Frames of a connection the daemon was never told of would be dropped.
-    if track.unreported == 0 && track.protocol == Protocol::Http2 as u32 {
-        let buf = source.buffer(DIRECTION_OUT, call.bytes as u32);
-        walk_frames(
-            ctx,
-            &mut track.walk_out,
-            skaddr,
-            DIRECTION_OUT,
-            &buf,
-            call.bytes as u32,
-            now,
-        );
-    }
-}
-
-/// The server sent a `101 Switching Protocols` at `now`, the first send of its answer to the
-/// upgrade request: that request's turn ends here, and the connection leaves HTTP/1, counted
-/// upgraded now, whatever the client does next. No turn is open until the client's next bytes
-/// say what follows: an h2c upgrade's preface starts one as HTTP/2, a WebSocket never does,
-/// however much the server pushes.
-#[inline(always)]
-fn switch_protocols(track: &mut ConnTrack, skaddr: u64, now: u64) {
-    let cut = TurnCut {
-        ends_at: now,
-        answered_at: 0,
-    };
-    count_turn(&track.endpoint, cut, 0);
-    track.in_turn = 0;
-    track.last_send_ns = 0;
-    track.protocol = Protocol::Switching as u32;
-    if track.unreported == 0 {
-        emit_for_socket(
-            EventKind::Turn as u32,
-            skaddr,
-            now,
-            now,
-            Protocol::Switching as u32 | UPGRADED,
-        );
-    }
 }

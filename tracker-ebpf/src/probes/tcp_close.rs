@@ -19,10 +19,10 @@ use aya_ebpf::{
 };
 use tracker_common::EventKind;
 
-use crate::maps::{
-    claim_server_close, emit_for_socket, end_life_at_server_close, reported_connection,
-};
 use crate::record::btf_arg_value;
+use crate::ring::emit_for_socket;
+use crate::totals::end_life_at_server_close;
+use crate::tracked::{claim_server_close, reported_connection};
 
 #[fentry(function = "tcp_close")]
 pub fn fentry_tcp_close(ctx: FEntryContext) -> i32 {

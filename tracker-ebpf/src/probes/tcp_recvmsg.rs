@@ -5,7 +5,7 @@
 //! Why this hook: every TCP read (read, recv, recvmsg, readv, io_uring) goes through
 //! `inet_recvmsg` to `tcp_recvmsg`, which returns the bytes copied, the same figure the
 //! tracepoint reports; the firing feeds the tracepoint program's handler
-//! (`sock_recv_length::on_recv`) unchanged, so turns, protocol detection and the HTTP/2 walk
+//! (`turns::on_recv`) unchanged, so turns, protocol detection and the HTTP/2 walk
 //! are one code path whichever hook serves them. The payload itself is still found through
 //! the task's saved system call registers, as on the tracepoint path.
 //!
@@ -37,10 +37,10 @@ use aya_ebpf::{
     programs::{FExitContext, ProbeContext},
 };
 
-use crate::maps::TRACKED;
 use crate::payload::Source;
-use crate::probes::sock_recv_length::on_recv;
 use crate::record::{SockLength, btf_arg_value};
+use crate::tracked::TRACKED;
+use crate::turns::on_recv;
 
 /// A read in progress on a tracked socket, from `tcp_recvmsg` to its first bytes.
 #[derive(Clone, Copy)]

@@ -4,7 +4,7 @@
 //! Why this hook: the send-side twin of `tcp_recvmsg` (see there for fexit).
 //! `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)` has kept its
 //! parameters since 4.x, so one program per method serves every kernel; the firing feeds
-//! `sock_send_length::on_send` unchanged. Before 6.5, `sendfile` and `splice` reach TCP
+//! `turns::on_send` unchanged. Before 6.5, `sendfile` and `splice` reach TCP
 //! through `tcp_sendpage` instead: a response whose body goes that way ends its turn at its
 //! last `tcp_sendmsg` (typically the headers), a few microseconds early.
 //!
@@ -25,10 +25,10 @@ use aya_ebpf::{
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
 
-use crate::maps::TRACKED;
 use crate::payload::Source;
-use crate::probes::sock_send_length::on_send;
 use crate::record::{SockLength, btf_arg_value};
+use crate::tracked::TRACKED;
+use crate::turns::on_send;
 
 /// Sends in progress on tracked sockets by thread (`pid_tgid`), from kprobe to kretprobe.
 #[map]
