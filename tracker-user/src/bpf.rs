@@ -32,8 +32,8 @@ use tracker_common::{
 };
 
 use crate::hooks::{AttachSettings, Capability, HookChoice, HookKind, attach_all};
+use crate::kernel_gauges::GaugeReading;
 use crate::kernel_gauges::KernelGauges;
-use crate::observer::GaugeReading;
 use crate::tracefs::Tracefs;
 
 /// System calls whose buffer the socket programs may read, with how it is passed and in

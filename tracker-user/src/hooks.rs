@@ -138,7 +138,27 @@ impl HookChoice {
     }
 }
 
-pub use crate::observer::LifeStart;
+/// Where a connection's life, as reported, starts. It always ends at the server's close (or a
+/// reset, if that comes first); the accept queue before it and the closing phase after it are
+/// reported beside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LifeStart {
+    /// At the handshake's end: the connection's time in the accept queue is part of its life.
+    #[default]
+    Handshake,
+    /// At the server's `accept()`, as the server itself counts.
+    Accept,
+}
+
+impl LifeStart {
+    /// Its name in reports (`life_from`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Accept => "accept",
+        }
+    }
+}
 
 /// A kind of hook, for `--hooks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

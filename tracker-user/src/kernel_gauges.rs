@@ -9,7 +9,16 @@ use aya::{
 };
 use tracker_common::gauge::{GAUGE_EPOCH_MAP, GaugeKey, LIVE_GAUGES_MAP, LiveGauges};
 
-use crate::observer::GaugeReading;
+/// The kernel's gauges as read at a report, right after the epoch they close.
+#[derive(Debug, Clone, Default)]
+pub struct GaugeReading {
+    /// The epoch of the interval that ends here: peaks stored with it are this interval's.
+    pub ended_epoch: u32,
+    pub gauges: Vec<(GaugeKey, LiveGauges)>,
+    /// False when the kernel missed a gauge update in the interval (its table was full, or
+    /// other CPUs kept changing a peak): the interval's kernel peaks are then not used.
+    pub complete: bool,
+}
 
 /// The gauge maps and the epoch the programs count peaks in.
 pub struct KernelGauges {

@@ -7,8 +7,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::event::comm_to_string;
-use crate::observer::Owner;
 use crate::tcp_table::TcpSocket;
+
+/// A process that owns (listens on) a listener.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    /// Its command line, arguments separated by spaces (empty until known).
+    pub cmdline: String,
+}
 
 /// Listening sockets grouped by address, each with the number of sockets on it (more than
 /// one for SO_REUSEPORT groups) and the processes holding them now.

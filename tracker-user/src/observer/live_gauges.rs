@@ -16,22 +16,11 @@ use std::net::{IpAddr, SocketAddr};
 use rustc_hash::FxHashMap;
 use tracker_common::{
     AF_INET, AF_INET6,
-    gauge::{Gauge, GaugeKey, LiveGauges, Peak},
+    gauge::{Gauge, GaugeKey, Peak},
 };
 
-use super::{LifeStart, Observer};
+use super::{GaugeReading, LifeStart, Observer};
 use crate::tracker_id::{Role, TrackerId};
-
-/// The kernel's gauges as read at a report, right after the epoch they close.
-#[derive(Debug, Clone, Default)]
-pub struct GaugeReading {
-    /// The epoch of the interval that ends here: peaks stored with it are this interval's.
-    pub ended_epoch: u32,
-    pub gauges: Vec<(GaugeKey, LiveGauges)>,
-    /// False when the kernel missed a gauge update in the interval (its table was full, or
-    /// other CPUs kept changing a peak): the interval's kernel peaks are then not used.
-    pub complete: bool,
-}
 
 /// What each gauge counted when the previous interval ended: a peak is at least that.
 #[derive(Debug, Default)]
@@ -130,6 +119,7 @@ mod tests {
     use super::*;
     use crate::event::Event;
     use crate::model::Nanos;
+    use tracker_common::gauge::LiveGauges;
 
     const SECOND: Nanos = 1_000_000_000;
 

@@ -40,44 +40,15 @@ use rustc_hash::FxHashMap;
 use crate::event::{Event, Netns, SockId};
 use crate::tracker_id::TrackerId;
 
+pub use crate::hooks::LifeStart;
+pub use crate::kernel_gauges::GaugeReading;
+pub use crate::procfs::Owner;
 use connections::ConnRef;
 pub use kernel_totals::TurnLeftOpen;
 use listeners::Listener;
 pub use listeners::{OwnersCheck, TlsSeen};
-pub use live_gauges::GaugeReading;
 pub use reconcile::Discrepancies;
 pub use report::{ClosedConnection, ListenerReport};
-
-/// A process that owns (listens on) a listener.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: String,
-    /// Its command line, arguments separated by spaces (empty until known).
-    pub cmdline: String,
-}
-
-/// Where a connection's life, as reported, starts. It always ends at the server's close (or a
-/// reset, if that comes first); the accept queue before it and the closing phase after it are
-/// reported beside it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LifeStart {
-    /// At the handshake's end: the connection's time in the accept queue is part of its life.
-    #[default]
-    Handshake,
-    /// At the server's `accept()`, as the server itself counts.
-    Accept,
-}
-
-impl LifeStart {
-    /// Its name in reports (`life_from`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Handshake => "handshake",
-            Self::Accept => "accept",
-        }
-    }
-}
 
 /// What the caller should do after [`Observer::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
