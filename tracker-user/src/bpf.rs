@@ -151,20 +151,77 @@ pub type EventRing = AsyncFd<RingBuf<MapData>>;
 /// readable.
 pub type KernelLog = AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>;
 
-/// Loads the programs, applies `options`, and attaches every hook.
+/// Loads the programs, applies `options`, and attaches every hook: the start-up sequence.
 pub fn load_and_attach(
     options: &ProbeOptions,
 ) -> anyhow::Result<(Probes, EventRing, Option<KernelLog>)> {
     raise_memlock_limit();
-    let run_time_stats = if options.run_time_stats {
-        Some(
+    let run_time_stats = options
+        .run_time_stats
+        .then(|| {
             aya::sys::enable_stats(aya::sys::Stats::RunTime)
                 .map_err(|error| anyhow!(error))
-                .context("enabling the kernel's BPF run-time statistics")?,
-        )
+                .context("enabling the kernel's BPF run-time statistics")
+        })
+        .transpose()?;
+    let mut ebpf = load_object(options)?;
+    // A probe that cannot run (no permission, say) leaves the verdict to the programs' load.
+    if let Ok(false) = crate::bpf_atomics::compare_and_swap_supported() {
+        anyhow::bail!(
+            "this kernel's BPF has no compare-and-swap (Linux 5.12+), which the per-listener \
+             connection gauges need"
+        );
+    }
+    // Offsets of kernel structures, for the raw lifecycle program and namespaces.
+    let layout = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map(|btf| crate::btf::kernel_layout(&btf))
+        .unwrap_or_default();
+    configure(&mut ebpf, options, &layout)?;
+    let kernel_log = kernel_log(&mut ebpf)?;
+    // TLS plaintext is read by uprobes attached later, per library, as owners are found.
+    let tls_loaded = options.sessions && load_tls_programs(&mut ebpf);
+    let mut tracefs = None;
+    let declined: &[Capability] = if options.connections_only {
+        &[Capability::Turns]
     } else {
-        None
+        &[]
     };
+    let hooks = attach_all(
+        &mut ebpf,
+        &mut tracefs,
+        &AttachSettings {
+            layout: &layout,
+            classic_tracepoints: options.classic_tracepoints,
+            forced: options.forced_hooks,
+            declined,
+        },
+    )?;
+    let ring = event_ring(&mut ebpf)?;
+    let mut config: Array<MapData, Config> = take_map(&mut ebpf, CONFIG_MAP)?;
+    if hooks.has(Capability::Close) {
+        follow_shutdowns(&mut config)?;
+    }
+    let probes = Probes {
+        tls_loaded,
+        lost: take_map(&mut ebpf, LOST_MAP)?,
+        tracked: take_map(&mut ebpf, TRACKED_MAP)?,
+        preexisting: take_map(&mut ebpf, PREEXISTING_MAP)?,
+        endpoint_totals: take_map(&mut ebpf, ENDPOINT_TOTALS_MAP)?,
+        handed_over: take_map(&mut ebpf, HANDED_OVER_MAP)?,
+        gauges: KernelGauges::take_from(&mut ebpf)?,
+        ebpf,
+        sock_flags_offset: layout.sock_flags,
+        config,
+        hooks,
+        _run_time_stats: run_time_stats,
+        _tracefs: tracefs,
+    };
+    Ok((probes, ring, kernel_log))
+}
+
+/// The eBPF object, loaded with the sizes and log level `options` ask for; a refusal says
+/// whether it was a matter of permission.
+fn load_object(options: &ProbeOptions) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     if let Some(bytes) = options.ring_bytes {
         loader.map_max_entries(EVENTS_MAP, bytes);
@@ -175,7 +232,7 @@ pub fn load_and_attach(
     // The programs only format messages the daemon would print: the same level as RUST_LOG.
     let kernel_log_level = log::max_level() as u8;
     loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
-    let mut ebpf = loader
+    loader
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/tracker-probes"
@@ -197,118 +254,60 @@ pub fn load_and_attach(
                     "loading the eBPF object (does this kernel support BPF ring buffers, 5.8+?)",
                 )
             }
-        })?;
-    // A probe that cannot run (no permission, say) leaves the verdict to the programs' load.
-    if let Ok(false) = crate::bpf_atomics::compare_and_swap_supported() {
-        anyhow::bail!(
-            "this kernel's BPF has no compare-and-swap (Linux 5.12+), which the per-listener \
-             connection gauges need"
-        );
-    }
+        })
+}
 
-    // Offsets of kernel structures, for the raw lifecycle program and namespaces.
-    let layout = std::fs::read("/sys/kernel/btf/vmlinux")
-        .map(|btf| crate::btf::kernel_layout(&btf))
-        .unwrap_or_default();
-    configure(&mut ebpf, options, &layout)?;
-    let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+/// The programs' own messages (aya-log), registered with the event loop; none if the object
+/// logs nothing.
+fn kernel_log(ebpf: &mut Ebpf) -> anyhow::Result<Option<KernelLog>> {
+    match aya_log::EbpfLogger::init(ebpf) {
         // SAFETY: the logger owns its ring buffer's fd for as long as it lives, and the
         // `AsyncFd` owns the logger.
-        Ok(logger) => Some(
+        Ok(logger) => Ok(Some(
             unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
                 .map_err(io::Error::from)
                 .context("registering the eBPF log with the event loop")?,
-        ),
+        )),
         Err(error) => {
             log::debug!("no eBPF log: {error}");
-            None
+            Ok(None)
         }
-    };
+    }
+}
 
-    // TLS plaintext is read by uprobes attached later, per library, as owners are found.
-    let tls_loaded = options.sessions
-        && match crate::tls::load_programs(&mut ebpf) {
-            Ok(()) => true,
-            Err(error) => {
-                log::warn!(
-                    "TLS plaintext cannot be followed on this kernel ({error:#}): sessions of \
-                     TLS connections are unknown"
-                );
-                false
-            }
-        };
-    let mut tracefs = None;
-    let hooks = attach_all(
-        &mut ebpf,
-        &mut tracefs,
-        &AttachSettings {
-            layout: &layout,
-            classic_tracepoints: options.classic_tracepoints,
-            forced: options.forced_hooks,
-            declined: if options.connections_only {
-                &[Capability::Turns]
-            } else {
-                &[]
-            },
-        },
-    )?;
+/// Loads the TLS library programs; false, with a warning, where the kernel refuses them.
+fn load_tls_programs(ebpf: &mut Ebpf) -> bool {
+    match crate::tls::load_programs(ebpf) {
+        Ok(()) => true,
+        Err(error) => {
+            log::warn!(
+                "TLS plaintext cannot be followed on this kernel ({error:#}): sessions of TLS \
+                 connections are unknown"
+            );
+            false
+        }
+    }
+}
 
-    let ring = RingBuf::try_from(
-        ebpf.take_map(EVENTS_MAP)
-            .ok_or_else(|| anyhow!("map {EVENTS_MAP} missing from the eBPF object"))?,
-    )?;
+/// The events ring, registered with the event loop.
+fn event_ring(ebpf: &mut Ebpf) -> anyhow::Result<EventRing> {
+    let ring: RingBuf<MapData> = take_map(ebpf, EVENTS_MAP)?;
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as
     // the `RingBuf` lives, and the `AsyncFd` owns the `RingBuf`.
-    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)
-        .context("registering the ring buffer with the event loop")?;
-    let lost = PerCpuArray::try_from(
-        ebpf.take_map(LOST_MAP)
-            .ok_or_else(|| anyhow!("map {LOST_MAP} missing from the eBPF object"))?,
-    )?;
-    let tracked = HashMap::try_from(
-        ebpf.take_map(TRACKED_MAP)
-            .ok_or_else(|| anyhow!("map {TRACKED_MAP} missing from the eBPF object"))?,
-    )?;
-    let preexisting = HashMap::try_from(
-        ebpf.take_map(PREEXISTING_MAP)
-            .ok_or_else(|| anyhow!("map {PREEXISTING_MAP} missing from the eBPF object"))?,
-    )?;
-    let endpoint_totals = PerCpuHashMap::try_from(
-        ebpf.take_map(ENDPOINT_TOTALS_MAP)
-            .ok_or_else(|| anyhow!("map {ENDPOINT_TOTALS_MAP} missing from the eBPF object"))?,
-    )?;
-    let handed_over = HashMap::try_from(
-        ebpf.take_map(HANDED_OVER_MAP)
-            .ok_or_else(|| anyhow!("map {HANDED_OVER_MAP} missing from the eBPF object"))?,
-    )?;
-    let gauges = KernelGauges::take_from(&mut ebpf)?;
-    let mut config = Array::try_from(
-        ebpf.take_map(CONFIG_MAP)
-            .ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the eBPF object"))?,
-    )?;
-    if hooks.has(Capability::Close) {
-        follow_shutdowns(&mut config)?;
-    }
-    Ok((
-        Probes {
-            ebpf,
-            tls_loaded,
-            lost,
-            tracked,
-            preexisting,
-            endpoint_totals,
-            handed_over,
-            sock_flags_offset: layout.sock_flags,
-            gauges,
-            config,
-            hooks,
-            _run_time_stats: run_time_stats,
-            _tracefs: tracefs,
-        },
-        ring,
-        kernel_log,
-    ))
+        .context("registering the ring buffer with the event loop")
+}
+
+/// Map `name` out of the loaded object, as the daemon reads it.
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
 }
 
 impl Probes {

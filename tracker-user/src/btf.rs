@@ -161,28 +161,68 @@ fn member_offset(types: &Types<'_>, type_id: u32, name: &str) -> Option<u32> {
     None
 }
 
-fn parse(btf: &[u8]) -> Option<Types<'_>> {
-    let u16_at = |at: usize| Some(u16::from_le_bytes(btf.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?));
-    if u16_at(0)? != 0xeb9f {
-        return None;
+/// The raw BTF and its string section.
+struct Blob<'a> {
+    bytes: &'a [u8],
+    strings: &'a [u8],
+}
+
+impl<'a> Blob<'a> {
+    fn u32_at(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.bytes.get(at..at + 4)?.try_into().ok()?,
+        ))
     }
-    let header_len = u32_at(4)? as usize;
-    let type_off = u32_at(8)? as usize;
-    let type_len = u32_at(12)? as usize;
-    let str_off = u32_at(16)? as usize;
-    let strings = btf.get(header_len + str_off..)?;
-    // A name that is not UTF-8 is no name this module looks for.
-    let name = |offset: u32| -> &[u8] {
-        let rest = strings.get(offset as usize..).unwrap_or_default();
+
+    /// The name at `offset` of the string section. A name that is not UTF-8 is no name this
+    /// module looks for.
+    fn name(&self, offset: u32) -> &'a str {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
         let end = rest
             .iter()
             .position(|&byte| byte == 0)
             .unwrap_or(rest.len());
-        &rest[..end]
-    };
-    let name = |offset: u32| std::str::from_utf8(name(offset)).unwrap_or_default();
+        std::str::from_utf8(&rest[..end]).unwrap_or_default()
+    }
 
+    /// The `vlen` members of a struct or union whose member records start at `at`.
+    fn members(&self, at: usize, vlen: usize, kind_flag: bool) -> Option<Vec<Member<'a>>> {
+        let mut members = Vec::with_capacity(vlen);
+        for index in 0..vlen {
+            let base = at + index * 12;
+            let offset = self.u32_at(base + 8)?;
+            members.push(Member {
+                name: self.name(self.u32_at(base)?),
+                type_id: self.u32_at(base + 4)?,
+                // With kind_flag the low 24 bits are the offset, the bitfield size above.
+                bit_offset: if kind_flag {
+                    offset & 0xff_ffff
+                } else {
+                    offset
+                },
+                bitfield_bits: if kind_flag { offset >> 24 } else { 0 },
+            });
+        }
+        Some(members)
+    }
+}
+
+fn parse(btf: &[u8]) -> Option<Types<'_>> {
+    if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != 0xeb9f {
+        return None;
+    }
+    let header = Blob {
+        bytes: btf,
+        strings: &[],
+    };
+    let header_len = header.u32_at(4)? as usize;
+    let type_off = header.u32_at(8)? as usize;
+    let type_len = header.u32_at(12)? as usize;
+    let str_off = header.u32_at(16)? as usize;
+    let blob = Blob {
+        bytes: btf,
+        strings: btf.get(header_len + str_off..)?,
+    };
     let mut types = Types {
         composites: HashMap::new(),
         by_name: HashMap::new(),
@@ -193,34 +233,19 @@ fn parse(btf: &[u8]) -> Option<Types<'_>> {
     let end = at + type_len;
     let mut id = 1u32;
     while at + 12 <= end {
-        let name_off = u32_at(at)?;
-        let info = u32_at(at + 4)?;
-        let size_or_type = u32_at(at + 8)?;
+        let name_off = blob.u32_at(at)?;
+        let info = blob.u32_at(at + 4)?;
+        let size_or_type = blob.u32_at(at + 8)?;
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 != 0;
         at += 12;
         match kind {
             KIND_STRUCT | KIND_UNION => {
-                let mut members = Vec::with_capacity(vlen);
-                for index in 0..vlen {
-                    let base = at + index * 12;
-                    let offset = u32_at(base + 8)?;
-                    members.push(Member {
-                        name: name(u32_at(base)?),
-                        type_id: u32_at(base + 4)?,
-                        // With kind_flag the low 24 bits are the offset, the bitfield size above.
-                        bit_offset: if kind_flag {
-                            offset & 0xff_ffff
-                        } else {
-                            offset
-                        },
-                        bitfield_bits: if kind_flag { offset >> 24 } else { 0 },
-                    });
-                }
+                let members = blob.members(at, vlen, kind_flag)?;
                 if name_off != 0 {
                     // The first definition wins (modules may repeat names; vmlinux does not).
-                    types.by_name.entry(name(name_off)).or_insert(id);
+                    types.by_name.entry(blob.name(name_off)).or_insert(id);
                 }
                 types.composites.insert(id, members);
                 at += vlen * 12;
@@ -232,7 +257,7 @@ fn parse(btf: &[u8]) -> Option<Types<'_>> {
                 at += vlen * 8;
             }
             KIND_FUNC => {
-                let func_name = name(name_off);
+                let func_name = blob.name(name_off);
                 if let Some(&function) = FUNCTIONS.iter().find(|&&f| f == func_name) {
                     types.functions.entry(function).or_insert(size_or_type);
                 }

@@ -405,19 +405,13 @@ fn attach_one(
                 Some(tracefs) => tracefs,
                 None => tracefs.insert(Tracefs::find_or_mount()?),
             };
-            let format = tracefs.format(category, name)?;
-            check_format(&format, fields).map_err(|mismatch| {
-                anyhow!("{category}:{name} has a layout this build does not know: {mismatch}")
-            })?;
-            let program: &mut TracePoint = program.try_into()?;
-            program
-                .load()
-                .map_err(|e| anyhow!(e))
-                .with_context(loading)?;
-            program
-                .attach(category, name)
-                .map_err(|e| anyhow!(e))
-                .with_context(|| format!("attaching to {category}:{name}"))?;
+            attach_classic(
+                program.try_into()?,
+                tracefs,
+                (category, name),
+                fields,
+                &loading,
+            )?;
         }
         Attach::Fentry { function, .. } => {
             let btf = kernel_btf(btf)?;
@@ -455,6 +449,31 @@ fn attach_one(
                 .with_context(|| format!("attaching kprobe to {function}"))?;
         }
     }
+    Ok(())
+}
+
+/// Loads and attaches a classic tracepoint program to `category:name`, once the kernel's
+/// record layout is checked against the `fields` the program reads; `loading` names the load
+/// in its error.
+fn attach_classic(
+    program: &mut TracePoint,
+    tracefs: &Tracefs,
+    (category, name): (&str, &str),
+    fields: &[(&str, usize, usize)],
+    loading: &dyn Fn() -> String,
+) -> anyhow::Result<()> {
+    let format = tracefs.format(category, name)?;
+    check_format(&format, fields).map_err(|mismatch| {
+        anyhow!("{category}:{name} has a layout this build does not know: {mismatch}")
+    })?;
+    program
+        .load()
+        .map_err(|e| anyhow!(e))
+        .with_context(loading)?;
+    program
+        .attach(category, name)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("attaching to {category}:{name}"))?;
     Ok(())
 }
 

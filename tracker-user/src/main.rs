@@ -21,12 +21,48 @@ use tracker::sink::{ReportSink, RunningTotals, Tee};
 use tracker::{log_pipe, privileges};
 
 fn main() -> ExitCode {
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let live_view = matches!(cli.command, Some(Command::Top));
+    let log_drain = match start_logging(live_view) {
+        Ok(drain) => drain,
+        Err(code) => return code,
+    };
+    match privileges::effective().map(privileges::missing) {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => {
+            eprintln!("tracker: {}", privileges::refusal(&missing));
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("tracker: cannot read this process's capabilities: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (options, outputs) = settings(&cli, live_view);
+    let result = run(options, outputs);
+    // The log's last lines before the outcome; a stderr that stays stuck does not hold the
+    // exit for long.
+    log_drain.wait_written(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tracker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line, or the exit code after printing why it is refused (or the help).
+fn parse_command_line() -> Result<Cli, ExitCode> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version.
             let _ = error.print();
-            return ExitCode::SUCCESS;
+            return Err(ExitCode::SUCCESS);
         }
         Err(error) => {
             let message = error.to_string();
@@ -35,14 +71,19 @@ fn main() -> ExitCode {
                 "tracker: {} (see tracker --help)",
                 first_line.trim_start_matches("error: ")
             );
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
     if let Err(message) = cli.flags.check_counts() {
         eprintln!("tracker: {message} (see tracker --help)");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
-    let live_view = matches!(cli.command, Some(Command::Top));
+    Ok(cli)
+}
+
+/// Starts the logger, off in the live view unless RUST_LOG asks; returns what lets `main` wait
+/// for the last lines to be written.
+fn start_logging(live_view: bool) -> Result<log_pipe::LogDrain, ExitCode> {
     // The live view owns the terminal: logs would scribble over it, so they are off there
     // unless RUST_LOG asks for them.
     let default_level = if live_view { "off" } else { "info" };
@@ -52,7 +93,7 @@ fn main() -> ExitCode {
         Ok(pipe) => pipe,
         Err(error) => {
             eprintln!("tracker: starting the log thread: {error}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     let mut logger =
@@ -66,20 +107,12 @@ fn main() -> ExitCode {
         logger.write_style(env_logger::WriteStyle::Always);
     }
     logger.init();
+    Ok(log_drain)
+}
 
-    match privileges::effective().map(privileges::missing) {
-        Ok(missing) if missing.is_empty() => {}
-        Ok(missing) => {
-            eprintln!("tracker: {}", privileges::refusal(&missing));
-            return ExitCode::FAILURE;
-        }
-        Err(error) => {
-            eprintln!("tracker: cannot read this process's capabilities: {error:#}");
-            return ExitCode::FAILURE;
-        }
-    }
-
-    let flags = cli.flags;
+/// The daemon's options and the outputs, from the command line.
+fn settings(cli: &Cli, live_view: bool) -> (Options, Outputs) {
+    let flags = &cli.flags;
     let options = Options {
         interval: flags.interval,
         ports: (!flags.ports.is_empty())
@@ -101,17 +134,7 @@ fn main() -> ExitCode {
         prometheus: flags.prometheus,
         live_view,
     };
-    let result = run(options, outputs);
-    // The log's last lines before the outcome; a stderr that stays stuck does not hold the
-    // exit for long.
-    log_drain.wait_written(Duration::from_secs(2));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tracker: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    (options, outputs)
 }
 
 /// Where reports go, and how.

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use tracker_common::{
-    DIRECTION_IN, EventKind, MSG_PEEK,
+    ConnTrack, DIRECTION_IN, EventKind, MSG_PEEK,
     proto::{Protocol, TLS_FOLLOWED},
     walk::SyscallBuffer,
 };
@@ -59,25 +59,60 @@ pub fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
     };
     // Decided before the turn starts, so the daemon knows what a turn means for this
     // connection: the first turn's event carries it.
-    let decided = if undecided {
-        let protocol = detect_protocol(track, &buf, bytes);
-        if protocol == Protocol::Tls as u32 && ssl_call == tls_calls::HANDSHAKE {
-            protocol | TLS_FOLLOWED
-        } else {
-            protocol
-        }
-    } else if switching {
-        // The `101` ended the upgrade request's turn and was counted then (see
-        // `sock_send_length`): what the client sends next either starts HTTP/2's first turn
-        // or is no request at all.
-        let protocol = switch_protocol(track, &buf, bytes);
-        if protocol == Protocol::Hijacked {
-            return;
-        }
-        protocol as u32
-    } else {
-        0
+    let Some(decided) = decide(track, &buf, bytes, (undecided, switching), ssl_call) else {
+        return;
     };
+    let reported = track.unreported == 0;
+    start_turn_if_new(track, skaddr, now, decided, reported);
+    if reported && track.protocol == Protocol::Http2 as u32 {
+        walk_frames(
+            ctx,
+            &mut track.walk_in,
+            skaddr,
+            DIRECTION_IN,
+            &buf,
+            bytes,
+            now,
+        );
+    }
+}
+
+/// The protocol this payload decides, as the daemon gets it with the turn (0: nothing new):
+/// at a connection's first payload (`undecided`), and at the first after a `101`
+/// (`switching`), when None means it is no request at all (the connection left HTTP).
+#[inline(always)]
+fn decide(
+    track: &mut ConnTrack,
+    buf: &SyscallBuffer,
+    bytes: u32,
+    (undecided, switching): (bool, bool),
+    ssl_call: u32,
+) -> Option<u32> {
+    if undecided {
+        let protocol = detect_protocol(track, buf, bytes);
+        if protocol == Protocol::Tls as u32 && ssl_call == tls_calls::HANDSHAKE {
+            return Some(protocol | TLS_FOLLOWED);
+        }
+        return Some(protocol);
+    }
+    if switching {
+        // The `101` ended the upgrade request's turn and was counted then (see `on_send`):
+        // what the client sends next either starts HTTP/2's first turn or is no request at
+        // all.
+        let protocol = switch_protocol(track, buf, bytes);
+        if protocol == Protocol::Hijacked {
+            return None;
+        }
+        return Some(protocol as u32);
+    }
+    Some(0)
+}
+
+/// Payload read at `now` starts a turn unless it continues the current one: the turn it ends
+/// is counted, and the daemon told if it knows the connection (`reported`), with the
+/// protocol just `decided`.
+#[inline(always)]
+fn start_turn_if_new(track: &mut ConnTrack, skaddr: u64, now: u64, decided: u32, reported: bool) {
     let turn_starts = if track.in_turn == 0 {
         Some(0)
     } else if track.last_send_ns != 0 {
@@ -92,40 +127,29 @@ pub fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
         // More of the same request: still one turn.
         None
     };
-    // Its open never reached the daemon: its turns are counted, nothing more is sent.
-    let reported = track.unreported == 0;
-    if let Some(previous_turn_end) = turn_starts {
-        let cut = TurnCut {
-            ends_at: previous_turn_end,
-            answered_at: if previous_turn_end != 0 {
-                track.last_send_ns
-            } else {
-                0
-            },
-        };
-        count_turn(&track.endpoint, cut, now);
-        track.in_turn = 1;
-        track.last_send_ns = 0;
-        if reported {
-            emit_for_socket(
-                EventKind::Turn as u32,
-                skaddr,
-                now,
-                previous_turn_end,
-                decided,
-            );
-        }
-    }
-
-    if reported && track.protocol == Protocol::Http2 as u32 {
-        walk_frames(
-            ctx,
-            &mut track.walk_in,
+    // Its open never reached the daemon (not `reported`): its turns are counted, nothing
+    // more is sent.
+    let Some(previous_turn_end) = turn_starts else {
+        return;
+    };
+    let cut = TurnCut {
+        ends_at: previous_turn_end,
+        answered_at: if previous_turn_end != 0 {
+            track.last_send_ns
+        } else {
+            0
+        },
+    };
+    count_turn(&track.endpoint, cut, now);
+    track.in_turn = 1;
+    track.last_send_ns = 0;
+    if reported {
+        emit_for_socket(
+            EventKind::Turn as u32,
             skaddr,
-            DIRECTION_IN,
-            &buf,
-            bytes,
             now,
+            previous_turn_end,
+            decided,
         );
     }
 }

@@ -13,6 +13,8 @@ use crate::model::{ErrorKind, secs_to_tenths};
 use crate::observer::{ListenerReport, Owner};
 use crate::tracker_id::Role;
 use crate::tracker_id::TrackerId;
+use crate::workload::Pod;
+use crate::workload::cgroup_path::Container;
 
 /// Version of the JSON object layout; bumped on any incompatible change.
 pub const JSON_VERSION: u32 = 1;
@@ -171,6 +173,36 @@ struct JsonPod<'a> {
     name: Option<&'a str>,
 }
 
+impl<'a> JsonOwner<'a> {
+    fn of(owner: &'a Owner) -> Self {
+        Self {
+            pid: owner.pid,
+            comm: &owner.comm,
+            cmdline: &owner.cmdline,
+        }
+    }
+}
+
+impl<'a> JsonContainer<'a> {
+    fn of(container: &'a Container) -> Self {
+        Self {
+            runtime: container.runtime.map(|runtime| runtime.name()),
+            id: &container.id,
+        }
+    }
+}
+
+impl<'a> JsonPod<'a> {
+    fn of(pod: &'a Pod) -> Self {
+        Self {
+            uid: &pod.uid,
+            qos: pod.qos.name(),
+            namespace: pod.namespace.as_deref(),
+            name: pod.name.as_deref(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonReport<'a> {
     version: u32,
@@ -280,15 +312,7 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
         unattributed_closes: totals.unattributed_closes,
         pid: first_owner.map(|owner| owner.pid),
         comm: first_owner.map(|owner| owner.comm.as_str()),
-        owners: report
-            .owners
-            .iter()
-            .map(|owner| JsonOwner {
-                pid: owner.pid,
-                comm: &owner.comm,
-                cmdline: &owner.cmdline,
-            })
-            .collect(),
+        owners: report.owners.iter().map(JsonOwner::of).collect(),
         accepted: hooks.has(Capability::Accept).then_some(report.accepted),
         server_closed: hooks.has(Capability::Close).then_some(report.server_closed),
         upgraded: hooks.has(Capability::Turns).then_some(report.upgraded),
@@ -304,20 +328,8 @@ fn render_json(report: &ListenerReport, totals: &IntervalTotals) -> String {
             .collect(),
         cgroup: report.cgroup.as_deref(),
         unit: report.workload.unit.as_deref(),
-        container: report
-            .workload
-            .container
-            .as_ref()
-            .map(|container| JsonContainer {
-                runtime: container.runtime.map(|runtime| runtime.name()),
-                id: &container.id,
-            }),
-        pod: report.workload.pod.as_ref().map(|pod| JsonPod {
-            uid: &pod.uid,
-            qos: pod.qos.name(),
-            namespace: pod.namespace.as_deref(),
-            name: pod.name.as_deref(),
-        }),
+        container: report.workload.container.as_ref().map(JsonContainer::of),
+        pod: report.workload.pod.as_ref().map(JsonPod::of),
     };
     serde_json::to_string(&json).expect("a report always serialises")
 }

@@ -321,97 +321,16 @@ fn read_report(socket: &OwnedFd, timeout: Duration) -> anyhow::Result<Report> {
 
 /// The body of a holder process; see [`HolderPlan`]. Only async-signal-safe system calls and
 /// integer arithmetic that cannot overflow or panic, since this runs in a fork of a possibly
-/// multi-threaded process.
+/// multi-threaded process (the functions it calls keep to that too).
 fn hold(plan: &HolderPlan, parent: RawFd) -> ! {
     // SAFETY (whole body): raw system calls on descriptors this process owns, with pointers to
     // live locals of the right sizes.
     unsafe {
-        // Inherited descriptors other than ours would keep other holders' socket pairs (and
-        // whatever else the parent had open) alive after the parent closes them.
-        let (low, high) = if plan.listener < parent {
-            (plan.listener, parent)
-        } else {
-            (parent, plan.listener)
-        };
-        close_range(3, low - 1);
-        close_range(low + 1, high - 1);
-        close_range(high + 1, libc::c_int::MAX);
-
-        // The parent raised its soft limit (and the hard one, where it could); this only
-        // matters when the parent's soft limit was lowered again since.
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                report_and_exit(parent, 6, plan.start);
-            }
-        }
-
-        // Abortive close for the client ends: when this process exits, each connection is
-        // reset instead of leaving a TIME_WAIT entry that would hold its source port (and a
-        // slot in the kernel's TIME_WAIT table) for a minute, making an immediate rerun fail.
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        keep_only(plan.listener, parent);
+        raise_descriptor_limit(plan, parent);
         let mut index = plan.start;
         while index < plan.end {
-            let client = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            if client < 0 {
-                report_and_exit(parent, 1, index);
-            }
-            if libc::setsockopt(
-                client,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast::<libc::c_void>(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            ) != 0
-            {
-                report_and_exit(parent, 2, index);
-            }
-            // `index / per_source` is small (checked by the parent), so this cannot wrap.
-            let group = (index / plan.per_source) as u32;
-            let source = libc::sockaddr_in {
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: plan.first_source.wrapping_add(group).to_be(),
-                },
-                ..plan.target
-            };
-            if libc::bind(
-                client,
-                (&raw const source).cast::<libc::sockaddr>(),
-                SOCKADDR_IN_LEN,
-            ) != 0
-            {
-                report_and_exit(parent, 3, index);
-            }
-            // No signal handlers here, so connect() is not interrupted: only a fatal signal
-            // could stop it.
-            if libc::connect(
-                client,
-                (&raw const plan.target).cast::<libc::sockaddr>(),
-                SOCKADDR_IN_LEN,
-            ) != 0
-            {
-                report_and_exit(parent, 4, index);
-            }
-            // The connection just made is queued on the listener; no other process connects
-            // to it while this holder runs, since holders run one after another.
-            if libc::accept4(
-                plan.listener,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            ) < 0
-            {
-                report_and_exit(parent, 5, index);
-            }
+            connect_and_accept(plan, parent, index);
             index += 1;
         }
         // Nothing else needs the listener; holding it would keep the port bound if the parent
@@ -427,6 +346,122 @@ fn hold(plan: &HolderPlan, parent: RawFd) -> ! {
         let mut byte = 0u8;
         while libc::read(parent, (&raw mut byte).cast::<libc::c_void>(), 1) > 0 {}
         libc::_exit(0)
+    }
+}
+
+/// Closes every inherited descriptor but `listener`, `parent` and the standard three: others
+/// would keep other holders' socket pairs (and whatever else the parent had open) alive after
+/// the parent closes them.
+///
+/// # Safety
+///
+/// In a fresh holder, which owns every descriptor it has.
+unsafe fn keep_only(listener: RawFd, parent: RawFd) {
+    let (low, high) = if listener < parent {
+        (listener, parent)
+    } else {
+        (parent, listener)
+    };
+    // SAFETY: the caller's promise.
+    unsafe {
+        close_range(3, low - 1);
+        close_range(low + 1, high - 1);
+        close_range(high + 1, libc::c_int::MAX);
+    }
+}
+
+/// The parent raised its soft limit (and the hard one, where it could); this only matters when
+/// the parent's soft limit was lowered again since. Reports failure 6 and exits if it cannot.
+///
+/// # Safety
+///
+/// In a holder, whose `parent` descriptor is its report socket.
+unsafe fn raise_descriptor_limit(plan: &HolderPlan, parent: RawFd) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls with a pointer to a live local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                report_and_exit(parent, 6, plan.start);
+            }
+        }
+    }
+}
+
+/// Makes connection `index` of the plan from its source address and accepts it, so that this
+/// process holds both ends; reports which step failed (1 to 5) and exits if one does.
+///
+/// # Safety
+///
+/// In a holder, whose `parent` descriptor is its report socket.
+unsafe fn connect_and_accept(plan: &HolderPlan, parent: RawFd, index: usize) {
+    // Abortive close for the client ends: when this process exits, each connection is reset
+    // instead of leaving a TIME_WAIT entry that would hold its source port (and a slot in the
+    // kernel's TIME_WAIT table) for a minute, making an immediate rerun fail.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // `index / per_source` is small (checked by the parent), so this cannot wrap.
+    let group = (index / plan.per_source) as u32;
+    let source = libc::sockaddr_in {
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: plan.first_source.wrapping_add(group).to_be(),
+        },
+        ..plan.target
+    };
+    // SAFETY: raw system calls on descriptors this process owns, with pointers to live locals
+    // of the right sizes.
+    unsafe {
+        let client = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if client < 0 {
+            report_and_exit(parent, 1, index);
+        }
+        if libc::setsockopt(
+            client,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast::<libc::c_void>(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        ) != 0
+        {
+            report_and_exit(parent, 2, index);
+        }
+        if libc::bind(
+            client,
+            (&raw const source).cast::<libc::sockaddr>(),
+            SOCKADDR_IN_LEN,
+        ) != 0
+        {
+            report_and_exit(parent, 3, index);
+        }
+        // No signal handlers here, so connect() is not interrupted: only a fatal signal could
+        // stop it.
+        if libc::connect(
+            client,
+            (&raw const plan.target).cast::<libc::sockaddr>(),
+            SOCKADDR_IN_LEN,
+        ) != 0
+        {
+            report_and_exit(parent, 4, index);
+        }
+        // The connection just made is queued on the listener; no other process connects to it
+        // while this holder runs, since holders run one after another.
+        if libc::accept4(
+            plan.listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        ) < 0
+        {
+            report_and_exit(parent, 5, index);
+        }
     }
 }
 

@@ -194,6 +194,12 @@ impl Metrics {
             Unit::Seconds,
             self.closing_seconds.clone(),
         );
+        self.register_loss_counters(registry);
+        self.register_capability_counters(registry);
+    }
+
+    /// What the daemon or the kernel could not count, and what it corrected.
+    fn register_loss_counters(&self, registry: &mut Registry) {
         registry.register(
             "lost_events",
             "Kernel events dropped because the ring buffer was full",
@@ -229,6 +235,10 @@ impl Metrics {
             "Sessions not counted: HTTP/2 streams beyond the limit open on one connection",
             self.sessions_untracked.clone(),
         );
+    }
+
+    /// Counters of the capabilities a kernel may lack (absent without their hook).
+    fn register_capability_counters(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
             "Connections the server accepted (absent where the kernel has no accept hook)",
