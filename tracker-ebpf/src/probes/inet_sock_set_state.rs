@@ -230,16 +230,7 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, config: &Config, kind: Even
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         if kind == EventKind::ConnOpen {
-            // The daemon is never told of it; tracked unreported, its close is still counted.
-            let tracked = track_connection(skaddr, now, |track| {
-                track.opened_ns = now;
-                track.endpoint = local;
-                track.unreported = 1;
-            });
-            if !tracked {
-                count_lost(TRACK_FULL_SLOT);
-            }
-            count_total(&local, Total::Opened, now);
+            open_unreported(skaddr, now, local);
         }
         return;
     };
@@ -287,6 +278,21 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, config: &Config, kind: Even
         detail,
     );
     submit(entry);
+}
+
+/// A connection opened at `now` while the ring was full: the daemon is never told of it, but
+/// tracked unreported its turns and close are still counted.
+#[inline(always)]
+fn open_unreported(skaddr: u64, now: u64, local: Endpoint) {
+    let tracked = track_connection(skaddr, now, |track| {
+        track.opened_ns = now;
+        track.endpoint = local;
+        track.unreported = 1;
+    });
+    if !tracked {
+        count_lost(TRACK_FULL_SLOT);
+    }
+    count_total(&local, Total::Opened, now);
 }
 
 /// The server closed connection `skaddr`, which the kernel still has to finish: for the
