@@ -12,7 +12,7 @@ use cargo_metadata::{Artifact, Message};
 const TOOLCHAIN: &str = "nightly";
 
 /// Compiles `tracker-ebpf` for the BPF target (nightly, `-Z build-std=core`, bpf-linker) and
-/// leaves the object in `OUT_DIR/tracker-probes`, which `src/bpf.rs` embeds.
+/// leaves the object in `OUT_DIR/tracker-probes`, which `src/kernel/bpf.rs` embeds.
 ///
 /// Cargo replays a build script's `cargo:warning` lines on every later build, even one with
 /// nothing to do: only the eBPF compiler's diagnostics (and the inner cargo's own warnings)

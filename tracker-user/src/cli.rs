@@ -10,8 +10,8 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
 use tracker_common::{CONNECT_TARGETS_MAX_ENTRIES, PORTS_MAX_ENTRIES};
 
+use crate::host::tcp_table::TableSource;
 use crate::sink::lines::Format;
-use crate::tcp_table::TableSource;
 
 /// Per-listener TCP occupancy of unmodified servers, observed from the kernel with eBPF.
 ///
@@ -116,7 +116,7 @@ pub struct Flags {
     /// Serve every capability that has such a hook with this kind only, failing if the
     /// kernel refuses it (the fallback paths, for tests and cost comparison).
     #[arg(long, global = true, hide = true, value_name = "KIND")]
-    pub hooks: Option<crate::hooks::HookKind>,
+    pub hooks: Option<crate::kernel::hooks::HookKind>,
 
     /// Have the kernel account the eBPF programs' run time and log each program's runs and
     /// nanoseconds at exit (for benchmarks; the accounting itself costs a little).

@@ -1,7 +1,7 @@
 //! The daemon's event loop: attach, then apply kernel events to the [`Observer`] as they come
 //! and print a report every interval, until the shutdown future resolves.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,18 +9,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::bpf::{self, EventRing, KernelLog, LossCounters, ProbeOptions, Probes};
 use crate::event::Event;
-use crate::hooks::Capability;
+use crate::host::procfs;
+use crate::host::tcp_table::{HeldConnections, TableSource, TcpTable};
+use crate::host::time_wait::HandoverWatch;
+use crate::host::workload::Workloads;
+use crate::kernel::bpf::{self, EventRing, KernelLog, LossCounters, ProbeOptions, Probes};
+use crate::kernel::hooks::Capability;
+use crate::kernel::tls::TlsLibraries;
 use crate::model::Nanos;
 use crate::observer::{Applied, Observer, TurnLeftOpen};
-use crate::procfs;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
-use crate::tcp_table::{HeldConnections, TableSource, TcpTable};
-use crate::time_wait::HandoverWatch;
-use crate::tls::TlsLibraries;
 use crate::tracker_id::TrackerId;
-use crate::workload::Workloads;
 
 /// How often the daemon collects events that the kernel queued without waking it. Short
 /// enough that the ring (millions of bytes) cannot fill in between at any rate this host
@@ -54,25 +54,11 @@ const OWNERLESS_LOOKUP_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Options {
     pub interval: Duration,
-    pub ports: Option<BTreeSet<u16>>,
     pub duration: Option<Duration>,
-    pub ring_bytes: Option<u32>,
-    /// Capacity of the kernel's table of tracked connections (None: the default).
-    pub tracked_entries: Option<u32>,
-    /// Count sessions from payload.
-    pub sessions: bool,
-    /// Attach no turns hook (`--connections-only`).
-    pub connections_only: bool,
-    /// Use only classic tracepoints (the fallback hooks).
-    pub classic_tracepoints: bool,
-    /// Use only this kind of hook where a capability has one (`--hooks`).
-    pub forced_hooks: Option<crate::hooks::HookKind>,
-    /// Account the eBPF programs' run time and log it at exit.
-    pub bpf_stats: bool,
-    /// Destinations whose outbound connections are tracked.
-    pub connect: Vec<std::net::SocketAddr>,
     /// Where the kernel's table of TCP sockets is read from.
     pub tcp_table: TableSource,
+    /// What is loaded and attached, and how (ports, sessions, hooks, sizes).
+    pub probes: ProbeOptions,
 }
 
 /// Runs until `shutdown` resolves or `options.duration` elapses, then prints a final report.
@@ -82,18 +68,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     sink: &mut dyn ReportSink,
 ) -> anyhow::Result<()> {
-    let probe_options = ProbeOptions {
-        ports: options.ports.clone(),
-        ring_bytes: options.ring_bytes,
-        tracked_entries: options.tracked_entries,
-        sessions: options.sessions,
-        connect: options.connect.clone(),
-        classic_tracepoints: options.classic_tracepoints,
-        connections_only: options.connections_only,
-        forced_hooks: options.forced_hooks,
-        run_time_stats: options.bpf_stats,
-    };
-    let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&probe_options)?;
+    let (probes, mut ring, mut kernel_log) = bpf::load_and_attach(&options.probes)?;
     // Loading parsed the kernel's BTF (megabytes of type names), the daemon's largest
     // allocation, now freed: give it back rather than keep it resident for the daemon's life.
     release_free_memory();
@@ -194,8 +169,8 @@ impl State {
         // Called after attaching: a listener opened in between is then seen by both the scan
         // and the programs, never by neither.
         let mut state = Self {
-            observer: Observer::new(options.ports.clone())
-                .with_connect_targets(&options.connect)
+            observer: Observer::new(options.probes.ports.clone())
+                .with_connect_targets(&options.probes.connect)
                 .with_own_netns(procfs::own_netns().unwrap_or(0))
                 .with_life_start(probes.hooks.life_start()),
             probes,
@@ -234,6 +209,7 @@ impl State {
             "watching {} listener(s){}; reading the TCP table from {}",
             state.observer.listener_addrs().count(),
             options
+                .probes
                 .ports
                 .as_ref()
                 .map_or_else(String::new, |ports| format!(
@@ -470,7 +446,7 @@ impl State {
     }
 
     /// Ends the closing phases of the connections whose time-wait socket has left FIN_WAIT2
-    /// (see [`crate::time_wait`]), before the kernel's totals are read.
+    /// (see [`crate::host::time_wait`]), before the kernel's totals are read.
     fn end_handed_over_closings(&mut self) -> anyhow::Result<()> {
         let Some(diag) = self.table.sock_diag() else {
             return Ok(());
@@ -521,9 +497,12 @@ impl State {
                 .iter()
                 .find_map(|owner| self.tls.library_of(owner.pid))
                 .map(str::to_owned);
-            self.tls.warn_if_opaque(report);
+            if report.tls.opaque && report.tls_library.is_none() {
+                self.tls.warn_opaque(&report.id, &report.owners);
+            }
         }
-        self.workloads.describe(&mut reports, &mut self.observer);
+        self.observer
+            .describe_workloads(&mut reports, &mut self.workloads);
         // Owners known from listen() events carry no command line yet.
         for owner in reports
             .iter_mut()

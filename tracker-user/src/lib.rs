@@ -1,37 +1,27 @@
 //! tracker: per-listener TCP occupancy from kernel events.
 //!
-//! * [`model`]: the connection tracker (plain Rust, no I/O), a port of the original library.
+//! The tree follows the flow, grouped by what each part talks to:
+//! * [`kernel`]: the eBPF programs loaded and attached (with the fallbacks each capability
+//!   has), the kernel's BTF, tracefs, its gauges and totals, and servers' TLS libraries.
+//! * [`host`]: the host's own tables: processes (`/proc`), the kernel's TCP sockets
+//!   (`sock_diag`), time-wait sockets, cgroups and who runs in them, privileges.
 //! * [`event`], [`observer`]: kernel events decoded and mapped onto one tracker per listener
-//!   or destination.
-//! * [`procfs`], [`tcp_table`], [`tracefs`], [`bpf`], [`tls`]: what the daemon reads from and
-//!   attaches to the kernel (and to servers' TLS libraries).
-//! * [`tracker_id`]: the identity every tracker's report goes by.
-//! * [`cli`]: the command line, and the man page and shell completions made from it.
-//! * [`workload`]: the systemd unit, container and pod a listener's cgroup names.
-//! * [`time_wait`]: the ends of closing phases the kernel hands on to time-wait sockets.
-//! * [`daemon`]: the event loop; [`sink`]: where reports go (lines, Prometheus, the live view).
+//!   or destination; [`model`]: the connection tracker itself (plain Rust, no I/O), a port of
+//!   the original library, and [`sessions`], what payload turns into sessions.
+//! * [`sink`]: where reports go (lines, Prometheus, the live view).
+//! * [`daemon`]: the event loop joining them; [`cli`]: the command line, and the man page and
+//!   shell completions made from it; [`tracker_id`]: the identity every report goes by.
 
-pub mod bpf;
-pub mod bpf_atomics;
-pub mod btf;
 pub mod cli;
 pub mod daemon;
 pub mod event;
-pub mod hooks;
-pub mod kernel_gauges;
+pub mod host;
+pub mod kernel;
 pub mod log_pipe;
 pub mod model;
 pub mod observer;
-pub mod privileges;
-pub mod procfs;
-mod prog_info;
 pub mod sessions;
 pub mod sink;
-pub mod tcp_table;
 #[cfg(test)]
 mod test_writer;
-pub mod time_wait;
-pub mod tls;
-pub mod tracefs;
 pub mod tracker_id;
-pub mod workload;

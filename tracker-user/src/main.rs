@@ -14,11 +14,13 @@ use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracker::cli::{Cli, Command};
 use tracker::daemon::{self, Options};
+use tracker::host::privileges;
+use tracker::kernel::bpf::ProbeOptions;
+use tracker::log_pipe;
 use tracker::sink::lines::{Format, LineWriter};
 use tracker::sink::prometheus::PrometheusSink;
 use tracker::sink::top::{self, TopView};
 use tracker::sink::{ReportSink, RunningTotals, Tee};
-use tracker::{log_pipe, privileges};
 
 fn main() -> ExitCode {
     let cli = match parse_command_line() {
@@ -115,18 +117,20 @@ fn settings(cli: &Cli, live_view: bool) -> (Options, Outputs) {
     let flags = &cli.flags;
     let options = Options {
         interval: flags.interval,
-        ports: (!flags.ports.is_empty())
-            .then(|| flags.ports.iter().copied().collect::<BTreeSet<_>>()),
         duration: flags.duration,
-        ring_bytes: flags.ring_bytes,
-        tracked_entries: flags.tracked_entries,
-        sessions: !flags.no_sessions && !flags.connections_only,
-        connections_only: flags.connections_only,
-        classic_tracepoints: flags.classic_tracepoints,
-        forced_hooks: flags.hooks,
-        bpf_stats: flags.bpf_stats,
-        connect: flags.connect.clone(),
         tcp_table: flags.tcp_table,
+        probes: ProbeOptions {
+            ports: (!flags.ports.is_empty())
+                .then(|| flags.ports.iter().copied().collect::<BTreeSet<_>>()),
+            ring_bytes: flags.ring_bytes,
+            tracked_entries: flags.tracked_entries,
+            sessions: !flags.no_sessions && !flags.connections_only,
+            connect: flags.connect.clone(),
+            classic_tracepoints: flags.classic_tracepoints,
+            connections_only: flags.connections_only,
+            forced_hooks: flags.hooks,
+            run_time_stats: flags.bpf_stats,
+        },
     };
     let outputs = Outputs {
         format: flags.format,

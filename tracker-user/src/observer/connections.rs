@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use tracker_common::proto::{FrameHeader, Protocol};
 
 use super::listeners::Listener;
-use super::reconcile::Adoption;
 use super::report::ClosedConnection;
 use super::{Applied, LifeStart, Observer};
 use crate::event::{Netns, SockId};
@@ -77,6 +76,16 @@ impl ConnRef {
         }
         self.busy = false;
     }
+}
+
+/// Why a connection was taken from the kernel's table rather than seen open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Adoption {
+    /// It predates the daemon: the kernel never counted it, open or closed, unless it was
+    /// asked to follow it in time.
+    BeforeStart,
+    /// Its open event was lost: the kernel counted its open and counts its close.
+    OpenLost,
 }
 
 /// What the observer knew of a connection it closes.
@@ -156,7 +165,7 @@ impl Observer {
         {
             // It opened between the attach and the start-up scan: the kernel counted its
             // open after all.
-            listener.daemon_counts.withdraw_open(adopted_at);
+            listener.ledger.daemon.withdraw_open(adopted_at);
         }
         // Where lives start at the accept, one adopted meanwhile is in the tracker already,
         // and one the kernel could not track starts now: its accept will not be seen.

@@ -143,8 +143,8 @@ impl Observer {
     pub fn apply_kernel_totals(&mut self, totals: &[(Endpoint, EndpointTotals)], now: Nanos) {
         let mut baseline = self.kernel_totals.take().unwrap_or_default();
         for listener in self.listeners.values_mut() {
-            listener.closing = 0;
-            listener.busy = listener.daemon_counts.busy_now();
+            listener.ledger.closing = 0;
+            listener.ledger.busy = listener.ledger.daemon.busy_now();
         }
         for &(endpoint, kernel) in totals {
             let current = self.with_closing_ends(endpoint, kernel);
@@ -177,7 +177,7 @@ impl Observer {
                 ),
             };
             let counted = lives.since(&lives_before);
-            let counts = &mut listener.kernel_counts;
+            let counts = &mut listener.ledger.counts;
             counts.opened = counts.opened.wrapping_add(counted.started);
             counts.closed = counts.closed.wrapping_add(counted.ended);
             counts.conn_ns = counts.conn_ns.wrapping_add(
@@ -196,8 +196,11 @@ impl Observer {
                     .busy_ns_at(now)
                     .wrapping_sub(before.busy_ns_at(baseline.at)),
             );
-            listener.closing = listener.closing.wrapping_add(current.closing.running());
-            listener.busy = listener.busy.wrapping_add(current.busy_now());
+            listener.ledger.closing = listener
+                .ledger
+                .closing
+                .wrapping_add(current.closing.running());
+            listener.ledger.busy = listener.ledger.busy.wrapping_add(current.busy_now());
         }
         baseline.at = now;
         self.kernel_totals = Some(baseline);
@@ -206,7 +209,7 @@ impl Observer {
 
 impl Observer {
     /// The closing phase of a connection at `endpoint` that the kernel handed on to a
-    /// time-wait socket ended at `at` (see [`crate::time_wait`]): the kernel counted its start
+    /// time-wait socket ended at `at` (see [`crate::host::time_wait`]): the kernel counted its start
     /// and leaves its end, and its close, to the daemon.
     pub fn end_handed_over_closing(&mut self, endpoint: Endpoint, at: Nanos) {
         let ends = self.closing_ends.entry(endpoint).or_default();
@@ -227,18 +230,30 @@ impl Observer {
     }
 }
 
-impl super::listeners::Listener {
+/// What the kernel counted of one listener, with the daemon's own counts of what the kernel
+/// could not (connections it adopted, closes it found itself). A listener holds one.
+#[derive(Debug, Default)]
+pub(super) struct KernelLedger {
+    /// The kernel's count of connections opened and closed since the last report.
+    pub(super) counts: KernelCounts,
+    /// Opens and closes the kernel could not count, which the daemon adds to its counts.
+    pub(super) daemon: DaemonCounts,
+    /// Connections the server has closed and the kernel is still finishing, by the kernel's
+    /// count when last applied (wrapping, see [`KernelLedger::closing_now`]).
+    pub(super) closing: u64,
+    /// Connections busy now by the kernel's count of turns when last applied (wrapping, see
+    /// [`KernelLedger::busy_now`]).
+    pub(super) busy: u64,
+}
+
+impl KernelLedger {
     /// The interval's counts by the kernel and the daemon's own, up to `now`, and a fresh
     /// interval. Connection time that comes out negative (readings of the per-CPU totals taken
     /// while a connection opened on one CPU and closed on another) counts as none.
-    pub(super) fn take_kernel_counts(&mut self, now: Nanos) -> KernelCounts {
-        let mut counts = std::mem::take(&mut self.kernel_counts);
-        counts.conn_ns = counts
-            .conn_ns
-            .wrapping_add(self.daemon_counts.conn_ns_until(now));
-        counts.busy_ns = counts
-            .busy_ns
-            .wrapping_add(self.daemon_counts.busy_ns_until(now));
+    pub(super) fn take_counts(&mut self, now: Nanos) -> KernelCounts {
+        let mut counts = std::mem::take(&mut self.counts);
+        counts.conn_ns = counts.conn_ns.wrapping_add(self.daemon.conn_ns_until(now));
+        counts.busy_ns = counts.busy_ns.wrapping_add(self.daemon.busy_ns_until(now));
         for ns in [
             &mut counts.conn_ns,
             &mut counts.closing_ns,

@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rustc_hash::FxHashSet;
 
-use super::kernel_totals::{DaemonCounts, KernelCounts, TurnLeftOpen};
-use super::report::ClosedConnection;
+use super::kernel_totals::{KernelLedger, TurnLeftOpen};
+use super::report::{ClosedConnection, ListenerReport};
 use super::{Applied, Observer, Owner};
 use crate::event::{Netns, SockId};
+use crate::host::workload::{Workloads, proc_cgroup};
 use crate::model::{Nanos, Tracker};
 use crate::tracker_id::{Role, TrackerId};
 
@@ -43,22 +44,14 @@ pub(super) struct Listener {
     pub(super) server_closed: u64,
     /// Connections whose server answered `101 Switching Protocols` since the last report.
     pub(super) upgraded: u64,
-    /// The kernel's count of connections opened and closed since the last report (see
-    /// [`Observer::apply_kernel_totals`]).
-    pub(super) kernel_counts: KernelCounts,
-    /// Opens and closes the kernel could not count, which the daemon adds to its counts.
-    pub(super) daemon_counts: DaemonCounts,
+    /// What the kernel counted of it, with the daemon's counts of what the kernel could not
+    /// (see [`Observer::apply_kernel_totals`]).
+    pub(super) ledger: KernelLedger,
     /// The interval's peak by the kernel's live gauge, before the daemon's own counts are
     /// added (see [`Observer::apply_live_gauges`]); `None` when no gauge speaks for it.
     pub(super) kernel_peak: Option<i64>,
     /// The interval's busy peak by the kernel's live gauge, likewise.
     pub(super) kernel_busy_peak: Option<i64>,
-    /// Connections the server has closed and the kernel is still finishing, by the kernel's
-    /// count when last applied (wrapping, see [`Listener::closing_now`]).
-    pub(super) closing: u64,
-    /// Its connections busy now by the kernel's count of turns when last applied (wrapping,
-    /// see [`Listener::busy_now`]).
-    pub(super) busy: u64,
     /// What its connections showed of TLS.
     pub(super) tls: TlsSeen,
     /// The cgroup of the process that opened it (the last one to call `listen()` on it), or
@@ -107,12 +100,9 @@ impl Listener {
             accepted: 0,
             server_closed: 0,
             upgraded: 0,
-            kernel_counts: KernelCounts::default(),
-            daemon_counts: DaemonCounts::default(),
+            ledger: KernelLedger::default(),
             kernel_peak: None,
             kernel_busy_peak: None,
-            closing: 0,
-            busy: 0,
             tls: TlsSeen::default(),
             cgroup: None,
         }
@@ -121,8 +111,8 @@ impl Listener {
     /// A close of one of its connections that the kernel could not count, found at `at`, with
     /// the turn the kernel left open in it.
     pub(super) fn count_close_for_kernel(&mut self, at: Nanos, turn: Option<TurnLeftOpen>) {
-        self.kernel_counts.closed += 1;
-        self.daemon_counts.closed(at, turn);
+        self.ledger.counts.closed += 1;
+        self.ledger.daemon.closed(at, turn);
     }
 
     pub(super) fn is_listening(&self) -> bool {
@@ -181,6 +171,36 @@ impl Observer {
                 None => listener.owners.retain(|owner| alive(owner.pid)),
             }
         }
+    }
+
+    /// Fills in who runs each listener of `reports`. A listener found by a scan rather than
+    /// seen opening takes the cgroup of its first owner that still runs, kept from then on.
+    pub fn describe_workloads(
+        &mut self,
+        reports: &mut [ListenerReport],
+        workloads: &mut Workloads,
+    ) {
+        for report in reports.iter_mut() {
+            if report.cgroup.is_none() && report.id.role == Role::Listen {
+                report.cgroup = report
+                    .owners
+                    .iter()
+                    .find_map(|owner| proc_cgroup(owner.pid));
+                if let Some(cgroup) = &report.cgroup {
+                    self.set_cgroup(report.id, cgroup.clone());
+                }
+            }
+            if let Some(cgroup) = &report.cgroup {
+                report.workload = workloads.of(cgroup);
+                // The text line prints the snapshot's name.
+                report.snapshot.name = report.name();
+            }
+        }
+        let in_use: Vec<Option<&str>> = reports
+            .iter()
+            .map(|report| report.cgroup.as_deref())
+            .collect();
+        workloads.forget_unused(&in_use);
     }
 
     /// Sets the cgroup of listener `id` where no `listen()` event gave one (a listener found

@@ -98,7 +98,7 @@ impl super::listeners::Listener {
     pub(super) fn peak_by_kernel(&self, curr: usize) -> Option<usize> {
         let peak = self
             .kernel_peak?
-            .wrapping_add(self.daemon_counts.running() as i64);
+            .wrapping_add(self.ledger.daemon.running() as i64);
         Some(usize::try_from(peak).unwrap_or(0).max(curr))
     }
 
@@ -107,7 +107,7 @@ impl super::listeners::Listener {
     pub(super) fn busy_peak_by_kernel(&self, busy: usize) -> Option<usize> {
         let peak = self
             .kernel_busy_peak?
-            .wrapping_add(self.daemon_counts.busy_now() as i64);
+            .wrapping_add(self.ledger.daemon.busy_now() as i64);
         Some(usize::try_from(peak).unwrap_or(0).max(busy))
     }
 }

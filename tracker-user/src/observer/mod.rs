@@ -40,9 +40,9 @@ use rustc_hash::FxHashMap;
 use crate::event::{Event, Netns, SockId};
 use crate::tracker_id::TrackerId;
 
-pub use crate::hooks::LifeStart;
-pub use crate::kernel_gauges::GaugeReading;
-pub use crate::procfs::Owner;
+pub use crate::host::procfs::Owner;
+pub use crate::kernel::gauges::GaugeReading;
+pub use crate::kernel::hooks::LifeStart;
 use connections::ConnRef;
 pub use kernel_totals::TurnLeftOpen;
 use listeners::Listener;
@@ -82,7 +82,7 @@ pub struct Observer {
     conns: FxHashMap<SockId, ConnRef>,
     /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
     /// remote). Their close arrives with a socket address the observer never saw.
-    adopted: FxHashMap<(TrackerId, SocketAddr), reconcile::Adoption>,
+    adopted: FxHashMap<(TrackerId, SocketAddr), connections::Adoption>,
     ports: Option<BTreeSet<u16>>,
     stats: ObserverStats,
     /// The kernel's totals per local endpoint as of the last report, once the daemon passes

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use super::connections::Closing;
+use super::connections::{Adoption, Closing};
 use super::{Observer, TurnLeftOpen};
 use crate::event::SockId;
 use crate::model::{ConnState, Nanos};
@@ -43,16 +43,6 @@ impl Discrepancies {
     }
 }
 
-/// Why a connection was taken from the kernel's table rather than seen open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Adoption {
-    /// It predates the daemon: the kernel never counted it, open or closed, unless it was
-    /// asked to follow it in time.
-    BeforeStart,
-    /// Its open event was lost: the kernel counted its open and counts its close.
-    OpenLost,
-}
-
 impl Observer {
     /// Takes a connection that predates the daemon into the tracker of its listener (see
     /// [`Observer::adopt_as`]).
@@ -88,7 +78,7 @@ impl Observer {
         listener.unknown_open += 1;
         if adoption == Adoption::BeforeStart {
             // The kernel never counted its open: its time counts from now, as in the model.
-            listener.daemon_counts.opened_before_start(now);
+            listener.ledger.daemon.opened_before_start(now);
         }
         self.adopted.insert((id, remote), adoption);
         Some(id.addr)

@@ -1,9 +1,9 @@
 //! Report assembly: one [`ListenerReport`] per tracker and interval.
 
 use super::{Observer, Owner, TlsSeen, accept_queue};
+use crate::host::workload::Workload;
 use crate::model::{Nanos, Snapshot};
 use crate::tracker_id::{Role, TrackerId};
-use crate::workload::Workload;
 
 /// One tracker's report for one interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +175,7 @@ impl Observer {
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
                 state.accept_queue_peak = state.accept_queue;
                 let mut snapshot = state.tracker.snapshot(now, true);
-                let kernel_counts = state.take_kernel_counts(now);
+                let kernel_counts = state.ledger.take_counts(now);
                 let queue_known = accept_queue::sampled(&id);
                 let from_kernel = self.kernel_totals.is_some() && id.role == Role::Listen;
                 if from_kernel {
@@ -186,7 +186,7 @@ impl Observer {
                         snapshot.peak = peak;
                     }
                     snapshot.active_for_ns = kernel_counts.busy_ns;
-                    snapshot.busy = usize::try_from(state.busy_now()).unwrap_or(usize::MAX);
+                    snapshot.busy = usize::try_from(state.ledger.busy_now()).unwrap_or(usize::MAX);
                     snapshot.busy_peak = state
                         .busy_peak_by_kernel(snapshot.busy)
                         .unwrap_or(snapshot.busy_peak.max(snapshot.busy));
@@ -207,7 +207,11 @@ impl Observer {
                     accepted: std::mem::take(&mut state.accepted),
                     server_closed: std::mem::take(&mut state.server_closed),
                     upgraded: std::mem::take(&mut state.upgraded),
-                    closing: if from_kernel { state.closing_now() } else { 0 },
+                    closing: if from_kernel {
+                        state.ledger.closing_now()
+                    } else {
+                        0
+                    },
                     closing_ns: if from_kernel {
                         kernel_counts.closing_ns
                     } else {

@@ -8,13 +8,13 @@ use serde::Serialize;
 
 use super::output_thread::{Offer, OutputThread};
 use super::{Flow, IntervalTotals, ReportBatch, ReportSink};
-use crate::hooks::{Capability, LifeStart};
+use crate::host::workload::Pod;
+use crate::host::workload::cgroup_path::Container;
+use crate::kernel::hooks::{Capability, LifeStart};
 use crate::model::{ErrorKind, secs_to_tenths};
 use crate::observer::{ListenerReport, Owner};
 use crate::tracker_id::Role;
 use crate::tracker_id::TrackerId;
-use crate::workload::Pod;
-use crate::workload::cgroup_path::Container;
 
 /// Version of the JSON object layout; bumped on any incompatible change.
 pub const JSON_VERSION: u32 = 1;
@@ -339,9 +339,9 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
 
-    use crate::hooks::HookChoice;
+    use crate::host::workload::cgroup_path::{Container, Qos, Runtime};
+    use crate::kernel::hooks::HookChoice;
     use crate::model::Tracker;
-    use crate::workload::cgroup_path::{Container, Qos, Runtime};
 
     fn sample() -> ListenerReport {
         let mut tracker = Tracker::new("[::1]:8080");
@@ -422,13 +422,13 @@ mod tests {
         let uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
         let report = ListenerReport {
             cgroup: Some(format!("/kubepods/besteffort/pod{uid}/{}", "a".repeat(64))),
-            workload: crate::workload::Workload {
+            workload: crate::host::workload::Workload {
                 unit: None,
                 container: Some(Container {
                     runtime: Some(Runtime::Containerd),
                     id: "a".repeat(64),
                 }),
-                pod: Some(crate::workload::Pod {
+                pod: Some(crate::host::workload::Pod {
                     uid: uid.to_owned(),
                     qos: Qos::BestEffort,
                     namespace: Some("shop".into()),

@@ -14,7 +14,7 @@ pub mod top;
 
 use std::collections::BTreeMap;
 
-use crate::hooks::HookChoice;
+use crate::kernel::hooks::HookChoice;
 use crate::observer::ListenerReport;
 use crate::tracker_id::TrackerId;
 

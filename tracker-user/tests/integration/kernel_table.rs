@@ -6,7 +6,7 @@ use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use tracker::tcp_table::{TableSource, TcpTable};
+use tracker::host::tcp_table::{TableSource, TcpTable};
 
 use crate::support::{Daemon, connect_many, max, note_for_this_kernel, sum};
 

@@ -228,7 +228,7 @@ fn the_kernel_takes_the_compare_and_swap_the_gauges_need() {
     // Every kernel of the matrix has it (5.12+): a probe that says otherwise is broken, and
     // the daemon would refuse to start.
     assert!(
-        tracker::bpf_atomics::compare_and_swap_supported().expect("running the probe"),
+        tracker::kernel::bpf_atomics::compare_and_swap_supported().expect("running the probe"),
         "the probe found no BPF compare-and-swap"
     );
 }

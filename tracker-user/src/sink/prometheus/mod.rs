@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
 use super::{Flow, ReportBatch, ReportSink};
-use crate::hooks::{Capability, HookChoice};
+use crate::kernel::hooks::{Capability, HookChoice};
 use crate::model::Nanos;
 use crate::observer::ListenerReport;
 use crate::tracker_id::{Role, TrackerId};

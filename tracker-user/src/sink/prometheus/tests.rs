@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use super::*;
-use crate::hooks::{Capability, HookChoice};
+use crate::kernel::hooks::{Capability, HookChoice};
 use crate::model::{ConnState, Tracker};
 use crate::observer::{ClosedConnection, Owner};
 use crate::sink::IntervalTotals;
@@ -325,8 +325,8 @@ fn owner_change_moves_gauges_but_keeps_counters() {
 /// `GET path` over a plain socket: the status code, the content type and the body.
 #[test]
 fn each_listener_has_one_info_series_naming_who_runs_it() {
-    use crate::workload::cgroup_path::{Container, Qos, Runtime};
-    use crate::workload::{Pod, Workload};
+    use crate::host::workload::cgroup_path::{Container, Qos, Runtime};
+    use crate::host::workload::{Pod, Workload};
 
     let mut sink = Inner::new();
     let mut tracker = Tracker::new("127.0.0.1:8080");

@@ -23,7 +23,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
-use crate::hooks::Capability;
+use crate::kernel::hooks::Capability;
 use crate::observer::ListenerReport;
 use crate::sink::{Flow, IntervalTotals, ReportBatch, ReportSink};
 

@@ -1,7 +1,7 @@
 //! The live view's tests, drawn on a test backend.
 
 use super::*;
-use crate::hooks::HookChoice;
+use crate::kernel::hooks::HookChoice;
 use crate::model::{ErrorKind, Snapshot};
 use crate::observer::Owner;
 use ratatui::backend::TestBackend;
@@ -360,8 +360,8 @@ fn namespaced_and_connect_trackers_show_their_full_names() {
 
 #[test]
 fn the_owner_column_names_the_pod_container_or_unit() {
-    use crate::workload::cgroup_path::{Container, Qos, Runtime};
-    use crate::workload::{Pod, Workload};
+    use crate::host::workload::cgroup_path::{Container, Qos, Runtime};
+    use crate::host::workload::{Pod, Workload};
 
     let mut unit = listener("127.0.0.1:1", 0, 0);
     unit.workload.unit = Some("nginx.service".into());

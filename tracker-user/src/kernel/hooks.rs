@@ -33,8 +33,8 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf};
 
-use crate::btf::KernelLayout;
-use crate::tracefs::{Tracefs, check_format};
+use crate::kernel::btf::KernelLayout;
+use crate::kernel::tracefs::{Tracefs, check_format};
 use table::HOOKS;
 
 /// What the daemon can measure, each served by one hook (or by none).

@@ -16,9 +16,6 @@ use std::collections::HashMap;
 
 use cgroup_path::{CgroupPath, Container, Qos};
 
-use crate::observer::{ListenerReport, Observer};
-use crate::tracker_id::Role;
-
 /// A Kubernetes pod as reported: its uid, QoS class, and the namespace and name the kubelet's
 /// log directory gives (None where there is none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,33 +78,8 @@ impl Workloads {
         self.cgroups.of_listener(id, pid)
     }
 
-    /// Fills in who runs each listener of `reports`. A listener found by a scan rather than
-    /// seen opening takes the cgroup of its first owner that still runs, kept by `observer`
-    /// from then on.
-    pub fn describe(&mut self, reports: &mut [ListenerReport], observer: &mut Observer) {
-        for report in reports.iter_mut() {
-            if report.cgroup.is_none() && report.id.role == Role::Listen {
-                report.cgroup = report
-                    .owners
-                    .iter()
-                    .find_map(|owner| proc_cgroup(owner.pid));
-                if let Some(cgroup) = &report.cgroup {
-                    observer.set_cgroup(report.id, cgroup.clone());
-                }
-            }
-            if let Some(cgroup) = &report.cgroup {
-                report.workload = self.of(cgroup);
-                // The text line prints the snapshot's name.
-                report.snapshot.name = report.name();
-            }
-        }
-        if self.by_path.len() > reports.len() {
-            self.retain(|path| reports.iter().any(|r| r.cgroup.as_deref() == Some(path)));
-        }
-    }
-
     /// Who runs in cgroup `path`.
-    fn of(&mut self, path: &str) -> Workload {
+    pub fn of(&mut self, path: &str) -> Workload {
         if let Some(known) = self.by_path.get(path) {
             return known.clone();
         }
@@ -134,8 +106,12 @@ impl Workloads {
         workload
     }
 
-    /// Forgets the paths no listener has any more (cgroups come and go with containers).
-    fn retain(&mut self, mut in_use: impl FnMut(&str) -> bool) {
-        self.by_path.retain(|path, _| in_use(path));
+    /// Forgets the paths of cgroups no listener is in any more (cgroups come and go with
+    /// containers): `in_use` holds each listener's cgroup.
+    pub fn forget_unused(&mut self, in_use: &[Option<&str>]) {
+        if self.by_path.len() > in_use.len() {
+            self.by_path
+                .retain(|path, _| in_use.contains(&Some(path.as_str())));
+        }
     }
 }

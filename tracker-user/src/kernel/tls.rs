@@ -29,7 +29,8 @@ use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, UProbe};
 use tracker_common::{PROG_URETPROBE_SSL, SSL_FUNCTIONS};
 
-use crate::observer::ListenerReport;
+use crate::host::procfs::Owner;
+use crate::tracker_id::TrackerId;
 
 /// Functions a library must have to be followed; the others (`SSL_read_ex`, `SSL_write_ex`,
 /// since OpenSSL 1.1.1) are hooked where present.
@@ -94,7 +95,7 @@ impl TlsLibraries {
                 .iter()
                 .find(|(_, library)| library.users.contains(&pid))
             {
-                if crate::procfs::process_alive(pid) {
+                if crate::host::procfs::process_alive(pid) {
                     wanted
                         .entry(id)
                         .or_insert_with(|| (library.path.clone(), PathBuf::new(), BTreeSet::new()))
@@ -167,15 +168,12 @@ impl TlsLibraries {
             .map(|library| library.path.as_str())
     }
 
-    /// Says once per running process when a listener's TLS connections could not be followed.
-    pub fn warn_if_opaque(&mut self, report: &ListenerReport) {
-        if !report.tls.opaque || report.tls_library.is_some() {
-            return;
-        }
-        for owner in report
-            .owners
+    /// Says once per running process of `owners` that the TLS connections of `listener`
+    /// could not be followed.
+    pub fn warn_opaque(&mut self, listener: &TrackerId, owners: &[Owner]) {
+        for owner in owners
             .iter()
-            .filter(|owner| crate::procfs::process_alive(owner.pid))
+            .filter(|owner| crate::host::procfs::process_alive(owner.pid))
         {
             if self.warned.insert(owner.pid) {
                 log::warn!(
@@ -184,7 +182,7 @@ impl TlsLibraries {
                      sessions of those connections are unknown",
                     owner.comm,
                     owner.pid,
-                    report.id
+                    listener
                 );
             }
         }

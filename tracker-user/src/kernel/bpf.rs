@@ -1,6 +1,6 @@
 //! Loading, configuring and attaching the eBPF programs, and reading what they send.
 //!
-//! Hook choice: see [`crate::hooks`], which tries each capability's candidate hooks (fentry/
+//! Hook choice: see [`crate::kernel::hooks`], which tries each capability's candidate hooks (fentry/
 //! fexit, kprobes, raw then classic tracepoints) best first. Payload (sessions) has no hook of
 //! its own: the turn programs run inside the server's system call, whose buffer argument they
 //! read from the task's saved user registers (`bpf_task_pt_regs`), for tracked connections
@@ -31,10 +31,10 @@ use tracker_common::{
     handover::{HANDED_OVER_MAP, HandedOver},
 };
 
-use crate::hooks::{AttachSettings, Capability, HookChoice, HookKind, attach_all};
-use crate::kernel_gauges::GaugeReading;
-use crate::kernel_gauges::KernelGauges;
-use crate::tracefs::Tracefs;
+use crate::kernel::gauges::GaugeReading;
+use crate::kernel::gauges::KernelGauges;
+use crate::kernel::hooks::{AttachSettings, Capability, HookChoice, HookKind, attach_all};
+use crate::kernel::tracefs::Tracefs;
 
 /// System calls whose buffer the socket programs may read, with how it is passed and in
 /// which direction the bytes go (the second argument is the buffer, iovec array or msghdr;
@@ -114,7 +114,7 @@ pub struct LossCounters {
     /// they ended when the full socket did (see `tracker_common::handover`).
     pub handovers_missed: u64,
     /// Program runs the kernel skipped because the program was already running on that CPU
-    /// (see [`crate::prog_info`]): events lost before they could reach the ring.
+    /// (see [`crate::kernel::prog_info`]): events lost before they could reach the ring.
     pub skipped_runs: u64,
 }
 
@@ -122,7 +122,7 @@ pub struct LossCounters {
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
-    /// The TLS library programs are loaded, ready to attach per library (see [`crate::tls`]).
+    /// The TLS library programs are loaded, ready to attach per library (see [`crate::kernel::tls`]).
     pub tls_loaded: bool,
     lost: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, ConnTrack>,
@@ -166,7 +166,7 @@ pub fn load_and_attach(
         .transpose()?;
     let mut ebpf = load_object(options)?;
     // A probe that cannot run (no permission, say) leaves the verdict to the programs' load.
-    if let Ok(false) = crate::bpf_atomics::compare_and_swap_supported() {
+    if let Ok(false) = crate::kernel::bpf_atomics::compare_and_swap_supported() {
         anyhow::bail!(
             "this kernel's BPF has no compare-and-swap (Linux 5.12+), which the per-listener \
              connection gauges need"
@@ -174,7 +174,7 @@ pub fn load_and_attach(
     }
     // Offsets of kernel structures, for the raw lifecycle program and namespaces.
     let layout = std::fs::read("/sys/kernel/btf/vmlinux")
-        .map(|btf| crate::btf::kernel_layout(&btf))
+        .map(|btf| crate::kernel::btf::kernel_layout(&btf))
         .unwrap_or_default();
     configure(&mut ebpf, options, &layout)?;
     let kernel_log = kernel_log(&mut ebpf)?;
@@ -277,7 +277,7 @@ fn kernel_log(ebpf: &mut Ebpf) -> anyhow::Result<Option<KernelLog>> {
 
 /// Loads the TLS library programs; false, with a warning, where the kernel refuses them.
 fn load_tls_programs(ebpf: &mut Ebpf) -> bool {
-    match crate::tls::load_programs(ebpf) {
+    match crate::kernel::tls::load_programs(ebpf) {
         Ok(()) => true,
         Err(error) => {
             log::warn!(
@@ -334,7 +334,7 @@ impl Probes {
     }
 
     /// Ends the report interval of the kernel's live gauges and reads them (see
-    /// [`crate::kernel_gauges`]).
+    /// [`crate::kernel::gauges`]).
     pub fn end_gauge_interval(&mut self) -> anyhow::Result<GaugeReading> {
         let ended = self.gauges.end_epoch()?;
         let missed = self.lost_in(GAUGES_MISSED_SLOT)?;
@@ -347,7 +347,7 @@ impl Probes {
         self.ebpf
             .programs()
             .filter_map(|(_, program)| program.fd().ok())
-            .filter_map(|fd| crate::prog_info::recursion_misses(fd.as_fd()).ok())
+            .filter_map(|fd| crate::kernel::prog_info::recursion_misses(fd.as_fd()).ok())
             .sum()
     }
 
@@ -499,11 +499,11 @@ impl Probes {
 }
 
 impl Probes {
-    /// Hooks the TLS libraries of `owners` (see [`crate::tls`]) and tells the socket programs
+    /// Hooks the TLS libraries of `owners` (see [`crate::kernel::tls`]) and tells the socket programs
     /// whether any is hooked.
     pub fn sync_tls(
         &mut self,
-        libraries: &mut crate::tls::TlsLibraries,
+        libraries: &mut crate::kernel::tls::TlsLibraries,
         owners: &BTreeSet<u32>,
     ) -> anyhow::Result<()> {
         if !self.tls_loaded {
@@ -558,7 +558,7 @@ pub fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&[u8])) -> usiz
 fn configure(
     ebpf: &mut Ebpf,
     options: &ProbeOptions,
-    layout: &crate::btf::KernelLayout,
+    layout: &crate::kernel::btf::KernelLayout,
 ) -> anyhow::Result<()> {
     if let Some(ports) = &options.ports {
         let mut map: HashMap<_, u16, u8> = HashMap::try_from(

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::event::comm_to_string;
-use crate::tcp_table::TcpSocket;
+use crate::host::tcp_table::TcpSocket;
 
 /// A process that owns (listens on) a listener.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,7 +150,7 @@ fn socket_inode(link: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tcp_table::SockDiag;
+    use crate::host::tcp_table::SockDiag;
 
     #[test]
     fn listen_counters_are_read_by_name() {

@@ -14,8 +14,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use tracker_common::handover::HandedOver;
 use tracker_common::{ConnKey, Endpoint};
 
+use crate::host::tcp_table::{SockDiag, TIME_WAIT, TimeWaitSocket};
 use crate::model::Nanos;
-use crate::tcp_table::{SockDiag, TIME_WAIT, TimeWaitSocket};
 
 /// `TCP_TIMEWAIT_LEN`: a time-wait socket that gets the client's FIN expires this long after
 /// it (fixed in the kernel: `include/net/tcp.h`).

@@ -97,7 +97,7 @@ fn parse_endpoint(text: &str) -> Option<SocketAddr> {
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
-    use crate::tcp_table::LISTEN;
+    use crate::host::tcp_table::LISTEN;
 
     #[test]
     fn lines_of_both_families_are_parsed() {

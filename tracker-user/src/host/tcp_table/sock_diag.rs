@@ -291,7 +291,9 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let client = TcpStream::connect(addr).unwrap();
             let (_server, peer) = listener.accept().unwrap();
-            let connections = diag.sockets(&crate::tcp_table::CONNECTION_STATES).unwrap();
+            let connections = diag
+                .sockets(&crate::host::tcp_table::CONNECTION_STATES)
+                .unwrap();
             assert!(
                 connections
                     .iter()
