@@ -106,116 +106,111 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 // Nothing here can fail in a way worth a return value (tracepoints ignore it): reads fall back
-// to zeroes, and the daemon's reconciliation with the kernel's tables is the safety net. One
-// function per kind of transition kept; the state pair alone dismisses every other firing.
+// to zeroes, and the daemon's reconciliation with the kernel's tables is the safety net.
 #[inline(always)]
 fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     let (old_state, new_state) = change.states();
     let skaddr = change.skaddr();
-    match (old_state, new_state) {
-        (tcp_state::CLOSE, tcp_state::LISTEN) => {
-            announce(change, skaddr, config, EventKind::ListenerUp)
-        }
-        (tcp_state::LISTEN, tcp_state::CLOSE) => {
-            announce(change, skaddr, config, EventKind::ListenerDown);
-        }
-        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
-            announce(change, skaddr, config, EventKind::ConnOpen);
-        }
+    // For a close during a turn: the server's last send in it (0: it never answered).
+    let mut closing_turn = false;
+    let mut last_send_ns = 0;
+    // For a close: when it was counted, which is also the time its event carries.
+    let mut closed_at = 0;
+    let kind = match (old_state, new_state) {
+        (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
+        (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
         (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
-        | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => server_closed(change, skaddr, config),
+        | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => {
+            server_closed(change, skaddr, config);
+            return;
+        }
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
-            if config.connect_targets != 0 && is_connect_target(change) {
-                announce(change, skaddr, config, EventKind::OutboundOpen);
+            if config.connect_targets == 0 || !is_connect_target(change) {
+                return;
             }
+            EventKind::OutboundOpen
         }
-        (_, tcp_state::CLOSE) => connection_closed(change, skaddr, config, old_state),
-        _ => {}
-    }
-}
-
-/// A socket reached CLOSE: if it is a tracked connection, its entry goes, its close is counted
-/// (unless the server's already was, or a time-wait socket carries its closing phase on), and
-/// the daemon is told unless it already was at the server's close.
-#[inline(always)]
-fn connection_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config, old_state: i32) {
-    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
-        if config.preexisting != 0 {
-            close_followed(change, skaddr, Counted::No, Phase::Close);
+        (_, tcp_state::CLOSE) => {
+            let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+                if config.preexisting != 0 {
+                    close_followed(change, skaddr, Counted::No, Phase::Close);
+                }
+                return;
+            };
+            // SAFETY: a plain helper call.
+            closed_at = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: a live map value; the fields needed are copied out before the entry is
+            // removed (not the whole value: its frame walks are most of it).
+            let (in_turn, sent, outbound, unreported, local, close) = unsafe {
+                (
+                    (*track).in_turn,
+                    (*track).last_send_ns,
+                    (*track).outbound,
+                    (*track).unreported,
+                    (*track).endpoint,
+                    close_at_close(track),
+                )
+            };
+            // The server's close counts the turn it cut (for a shut-down connection, possibly
+            // on another CPU right now).
+            closing_turn = in_turn != 0 && !matches!(close, Total::Closed { closing: true, .. });
+            last_send_ns = sent;
+            // Forget it even if the event below cannot be sent: the map must not fill up with
+            // dead sockets. Whoever removes it counts the close, and the end of a turn it was
+            // in.
+            if TRACKED.remove(&skaddr).is_ok()
+                && outbound == 0
+                && !(old_state == tcp_state::FIN_WAIT2
+                    && matches!(close, Total::Closed { closing: true, .. })
+                    && handed_to_time_wait(change, skaddr, config, &local, closed_at))
+            {
+                let turn = TurnCut {
+                    ends_at: turn_end_at(closing_turn, sent, closed_at),
+                    answered_at: if closing_turn { sent } else { 0 },
+                };
+                count_close(&local, close, turn, closed_at);
+            }
+            if matches!(close, Total::Closed { closing: true, .. }) {
+                // The daemon was told at the server's close.
+                return;
+            }
+            if unreported != 0 {
+                // The daemon knows this connection only if it adopted it since, by endpoints.
+                if config.preexisting != 0 {
+                    close_followed(change, skaddr, Counted::Yes, Phase::Close);
+                }
+                return;
+            }
+            EventKind::ConnClose
         }
-        return;
+        _ => return,
     };
-    // SAFETY: a plain helper call.
-    let closed_at = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a live map value; the fields needed are copied out before the entry is removed
-    // (not the whole value: its frame walks are most of it).
-    let (in_turn, sent, outbound, unreported, local, close) = unsafe {
-        (
-            (*track).in_turn,
-            (*track).last_send_ns,
-            (*track).outbound,
-            (*track).unreported,
-            (*track).endpoint,
-            close_at_close(track),
-        )
-    };
-    let closed_by_server = matches!(close, Total::Closed { closing: true, .. });
-    // The server's close counts the turn it cut (for a shut-down connection, possibly on
-    // another CPU right now).
-    let closing_turn = in_turn != 0 && !closed_by_server;
-    // Forget it even if the event below cannot be sent: the map must not fill up with dead
-    // sockets. Whoever removes it counts the close, and the end of a turn it was in.
-    if TRACKED.remove(&skaddr).is_ok()
-        && outbound == 0
-        && !(old_state == tcp_state::FIN_WAIT2
-            && closed_by_server
-            && handed_to_time_wait(change, skaddr, config, &local, closed_at))
-    {
-        let turn = TurnCut {
-            ends_at: turn_end_at(closing_turn, sent, closed_at),
-            answered_at: if closing_turn { sent } else { 0 },
-        };
-        count_close(&local, close, turn, closed_at);
-    }
-    if closed_by_server {
-        // The daemon was told at the server's close.
+    // Tracked sockets are TCP by construction; the other kinds are checked here, after the
+    // state pair has filtered out nearly every firing.
+    if kind != EventKind::ConnClose && change.protocol() != IPPROTO_TCP {
         return;
     }
-    if unreported != 0 {
-        // The daemon knows this connection only if it adopted it since, by endpoints.
-        if config.preexisting != 0 {
-            close_followed(change, skaddr, Counted::Yes, Phase::Close);
-        }
-        return;
-    }
-    // The daemon knows a tracked socket by its address since its open: a short event, with the
-    // end of a turn the close cut short.
-    let turn_end_ns = turn_end_at(closing_turn, sent, closed_at);
-    emit_for_socket(
-        EventKind::ConnClose as u32,
-        skaddr,
-        closed_at,
-        turn_end_ns,
-        0,
-    );
-}
-
-/// A listener appeared or went away, or a connection opened (inbound, or outbound to a
-/// `--connect` destination): tells the daemon, with the socket's endpoints, and for a
-/// connection starts tracking it and counts its open.
-#[inline(always)]
-fn announce<C: StateChange>(change: &C, skaddr: u64, config: &Config, kind: EventKind) {
-    // The protocol is checked here, after the state pair has filtered out nearly every firing.
-    if change.protocol() != IPPROTO_TCP {
-        return;
-    }
-    // Outbound connections are filtered by destination, the rest by port.
+    // Closes are filtered by TRACKED membership (decided at open time), outbound connections
+    // by destination, the rest by port.
     let local_port = change.local_port();
-    if kind != EventKind::OutboundOpen && !port_wanted(local_port) {
+    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port) {
         return;
     }
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+
+    let now = if kind == EventKind::ConnClose {
+        closed_at
+    } else {
+        // SAFETY: a plain helper call.
+        unsafe { bpf_ktime_get_ns() }
+    };
+    if kind == EventKind::ConnClose {
+        // The daemon knows a tracked socket by its address since its open: a short event, with
+        // the end of a turn the close cut short.
+        let turn_end_ns = turn_end_at(closing_turn, last_send_ns, now);
+        emit_for_socket(kind as u32, skaddr, now, turn_end_ns, 0);
+        return;
+    }
 
     // Each socket field is read once: this runs for every connection twice.
     let endpoints = change.endpoints();
@@ -230,7 +225,16 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, config: &Config, kind: Even
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);
         if kind == EventKind::ConnOpen {
-            open_unreported(skaddr, now, local);
+            // The daemon is never told of it; tracked unreported, its close is still counted.
+            let tracked = track_connection(skaddr, now, |track| {
+                track.opened_ns = now;
+                track.endpoint = local;
+                track.unreported = 1;
+            });
+            if !tracked {
+                count_lost(TRACK_FULL_SLOT);
+            }
+            count_total(&local, Total::Opened, now);
         }
         return;
     };
@@ -278,21 +282,6 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, config: &Config, kind: Even
         detail,
     );
     submit(entry);
-}
-
-/// A connection opened at `now` while the ring was full: the daemon is never told of it, but
-/// tracked unreported its turns and close are still counted.
-#[inline(always)]
-fn open_unreported(skaddr: u64, now: u64, local: Endpoint) {
-    let tracked = track_connection(skaddr, now, |track| {
-        track.opened_ns = now;
-        track.endpoint = local;
-        track.unreported = 1;
-    });
-    if !tracked {
-        count_lost(TRACK_FULL_SLOT);
-    }
-    count_total(&local, Total::Opened, now);
 }
 
 /// The server closed connection `skaddr`, which the kernel still has to finish: for the
