@@ -1,14 +1,11 @@
 //! What every section of the bench drives: the loads, nginx, wrk, and the observers' processes.
 
-use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+pub(crate) use tracker_testkit::{forward_lines, free_port, stop, wait_until};
 
 use super::cpu::{CpuTicks, CpuUse};
 
@@ -42,7 +39,7 @@ impl Load {
 
 /// nginx with one worker answering every request itself, on a port the kernel picked.
 pub(crate) struct Nginx {
-    child: Child,
+    server: tracker_testkit::Nginx,
     pub(crate) port: u16,
 }
 
@@ -59,89 +56,21 @@ impl Nginx {
         parameters: &str,
         directives: &str,
     ) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        std::fs::create_dir_all(dir)?;
-        let config = format!(
-            "user root;
-worker_processes 1;
-daemon off;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  server {{
+        let port = free_port("127.0.0.1");
+        let server = format!(
+            "server {{
     listen 127.0.0.1:{port} {parameters} backlog=4096;
     {directives}
     location / {{ return 200 \"ok\\n\"; }}
-  }}
-}}
-",
-            dir = dir.display()
+  }}"
         );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, config)?;
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&path)
-            .arg("-p")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
-        let nginx = Self { child, port };
-        wait_until("nginx listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
-        Ok(nginx)
+        let server = tracker_testkit::Nginx::start_in(dir, &server, &[port])?;
+        Ok(Self { server, port })
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.pid()
     }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-pub(crate) fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-pub(crate) fn stop(child: &mut Child) {
-    let pid = child.id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A running observer, stopped when dropped.
@@ -173,34 +102,14 @@ impl Drop for ObserverGuard {
     }
 }
 
-pub(crate) fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-/// Waits for a line containing `needle`; fails if the stream ends first.
+/// Waits for a line containing `needle` in `log`; fails if the stream ends first.
 pub(crate) fn wait_for_line(
     log: &mpsc::Receiver<String>,
     needle: &str,
     what: &str,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return Ok(()),
-            Ok(line) => seen.push(line),
-            Err(_) => bail!("{what} did not start:\n{}", seen.join("\n")),
-        }
-    }
+    tracker_testkit::wait_for_line(log, needle)
+        .map_err(|seen| anyhow!("{what} did not start:\n{}", seen.join("\n")))
 }
 
 /// The daemon as an operator would run it on this port: JSON reports every second to a file.
@@ -225,7 +134,7 @@ pub(crate) fn start_tracker(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting tracker")?;
-    let log = forward_lines(child.stderr.take().expect("piped"));
+    let log = forward_lines(child.stderr.take().expect("piped"), None);
     wait_for_line(&log, "attached to", "tracker")?;
     Ok(ObserverGuard {
         child: Some(child),

@@ -79,7 +79,7 @@ pub(crate) fn start_observer(
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting bpftrace")?;
-            let log = forward_lines(child.stdout.take().expect("piped"));
+            let log = forward_lines(child.stdout.take().expect("piped"), None);
             let guard = ObserverGuard {
                 child: Some(child),
                 log: Some(log),

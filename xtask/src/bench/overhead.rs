@@ -38,7 +38,7 @@ pub(crate) fn measure(
     out_dir: &Path,
 ) -> anyhow::Result<Vec<Runs>> {
     // Nothing listens there: the kernel picked it for us and it was released at once.
-    let idle_port = free_port()?;
+    let idle_port = free_port("127.0.0.1");
     let mut all: Vec<Runs> = Vec::new();
     for load in [Load::Churn, Load::KeepAlive] {
         for observer in Observer::ALL {
