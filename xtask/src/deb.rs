@@ -1,8 +1,8 @@
 //! `cargo xtask deb`: a Debian package of the release build, laid out by hand and packed with
 //! `dpkg-deb --build` (what cargo-deb does, without the dependency): the daemon, its systemd
-//! unit (dist/tracker.service, the one source of the unit), the README, the man pages and the
-//! shell completions, and maintainer scripts (dist/deb/) that enable and start the unit on
-//! install where systemd runs.
+//! unit (dist/tracker.service, the one source of the unit), the README with the documents it
+//! links to, the man pages and the shell completions, and maintainer scripts (dist/deb/) that
+//! enable and start the unit on install where systemd runs.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -71,11 +71,18 @@ pub fn build_package(out_dir: &Path) -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     let doc = root.join("usr/share/doc").join(PACKAGE);
-    install(
-        &workspace_root().join("README.md"),
-        &doc.join("README.md"),
-        0o644,
-    )?;
+    // The README and what it links to by relative path.
+    for file in ["README.md", "BENCHMARKS.md", "benchmarks.png"] {
+        install(&workspace_root().join(file), &doc.join(file), 0o644)?;
+    }
+    let docs = workspace_root().join("docs");
+    for entry in std::fs::read_dir(&docs).with_context(|| format!("reading {}", docs.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|extension| extension == "md") {
+            let name = path.file_name().expect("a file in docs/");
+            install(&path, &doc.join("docs").join(name), 0o644)?;
+        }
+    }
     install_man_pages(&release.join("man"), &root.join("usr/share/man/man1"))?;
     let completions = release.join("completions");
     for (file, target) in [

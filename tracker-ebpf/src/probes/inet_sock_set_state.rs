@@ -111,11 +111,6 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     let (old_state, new_state) = change.states();
     let skaddr = change.skaddr();
-    // For a close during a turn: the server's last send in it (0: it never answered).
-    let mut closing_turn = false;
-    let mut last_send_ns = 0;
-    // For a close: when it was counted, which is also the time its event carries.
-    let mut closed_at = 0;
     let kind = match (old_state, new_state) {
         (tcp_state::CLOSE, tcp_state::LISTEN) => EventKind::ListenerUp,
         (tcp_state::LISTEN, tcp_state::CLOSE) => EventKind::ListenerDown,
@@ -132,86 +127,107 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             EventKind::OutboundOpen
         }
         (_, tcp_state::CLOSE) => {
-            let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
-                if config.preexisting != 0 {
-                    close_followed(change, skaddr, Counted::No, Phase::Close);
-                }
-                return;
-            };
-            // SAFETY: a plain helper call.
-            closed_at = unsafe { bpf_ktime_get_ns() };
-            // SAFETY: a live map value; the fields needed are copied out before the entry is
-            // removed (not the whole value: its frame walks are most of it).
-            let (in_turn, sent, outbound, unreported, local, close) = unsafe {
-                (
-                    (*track).in_turn,
-                    (*track).last_send_ns,
-                    (*track).outbound,
-                    (*track).unreported,
-                    (*track).endpoint,
-                    close_at_close(track),
-                )
-            };
-            // The server's close counts the turn it cut (for a shut-down connection, possibly
-            // on another CPU right now).
-            closing_turn = in_turn != 0 && !matches!(close, Total::Closed { closing: true, .. });
-            last_send_ns = sent;
-            // Forget it even if the event below cannot be sent: the map must not fill up with
-            // dead sockets. Whoever removes it counts the close, and the end of a turn it was
-            // in.
-            if TRACKED.remove(&skaddr).is_ok()
-                && outbound == 0
-                && !(old_state == tcp_state::FIN_WAIT2
-                    && matches!(close, Total::Closed { closing: true, .. })
-                    && handed_to_time_wait(change, skaddr, config, &local, closed_at))
-            {
-                let turn = TurnCut {
-                    ends_at: turn_end_at(closing_turn, sent, closed_at),
-                    answered_at: if closing_turn { sent } else { 0 },
-                };
-                count_close(&local, close, turn, closed_at);
+            // Closes are filtered by TRACKED membership (decided at open time).
+            if let Some(close) = closed(change, skaddr, old_state, config) {
+                // The daemon knows a tracked socket by its address since its open: a short
+                // event, with the end of a turn the close cut short.
+                let kind = EventKind::ConnClose as u32;
+                emit_for_socket(kind, skaddr, close.at, close.turn_end_ns, 0);
             }
-            if matches!(close, Total::Closed { closing: true, .. }) {
-                // The daemon was told at the server's close.
-                return;
-            }
-            if unreported != 0 {
-                // The daemon knows this connection only if it adopted it since, by endpoints.
-                if config.preexisting != 0 {
-                    close_followed(change, skaddr, Counted::Yes, Phase::Close);
-                }
-                return;
-            }
-            EventKind::ConnClose
+            return;
         }
         _ => return,
     };
-    // Tracked sockets are TCP by construction; the other kinds are checked here, after the
-    // state pair has filtered out nearly every firing.
-    if kind != EventKind::ConnClose && change.protocol() != IPPROTO_TCP {
+    // The other kinds are checked here, after the state pair has filtered out nearly every
+    // firing: TCP only, outbound connections by destination, the rest by port.
+    if change.protocol() != IPPROTO_TCP {
         return;
     }
-    // Closes are filtered by TRACKED membership (decided at open time), outbound connections
-    // by destination, the rest by port.
     let local_port = change.local_port();
-    if !matches!(kind, EventKind::ConnClose | EventKind::OutboundOpen) && !port_wanted(local_port) {
+    if kind != EventKind::OutboundOpen && !port_wanted(local_port) {
         return;
     }
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    announce(change, skaddr, kind, now, config);
+}
 
-    let now = if kind == EventKind::ConnClose {
-        closed_at
-    } else {
-        // SAFETY: a plain helper call.
-        unsafe { bpf_ktime_get_ns() }
+/// A close the daemon is still to be told of: when it was counted, which is also the time its
+/// event carries, and the end of a turn it cut short (0: none).
+struct CloseToTell {
+    at: u64,
+    turn_end_ns: u64,
+}
+
+/// Socket `skaddr` reached CLOSE from `old_state`: forgets it and counts its close where that
+/// is still to be done. The close to tell the daemon of, if it was not told at the server's
+/// close and knows the connection by its address.
+#[inline(always)]
+fn closed<C: StateChange>(
+    change: &C,
+    skaddr: u64,
+    old_state: i32,
+    config: &Config,
+) -> Option<CloseToTell> {
+    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+        if config.preexisting != 0 {
+            close_followed(change, skaddr, Counted::No, Phase::Close);
+        }
+        return None;
     };
-    if kind == EventKind::ConnClose {
-        // The daemon knows a tracked socket by its address since its open: a short event, with
-        // the end of a turn the close cut short.
-        let turn_end_ns = turn_end_at(closing_turn, last_send_ns, now);
-        emit_for_socket(kind as u32, skaddr, now, turn_end_ns, 0);
-        return;
+    // SAFETY: a plain helper call.
+    let closed_at = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a live map value; the fields needed are copied out before the entry is
+    // removed (not the whole value: its frame walks are most of it).
+    let (in_turn, sent, outbound, unreported, local, close) = unsafe {
+        (
+            (*track).in_turn,
+            (*track).last_send_ns,
+            (*track).outbound,
+            (*track).unreported,
+            (*track).endpoint,
+            close_at_close(track),
+        )
+    };
+    // The server's close counts the turn it cut (for a shut-down connection, possibly
+    // on another CPU right now).
+    let closing_turn = in_turn != 0 && !matches!(close, Total::Closed { closing: true, .. });
+    // Forget it even if the event below cannot be sent: the map must not fill up with
+    // dead sockets. Whoever removes it counts the close, and the end of a turn it was
+    // in.
+    if TRACKED.remove(&skaddr).is_ok()
+        && outbound == 0
+        && !(old_state == tcp_state::FIN_WAIT2
+            && matches!(close, Total::Closed { closing: true, .. })
+            && handed_to_time_wait(change, skaddr, config, &local, closed_at))
+    {
+        let turn = TurnCut {
+            ends_at: turn_end_at(closing_turn, sent, closed_at),
+            answered_at: if closing_turn { sent } else { 0 },
+        };
+        count_close(&local, close, turn, closed_at);
     }
+    if matches!(close, Total::Closed { closing: true, .. }) {
+        // The daemon was told at the server's close.
+        return None;
+    }
+    if unreported != 0 {
+        // The daemon knows this connection only if it adopted it since, by endpoints.
+        if config.preexisting != 0 {
+            close_followed(change, skaddr, Counted::Yes, Phase::Close);
+        }
+        return None;
+    }
+    Some(CloseToTell {
+        at: closed_at,
+        turn_end_ns: turn_end_at(closing_turn, sent, closed_at),
+    })
+}
 
+/// Announces the open of a connection (tracked first of all), a listener's appearance or its
+/// end to the daemon, at `now`.
+#[inline(always)]
+fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, config: &Config) {
     // Each socket field is read once: this runs for every connection twice.
     let endpoints = change.endpoints();
     let netns = netns_of(skaddr, config);
@@ -261,7 +277,8 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             }
             warn!(
                 change,
-                "connection table full: a connection on port {} is not tracked", local_port
+                "connection table full: a connection on port {} is not tracked",
+                endpoints.local_port
             );
             return;
         }

@@ -16,6 +16,11 @@ const FILES: &[&str] = &[
     "/usr/bin/tracker",
     UNIT,
     "/usr/share/doc/tracker/README.md",
+    "/usr/share/doc/tracker/BENCHMARKS.md",
+    "/usr/share/doc/tracker/benchmarks.png",
+    "/usr/share/doc/tracker/docs/design.md",
+    "/usr/share/doc/tracker/docs/sessions.md",
+    "/usr/share/doc/tracker/docs/testing.md",
     "/usr/share/man/man1/tracker.1.gz",
     "/usr/share/man/man1/tracker-top.1.gz",
     "/usr/share/bash-completion/completions/tracker",
@@ -98,6 +103,19 @@ fn package_path() -> OsString {
     deb
 }
 
+/// The files a Markdown text links to by relative path (`[text](docs/x.md#part)` gives
+/// `docs/x.md`).
+fn relative_links(markdown: &str) -> Vec<String> {
+    markdown
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .map(|target| target.split('#').next().unwrap_or_default())
+        .filter(|path| !path.is_empty() && !path.contains("://") && !path.starts_with('/'))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn the_debian_package_installs_the_daemon_and_its_unit_then_purges_cleanly() {
     let deb = package_path();
@@ -142,6 +160,17 @@ fn the_debian_package_installs_the_daemon_and_its_unit_then_purges_cleanly() {
             "dpkg -L {PACKAGE} does not list {file}:\n{listed}"
         );
         assert!(Path::new(file).is_file(), "{file} is not installed");
+    }
+    // The installed README's links to the rest of the documentation lead somewhere.
+    let readme = Path::new("/usr/share/doc/tracker/README.md");
+    let links = relative_links(&std::fs::read_to_string(readme).expect("reading the README"));
+    assert!(!links.is_empty(), "the README links to no documentation");
+    for link in links {
+        let target = readme.with_file_name(&link);
+        assert!(
+            target.is_file(),
+            "the README links to {link}, not installed"
+        );
     }
     // Every installed file matches the package's checksums.
     assert_succeeded("dpkg --verify", &run("dpkg", &["--verify", PACKAGE]));
