@@ -167,10 +167,7 @@ fn the_debian_package_installs_the_daemon_and_its_unit_then_purges_cleanly() {
     assert!(!links.is_empty(), "the README links to no documentation");
     for link in links {
         let target = readme.with_file_name(&link);
-        assert!(
-            target.is_file(),
-            "the README links to {link}, not installed"
-        );
+        assert!(target.exists(), "the README links to {link}, not installed");
     }
     // Every installed file matches the package's checksums.
     assert_succeeded("dpkg --verify", &run("dpkg", &["--verify", PACKAGE]));
