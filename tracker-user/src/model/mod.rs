@@ -448,6 +448,12 @@ fn to_usize(n: u32) -> usize {
 }
 
 /// Counters of one reporting interval (see the module documentation).
+///
+/// The model is the source of every field for outbound trackers and where the kernel keeps
+/// no totals. For a listener where it does, the observer's report takes `opened`, `closed`,
+/// `conn_for_ns`, `peak`, `active_for_ns`, `busy` and `busy_peak` from the kernel's ledger
+/// instead (`observer::kernel_totals::KernelFigures`), which stays exact when events are lost;
+/// `curr`, the sessions and the errors are always the model's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub name: String,

@@ -244,13 +244,70 @@ pub(super) struct KernelLedger {
     /// Connections busy now by the kernel's count of turns when last applied (wrapping, see
     /// [`KernelLedger::busy_now`]).
     pub(super) busy: u64,
+    /// The interval's peaks by the kernel's live gauges, before the daemon's own counts are
+    /// added (see [`Observer::apply_live_gauges`]); `None` when no gauge speaks for this
+    /// listener alone.
+    pub(super) gauge_peaks: Option<GaugePeaks>,
+}
+
+/// The peaks a listener's live gauges reached in an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct GaugePeaks {
+    /// Connections alive at once.
+    pub(super) lives: i64,
+    /// Connections busy at once.
+    pub(super) busy: i64,
+}
+
+/// A listener's figures of one interval whose source is the kernel: its counts, the
+/// daemon's own counts of what the kernel could not see, and its live gauges. Where kernel
+/// totals serve, a listener's report takes these and the model gives only what events alone
+/// carry (`curr`, sessions, errors, the lifetimes of the histogram); without them, and for
+/// outbound trackers, the model gives every figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KernelFigures {
+    pub(super) opened: u64,
+    pub(super) closed: u64,
+    pub(super) conn_for_ns: u64,
+    /// By the live gauge where one speaks for this listener alone (never below `curr`).
+    pub(super) peak: Option<usize>,
+    pub(super) active_for_ns: u64,
+    pub(super) busy: usize,
+    /// By the live gauge where one speaks for this listener alone (never below `busy`).
+    pub(super) busy_peak: Option<usize>,
+    pub(super) closing: u64,
+    pub(super) closing_ns: u64,
 }
 
 impl KernelLedger {
+    /// The interval's figures up to `now` (see [`KernelFigures`]), and a fresh interval;
+    /// `curr` is the connections the listener holds now, which a peak is never below.
+    pub(super) fn take_figures(&mut self, now: Nanos, curr: usize) -> KernelFigures {
+        let counts = self.take_counts(now);
+        let busy = usize::try_from(self.busy_now()).unwrap_or(usize::MAX);
+        let peaks = self.gauge_peaks;
+        let with_daemon = |peak: i64, daemon: u64, floor: usize| {
+            usize::try_from(peak.wrapping_add(daemon as i64))
+                .unwrap_or(0)
+                .max(floor)
+        };
+        KernelFigures {
+            opened: counts.opened,
+            closed: counts.closed,
+            conn_for_ns: counts.conn_ns,
+            peak: peaks.map(|peaks| with_daemon(peaks.lives, self.daemon.running(), curr)),
+            active_for_ns: counts.busy_ns,
+            busy,
+            busy_peak: peaks.map(|peaks| with_daemon(peaks.busy, self.daemon.busy_now(), busy)),
+            closing: self.closing_now(),
+            closing_ns: counts.closing_ns,
+        }
+    }
+
     /// The interval's counts by the kernel and the daemon's own, up to `now`, and a fresh
     /// interval. Connection time that comes out negative (readings of the per-CPU totals taken
     /// while a connection opened on one CPU and closed on another) counts as none.
-    pub(super) fn take_counts(&mut self, now: Nanos) -> KernelCounts {
+    fn take_counts(&mut self, now: Nanos) -> KernelCounts {
         let mut counts = std::mem::take(&mut self.counts);
         counts.conn_ns = counts.conn_ns.wrapping_add(self.daemon.conn_ns_until(now));
         counts.busy_ns = counts.busy_ns.wrapping_add(self.daemon.busy_ns_until(now));

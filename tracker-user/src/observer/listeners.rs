@@ -47,11 +47,6 @@ pub(super) struct Listener {
     /// What the kernel counted of it, with the daemon's counts of what the kernel could not
     /// (see [`Observer::apply_kernel_totals`]).
     pub(super) ledger: KernelLedger,
-    /// The interval's peak by the kernel's live gauge, before the daemon's own counts are
-    /// added (see [`Observer::apply_live_gauges`]); `None` when no gauge speaks for it.
-    pub(super) kernel_peak: Option<i64>,
-    /// The interval's busy peak by the kernel's live gauge, likewise.
-    pub(super) kernel_busy_peak: Option<i64>,
     /// What its connections showed of TLS.
     pub(super) tls: TlsSeen,
     /// The cgroup of the process that opened it (the last one to call `listen()` on it), or
@@ -101,8 +96,6 @@ impl Listener {
             server_closed: 0,
             upgraded: 0,
             ledger: KernelLedger::default(),
-            kernel_peak: None,
-            kernel_busy_peak: None,
             tls: TlsSeen::default(),
             cgroup: None,
         }

@@ -19,6 +19,7 @@ use tracker_common::{
     gauge::{Gauge, GaugeKey, Peak},
 };
 
+use super::kernel_totals::GaugePeaks;
 use super::{GaugeReading, LifeStart, Observer};
 use crate::tracker_id::{Role, TrackerId};
 
@@ -38,8 +39,7 @@ impl Observer {
     /// [`Observer::report`].
     pub fn apply_live_gauges(&mut self, reading: &GaugeReading) {
         for listener in self.listeners.values_mut() {
-            listener.kernel_peak = None;
-            listener.kernel_busy_peak = None;
+            listener.ledger.gauge_peaks = None;
         }
         let mut starts = std::mem::take(&mut self.gauge_starts);
         for &(key, gauges) in &reading.gauges {
@@ -59,8 +59,10 @@ impl Observer {
             if let Some(id) = self.only_listener_at(key)
                 && let Some(listener) = self.listeners.get_mut(&id)
             {
-                listener.kernel_peak = Some(interval_peak(lives, start.lives, reading));
-                listener.kernel_busy_peak = Some(interval_peak(gauges.busy, start.busy, reading));
+                listener.ledger.gauge_peaks = Some(GaugePeaks {
+                    lives: interval_peak(lives, start.lives, reading),
+                    busy: interval_peak(gauges.busy, start.busy, reading),
+                });
             }
         }
         self.gauge_starts = starts;
@@ -89,26 +91,6 @@ fn family_of(addr: SocketAddr) -> u16 {
     match addr.ip() {
         IpAddr::V4(_) => AF_INET,
         IpAddr::V6(_) => AF_INET6,
-    }
-}
-
-impl super::listeners::Listener {
-    /// The interval's peak by the kernel's gauge, with the connections only the daemon counts,
-    /// and never below `curr`; `None` when no gauge speaks for this listener.
-    pub(super) fn peak_by_kernel(&self, curr: usize) -> Option<usize> {
-        let peak = self
-            .kernel_peak?
-            .wrapping_add(self.ledger.daemon.running() as i64);
-        Some(usize::try_from(peak).unwrap_or(0).max(curr))
-    }
-
-    /// The interval's busy peak by the kernel's gauge, less the turns the daemon ended for it,
-    /// and never below `busy`; `None` when no gauge speaks for this listener.
-    pub(super) fn busy_peak_by_kernel(&self, busy: usize) -> Option<usize> {
-        let peak = self
-            .kernel_busy_peak?
-            .wrapping_add(self.ledger.daemon.busy_now() as i64);
-        Some(usize::try_from(peak).unwrap_or(0).max(busy))
     }
 }
 

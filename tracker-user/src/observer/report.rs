@@ -1,5 +1,6 @@
 //! Report assembly: one [`ListenerReport`] per tracker and interval.
 
+use super::kernel_totals::KernelFigures;
 use super::{Observer, Owner, TlsSeen, accept_queue};
 use crate::host::workload::Workload;
 use crate::model::{Nanos, Snapshot};
@@ -163,6 +164,20 @@ impl ListenerReport {
     }
 }
 
+impl Snapshot {
+    /// Takes the figures whose source is the kernel (see [`KernelFigures`]) in place of the
+    /// model's; a peak no gauge speaks for stays the model's, never below what is open now.
+    fn take_from_kernel(&mut self, kernel: &KernelFigures) {
+        self.opened = kernel.opened;
+        self.closed = kernel.closed;
+        self.conn_for_ns = kernel.conn_for_ns;
+        self.peak = kernel.peak.unwrap_or(self.peak);
+        self.active_for_ns = kernel.active_for_ns;
+        self.busy = kernel.busy;
+        self.busy_peak = kernel.busy_peak.unwrap_or(self.busy_peak.max(kernel.busy));
+    }
+}
+
 impl Observer {
     /// One report per tracker for the interval that ends at `now`; the next interval starts
     /// there. Listeners that have closed and hold no connections are reported one last time, then
@@ -175,21 +190,14 @@ impl Observer {
                 let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
                 state.accept_queue_peak = state.accept_queue;
                 let mut snapshot = state.tracker.snapshot(now, true);
-                let kernel_counts = state.ledger.take_counts(now);
                 let queue_known = accept_queue::sampled(&id);
                 let from_kernel = self.kernel_totals.is_some() && id.role == Role::Listen;
-                if from_kernel {
-                    snapshot.opened = kernel_counts.opened;
-                    snapshot.closed = kernel_counts.closed;
-                    snapshot.conn_for_ns = kernel_counts.conn_ns;
-                    if let Some(peak) = state.peak_by_kernel(snapshot.curr) {
-                        snapshot.peak = peak;
-                    }
-                    snapshot.active_for_ns = kernel_counts.busy_ns;
-                    snapshot.busy = usize::try_from(state.ledger.busy_now()).unwrap_or(usize::MAX);
-                    snapshot.busy_peak = state
-                        .busy_peak_by_kernel(snapshot.busy)
-                        .unwrap_or(snapshot.busy_peak.max(snapshot.busy));
+                // Taken every interval, so that an interval's figures are its own whether or
+                // not they are used.
+                let kernel = state.ledger.take_figures(now, snapshot.curr);
+                let kernel = from_kernel.then_some(kernel);
+                if let Some(kernel) = kernel {
+                    snapshot.take_from_kernel(&kernel);
                 }
                 ListenerReport {
                     id,
@@ -207,16 +215,8 @@ impl Observer {
                     accepted: std::mem::take(&mut state.accepted),
                     server_closed: std::mem::take(&mut state.server_closed),
                     upgraded: std::mem::take(&mut state.upgraded),
-                    closing: if from_kernel {
-                        state.ledger.closing_now()
-                    } else {
-                        0
-                    },
-                    closing_ns: if from_kernel {
-                        kernel_counts.closing_ns
-                    } else {
-                        0
-                    },
+                    closing: kernel.map_or(0, |kernel| kernel.closing),
+                    closing_ns: kernel.map_or(0, |kernel| kernel.closing_ns),
                     tls: state.tls,
                     tls_library: None,
                     cgroup: state.cgroup.clone(),
