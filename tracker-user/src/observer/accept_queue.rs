@@ -12,6 +12,52 @@ pub(super) fn sampled(id: &TrackerId) -> bool {
     id.role == Role::Listen && id.netns == 0
 }
 
+/// A listener's accept queue as sampled: waiting connections and the limit (summed over the
+/// sockets of an SO_REUSEPORT group), and the longest queue since the last report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AcceptQueue {
+    waiting: u32,
+    backlog: Option<u32>,
+    peak: u32,
+}
+
+impl Default for AcceptQueue {
+    fn default() -> Self {
+        Self {
+            waiting: 0,
+            backlog: Some(0),
+            peak: 0,
+        }
+    }
+}
+
+/// An accept queue's figures for one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AcceptQueueFigures {
+    pub(super) waiting: u32,
+    pub(super) peak: u32,
+    pub(super) backlog: Option<u32>,
+}
+
+impl AcceptQueue {
+    fn sample(&mut self, waiting: u32, backlog: Option<u32>) {
+        self.waiting = waiting;
+        self.backlog = backlog;
+        self.peak = self.peak.max(waiting);
+    }
+
+    /// The figures for the report that ends an interval; the next interval's peak starts
+    /// from the queue now.
+    pub(super) fn take_figures(&mut self) -> AcceptQueueFigures {
+        let peak = std::mem::replace(&mut self.peak, self.waiting).max(self.waiting);
+        AcceptQueueFigures {
+            waiting: self.waiting,
+            peak,
+            backlog: self.backlog,
+        }
+    }
+}
+
 impl Observer {
     /// Records an accept-queue sample: (listening socket address, waiting connections,
     /// backlog if known) for every listening socket; sockets sharing an address are summed,
@@ -26,9 +72,7 @@ impl Observer {
         let own_listeners = self.listeners.iter_mut().filter(|(id, _)| sampled(id));
         for (id, listener) in own_listeners {
             let (queue, backlog) = sums.get(&id.addr).copied().unwrap_or((0, Some(0)));
-            listener.accept_queue = queue;
-            listener.accept_backlog = backlog;
-            listener.accept_queue_peak = listener.accept_queue_peak.max(queue);
+            listener.accept_queue.sample(queue, backlog);
         }
     }
 }

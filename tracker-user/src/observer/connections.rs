@@ -117,10 +117,10 @@ impl Listener {
         };
         if sessions_unknown {
             self.unknown_open = self.unknown_open.saturating_sub(1);
-            self.unknown_closed += 1;
+            self.tally.unknown_closed += 1;
         }
         if let Some(opened_at) = self.tracker.opened_at(&remote) {
-            self.closed_log.push(ClosedConnection {
+            self.tally.closed.push(ClosedConnection {
                 lifetime_ns: at.saturating_sub(opened_at),
                 peak_sessions,
             });
@@ -238,7 +238,7 @@ impl Observer {
             if let Some(end) = previous_end.take() {
                 conn.end_turn(&mut listener.tracker, end);
             }
-            listener.upgraded += 1;
+            listener.tally.upgraded += 1;
         }
         if let Some(protocol) = protocol {
             self.set_protocol(sock, protocol, tls_followed);
@@ -281,7 +281,7 @@ impl Observer {
             };
             sessions::apply(&mut listener.tracker, &conn.remote, change);
             conn.note_peak_sessions();
-            listener.sessions_untracked += conn.sessions.take_untracked();
+            listener.tally.sessions_untracked += conn.sessions.take_untracked();
         }
         Applied::Done
     }
@@ -310,7 +310,7 @@ impl Observer {
         let Some(listener) = self.listeners.get_mut(&conn.listener) else {
             return Applied::Done;
         };
-        listener.accepted += 1;
+        listener.tally.accepted += 1;
         if !conn.started {
             conn.started = true;
             listener.tracker.conn_state(conn.remote, at, ConnState::New);
@@ -321,7 +321,7 @@ impl Observer {
     /// The server closed a tracked connection itself (its last reference to the socket).
     pub(super) fn server_closed(&mut self, sock: SockId) -> Applied {
         if let Some((_, listener)) = self.conn_and_listener(sock) {
-            listener.server_closed += 1;
+            listener.tally.server_closed += 1;
         }
         Applied::Done
     }

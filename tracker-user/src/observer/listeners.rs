@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use rustc_hash::FxHashSet;
 
+use super::accept_queue::AcceptQueue;
 use super::kernel_totals::{KernelLedger, TurnLeftOpen};
 use super::report::{ClosedConnection, ListenerReport};
 use super::{Applied, Observer, Owner};
@@ -19,31 +20,16 @@ use crate::tracker_id::{Role, TrackerId};
 pub(super) struct Listener {
     pub(super) tracker: Tracker<SocketAddr>,
     /// Listening sockets known from events.
-    pub(super) sockets: FxHashSet<SockId>,
+    sockets: FxHashSet<SockId>,
     /// Listening sockets found by a table scan, whose kernel address is not known.
     pub(super) scanned_sockets: u32,
     pub(super) owners: BTreeSet<Owner>,
     /// Open connections whose sessions are unknown.
     pub(super) unknown_open: u64,
-    /// Connections with unknown sessions closed since the last report.
-    pub(super) unknown_closed: u64,
-    /// Sessions that started but could not be tracked since the last report.
-    pub(super) sessions_untracked: u64,
-    /// Connections closed since the last report.
-    pub(super) closed_log: Vec<ClosedConnection>,
-    /// Model entries corrected to match the kernel's table since the last report.
-    pub(super) corrections: u64,
-    /// Accept queue as last sampled: waiting connections, and the limit (summed over the
-    /// sockets of an SO_REUSEPORT group).
-    pub(super) accept_queue: u32,
-    pub(super) accept_backlog: Option<u32>,
-    /// Longest accept queue sampled since the last report.
-    pub(super) accept_queue_peak: u32,
-    /// Server accepts and closes of its connections since the last report.
-    pub(super) accepted: u64,
-    pub(super) server_closed: u64,
-    /// Connections whose server answered `101 Switching Protocols` since the last report.
-    pub(super) upgraded: u64,
+    /// What it counted since the last report.
+    pub(super) tally: IntervalTally,
+    /// Its accept queue as sampled.
+    pub(super) accept_queue: AcceptQueue,
     /// What the kernel counted of it, with the daemon's counts of what the kernel could not
     /// (see [`Observer::apply_kernel_totals`]).
     pub(super) ledger: KernelLedger,
@@ -52,6 +38,25 @@ pub(super) struct Listener {
     /// The cgroup of the process that opened it (the last one to call `listen()` on it), or
     /// of an owner found by a scan.
     pub(super) cgroup: Option<String>,
+}
+
+/// What a listener counted since its last report: the report takes it whole, and counting
+/// starts afresh.
+#[derive(Debug, Default)]
+pub(super) struct IntervalTally {
+    /// Connections with unknown sessions closed.
+    pub(super) unknown_closed: u64,
+    /// Sessions that started but could not be tracked.
+    pub(super) sessions_untracked: u64,
+    /// Connections closed, with their lifetimes for the histogram.
+    pub(super) closed: Vec<ClosedConnection>,
+    /// Model entries corrected to match the kernel's table.
+    pub(super) corrections: u64,
+    /// Server accepts and closes of its connections.
+    pub(super) accepted: u64,
+    pub(super) server_closed: u64,
+    /// Connections whose server answered `101 Switching Protocols`.
+    pub(super) upgraded: u64,
 }
 
 /// What [`Observer::owners_check`] found among the listeners still listening.
@@ -85,16 +90,8 @@ impl Listener {
             scanned_sockets: 0,
             owners: BTreeSet::new(),
             unknown_open: 0,
-            unknown_closed: 0,
-            sessions_untracked: 0,
-            closed_log: Vec::new(),
-            corrections: 0,
-            accept_queue: 0,
-            accept_backlog: Some(0),
-            accept_queue_peak: 0,
-            accepted: 0,
-            server_closed: 0,
-            upgraded: 0,
+            tally: IntervalTally::default(),
+            accept_queue: AcceptQueue::default(),
             ledger: KernelLedger::default(),
             tls: TlsSeen::default(),
             cgroup: None,

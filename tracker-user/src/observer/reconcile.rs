@@ -130,7 +130,7 @@ impl Observer {
         };
         if let Some(listener) = self.listeners.get_mut(&id) {
             listener.close_connection(remote, now, Closing::Adopted);
-            listener.corrections += 1;
+            listener.tally.corrections += 1;
             // The kernel closed it before it was asked to follow it, so it did not count the
             // close, unless it had been tracking it since its open.
             if adoption == Adoption::BeforeStart {
@@ -208,7 +208,7 @@ impl Observer {
                 };
                 if let Some(listener) = self.listeners.get_mut(&id) {
                     listener.close_connection(remote, now, closing);
-                    listener.corrections += 1;
+                    listener.tally.corrections += 1;
                 }
             }
         }
@@ -217,7 +217,7 @@ impl Observer {
             if let Some(listener_addr) = self.adopt_as(local, remote, now, Adoption::OpenLost) {
                 if let Some(listener) = self.listeners.get_mut(&TrackerId::listen(0, listener_addr))
                 {
-                    listener.corrections += 1;
+                    listener.tally.corrections += 1;
                 }
                 adopted.push((local, remote));
             }

@@ -187,8 +187,8 @@ impl Observer {
             .listeners
             .iter_mut()
             .map(|(&id, state)| {
-                let accept_queue_peak = state.accept_queue_peak.max(state.accept_queue);
-                state.accept_queue_peak = state.accept_queue;
+                let queue = state.accept_queue.take_figures();
+                let tally = std::mem::take(&mut state.tally);
                 let mut snapshot = state.tracker.snapshot(now, true);
                 let queue_known = accept_queue::sampled(&id);
                 let from_kernel = self.kernel_totals.is_some() && id.role == Role::Listen;
@@ -205,16 +205,16 @@ impl Observer {
                     owners: state.owners.iter().cloned().collect(),
                     gone: !state.is_listening(),
                     sessions_unknown_open: state.unknown_open,
-                    sessions_unknown_closed: std::mem::take(&mut state.unknown_closed),
-                    sessions_untracked: std::mem::take(&mut state.sessions_untracked),
-                    closed_connections: std::mem::take(&mut state.closed_log),
-                    corrections: std::mem::take(&mut state.corrections),
-                    accept_queue: queue_known.then_some(state.accept_queue),
-                    accept_queue_peak: queue_known.then_some(accept_queue_peak),
-                    accept_backlog: state.accept_backlog.filter(|_| queue_known),
-                    accepted: std::mem::take(&mut state.accepted),
-                    server_closed: std::mem::take(&mut state.server_closed),
-                    upgraded: std::mem::take(&mut state.upgraded),
+                    sessions_unknown_closed: tally.unknown_closed,
+                    sessions_untracked: tally.sessions_untracked,
+                    closed_connections: tally.closed,
+                    corrections: tally.corrections,
+                    accept_queue: queue_known.then_some(queue.waiting),
+                    accept_queue_peak: queue_known.then_some(queue.peak),
+                    accept_backlog: queue.backlog.filter(|_| queue_known),
+                    accepted: tally.accepted,
+                    server_closed: tally.server_closed,
+                    upgraded: tally.upgraded,
                     closing: kernel.map_or(0, |kernel| kernel.closing),
                     closing_ns: kernel.map_or(0, |kernel| kernel.closing_ns),
                     tls: state.tls,
