@@ -16,6 +16,7 @@ use core::net::{IpAddr, SocketAddr};
 
 pub mod gauge;
 pub mod handover;
+pub mod payloads;
 pub mod proto;
 pub mod totals;
 pub mod walk;
@@ -393,7 +394,7 @@ pub enum EventKind {
     Accepted = 10,
     /// The server closed tracked connection `skaddr` (`tcp_close`, its last reference to
     /// the socket went away), before the socket reached CLOSE.
-    ServerClosed = 11,
+    CloseCalled = 11,
 }
 
 /// The `detail` of an [`EventKind::H2Frame`]: which frame, and which way it went. Packed by
@@ -424,18 +425,6 @@ impl FrameDetail {
         self.kind as u32 | (self.flags as u32) << 8 | (self.direction & 0xff) << 16
     }
 
-    /// The `aux` of a frame's event: its stream id in bits 0..32, its
-    /// [`walk::Frame::last_stream_id`] in bits 32..64.
-    #[inline(always)]
-    pub fn aux(frame: &walk::Frame) -> u64 {
-        u64::from(frame.header.stream_id) | u64::from(frame.last_stream_id) << 32
-    }
-
-    /// (stream id, last stream id) from the `aux` of a frame's event, see [`FrameDetail::aux`].
-    pub const fn unpack_aux(aux: u64) -> (u32, u32) {
-        (aux as u32, (aux >> 32) as u32)
-    }
-
     pub const fn unpack(detail: u32) -> Self {
         let [kind, flags, direction, _] = detail.to_le_bytes();
         Self {
@@ -460,7 +449,7 @@ impl TryFrom<u32> for EventKind {
             8 => Ok(Self::WalkLost),
             9 => Ok(Self::OutboundOpen),
             10 => Ok(Self::Accepted),
-            11 => Ok(Self::ServerClosed),
+            11 => Ok(Self::CloseCalled),
             other => Err(other),
         }
     }
@@ -605,7 +594,7 @@ pub const OPEN_UNTRACKED: u32 = 1;
 /// each event's cost. The daemon tells the two apart by record length.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-pub struct SockNote {
+pub struct ShortEvent {
     pub kind: u32,
     pub detail: u32,
     pub timestamp_ns: u64,
@@ -619,7 +608,7 @@ mod user {
     // padding byte spelled out, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::SockEvent {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::SockNote {}
+    unsafe impl aya::Pod for super::ShortEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
@@ -644,7 +633,7 @@ mod tests {
     fn event_layout_is_stable() {
         assert_eq!(core::mem::size_of::<SockEvent>(), 96);
         assert_eq!(core::mem::align_of::<SockEvent>(), 8);
-        assert_eq!(core::mem::size_of::<SockNote>(), 32);
+        assert_eq!(core::mem::size_of::<ShortEvent>(), 32);
     }
 
     #[test]
@@ -719,7 +708,7 @@ mod tests {
             EventKind::WalkLost,
             EventKind::OutboundOpen,
             EventKind::Accepted,
-            EventKind::ServerClosed,
+            EventKind::CloseCalled,
         ] {
             assert_eq!(EventKind::try_from(kind as u32), Ok(kind));
         }

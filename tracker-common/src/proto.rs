@@ -62,15 +62,6 @@ pub enum Protocol {
     Hijacked = 6,
 }
 
-/// Set in the protocol value of the turn event a server's `101` sends (with
-/// [`Protocol::Switching`]): the connection was upgraded, its upgrade request's turn ends.
-pub const UPGRADED: u32 = 0x100;
-
-/// Set in a turn event's protocol value of [`Protocol::Tls`] when the kernel saw the TLS
-/// handshake inside a hooked TLS library call: the plaintext will be followed, and decide the
-/// protocol again in a later turn event.
-pub const TLS_FOLLOWED: u32 = 0x200;
-
 impl TryFrom<u32> for Protocol {
     type Error = u32;
 

@@ -1,6 +1,6 @@
 //! The tracker's kernel side: tracepoint programs that turn TCP state changes and socket
 //! reads and writes into [`SockEvent`](tracker_common::SockEvent)s and
-//! [`SockNote`](tracker_common::SockNote)s on a ring buffer.
+//! [`ShortEvent`](tracker_common::ShortEvent)s on a ring buffer.
 //!
 //! Only events the daemon needs reach the ring: listeners appearing and going away, server-side
 //! connections becoming established and closing, their request/response turns and the HTTP/2

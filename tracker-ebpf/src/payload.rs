@@ -26,7 +26,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracker_common::{
-    ConnTrack, DIRECTION_OUT, EventKind, FrameDetail, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
+    ConnTrack, DIRECTION_OUT, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
+    payloads::{H2FramePayload, WalkLostPayload},
     proto::{AnswerStatus, H2Walk, Protocol},
     walk::{
         self, CallWalk, MAX_STEPS, SyscallBuffer, UserMemory, detect_call, opens_or_ends_streams,
@@ -180,13 +181,8 @@ extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
     let state = unsafe { &mut *state };
     let more = state.call.advance(&CurrentTask, |frame| {
         if opens_or_ends_streams(&frame.header, state.direction) {
-            emit_for_socket(
-                EventKind::H2Frame as u32,
-                state.skaddr,
-                state.now,
-                FrameDetail::aux(&frame),
-                FrameDetail::new(&frame.header, state.direction).pack(),
-            );
+            let note = H2FramePayload::of(&frame, state.direction);
+            emit_for_socket(state.skaddr, state.now, note);
         }
     });
     i64::from(!more)
@@ -246,6 +242,6 @@ pub fn walk_frames<C: EbpfContext>(
             ctx,
             "HTTP/2 frame walk lost on socket {:x}: its sessions are unknown from now on", skaddr
         );
-        emit_for_socket(EventKind::WalkLost as u32, skaddr, now, 0, 0);
+        emit_for_socket(skaddr, now, WalkLostPayload);
     }
 }

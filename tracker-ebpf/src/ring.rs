@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::RingBuf,
 };
-use tracker_common::{DEFAULT_RING_BYTES, LOST_SLOT, SockNote};
+use tracker_common::{DEFAULT_RING_BYTES, LOST_SLOT, ShortEvent, payloads::ShortPayload};
 
 use crate::loss::count_lost;
 use crate::settings::CONFIG;
@@ -15,21 +15,15 @@ use crate::settings::CONFIG;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Sends a short event about a socket the daemon knows by address. Counts a loss when the
-/// ring is full.
+/// Sends a short event about a socket the daemon knows by address: `payload` says which kind
+/// and what it carries. Counts a loss when the ring is full.
 #[inline(always)]
-pub fn emit_for_socket(kind: u32, skaddr: u64, timestamp_ns: u64, aux: u64, detail: u32) {
-    let Some(mut entry) = EVENTS.reserve::<SockNote>(0) else {
+pub fn emit_for_socket<P: ShortPayload>(skaddr: u64, timestamp_ns: u64, payload: P) {
+    let Some(mut entry) = EVENTS.reserve::<ShortEvent>(0) else {
         count_lost(LOST_SLOT);
         return;
     };
-    entry.write(SockNote {
-        kind,
-        detail,
-        timestamp_ns,
-        skaddr,
-        aux,
-    });
+    entry.write(ShortEvent::new(skaddr, timestamp_ns, payload));
     submit(entry);
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::lines::{ReadGate, forward_lines};
+use crate::patience::{note_for_this_kernel, patience};
 use crate::process::{signal, wait_with_deadline};
-use crate::{note_for_this_kernel, patience};
 
 /// Where the `tracker` binary under test is. Cargo tells an integration test the path of its
 /// package's binaries at build time only (`env!("CARGO_BIN_EXE_tracker")`), so the test crate

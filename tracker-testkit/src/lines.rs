@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use crate::patience;
+use crate::patience::patience;
 
 /// Lets a reader thread through while open; a closed gate holds it before its next read, so
 /// that the writer's pipe fills.

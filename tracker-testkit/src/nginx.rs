@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{patience, stop};
+use crate::patience::patience;
+use crate::process::stop;
 
 /// An nginx configuration with its files in `dir`, `workers` worker processes, the main
 /// context's `directives` (such as `daemon off;`) and the `server { ... }` blocks in `servers`.

@@ -4,7 +4,7 @@ use std::process::{Child, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::patience;
+use crate::patience::patience;
 
 /// Sends `signal` to `child`.
 pub fn signal(child: &Child, signal: i32) {

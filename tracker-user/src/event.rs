@@ -1,13 +1,12 @@
-//! Decoding of the kernel's ring records ([`SockEvent`], and the short [`SockNote`]) into
+//! Decoding of the kernel's ring records ([`SockEvent`], and the short [`ShortEvent`]) into
 //! typed events.
 
 use std::net::SocketAddr;
 
-use tracker_common::proto::{FrameHeader, Protocol, TLS_FOLLOWED, UPGRADED, frame};
+use tracker_common::payloads::{ConnClosePayload, H2FramePayload, TurnPayload};
+use tracker_common::proto::{FrameHeader, Protocol, frame};
 use tracker_common::walk::UNKNOWN_STREAM;
-use tracker_common::{
-    DIRECTION_IN, EventKind, FrameDetail, OPEN_UNTRACKED, SockEvent, SockNote, wire_addr,
-};
+use tracker_common::{DIRECTION_IN, EventKind, OPEN_UNTRACKED, ShortEvent, SockEvent, wire_addr};
 
 use crate::model::Nanos;
 
@@ -89,7 +88,7 @@ pub enum Event {
     /// The server accepted a tracked connection (took it off the accept queue).
     Accepted { sock: SockId, at: Nanos },
     /// The server closed a tracked connection (its last reference to the socket).
-    ServerClosed { sock: SockId, at: Nanos },
+    CloseCalled { sock: SockId, at: Nanos },
     /// A connection this host opened to a `--connect` destination (`remote`) was
     /// established.
     OutboundOpen {
@@ -106,7 +105,7 @@ pub enum DecodeError {
     #[error(
         "event record of {0} bytes, expected {full} or {short}",
         full = size_of::<SockEvent>(),
-        short = size_of::<SockNote>()
+        short = size_of::<ShortEvent>()
     )]
     Size(usize),
     #[error("unknown event kind {0}")]
@@ -118,13 +117,13 @@ pub enum DecodeError {
 }
 
 impl Event {
-    /// Decodes one ring-buffer record: a [`SockEvent`], or a short [`SockNote`] (told apart
+    /// Decodes one ring-buffer record: a [`SockEvent`], or a short [`ShortEvent`] (told apart
     /// by length).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() == size_of::<SockNote>() {
-            // SAFETY: the length was checked, `SockNote` is `Pod` and `read_unaligned` makes
+        if bytes.len() == size_of::<ShortEvent>() {
+            // SAFETY: the length was checked, `ShortEvent` is `Pod` and `read_unaligned` makes
             // no alignment assumption.
-            let note = unsafe { bytes.as_ptr().cast::<SockNote>().read_unaligned() };
+            let note = unsafe { bytes.as_ptr().cast::<ShortEvent>().read_unaligned() };
             return Self::from_note(&note);
         }
         if bytes.len() < size_of::<SockEvent>() {
@@ -189,7 +188,7 @@ impl Event {
             | EventKind::H2Frame
             | EventKind::WalkLost
             | EventKind::Accepted
-            | EventKind::ServerClosed => {
+            | EventKind::CloseCalled => {
                 return Err(DecodeError::Record {
                     kind,
                     len: size_of::<SockEvent>(),
@@ -199,35 +198,39 @@ impl Event {
     }
 
     /// Decodes a short record: an event about a socket the daemon knows by address.
-    pub fn from_note(note: &SockNote) -> Result<Self, DecodeError> {
+    pub fn from_note(note: &ShortEvent) -> Result<Self, DecodeError> {
         let kind = EventKind::try_from(note.kind).map_err(DecodeError::Kind)?;
         let sock = note.skaddr;
         let at = note.timestamp_ns;
-        let aux = (note.aux != 0).then_some(note.aux);
+        let stamp = |ns: u64| (ns != 0).then_some(ns);
         Ok(match kind {
             EventKind::ConnClose => Self::ConnClose {
                 sock,
                 endpoints: None,
                 at,
-                turn_end: aux,
+                turn_end: stamp(ConnClosePayload::unpack(note.aux, note.detail).turn_end_ns),
                 netns: 0,
             },
             EventKind::Turn => {
-                let value = note.detail & !(UPGRADED | TLS_FOLLOWED);
+                let turn = TurnPayload::unpack(note.aux, note.detail);
+                let value = turn.decided.protocol_value();
                 Self::Turn {
                     sock,
                     at,
-                    previous_end: aux,
+                    previous_end: stamp(turn.previous_end_ns),
                     // A value from a newer kernel side: no sessions we could interpret.
                     protocol: (value != 0)
                         .then(|| Protocol::try_from(value).unwrap_or(Protocol::Other)),
-                    upgraded: note.detail & UPGRADED != 0,
-                    tls_followed: note.detail & TLS_FOLLOWED != 0,
+                    upgraded: turn.decided.is_upgrade(),
+                    tls_followed: turn.decided.is_tls_followed(),
                 }
             }
             EventKind::H2Frame => {
-                let detail = FrameDetail::unpack(note.detail);
-                let (stream_id, last_stream_id) = FrameDetail::unpack_aux(note.aux);
+                let H2FramePayload {
+                    detail,
+                    stream_id,
+                    last_stream_id,
+                } = H2FramePayload::unpack(note.aux, note.detail);
                 Self::H2Frame {
                     sock,
                     frame: FrameHeader {
@@ -245,14 +248,14 @@ impl Event {
             }
             EventKind::WalkLost => Self::WalkLost { sock },
             EventKind::Accepted => Self::Accepted { sock, at },
-            EventKind::ServerClosed => Self::ServerClosed { sock, at },
+            EventKind::CloseCalled => Self::CloseCalled { sock, at },
             EventKind::ListenerUp
             | EventKind::ListenerDown
             | EventKind::ConnOpen
             | EventKind::OutboundOpen => {
                 return Err(DecodeError::Record {
                     kind,
-                    len: size_of::<SockNote>(),
+                    len: size_of::<ShortEvent>(),
                 });
             }
         })
@@ -273,6 +276,7 @@ pub fn comm_to_string(comm: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracker_common::payloads::Decided;
     use tracker_common::{AF_INET, AF_INET6, DIRECTION_OUT};
 
     fn raw(kind: u32, family: u16) -> SockEvent {
@@ -346,8 +350,8 @@ mod tests {
         );
     }
 
-    fn note(kind: EventKind, aux: u64, detail: u32) -> SockNote {
-        SockNote {
+    fn note(kind: EventKind, aux: u64, detail: u32) -> ShortEvent {
+        ShortEvent {
             kind: kind as u32,
             detail,
             timestamp_ns: 2_000,
@@ -356,12 +360,12 @@ mod tests {
         }
     }
 
-    fn note_bytes(note: &SockNote) -> &[u8] {
-        // SAFETY: `SockNote` is plain old data; viewing it as bytes is what the ring does.
+    fn note_bytes(note: &ShortEvent) -> &[u8] {
+        // SAFETY: `ShortEvent` is plain old data; viewing it as bytes is what the ring does.
         unsafe {
             std::slice::from_raw_parts(
-                (note as *const SockNote).cast::<u8>(),
-                size_of::<SockNote>(),
+                (note as *const ShortEvent).cast::<u8>(),
+                size_of::<ShortEvent>(),
             )
         }
     }
@@ -397,8 +401,8 @@ mod tests {
             Ok(Event::Accepted { sock, at: 2_000 })
         );
         assert_eq!(
-            Event::decode(note_bytes(&note(EventKind::ServerClosed, 0, 0))),
-            Ok(Event::ServerClosed { sock, at: 2_000 })
+            Event::decode(note_bytes(&note(EventKind::CloseCalled, 0, 0))),
+            Ok(Event::CloseCalled { sock, at: 2_000 })
         );
         assert!(matches!(
             Event::from_event(&raw(EventKind::Accepted as u32, AF_INET)),
@@ -439,20 +443,20 @@ mod tests {
             flags: 1,
             stream_id: 7,
         };
-        let aux = |header, last_stream_id| {
-            FrameDetail::aux(&tracker_common::walk::Frame {
+        let frame_note = |header, last_stream_id, direction| {
+            let frame = tracker_common::walk::Frame {
                 header,
                 last_stream_id,
-            })
+            };
+            ShortEvent::new(
+                0xffff_8880_0000_2000,
+                2_000,
+                H2FramePayload::of(&frame, direction),
+            )
         };
         for (direction, inbound) in [(DIRECTION_IN, true), (DIRECTION_OUT, false)] {
-            let detail = FrameDetail::new(&header, direction).pack();
             assert_eq!(
-                Event::from_note(&note(
-                    EventKind::H2Frame,
-                    aux(header, UNKNOWN_STREAM),
-                    detail
-                )),
+                Event::from_note(&frame_note(header, UNKNOWN_STREAM, direction)),
                 Ok(Event::H2Frame {
                     sock: 0xffff_8880_0000_2000,
                     frame: header,
@@ -468,10 +472,9 @@ mod tests {
             flags: 0,
             stream_id: 0,
         };
-        let detail = FrameDetail::new(&goaway, DIRECTION_OUT).pack();
         for (last, expected) in [(99, Some(99)), (0, Some(0)), (UNKNOWN_STREAM, None)] {
             assert_eq!(
-                Event::from_note(&note(EventKind::H2Frame, aux(goaway, last), detail)),
+                Event::from_note(&frame_note(goaway, last, DIRECTION_OUT)),
                 Ok(Event::H2Frame {
                     sock: 0xffff_8880_0000_2000,
                     frame: FrameHeader {
@@ -493,10 +496,13 @@ mod tests {
         ));
         // The server's `101`: the connection leaves HTTP/1.
         assert!(matches!(
-            Event::from_note(&note(
-                EventKind::Turn,
-                0,
-                Protocol::Switching as u32 | UPGRADED
+            Event::from_note(&ShortEvent::new(
+                0xffff_8880_0000_2000,
+                2_000,
+                TurnPayload {
+                    previous_end_ns: 0,
+                    decided: Decided::upgraded(),
+                }
             )),
             Ok(Event::Turn {
                 protocol: Some(Protocol::Switching),

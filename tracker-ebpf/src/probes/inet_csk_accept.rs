@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::{fexit, kretprobe},
     programs::{FExitContext, RetProbeContext},
 };
-use tracker_common::EventKind;
+use tracker_common::payloads::AcceptedPayload;
 
 use crate::record::btf_arg_value;
 use crate::ring::emit_for_socket;
@@ -71,6 +71,6 @@ pub(crate) fn accepted(skaddr: u64) {
     track.accepted_ns = now;
     count_total(&track.endpoint, Total::Accepted, now);
     if track.unreported == 0 {
-        emit_for_socket(EventKind::Accepted as u32, skaddr, now, 0, 0);
+        emit_for_socket(skaddr, now, AcceptedPayload);
     }
 }

@@ -65,6 +65,7 @@ use tracker_common::{
     Config, ConnKey, ConnTrack, Endpoint, EventKind, HANDOVER_FULL_SLOT, IPPROTO_TCP, LOST_SLOT,
     OPEN_UNTRACKED, SockEvent, TRACK_FULL_SLOT,
     handover::{HandedOver, SOCK_DONE},
+    payloads::ConnClosePayload,
     tcp_state,
 };
 
@@ -117,7 +118,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => EventKind::ConnOpen,
         (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
         | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK) => {
-            server_closed(change, skaddr, config);
+            server_sent_fin(change, skaddr, config);
             return;
         }
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
@@ -131,8 +132,8 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
             if let Some(close) = closed(change, skaddr, old_state, config) {
                 // The daemon knows a tracked socket by its address since its open: a short
                 // event, with the end of a turn the close cut short.
-                let kind = EventKind::ConnClose as u32;
-                emit_for_socket(kind, skaddr, close.at, close.turn_end_ns, 0);
+                let turn_end_ns = close.turn_end_ns;
+                emit_for_socket(skaddr, close.at, ConnClosePayload { turn_end_ns });
             }
             return;
         }
@@ -301,11 +302,13 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
     submit(entry);
 }
 
-/// The server closed connection `skaddr`, which the kernel still has to finish: for the
-/// daemon its life ends here, and its closing phase starts. Nothing is done for an outbound
+/// The server sent its FIN on connection `skaddr` (ESTABLISHED → FIN_WAIT1, CLOSE_WAIT →
+/// LAST_ACK): it closed the connection, or shut it down where the close hook serves, and the
+/// kernel still has to finish it. At a close its life ends here for the daemon, and its
+/// closing phase starts. Nothing is done for an outbound
 /// connection (no server there; it ends at CLOSE) or one already closing.
 #[inline(always)]
-fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
+fn server_sent_fin<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
         if config.preexisting != 0 {
             close_followed(change, skaddr, Counted::No, Phase::ServerClose);
@@ -336,7 +339,13 @@ fn server_closed<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
         }
         return;
     }
-    emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn.ends_at, 0);
+    emit_for_socket(
+        skaddr,
+        now,
+        ConnClosePayload {
+            turn_end_ns: turn.ends_at,
+        },
+    );
 }
 
 /// The close of `track` as its CLOSE counts it. A connection the server shut down but has not

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::{fentry, kprobe},
     programs::{FEntryContext, ProbeContext},
 };
-use tracker_common::EventKind;
+use tracker_common::payloads::{CloseCalledPayload, ConnClosePayload};
 
 use crate::record::btf_arg_value;
 use crate::ring::emit_for_socket;
@@ -49,12 +49,18 @@ fn closing(skaddr: u64) {
     // SAFETY: a live map value of this connection. `close_called` is read only by the state
     // changes this `close()` makes next, on this CPU.
     unsafe { (*track).close_called = 1 };
-    emit_for_socket(EventKind::ServerClosed as u32, skaddr, now, 0, 0);
+    emit_for_socket(skaddr, now, CloseCalledPayload);
     // SAFETY: as above; the stamp is claimed against a CLOSE on another CPU.
     if unsafe { (*track).shut_down != 0 && claim_server_close(track, now) } {
         // Shut down earlier, so no state change follows to end its life: it ends here.
         // SAFETY: as above; this call owns the connection's close now.
         let turn = end_life_at_server_close(unsafe { &mut *track }, now);
-        emit_for_socket(EventKind::ConnClose as u32, skaddr, now, turn.ends_at, 0);
+        emit_for_socket(
+            skaddr,
+            now,
+            ConnClosePayload {
+                turn_end_ns: turn.ends_at,
+            },
+        );
     }
 }

@@ -2,8 +2,9 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use tracker_common::{
-    ConnTrack, DIRECTION_IN, EventKind, MSG_PEEK,
-    proto::{Protocol, TLS_FOLLOWED},
+    ConnTrack, DIRECTION_IN, MSG_PEEK,
+    payloads::{Decided, TurnPayload},
+    proto::Protocol,
     walk::SyscallBuffer,
 };
 
@@ -87,13 +88,13 @@ fn decide(
     bytes: u32,
     (undecided, switching): (bool, bool),
     ssl_call: u32,
-) -> Option<u32> {
+) -> Option<Decided> {
     if undecided {
         let protocol = detect_protocol(track, buf, bytes);
         if protocol == Protocol::Tls as u32 && ssl_call == tls_calls::HANDSHAKE {
-            return Some(protocol | TLS_FOLLOWED);
+            return Some(Decided::tls_followed());
         }
-        return Some(protocol);
+        return Some(Decided::protocol(protocol));
     }
     if switching {
         // The `101` ended the upgrade request's turn and was counted then (see `on_send`):
@@ -103,22 +104,28 @@ fn decide(
         if protocol == Protocol::Hijacked {
             return None;
         }
-        return Some(protocol as u32);
+        return Some(Decided::protocol(protocol as u32));
     }
-    Some(0)
+    Some(Decided::NOTHING)
 }
 
 /// Payload read at `now` starts a turn unless it continues the current one: the turn it ends
 /// is counted, and the daemon told if it knows the connection (`reported`), with the
 /// protocol just `decided`.
 #[inline(always)]
-fn start_turn_if_new(track: &mut ConnTrack, skaddr: u64, now: u64, decided: u32, reported: bool) {
+fn start_turn_if_new(
+    track: &mut ConnTrack,
+    skaddr: u64,
+    now: u64,
+    decided: Decided,
+    reported: bool,
+) {
     let turn_starts = if track.in_turn == 0 {
         Some(0)
     } else if track.last_send_ns != 0 {
         // The server answered since the turn began: this payload starts the next turn.
         Some(track.last_send_ns)
-    } else if decided != 0 {
+    } else if !decided.is_nothing() {
         // A TLS connection's first plaintext while its handshake's turn is still open (the
         // server sent nothing after the client's last handshake record): the handshake's turn
         // ends here and the request's begins, whose event carries the protocol.
@@ -144,12 +151,10 @@ fn start_turn_if_new(track: &mut ConnTrack, skaddr: u64, now: u64, decided: u32,
     track.in_turn = 1;
     track.last_send_ns = 0;
     if reported {
-        emit_for_socket(
-            EventKind::Turn as u32,
-            skaddr,
-            now,
-            previous_turn_end,
+        let note = TurnPayload {
+            previous_end_ns: previous_turn_end,
             decided,
-        );
+        };
+        emit_for_socket(skaddr, now, note);
     }
 }

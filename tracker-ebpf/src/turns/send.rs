@@ -2,8 +2,9 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use tracker_common::{
-    ConnTrack, DIRECTION_OUT, EventKind,
-    proto::{AnswerStatus, Protocol, UPGRADED},
+    ConnTrack, DIRECTION_OUT,
+    payloads::{Decided, TurnPayload},
+    proto::{AnswerStatus, Protocol},
 };
 
 use crate::payload::{Source, answer_status, walk_frames};
@@ -90,12 +91,10 @@ fn switch_protocols(track: &mut ConnTrack, skaddr: u64, now: u64) {
     track.last_send_ns = 0;
     track.protocol = Protocol::Switching as u32;
     if track.unreported == 0 {
-        emit_for_socket(
-            EventKind::Turn as u32,
-            skaddr,
-            now,
-            now,
-            Protocol::Switching as u32 | UPGRADED,
-        );
+        let note = TurnPayload {
+            previous_end_ns: now,
+            decided: Decided::upgraded(),
+        };
+        emit_for_socket(skaddr, now, note);
     }
 }

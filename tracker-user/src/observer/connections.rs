@@ -15,7 +15,7 @@ use crate::tracker_id::TrackerId;
 /// Where a tracked connection is accounted, and its turn and session state as the tracker
 /// last saw it.
 #[derive(Debug, Clone)]
-pub(super) struct ConnRef {
+pub(super) struct TrackedConn {
     pub(super) listener: TrackerId,
     /// The key of the connection in its tracker: the remote address of an accepted
     /// connection, the local address of an outbound one (its destination is the tracker's).
@@ -37,7 +37,7 @@ pub(super) struct ConnRef {
     pub(super) started: bool,
 }
 
-impl ConnRef {
+impl TrackedConn {
     /// A connection just opened, keyed `remote` in `listener`'s tracker; `started`: whether
     /// its life starts now, or at its accept.
     pub(super) fn opened(listener: TrackerId, remote: SocketAddr, started: bool) -> Self {
@@ -91,7 +91,7 @@ pub(super) enum Adoption {
 /// What the observer knew of a connection it closes.
 pub(super) enum Closing {
     /// Seen open (or opened by this host): its sessions end with it.
-    Tracked(ConnRef),
+    Tracked(TrackedConn),
     /// Taken from the kernel's table: its sessions were never known.
     Adopted,
     /// Never seen: the tracker counts `no_conn_in_map`.
@@ -175,7 +175,7 @@ impl Observer {
         }
         let started = starts_now || adoption.is_some();
         self.conns
-            .insert(sock, ConnRef::opened(id, remote, started));
+            .insert(sock, TrackedConn::opened(id, remote, started));
         Applied::Done
     }
 
@@ -319,7 +319,7 @@ impl Observer {
     }
 
     /// The server closed a tracked connection itself (its last reference to the socket).
-    pub(super) fn server_closed(&mut self, sock: SockId) -> Applied {
+    pub(super) fn close_called(&mut self, sock: SockId) -> Applied {
         if let Some((_, listener)) = self.conn_and_listener(sock) {
             listener.tally.server_closed += 1;
         }
@@ -355,7 +355,7 @@ impl Observer {
     }
 
     /// A tracked connection whose life has started, and its listener, by socket.
-    fn conn_and_listener(&mut self, sock: SockId) -> Option<(&mut ConnRef, &mut Listener)> {
+    fn conn_and_listener(&mut self, sock: SockId) -> Option<(&mut TrackedConn, &mut Listener)> {
         let conn = self.conns.get_mut(&sock).filter(|conn| conn.started)?;
         let listener = self.listeners.get_mut(&conn.listener)?;
         Some((conn, listener))

@@ -43,7 +43,7 @@ use crate::tracker_id::TrackerId;
 pub use crate::host::procfs::Owner;
 pub use crate::kernel::gauges::GaugeReading;
 pub use crate::kernel::hooks::LifeStart;
-use connections::ConnRef;
+use connections::TrackedConn;
 pub use kernel_totals::TurnLeftOpen;
 use listeners::Listener;
 pub use listeners::{OwnersCheck, TlsSeen};
@@ -79,7 +79,7 @@ pub struct Observer {
     listeners: FxHashMap<TrackerId, Listener>,
     /// The daemon's own network namespace: events from it are keyed with netns 0.
     own_netns: Netns,
-    conns: FxHashMap<SockId, ConnRef>,
+    conns: FxHashMap<SockId, TrackedConn>,
     /// Connections taken from the kernel's table, whose socket address is unknown: (listener,
     /// remote). Their close arrives with a socket address the observer never saw.
     adopted: FxHashMap<(TrackerId, SocketAddr), connections::Adoption>,
@@ -206,7 +206,7 @@ impl Observer {
             } => self.h2_frame(sock, frame, goaway_last_stream, inbound),
             Event::WalkLost { sock } => self.walk_lost(sock),
             Event::Accepted { sock, at } => self.accepted(sock, at),
-            Event::ServerClosed { sock, .. } => self.server_closed(sock),
+            Event::CloseCalled { sock, .. } => self.close_called(sock),
         }
     }
 }

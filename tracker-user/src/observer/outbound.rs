@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::connections::ConnRef;
+use super::connections::TrackedConn;
 use super::listeners::Listener;
 use super::{Applied, Observer};
 use crate::event::SockId;
@@ -35,7 +35,8 @@ impl Observer {
         let id = TrackerId::connect(remote);
         if let Some(destination) = self.listeners.get_mut(&id) {
             destination.tracker.conn_state(local, at, ConnState::New);
-            self.conns.insert(sock, ConnRef::opened(id, local, true));
+            self.conns
+                .insert(sock, TrackedConn::opened(id, local, true));
         }
         Applied::Done
     }

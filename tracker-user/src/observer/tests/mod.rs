@@ -657,7 +657,7 @@ fn server_accepts_and_closes_are_counted_per_listener_and_interval() {
             Applied::Done
         );
     }
-    let _ = observer.apply(&Event::ServerClosed { sock: 10, at: 2 });
+    let _ = observer.apply(&Event::CloseCalled { sock: 10, at: 2 });
     // A socket the observer does not track counts nowhere.
     let _ = observer.apply(&Event::Accepted { sock: 99, at: 3 });
     let report = report_of(&mut observer, SECOND, "127.0.0.1:8080");
