@@ -10,7 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, cargo, output_of, run_step, workspace_root, write_man_and_completions};
+use crate::build::{build, write_man_and_completions};
+use crate::host::{cargo, output_of, run_step, workspace_root};
 
 /// The package's name, as `dpkg -i`, `dpkg -L` and `dpkg --purge` know it.
 pub const PACKAGE: &str = "tracker";

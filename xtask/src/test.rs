@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::deb;
+use crate::host::{cargo, ensure_packages, is_root, run_step, workspace_root};
+use crate::toolchain;
 use crate::vm::{self, VmOutcome};
 use crate::vm_initramfs::GuestCommand;
 use crate::vm_kernel::{self, SERIES};
-use crate::{cargo, ensure_packages, is_root, run_step, toolchain, workspace_root};
 
 #[derive(clap::Args)]
 pub struct TestArgs {

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{output_of, run_step};
+use crate::host::{output_of, run_step};
 
 const NIGHTLY: &str = "nightly";
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{output_of, run_step, workspace_root};
+use crate::host::{output_of, run_step, workspace_root};
 
 /// A kernel series of the matrix: package names `<prefix><digits><suffix>`.
 pub struct Series {

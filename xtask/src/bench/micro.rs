@@ -13,7 +13,7 @@ pub(crate) struct MicroFigure {
 
 /// Runs the criterion benchmark of the model and reads its figures.
 pub(crate) fn measure() -> anyhow::Result<Vec<MicroFigure>> {
-    let output = crate::cargo()
+    let output = crate::host::cargo()
         .args([
             "bench",
             "--package",

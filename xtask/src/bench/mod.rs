@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{run_step, workspace_root};
+use crate::host::{run_step, workspace_root};
 use harness::{Nginx, Shape};
 
 /// Everything in BENCHMARKS.md from this line on was measured outside `cargo xtask bench`
@@ -90,7 +90,7 @@ struct Figures {
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    let tracker = crate::build()?;
+    let tracker = crate::build::build()?;
     ensure_packages()?;
     ensure_tracefs()?;
     let out_dir = workspace_root().join("target/bench");
@@ -158,7 +158,7 @@ fn write_report(args: &BenchArgs, figures: &Figures, took: Duration) -> anyhow::
 }
 
 fn ensure_packages() -> anyhow::Result<()> {
-    crate::ensure_packages(BENCH_PACKAGES, "the benchmark")
+    crate::host::ensure_packages(BENCH_PACKAGES, "the benchmark")
 }
 
 /// bpftrace needs tracefs mounted (tracker mounts it itself, and unmounts what it mounted).

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use super::harness::{Load, Shape, free_port, stats, wrk};
 use super::observers::{Observer, start_observer};
-use crate::{run_step, workspace_root};
+use crate::host::{run_step, workspace_root};
 
 /// The repetitions of one load under one observer.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use super::harness::{
     Load, Nginx, ObserverGuard, Shape, WrkResult, start_tracker, stats, wrk_through,
 };
 use super::kernel_cost::{ProgramCosts, ProgramRuns, difference};
-use crate::run_step;
+use crate::host::run_step;
 
 /// The HTTPS figures of one bench run.
 #[derive(Debug)]
