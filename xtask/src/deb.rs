@@ -71,19 +71,7 @@ pub fn build_package(out_dir: &Path) -> anyhow::Result<PathBuf> {
         &root.join("lib/systemd/system/tracker.service"),
         0o644,
     )?;
-    let doc = root.join("usr/share/doc").join(PACKAGE);
-    // The README and what it links to by relative path.
-    for file in ["README.md", "BENCHMARKS.md", "benchmarks.png"] {
-        install(&workspace_root().join(file), &doc.join(file), 0o644)?;
-    }
-    let docs = workspace_root().join("docs");
-    for entry in std::fs::read_dir(&docs).with_context(|| format!("reading {}", docs.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|extension| extension == "md") {
-            let name = path.file_name().expect("a file in docs/");
-            install(&path, &doc.join("docs").join(name), 0o644)?;
-        }
-    }
+    install_documentation(&root.join("usr/share/doc").join(PACKAGE))?;
     install_man_pages(&release.join("man"), &root.join("usr/share/man/man1"))?;
     let completions = release.join("completions");
     for (file, target) in [
@@ -129,6 +117,22 @@ pub fn build_package(out_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The `DEBIAN/control` file.
+/// The README and what it links to by relative path, into `doc`.
+fn install_documentation(doc: &Path) -> anyhow::Result<()> {
+    for file in ["README.md", "BENCHMARKS.md", "benchmarks.png"] {
+        install(&workspace_root().join(file), &doc.join(file), 0o644)?;
+    }
+    let docs = workspace_root().join("docs");
+    for entry in std::fs::read_dir(&docs).with_context(|| format!("reading {}", docs.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|extension| extension == "md") {
+            let name = path.file_name().expect("a file in docs/");
+            install(&path, &doc.join("docs").join(name), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
 fn control(version: &str, arch: &str, installed_kib: u64) -> String {
     format!(
         "Package: {PACKAGE}\n\
