@@ -21,7 +21,10 @@ pub mod proto;
 pub mod totals;
 pub mod walk;
 
-pub use totals::{ENDPOINT_TOTALS_MAP, ENDPOINT_TOTALS_MAX_ENTRIES, EndpointTotals, Spans};
+pub use totals::{
+    ENDPOINT_SLOTS_MAP, ENDPOINT_SLOTS_MAX_ENTRIES, EndpointTotals, NO_SLOT, SLOT_TOTALS_MAP,
+    Spans, slot_totals_entries,
+};
 
 /// Name of the ring buffer map that carries [`SockEvent`]s to the daemon.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -33,8 +36,8 @@ pub const LOST_SLOT: u32 = 0;
 /// Slot of [`LOST_MAP`] counting accepted connections that could not be tracked in the kernel
 /// because the tracking map was full (their closes would be missed).
 pub const TRACK_FULL_SLOT: u32 = 1;
-/// Slot of [`LOST_MAP`] counting opens and closes that [`ENDPOINT_TOTALS_MAP`] could not
-/// count because it was full (a host with more local endpoints than it holds).
+/// Slot of [`LOST_MAP`] counting opens, closes and turns that [`SLOT_TOTALS_MAP`] could not
+/// count because their endpoint got no slot (a host with more local endpoints than it holds).
 pub const TOTALS_FULL_SLOT: u32 = 2;
 /// Slot of [`LOST_MAP`] counting live gauge updates missed (see [`gauge`]): its table was full,
 /// or other CPUs kept changing a peak through every try. The interval's kernel peak is then
@@ -143,7 +146,7 @@ pub struct ConnTrack {
     /// followed on it, only its life.
     pub outbound: u32,
     /// Non-zero when the daemon was never told of this connection (its open event found the
-    /// ring full): the kernel still counts its close in [`ENDPOINT_TOTALS_MAP`], and reports it
+    /// ring full): the kernel still counts its close in [`SLOT_TOTALS_MAP`], and reports it
     /// only if the daemon has adopted the connection since (through [`PREEXISTING_MAP`]).
     pub unreported: u32,
     /// Non-zero once the server called `close()` on it (seen by the close program, before the
@@ -155,6 +158,9 @@ pub struct ConnTrack {
     /// Its local endpoint, as counted at its open: the close counts there without reading the
     /// socket again.
     pub endpoint: Endpoint,
+    /// Its endpoint's slot in [`SLOT_TOTALS_MAP`], given at its open ([`NO_SLOT`]: none
+    /// could be).
+    pub totals_slot: u32,
     /// When the server closed it (0: not yet, or it closed by a reset, with no closing phase).
     /// From then on the daemon has been told it is closed, and nothing more is reported of it.
     pub server_closed_ns: u64,

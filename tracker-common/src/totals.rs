@@ -1,15 +1,40 @@
 //! The kernel's own counts per local endpoint: periods (lives, closing phases, turns) as counts
 //! and stamp sums, from which the daemon derives time spent without a record per period.
 
-/// Name of the per-CPU map of [`EndpointTotals`] by [`Endpoint`](crate::Endpoint): the kernel's
-/// own count of the server-side connections opened and closed at each local endpoint, of the
-/// closing phases that the server's closes start, and of their request/response turns. Counted before any event is sent, these totals
-/// survive a full ring or a stalled daemon; the daemon adds them up per listener.
-pub const ENDPOINT_TOTALS_MAP: &str = "ENDPOINT_TOTALS";
-/// Capacity of [`ENDPOINT_TOTALS_MAP`]: local addresses times listening ports, with room for
-/// hosts that give every container its own address. Allocated as endpoints appear, 192 bytes
-/// per CPU each.
-pub const ENDPOINT_TOTALS_MAX_ENTRIES: u32 = 4096;
+/// Name of the map that gives each local [`Endpoint`](crate::Endpoint) with server-side
+/// connections its slot (`u32`) in [`SLOT_TOTALS_MAP`]. The state change program gives the slot
+/// once, at a connection's open, and the connection carries it
+/// ([`ConnTrack::totals_slot`](crate::ConnTrack::totals_slot)), so its later counts are an
+/// array access rather than a lookup hashed on the endpoint. Slots are never taken back.
+pub const ENDPOINT_SLOTS_MAP: &str = "ENDPOINT_SLOTS";
+/// Capacity of [`ENDPOINT_SLOTS_MAP`]: local addresses times listening ports, with room for
+/// hosts that give every container its own address.
+pub const ENDPOINT_SLOTS_MAX_ENTRIES: u32 = 4096;
+/// Name of the per-CPU array of [`EndpointTotals`] by endpoint slot: the kernel's own count of
+/// the server-side connections opened and closed at each local endpoint, of the closing phases
+/// that the server's closes start, and of their request/response turns. Counted before any
+/// event is sent, these totals survive a full ring or a stalled daemon; the daemon adds them up
+/// per listener.
+pub const SLOT_TOTALS_MAP: &str = "SLOT_TOTALS";
+/// A connection's [`ConnTrack::totals_slot`](crate::ConnTrack::totals_slot) when its endpoint
+/// could not be given one ([`ENDPOINT_SLOTS_MAP`] full): its counts are lost, and counted so
+/// (`TOTALS_FULL_SLOT`).
+pub const NO_SLOT: u32 = u32::MAX;
+/// What the daemon lets [`SLOT_TOTALS_MAP`] take in all: an array is allocated whole, for every
+/// possible CPU, so a host with many CPUs gets fewer slots rather than more memory.
+pub const SLOT_TOTALS_BUDGET_BYTES: usize = 16 << 20;
+/// The fewest slots [`slot_totals_entries`] gives, however many CPUs: more listening endpoints
+/// than a host usually has.
+pub const SLOT_TOTALS_MIN_ENTRIES: u32 = 256;
+
+/// How many endpoint slots [`SLOT_TOTALS_MAP`] has on a host with `cpus` possible CPUs: as many
+/// as [`ENDPOINT_SLOTS_MAP`] holds where [`SLOT_TOTALS_BUDGET_BYTES`] allows, never fewer than
+/// [`SLOT_TOTALS_MIN_ENTRIES`].
+pub fn slot_totals_entries(cpus: usize) -> u32 {
+    let per_slot = core::mem::size_of::<EndpointTotals>() * cpus.max(1);
+    let affordable = u32::try_from(SLOT_TOTALS_BUDGET_BYTES / per_slot).unwrap_or(u32::MAX);
+    affordable.clamp(SLOT_TOTALS_MIN_ENTRIES, ENDPOINT_SLOTS_MAX_ENTRIES)
+}
 
 /// Periods of one kind that started and ended, with the sums of their `bpf_ktime_get_ns()`
 /// stamps. With the number still running, the sums give the nanoseconds the periods lasted up
@@ -187,6 +212,16 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_fill_the_budget_between_the_floor_and_the_endpoint_table() {
+        // 192 bytes a slot per CPU: 2 CPUs afford far more than the table holds.
+        assert_eq!(size_of::<EndpointTotals>(), 192);
+        assert_eq!(slot_totals_entries(2), ENDPOINT_SLOTS_MAX_ENTRIES);
+        assert_eq!(slot_totals_entries(64), 1365);
+        assert_eq!(slot_totals_entries(4096), SLOT_TOTALS_MIN_ENTRIES);
+        assert_eq!(slot_totals_entries(0), ENDPOINT_SLOTS_MAX_ENTRIES);
+    }
 
     /// Periods started at `starts` and ended at `ends`, counted the way the kernel does.
     fn spans_of(starts: &[u64], ends: &[u64]) -> Spans {

@@ -1,30 +1,41 @@
 //! The kernel's own counts per local endpoint (`tracker_common::totals`): opens, closes,
 //! closing phases and turns, counted before any record is sent, so they survive a full ring.
 
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use tracker_common::{
-    ConnTrack, ENDPOINT_TOTALS_MAX_ENTRIES, Endpoint, EndpointTotals, TOTALS_FULL_SLOT,
+    ConnTrack, ENDPOINT_SLOTS_MAX_ENTRIES, Endpoint, EndpointTotals, NO_SLOT, TOTALS_FULL_SLOT,
 };
 
 use crate::gauges::{self, Step};
 use crate::loss::count_lost;
 
-/// The kernel's own count of server-side opens, closes and closing phases per local endpoint
-/// (see `ENDPOINT_TOTALS_MAP`). Allocated as endpoints appear: each entry is per CPU, so a
-/// preallocated table would cost its full size on every CPU of a large host. An allocation
-/// that fails counts as [`TOTALS_FULL_SLOT`].
+/// Each local endpoint's slot in [`SLOT_TOTALS`] (see `ENDPOINT_SLOTS_MAP`). Only [`slot_of`]
+/// inserts, and nothing removes.
 #[map]
-pub static ENDPOINT_TOTALS: PerCpuHashMap<Endpoint, EndpointTotals> =
-    PerCpuHashMap::with_max_entries(ENDPOINT_TOTALS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+pub static ENDPOINT_SLOTS: HashMap<Endpoint, u32> =
+    HashMap::with_max_entries(ENDPOINT_SLOTS_MAX_ENTRIES, 0);
 
-/// One zeroed [`EndpointTotals`], never written: the value a new endpoint's entry starts from,
-/// passed to the insert from here rather than built on the programs' 512-byte stack.
+/// The kernel's own count of server-side opens, closes, closing phases and turns per endpoint
+/// slot (see `SLOT_TOTALS_MAP`), per CPU. The daemon sizes it at load for the host's CPUs
+/// (`slot_totals_entries`); a slot past its end counts as [`TOTALS_FULL_SLOT`].
 #[map]
-static ZERO_TOTALS: Array<EndpointTotals> = Array::with_max_entries(1, 0);
+static SLOT_TOTALS: PerCpuArray<EndpointTotals> =
+    PerCpuArray::with_max_entries(ENDPOINT_SLOTS_MAX_ENTRIES, 0);
+
+/// The next endpoint slot to give, taken by compare-and-swap: endpoints appear on any CPU. A
+/// `u64`, since the eBPF build's CPU version has compare-and-swap on 64 bits only.
+#[map]
+static NEXT_SLOT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Compare-and-swap tries for a new slot before giving up (the verifier needs a bound): each
+/// failure means another CPU took a slot in between.
+const SLOT_TRIES: u32 = 8;
 
 /// Which of an endpoint's totals to count.
 #[derive(Clone, Copy)]
@@ -124,8 +135,8 @@ impl TurnCut {
 /// Counts `total` of `endpoint` on this CPU, stamped `at`, before any event is sent: the totals
 /// are exact whatever becomes of the ring.
 #[inline(always)]
-pub fn count_total(endpoint: &Endpoint, total: Total, at: u64) {
-    count_close(endpoint, total, TurnCut::default(), at);
+pub fn count_total(endpoint: &Endpoint, slot: u32, total: Total, at: u64) {
+    count_close(endpoint, slot, total, TurnCut::default(), at);
 }
 
 /// The server's close of `track` at `now` ends its life as the server sees it and starts its
@@ -137,6 +148,7 @@ pub fn end_life_at_server_close(track: &mut ConnTrack, now: u64) -> TurnCut {
     track.in_turn = 0;
     count_close(
         &track.endpoint,
+        track.totals_slot,
         Total::ServerClosed {
             accepted: track.accepted_ns != 0,
         },
@@ -150,13 +162,13 @@ pub fn end_life_at_server_close(track: &mut ConnTrack, now: u64) -> TurnCut {
 /// `turn`. The turn travels apart from `total`: inside it, the lifecycle program's stack (where
 /// every count is inlined) would pass what older verifiers allow.
 #[inline(always)]
-pub fn count_close(endpoint: &Endpoint, total: Total, turn: TurnCut, at: u64) {
+pub fn count_close(endpoint: &Endpoint, slot: u32, total: Total, turn: TurnCut, at: u64) {
     let (by_handshake, by_accept) = total.life_steps();
     gauges::count(endpoint, by_handshake, by_accept);
     if turn.unanswered() {
         gauges::count_busy(endpoint, Step::Down);
     }
-    let Some(totals) = totals_here(endpoint) else {
+    let Some(totals) = totals_here(slot) else {
         return;
     };
     match total {
@@ -196,9 +208,9 @@ pub fn count_close(endpoint: &Endpoint, total: Total, turn: TurnCut, at: u64) {
 /// payload a new one starts at `starts_at` (0: none, the server's `101` took the connection out
 /// of HTTP/1).
 #[inline(always)]
-pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
+pub fn count_turn(endpoint: &Endpoint, slot: u32, cut: TurnCut, starts_at: u64) {
     gauges::count_busy(endpoint, Step::of(starts_at != 0, cut.unanswered()));
-    let Some(totals) = totals_here(endpoint) else {
+    let Some(totals) = totals_here(slot) else {
         return;
     };
     cut.count_on(totals);
@@ -210,10 +222,10 @@ pub fn count_turn(endpoint: &Endpoint, cut: TurnCut, starts_at: u64) {
 /// The server sent payload at `at` in a turn, whose previous send was at `previous` (0: this
 /// is its first): the turn's answered span starts again from here.
 #[inline(always)]
-pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
+pub fn count_answer(endpoint: &Endpoint, slot: u32, previous: u64, at: u64) {
     // The first answer takes the connection off the busy gauge.
     gauges::count_busy(endpoint, Step::of(false, previous == 0));
-    let Some(totals) = totals_here(endpoint) else {
+    let Some(totals) = totals_here(slot) else {
         return;
     };
     if previous != 0 {
@@ -222,20 +234,14 @@ pub fn count_answer(endpoint: &Endpoint, previous: u64, at: u64) {
     totals.answered.count_start(at);
 }
 
-/// This CPU's totals of `endpoint`, added if new; counts [`TOTALS_FULL_SLOT`] when the map
-/// cannot take it.
+/// This CPU's totals at an endpoint's `slot`; counts [`TOTALS_FULL_SLOT`] when the endpoint
+/// has none in [`SLOT_TOTALS`] ([`NO_SLOT`], or one past its end). Slots are given only by
+/// [`slot_of`], where a connection opens or an adopted one closes, and are not looked up again
+/// here: each branch at every inlined count multiplies what the verifier walks, which kernel
+/// 6.1's takes seconds to under emulation.
 #[inline(always)]
-fn totals_here(endpoint: &Endpoint) -> Option<&'static mut EndpointTotals> {
-    let mut totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
-    if totals.is_none()
-        && let Some(zero) = ZERO_TOTALS.get(0)
-    {
-        // BPF_NOEXIST: another program on this CPU may have added it meanwhile; either way
-        // the entry exists afterwards unless the map is full.
-        let _ = ENDPOINT_TOTALS.insert(endpoint, zero, u64::from(BPF_NOEXIST));
-        totals = ENDPOINT_TOTALS.get_ptr_mut(endpoint);
-    }
-    let Some(totals) = totals else {
+fn totals_here(slot: u32) -> Option<&'static mut EndpointTotals> {
+    let Some(totals) = SLOT_TOTALS.get_ptr_mut(slot) else {
         count_lost(TOTALS_FULL_SLOT);
         return None;
     };
@@ -244,6 +250,59 @@ fn totals_here(endpoint: &Endpoint) -> Option<&'static mut EndpointTotals> {
     // (the socket programs'), and the kernel never runs a program nested in itself on one CPU
     // (a softirq that fires it while it runs in a task is skipped and counted as a miss).
     Some(unsafe { &mut *totals })
+}
+
+/// Whether an endpoint's `slot` has totals in [`SLOT_TOTALS`] (not one past its end, nor
+/// [`NO_SLOT`]).
+#[inline(always)]
+pub fn counts_in(slot: u32) -> bool {
+    SLOT_TOTALS.get_ptr(slot).is_some()
+}
+
+/// The slot of `endpoint` in [`SLOT_TOTALS`], given now if it has none; [`NO_SLOT`] if
+/// [`ENDPOINT_SLOTS`] is full or other CPUs took slots through every try.
+///
+/// A function of its own in the object, not inlined: its several outcomes would otherwise
+/// each be carried through the rest of the open, and kernel 6.1's verifier took three times
+/// as long over the lifecycle program (15 s instead of 5 s under emulation).
+#[inline(never)]
+pub fn slot_of(endpoint: &Endpoint) -> u32 {
+    // SAFETY: a plain `u32` read from a live map value.
+    if let Some(&slot) = unsafe { ENDPOINT_SLOTS.get(endpoint) } {
+        return slot;
+    }
+    let Some(next) = NEXT_SLOT.get_ptr_mut(0) else {
+        return NO_SLOT;
+    };
+    // SAFETY: a live map value, changed only by compare-and-swap; a stale read costs a try.
+    let mut seen = unsafe { core::ptr::read_volatile(next) };
+    let mut taken = None;
+    // Only the swap is in the loop, so the verifier walks the map updates below once.
+    for _ in 0..SLOT_TRIES {
+        // SAFETY: as above.
+        let (before, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                next,
+                seen,
+                seen.wrapping_add(1),
+            )
+        };
+        if swapped {
+            taken = Some(seen);
+            break;
+        }
+        seen = before;
+    }
+    let Some(taken) = taken else {
+        return NO_SLOT;
+    };
+    // Past `u32`'s range a slot is far past the totals' end, as `NO_SLOT` is.
+    let slot = u32::try_from(taken).unwrap_or(NO_SLOT);
+    // BPF_NOEXIST: another CPU may have given this endpoint a slot meanwhile; then that one
+    // stands and this one is never used.
+    let _ = ENDPOINT_SLOTS.insert(endpoint, &slot, u64::from(BPF_NOEXIST));
+    // SAFETY: as the first read.
+    unsafe { ENDPOINT_SLOTS.get(endpoint) }.map_or(NO_SLOT, |&slot| slot)
 }
 
 /// When a connection's turn ended, as its turn events and close carry it: at the server's last

@@ -63,7 +63,7 @@ use aya_ebpf::{
 };
 use tracker_common::{
     Config, ConnKey, ConnTrack, Endpoint, EventKind, HANDOVER_FULL_SLOT, IPPROTO_TCP, LOST_SLOT,
-    OPEN_UNTRACKED, SockEvent, TRACK_FULL_SLOT,
+    NO_SLOT, OPEN_UNTRACKED, SockEvent, TRACK_FULL_SLOT,
     handover::{HandedOver, SOCK_DONE},
     payloads::ConnClosePayload,
     tcp_state,
@@ -76,7 +76,7 @@ use crate::record::{RawStateChange, RecordStateChange, StateChange, kernel};
 use crate::ring::{EVENTS, emit_for_socket, submit};
 use crate::settings::{CONFIG, CONNECT_TARGETS, port_wanted};
 use crate::totals::{
-    ENDPOINT_TOTALS, Total, TurnCut, count_close, count_total, end_life_at_server_close,
+    Total, TurnCut, count_close, count_total, counts_in, end_life_at_server_close, slot_of,
     turn_end_at,
 };
 use crate::tracked::{
@@ -180,13 +180,14 @@ fn closed<C: StateChange>(
     let closed_at = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a live map value; the fields needed are copied out before the entry is
     // removed (not the whole value: its frame walks are most of it).
-    let (in_turn, sent, outbound, unreported, local, close) = unsafe {
+    let (in_turn, sent, outbound, unreported, local, slot, close) = unsafe {
         (
             (*track).in_turn,
             (*track).last_send_ns,
             (*track).outbound,
             (*track).unreported,
             (*track).endpoint,
+            (*track).totals_slot,
             close_at_close(track),
         )
     };
@@ -200,13 +201,13 @@ fn closed<C: StateChange>(
         && outbound == 0
         && !(old_state == tcp_state::FIN_WAIT2
             && matches!(close, Total::Closed { closing: true, .. })
-            && handed_to_time_wait(change, skaddr, config, &local, closed_at))
+            && handed_to_time_wait(change, skaddr, config, (&local, slot), closed_at))
     {
         let turn = TurnCut {
             ends_at: turn_end_at(closing_turn, sent, closed_at),
             answered_at: if closing_turn { sent } else { 0 },
         };
-        count_close(&local, close, turn, closed_at);
+        count_close(&local, slot, close, turn, closed_at);
     }
     if matches!(close, Total::Closed { closing: true, .. }) {
         // The daemon was told at the server's close.
@@ -233,6 +234,13 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
     let endpoints = change.endpoints();
     let netns = netns_of(skaddr, config);
     let local = endpoint(&endpoints, netns);
+    // Its counts go to its endpoint's slot, given once here rather than looked up by endpoint
+    // at each of them.
+    let slot = if kind == EventKind::ConnOpen {
+        slot_of(&local)
+    } else {
+        NO_SLOT
+    };
     // A connection goes into TRACKED first of all: the programs on its other hooks (an
     // accept on another CPU may already have it) only see it once it is there.
     let opening = matches!(kind, EventKind::ConnOpen | EventKind::OutboundOpen);
@@ -246,12 +254,13 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
             let tracked = track_connection(skaddr, now, |track| {
                 track.opened_ns = now;
                 track.endpoint = local;
+                track.totals_slot = slot;
                 track.unreported = 1;
             });
             if !tracked {
                 count_lost(TRACK_FULL_SLOT);
             }
-            count_total(&local, Total::Opened, now);
+            count_total(&local, slot, Total::Opened, now);
         }
         return;
     };
@@ -259,10 +268,11 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
         || track_connection(skaddr, now, |track| {
             track.opened_ns = now;
             track.endpoint = local;
+            track.totals_slot = slot;
             track.outbound = outbound;
         });
     if kind == EventKind::ConnOpen && tracked {
-        count_total(&local, Total::Opened, now);
+        count_total(&local, slot, Total::Opened, now);
     }
     if !tracked {
         // The table is full, or, allocated on demand, could not take one more entry in a burst
@@ -274,7 +284,7 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
         if !follow_close_by_endpoints(&endpoints, kind) {
             entry.discard(0);
             if kind == EventKind::ConnOpen {
-                count_total(&local, Total::Opened, now);
+                count_total(&local, slot, Total::Opened, now);
             }
             warn!(
                 change,
@@ -284,7 +294,7 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
             return;
         }
         if kind == EventKind::ConnOpen {
-            count_total(&local, Total::OpenedUntracked, now);
+            count_total(&local, slot, Total::OpenedUntracked, now);
         }
     }
 
@@ -382,7 +392,7 @@ fn handed_to_time_wait<C: StateChange>(
     change: &C,
     skaddr: u64,
     config: &Config,
-    local: &Endpoint,
+    (local, slot): (&Endpoint, u32),
     at: u64,
 ) -> bool {
     if config.sock_flags_offset == 0 || local.netns != config.own_netns {
@@ -392,9 +402,9 @@ fn handed_to_time_wait<C: StateChange>(
     else {
         return false;
     };
-    // SAFETY: presence test only. The closing phase's start is counted there; without an
-    // entry it was not, and no end may be counted later either.
-    if flags & SOCK_DONE != 0 || unsafe { ENDPOINT_TOTALS.get(local) }.is_none() {
+    // The closing phase's start is counted in the slot's totals; without them it was not, and
+    // no end may be counted later either.
+    if flags & SOCK_DONE != 0 || !counts_in(slot) {
         return false;
     }
     let handed = HandedOver {
@@ -496,7 +506,8 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted, pha
             accepted: direction != FOLLOWED_UNTRACKED,
             untracked: direction == FOLLOWED_UNTRACKED,
         };
-        count_total(&endpoint(&endpoints, netns), close, now);
+        let local = endpoint(&endpoints, netns);
+        count_total(&local, slot_of(&local), close, now);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);

@@ -17,14 +17,15 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tracker_common::{
     CONFIG_MAP, CONNECT_TARGETS_MAP, Config, ConnKey, ConnTrack, DEFAULT_RING_BYTES, DIRECTION_IN,
-    DIRECTION_OUT, ENDPOINT_TOTALS_MAP, EVENTS_MAP, Endpoint, EndpointTotals, GAUGES_MISSED_SLOT,
-    LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout, SYSCALL_BUFFERS_MAP,
-    TOTALS_FULL_SLOT, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
+    DIRECTION_OUT, ENDPOINT_SLOTS_MAP, EVENTS_MAP, Endpoint, EndpointTotals, GAUGES_MISSED_SLOT,
+    LOST_MAP, LOST_SLOT, PORTS_MAP, PREEXISTING_MAP, RegsLayout, SLOT_TOTALS_MAP,
+    SYSCALL_BUFFERS_MAP, TOTALS_FULL_SLOT, TRACK_FULL_SLOT, TRACKED_MAP, buf_shape,
+    slot_totals_entries,
 };
 use tracker_common::{
     HANDOVER_FULL_SLOT,
@@ -127,7 +128,8 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, ConnTrack>,
     preexisting: HashMap<MapData, ConnKey, u8>,
-    endpoint_totals: PerCpuHashMap<MapData, Endpoint, EndpointTotals>,
+    endpoint_slots: HashMap<MapData, Endpoint, u32>,
+    slot_totals: PerCpuArray<MapData, EndpointTotals>,
     handed_over: HashMap<MapData, ConnKey, HandedOver>,
     /// Where `sock.sk_flags` is, if the kernel's BTF says (see [`Probes::follow_time_wait`]).
     sock_flags_offset: Option<u32>,
@@ -206,7 +208,8 @@ pub fn load_and_attach(
         lost: take_map(&mut ebpf, LOST_MAP)?,
         tracked: take_map(&mut ebpf, TRACKED_MAP)?,
         preexisting: take_map(&mut ebpf, PREEXISTING_MAP)?,
-        endpoint_totals: take_map(&mut ebpf, ENDPOINT_TOTALS_MAP)?,
+        endpoint_slots: take_map(&mut ebpf, ENDPOINT_SLOTS_MAP)?,
+        slot_totals: take_map(&mut ebpf, SLOT_TOTALS_MAP)?,
         handed_over: take_map(&mut ebpf, HANDED_OVER_MAP)?,
         gauges: KernelGauges::take_from(&mut ebpf)?,
         ebpf,
@@ -229,6 +232,9 @@ fn load_object(options: &ProbeOptions) -> anyhow::Result<Ebpf> {
     if let Some(entries) = options.tracked_entries {
         loader.map_max_entries(TRACKED_MAP, entries);
     }
+    // Allocated whole for every possible CPU: sized to the host (see `slot_totals_entries`).
+    let cpus = aya::util::nr_cpus().map_err(|(path, error)| anyhow!(error).context(path))?;
+    loader.map_max_entries(SLOT_TOTALS_MAP, slot_totals_entries(cpus));
     // The programs only format messages the daemon would print: the same level as RUST_LOG.
     let kernel_log_level = log::max_level() as u8;
     loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
@@ -353,18 +359,26 @@ impl Probes {
 
     /// The kernel's count of server-side connections opened and closed per local endpoint
     /// since load, with their stamp sums, summed over CPUs.
+    /// An endpoint whose slot is past the end of the totals has none: its counts were lost,
+    /// and counted so.
     pub fn endpoint_totals(&self) -> anyhow::Result<Vec<(Endpoint, EndpointTotals)>> {
-        self.endpoint_totals
-            .iter()
-            .map(|entry| {
-                let (endpoint, per_cpu) =
-                    entry.with_context(|| format!("reading {ENDPOINT_TOTALS_MAP}"))?;
-                let totals = per_cpu
-                    .iter()
-                    .fold(EndpointTotals::default(), |sum, cpu| sum.plus(cpu));
-                Ok((endpoint, totals))
-            })
-            .collect()
+        let mut found = Vec::new();
+        for entry in self.endpoint_slots.iter() {
+            let (endpoint, slot) =
+                entry.with_context(|| format!("reading {ENDPOINT_SLOTS_MAP}"))?;
+            if slot >= self.slot_totals.len() {
+                continue;
+            }
+            let per_cpu = self
+                .slot_totals
+                .get(&slot, 0)
+                .with_context(|| format!("reading slot {slot} of {SLOT_TOTALS_MAP}"))?;
+            let totals = per_cpu
+                .iter()
+                .fold(EndpointTotals::default(), |sum, cpu| sum.plus(cpu));
+            found.push((endpoint, totals));
+        }
+        Ok(found)
     }
 }
 
