@@ -48,8 +48,9 @@ pub const GAUGES_MISSED_SLOT: u32 = 3;
 pub const HANDOVER_FULL_SLOT: u32 = 4;
 /// Number of slots in [`LOST_MAP`].
 pub const LOST_SLOTS: u32 = 5;
-/// Name of the hash map of local ports to watch; consulted only when [`Config::filter_ports`]
-/// is set.
+/// Name of the array of local ports to watch, one byte per port number (non-zero: watched);
+/// consulted only when [`Config::filter_ports`] is set. An array rather than a set: a port is
+/// checked at every connection's open, and an array index costs less than a hashed lookup.
 pub const PORTS_MAP: &str = "PORTS";
 /// Name of the one-slot array holding the [`Config`].
 pub const CONFIG_MAP: &str = "CONFIG";
@@ -59,8 +60,8 @@ pub const TRACKED_MAP: &str = "TRACKED";
 /// connections; entries are allocated on demand (`BPF_F_NO_PREALLOC`), so an idle host pays
 /// nothing for the headroom.
 pub const TRACKED_MAX_ENTRIES: u32 = 1 << 20;
-/// Capacity of [`PORTS_MAP`] (one entry per `--port`).
-pub const PORTS_MAX_ENTRIES: u32 = 1024;
+/// Capacity of [`PORTS_MAP`]: one entry per port number, so any `--port` fits.
+pub const PORTS_MAX_ENTRIES: u32 = 1 << 16;
 /// Default ring buffer size in bytes (a power of two multiple of the page size, as the kernel
 /// requires). 4 MiB holds about 35k events, more than a second of the highest churn measured on
 /// a 2-core machine.
@@ -161,6 +162,10 @@ pub struct ConnTrack {
     /// Its endpoint's slot in [`SLOT_TOTALS_MAP`], given at its open ([`NO_SLOT`]: none
     /// could be).
     pub totals_slot: u32,
+    /// Non-zero once its payload was seen to be TLS: only then can its socket I/O be inside
+    /// a TLS library call, which the socket hooks must leave to the library's hooks. A
+    /// connection decided plaintext from its own bytes never pays that check again.
+    pub tls: u32,
     /// When the server closed it (0: not yet, or it closed by a reset, with no closing phase).
     /// From then on the daemon has been told it is closed, and nothing more is reported of it.
     pub server_closed_ns: u64,
@@ -489,7 +494,8 @@ pub struct Config {
     pub payload: u32,
     /// Non-zero once TLS library hooks are attached: the socket programs then check whether
     /// the current thread is inside a TLS library call (one more lookup per payload of a
-    /// tracked connection), whose plaintext those hooks follow instead of the ciphertext.
+    /// tracked connection not yet read as plaintext HTTP, see [`ConnTrack::tls`]), whose
+    /// plaintext those hooks follow instead of the ciphertext.
     pub tls: u32,
     /// Offset of `sock.sk_flags` (`unsigned long`), found by the daemon in the kernel's BTF;
     /// 0 when unknown or when the daemon cannot read time-wait sockets: closing phases then
@@ -545,8 +551,51 @@ pub struct RegsLayout {
     pub syscall_nr: u32,
     pub arg2: u32,
     pub arg3: u32,
-    /// Explicit padding (required for `Pod`).
-    pub _pad: u32,
+    /// Start of a [`RegsLayout::WINDOW_BYTES`] span of `pt_regs` holding all three, so the
+    /// programs copy them in one read rather than three ([`RegsLayout::NO_WINDOW`]: they lie
+    /// further apart, as on arm64, and are read one by one).
+    pub window: u32,
+}
+
+impl RegsLayout {
+    /// Bytes copied at once when the three registers are close together.
+    pub const WINDOW_BYTES: u32 = 32;
+    /// [`RegsLayout::window`] when they are not.
+    pub const NO_WINDOW: u32 = u32::MAX;
+
+    /// The layout of these three offsets (each of an 8-byte register), with the window that
+    /// holds them if one does.
+    pub const fn new(syscall_nr: u32, arg2: u32, arg3: u32) -> Self {
+        let low = min(syscall_nr, min(arg2, arg3));
+        let high = max(syscall_nr, max(arg2, arg3));
+        let aligned =
+            syscall_nr.is_multiple_of(8) && arg2.is_multiple_of(8) && arg3.is_multiple_of(8);
+        Self {
+            syscall_nr,
+            arg2,
+            arg3,
+            window: if aligned && high + 8 - low <= Self::WINDOW_BYTES {
+                low
+            } else {
+                Self::NO_WINDOW
+            },
+        }
+    }
+
+    /// Which 8-byte word of the window holds the register at `offset` (in `0..4` when the
+    /// layout has a window).
+    #[inline(always)]
+    pub const fn word_in_window(&self, offset: u32) -> u32 {
+        offset.wrapping_sub(self.window) / 8
+    }
+}
+
+const fn min(a: u32, b: u32) -> u32 {
+    if a < b { a } else { b }
+}
+
+const fn max(a: u32, b: u32) -> u32 {
+    if a > b { a } else { b }
 }
 
 /// One event from the kernel. Fixed size (96 bytes, a multiple of 8 with no padding) so the program reserves ring space without
@@ -640,6 +689,25 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockEvent>(), 96);
         assert_eq!(core::mem::align_of::<SockEvent>(), 8);
         assert_eq!(core::mem::size_of::<ShortEvent>(), 32);
+        // A `TRACKED` value per connection: its flags fill padding rather than add to it.
+        assert_eq!(core::mem::size_of::<ConnTrack>(), 136);
+    }
+
+    #[test]
+    fn registers_close_together_are_read_in_one_window() {
+        // x86_64: orig_ax, si, dx.
+        let x86 = RegsLayout::new(15 * 8, 13 * 8, 12 * 8);
+        assert_eq!(x86.window, 12 * 8);
+        assert_eq!(
+            [x86.syscall_nr, x86.arg2, x86.arg3].map(|offset| x86.word_in_window(offset)),
+            [3, 1, 0]
+        );
+        // arm64: syscallno after the 31 general registers, sp, pc and pstate; x1, x2.
+        assert_eq!(RegsLayout::new(280, 8, 16).window, RegsLayout::NO_WINDOW);
+        // Just too far apart, or not on register boundaries.
+        assert_eq!(RegsLayout::new(0, 8, 32).window, RegsLayout::NO_WINDOW);
+        assert_eq!(RegsLayout::new(0, 8, 24).window, 0);
+        assert_eq!(RegsLayout::new(4, 12, 20).window, RegsLayout::NO_WINDOW);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const DETECT_BYTES: usize = 16;
 /// Offsets in `struct user_msghdr` (x86_64 and every 64-bit ABI): `msg_iov`, `msg_iovlen`.
 pub const MSGHDR_IOV: u64 = 16;
 pub const MSGHDR_IOVLEN: u64 = 24;
+// Read in one copy (see `segments`).
+const _: () = assert!(MSGHDR_IOVLEN == MSGHDR_IOV + 8);
 
 /// Reads the memory of the process making the system call.
 pub trait UserMemory {
@@ -60,19 +62,25 @@ impl Iovec {
         bytes
     }
 
+    /// The `index`th iovec of `array`, in one copy: each copy from user memory is a helper
+    /// call in the programs, which costs more than the bytes it moves.
     #[inline(always)]
     fn at<M: UserMemory>(memory: &M, array: u64, index: u64) -> Option<Self> {
         let address = array.wrapping_add(index.wrapping_mul(Self::SIZE));
-        Some(Self {
-            base: read_u64(memory, address)?,
-            len: read_u64(memory, address.wrapping_add(8))?,
-        })
+        let [base, len] = read_u64_pair(memory, address)?;
+        Some(Self { base, len })
     }
 }
 
+/// The two `u64`s at `address`, in one copy.
 #[inline(always)]
-fn read_u64<M: UserMemory>(memory: &M, address: u64) -> Option<u64> {
-    memory.read::<8>(address).map(u64::from_ne_bytes)
+fn read_u64_pair<M: UserMemory>(memory: &M, address: u64) -> Option<[u64; 2]> {
+    let bytes = memory.read::<16>(address)?;
+    let (first, second) = bytes.split_at(8);
+    Some([
+        u64::from_ne_bytes(first.try_into().ok()?),
+        u64::from_ne_bytes(second.try_into().ok()?),
+    ])
 }
 
 /// Where a system call's payload is in user memory, as its arguments say. All zeroes (no
@@ -114,10 +122,10 @@ fn segments<M: UserMemory>(memory: &M, buf: &SyscallBuffer, total: u32) -> Optio
             });
         }
         buf_shape::IOVEC => (buf.ptr, buf.count),
-        buf_shape::MSGHDR => (
-            read_u64(memory, buf.ptr.wrapping_add(MSGHDR_IOV))?,
-            read_u64(memory, buf.ptr.wrapping_add(MSGHDR_IOVLEN))?,
-        ),
+        buf_shape::MSGHDR => {
+            let [iov, iovlen] = read_u64_pair(memory, buf.ptr.wrapping_add(MSGHDR_IOV))?;
+            (iov, iovlen)
+        }
         _ => return None,
     };
     if count == 0 {

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracker_common::{
-    ConnTrack, DIRECTION_OUT, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
+    ConnTrack, DIRECTION_OUT, RegsLayout, SYSCALL_BUFFERS_MAX_ENTRIES, buf_shape,
     payloads::{H2FramePayload, WalkLostPayload},
     proto::{AnswerStatus, H2Walk, Protocol},
     walk::{
@@ -87,28 +87,60 @@ pub fn syscall_buffer(direction: u32) -> SyscallBuffer {
     // SAFETY: plain helper calls; the registers pointer is only read through
     // bpf_probe_read_kernel.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let layout = config.regs;
-    let Some(number) = kernel::<u64>(regs.wrapping_add(u64::from(layout.syscall_nr))) else {
+    let Some(call) = SyscallRegs::read(regs, &config.regs) else {
         return SyscallBuffer::default();
     };
-    if number >= u64::from(SYSCALL_BUFFERS_MAX_ENTRIES) {
+    if call.number >= u64::from(SYSCALL_BUFFERS_MAX_ENTRIES) {
         return SyscallBuffer::default();
     }
-    let Some(&kind) = SYSCALL_BUFFERS.get(number as u32) else {
+    let Some(&kind) = SYSCALL_BUFFERS.get(call.number as u32) else {
         return SyscallBuffer::default();
     };
-    if kind == 0 || kind >> 8 != direction {
-        return SyscallBuffer::default();
-    }
-    let ptr = kernel::<u64>(regs.wrapping_add(u64::from(layout.arg2))).unwrap_or(0);
-    let count = kernel::<u64>(regs.wrapping_add(u64::from(layout.arg3))).unwrap_or(0);
-    if ptr == 0 {
+    if kind == 0 || kind >> 8 != direction || call.arg2 == 0 {
         return SyscallBuffer::default();
     }
     SyscallBuffer {
-        ptr,
-        count,
+        ptr: call.arg2,
+        count: call.arg3,
         shape: kind & 0xff,
+    }
+}
+
+/// The system call number and the arguments that name a read/write-family call's buffer, as
+/// the current task saved them.
+struct SyscallRegs {
+    number: u64,
+    arg2: u64,
+    arg3: u64,
+}
+
+impl SyscallRegs {
+    /// Reads them from the saved registers at `regs`: in one copy where `layout` has them in
+    /// one window (x86_64), one by one otherwise. None if the number cannot be read. Each copy
+    /// is a helper call, and on the first send of every HTTP/1 answer these copies are most
+    /// of what a request costs the programs.
+    #[inline(always)]
+    fn read(regs: u64, layout: &RegsLayout) -> Option<Self> {
+        if layout.window == RegsLayout::NO_WINDOW {
+            return Some(Self {
+                number: kernel::<u64>(regs.wrapping_add(u64::from(layout.syscall_nr)))?,
+                arg2: kernel::<u64>(regs.wrapping_add(u64::from(layout.arg2))).unwrap_or(0),
+                arg3: kernel::<u64>(regs.wrapping_add(u64::from(layout.arg3))).unwrap_or(0),
+            });
+        }
+        let words = kernel::<[u64; 4]>(regs.wrapping_add(u64::from(layout.window)))?;
+        // A match rather than an index, so the verifier sees only constant offsets.
+        let word = |offset: u32| match layout.word_in_window(offset) {
+            0 => words[0],
+            1 => words[1],
+            2 => words[2],
+            _ => words[3],
+        };
+        Some(Self {
+            number: word(layout.syscall_nr),
+            arg2: word(layout.arg2),
+            arg3: word(layout.arg3),
+        })
     }
 }
 

@@ -18,9 +18,10 @@ pub static SYSCALL_BUFFERS: Array<u32> = Array::with_max_entries(SYSCALL_BUFFERS
 pub static CONNECT_TARGETS: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(CONNECT_TARGETS_MAX_ENTRIES, 0);
 
-/// Local ports to watch, when `Config::filter_ports` is set. Value unused (a set).
+/// Local ports to watch, when `Config::filter_ports` is set: non-zero at a watched port's
+/// index (see `PORTS_MAP`).
 #[map]
-pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(PORTS_MAX_ENTRIES, 0);
+pub static PORTS: Array<u8> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
 
 /// Run-time configuration, written by the daemon before attaching.
 #[map]
@@ -30,6 +31,8 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[inline(always)]
 pub fn port_wanted(local_port: u16) -> bool {
     let filtering = CONFIG.get(0).is_some_and(|config| config.filter_ports != 0);
-    // SAFETY: the value is a plain `u8` read through a map lookup; we only test presence.
-    !filtering || unsafe { PORTS.get(&local_port) }.is_some()
+    !filtering
+        || PORTS
+            .get(u32::from(local_port))
+            .is_some_and(|&watched| watched != 0)
 }

@@ -6,6 +6,8 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::map, maps::LruHashMap, programs::ProbeContext,
 };
 
+use tracker_common::{ConnTrack, proto::Protocol};
+
 use crate::settings::CONFIG;
 
 /// What a noted call does (see [`ssl_call_on`]).
@@ -66,6 +68,19 @@ pub fn note(ctx: &ProbeContext, kind: u32, ex: bool) {
         _pad: 0,
     };
     let _ = SSL_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+}
+
+/// Whether I/O on `track`'s socket may be inside a TLS library call: not once its own bytes
+/// were read as plaintext HTTP (its socket I/O is then its payload), so the socket hooks skip
+/// [`ssl_call_on`]'s lookup for those. Until then it may be: a TLS connection's first read
+/// is the library's handshake, which binds its `SSL *` to the socket, and a connection whose
+/// bytes could not be read (`Other`) may be TLS too.
+#[inline(always)]
+pub fn may_be_in_tls_call(track: &ConnTrack) -> bool {
+    let plaintext_http = track.protocol == Protocol::Http1 as u32
+        || track.protocol == Protocol::Http2 as u32
+        || track.protocol == Protocol::Switching as u32;
+    track.tls != 0 || !plaintext_http
 }
 
 /// Called by the socket hooks for I/O on tracked connection `skaddr`: if the current thread is

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
-use tracker_common::{CONNECT_TARGETS_MAX_ENTRIES, PORTS_MAX_ENTRIES};
+use tracker_common::CONNECT_TARGETS_MAX_ENTRIES;
 
 use crate::host::tcp_table::TableSource;
 use crate::sink::lines::Format;
@@ -51,7 +51,7 @@ pub struct Flags {
     )]
     pub interval: Duration,
 
-    /// Only report listeners on this local port; repeat for several (at most 1024). Example:
+    /// Only report listeners on this local port; repeat for several (any number). Example:
     /// --port 80 --port 443
     #[arg(
         long = "port",
@@ -130,20 +130,17 @@ pub struct Flags {
 }
 
 impl Flags {
-    /// Repeated flags fill kernel maps of fixed size: more distinct values than fit is a flag
-    /// error, not a map error after the programs are loaded.
+    /// `--connect` fills a kernel map of fixed size: more distinct values than fit is a flag
+    /// error, not a map error after the programs are loaded. (`--port` has a place for every
+    /// port number.)
     pub fn check_counts(&self) -> Result<(), String> {
-        let ports: BTreeSet<u16> = self.ports.iter().copied().collect();
         let connect: BTreeSet<SocketAddr> = self.connect.iter().copied().collect();
-        for (flag, given, limit) in [
-            ("--port", ports.len(), PORTS_MAX_ENTRIES),
-            ("--connect", connect.len(), CONNECT_TARGETS_MAX_ENTRIES),
-        ] {
-            if given > limit as usize {
-                return Err(format!(
-                    "at most {limit} different {flag} values, {given} given"
-                ));
-            }
+        let limit = CONNECT_TARGETS_MAX_ENTRIES;
+        if connect.len() > limit as usize {
+            return Err(format!(
+                "at most {limit} different --connect values, {} given",
+                connect.len()
+            ));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use tracker_common::{
 use crate::payload::{Source, detect_protocol, switch_protocol, walk_frames};
 use crate::record::SockLength;
 use crate::ring::emit_for_socket;
-use crate::tls_calls::{self, ssl_call_on};
+use crate::tls_calls::{self, may_be_in_tls_call, ssl_call_on};
 use crate::totals::{TurnCut, count_turn};
 use crate::tracked::served_connection;
 
@@ -27,16 +27,16 @@ pub fn on_recv<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
     let Some(track) = served_connection(&skaddr) else {
         return;
     };
+    // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
+    // and at worst split a turn in two.
+    let track = unsafe { &mut *track };
     let ssl_call = match source {
-        Source::Syscall => ssl_call_on(skaddr),
-        Source::Plaintext(_) => 0,
+        Source::Syscall if may_be_in_tls_call(track) => ssl_call_on(skaddr),
+        Source::Syscall | Source::Plaintext(_) => 0,
     };
     if ssl_call == tls_calls::READ || ssl_call == tls_calls::WRITE {
         return;
     }
-    // SAFETY: a live map value of this connection; concurrent readers of one socket are rare
-    // and at worst split a turn in two.
-    let track = unsafe { &mut *track };
     // Outbound connections (`--connect`) are followed for their life only, and so are
     // connections that left HTTP.
     if track.outbound != 0 || track.protocol == Protocol::Hijacked as u32 {
@@ -91,8 +91,11 @@ fn decide(
 ) -> Option<Decided> {
     if undecided {
         let protocol = detect_protocol(track, buf, bytes);
-        if protocol == Protocol::Tls as u32 && ssl_call == tls_calls::HANDSHAKE {
-            return Some(Decided::tls_followed());
+        if protocol == Protocol::Tls as u32 {
+            track.tls = 1;
+            if ssl_call == tls_calls::HANDSHAKE {
+                return Some(Decided::tls_followed());
+            }
         }
         return Some(Decided::protocol(protocol));
     }

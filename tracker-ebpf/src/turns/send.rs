@@ -10,7 +10,7 @@ use tracker_common::{
 use crate::payload::{Source, answer_status, walk_frames};
 use crate::record::SockLength;
 use crate::ring::emit_for_socket;
-use crate::tls_calls::{self, ssl_call_on};
+use crate::tls_calls::{self, may_be_in_tls_call, ssl_call_on};
 use crate::totals::{TurnCut, count_answer, count_turn};
 use crate::tracked::served_connection;
 
@@ -25,13 +25,14 @@ pub fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
     let Some(track) = served_connection(&skaddr) else {
         return;
     };
+    // SAFETY: a live map value of this connection.
+    let track = unsafe { &mut *track };
     if matches!(source, Source::Syscall)
+        && may_be_in_tls_call(track)
         && matches!(ssl_call_on(skaddr), tls_calls::READ | tls_calls::WRITE)
     {
         return;
     }
-    // SAFETY: a live map value of this connection.
-    let track = unsafe { &mut *track };
     // Outbound connections (`--connect`) are followed for their life only, and so are
     // connections that left HTTP or are leaving it (the client has not said for what yet).
     if track.outbound != 0

@@ -54,14 +54,13 @@ const SYSCALL_BUFFERS: &[(libc::c_long, u32, u32)] = &[
 /// Where this architecture's `struct pt_regs` keeps the system call number and its second
 /// and third arguments (fixed by the architecture's entry code).
 #[cfg(target_arch = "x86_64")]
-const SYSCALL_REGS: Option<RegsLayout> = Some(RegsLayout {
+const SYSCALL_REGS: Option<RegsLayout> = Some(RegsLayout::new(
     // orig_ax, si, dx in r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di,
-    // orig_ax, ...
-    syscall_nr: 15 * 8,
-    arg2: 13 * 8,
-    arg3: 12 * 8,
-    _pad: 0,
-});
+    // orig_ax, ...: one window from dx.
+    15 * 8,
+    13 * 8,
+    12 * 8,
+));
 /// Other architectures: not known (and not tested) yet, so payload is not read.
 #[cfg(not(target_arch = "x86_64"))]
 const SYSCALL_REGS: Option<RegsLayout> = None;
@@ -575,12 +574,12 @@ fn configure(
     layout: &crate::kernel::btf::KernelLayout,
 ) -> anyhow::Result<()> {
     if let Some(ports) = &options.ports {
-        let mut map: HashMap<_, u16, u8> = HashMap::try_from(
+        let mut map: Array<_, u8> = Array::try_from(
             ebpf.map_mut(PORTS_MAP)
                 .ok_or_else(|| anyhow!("map {PORTS_MAP} missing from the eBPF object"))?,
         )?;
         for &port in ports {
-            map.insert(port, 0, 0)
+            map.set(u32::from(port), 1, 0)
                 .with_context(|| format!("adding port {port} to {PORTS_MAP}"))?;
         }
     }
