@@ -295,6 +295,11 @@ pub mod wire_addr {
 /// kernel reports their close too. Keyed by [`ConnKey`] because their socket address is not
 /// known to the daemon.
 pub const PREEXISTING_MAP: &str = "PREEXISTING";
+/// Name of the one-entry array (`u32`) the programs set, and nothing clears, once they put a
+/// connection `TRACKED` could not take in [`PREEXISTING_MAP`]: its close is then looked up
+/// there, as for [`Config::preexisting`]. Apart from [`CONFIG_MAP`], which the daemon writes
+/// whole.
+pub const FOLLOWS_UNTRACKED_MAP: &str = "FOLLOWS_UNTRACKED";
 /// Capacity of [`PREEXISTING_MAP`].
 pub const PREEXISTING_MAX_ENTRIES: u32 = 1 << 18;
 
@@ -478,8 +483,11 @@ pub struct Config {
     /// reader for every event costs a context switch per event, which dominated the
     /// observer's overhead on a busy server.
     pub wakeup_bytes: u32,
-    /// Non-zero once the daemon has put connections in [`PREEXISTING_MAP`]: closes of
-    /// sockets not in [`TRACKED_MAP`] are then looked up there (one more lookup per close).
+    /// Non-zero while connections the daemon adopted may still be in [`PREEXISTING_MAP`]:
+    /// closes of sockets not in [`TRACKED_MAP`] are then looked up there (the endpoints' reads
+    /// and one more lookup at every FIN and CLOSE of every untracked socket on the host). The
+    /// daemon sets it before it adds any and clears it once it has none left open; only the
+    /// daemon writes it (the programs' own entries are flagged in [`FOLLOWS_UNTRACKED_MAP`]).
     pub preexisting: u32,
     /// Non-zero when [`CONNECT_TARGETS_MAP`] holds destinations (`--connect`): client-side
     /// connections are then checked against it when established.

@@ -4,11 +4,11 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use tracker_common::{
-    ConnKey, ConnTrack, PREEXISTING_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
+    Config, ConnKey, ConnTrack, PREEXISTING_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
     handover::{HANDED_OVER_MAX_ENTRIES, HandedOver},
 };
 
@@ -27,6 +27,17 @@ pub static TRACKED: HashMap<u64, ConnTrack> =
 #[map]
 pub static PREEXISTING: HashMap<ConnKey, u8> =
     HashMap::with_max_entries(PREEXISTING_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// See `tracker_common::FOLLOWS_UNTRACKED_MAP`.
+#[map]
+pub static FOLLOWS_UNTRACKED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether closes of sockets not in [`TRACKED`] are to be looked up in [`PREEXISTING`]: while
+/// the daemon follows connections it adopted (`config`), or once the programs put one there.
+#[inline(always)]
+pub fn following_by_endpoints(config: &Config) -> bool {
+    config.preexisting != 0 || FOLLOWS_UNTRACKED.get(0).is_some_and(|&set| set != 0)
+}
 
 /// The [`PREEXISTING`] value of an outbound connection, whose close is not a server-side one.
 pub const FOLLOWED_OUTBOUND: u8 = 1;

@@ -471,6 +471,9 @@ impl State {
         // Everything the kernel sent before this instant belongs in this report, corrected
         // against the kernel's own table.
         self.reconcile(ring)?;
+        if !self.observer.has_adopted_open() {
+            self.probes.stop_following_adopted()?;
+        }
         self.sample_accept_queues()?;
         self.end_handed_over_closings()?;
         let now = monotonic_now();

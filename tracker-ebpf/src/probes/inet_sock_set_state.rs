@@ -80,8 +80,8 @@ use crate::totals::{
     turn_end_at,
 };
 use crate::tracked::{
-    FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, HANDED_OVER, PREEXISTING, TRACKED, claim_server_close,
-    track_connection,
+    FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, FOLLOWS_UNTRACKED, HANDED_OVER, PREEXISTING, TRACKED,
+    claim_server_close, following_by_endpoints, track_connection,
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -171,7 +171,7 @@ fn closed<C: StateChange>(
     config: &Config,
 ) -> Option<CloseToTell> {
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
-        if config.preexisting != 0 {
+        if following_by_endpoints(config) {
             close_followed(change, skaddr, Counted::No, Phase::Close);
         }
         return None;
@@ -215,7 +215,7 @@ fn closed<C: StateChange>(
     }
     if unreported != 0 {
         // The daemon knows this connection only if it adopted it since, by endpoints.
-        if config.preexisting != 0 {
+        if following_by_endpoints(config) {
             close_followed(change, skaddr, Counted::Yes, Phase::Close);
         }
         return None;
@@ -320,7 +320,7 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
 #[inline(always)]
 fn server_sent_fin<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
-        if config.preexisting != 0 {
+        if following_by_endpoints(config) {
             close_followed(change, skaddr, Counted::No, Phase::ServerClose);
         }
         return;
@@ -343,7 +343,7 @@ fn server_sent_fin<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
     track.server_closed_ns = now;
     let turn = end_life_at_server_close(track, now);
     if track.unreported != 0 {
-        if config.preexisting != 0 {
+        if following_by_endpoints(config) {
             // Its close is counted at CLOSE, with its closing phase.
             close_followed(change, skaddr, Counted::Yes, Phase::ServerClose);
         }
@@ -446,9 +446,9 @@ fn follow_close_by_endpoints(endpoints: &ConnKey, kind: EventKind) -> bool {
     if PREEXISTING.insert(endpoints, &direction, 0).is_err() {
         return false;
     }
-    if let Some(config) = CONFIG.get_ptr_mut(0) {
+    if let Some(set) = FOLLOWS_UNTRACKED.get_ptr_mut(0) {
         // SAFETY: a live map value; a racing writer can only write the same 1.
-        unsafe { (*config).preexisting = 1 };
+        unsafe { *set = 1 };
     }
     true
 }

@@ -134,6 +134,8 @@ pub struct Probes {
     sock_flags_offset: Option<u32>,
     gauges: KernelGauges,
     config: Array<MapData, Config>,
+    /// Whether `Config::preexisting` is set.
+    following_adopted: bool,
     /// The hook serving each capability.
     pub hooks: HookChoice,
     /// Keeps the kernel's run-time accounting on while open (`--bpf-stats`).
@@ -214,6 +216,7 @@ pub fn load_and_attach(
         ebpf,
         sock_flags_offset: layout.sock_flags,
         config,
+        following_adopted: false,
         hooks,
         _run_time_stats: run_time_stats,
         _tracefs: tracefs,
@@ -484,7 +487,8 @@ impl Probes {
     }
 
     /// Asks the kernel to report the close of connections the daemon adopted from the kernel's
-    /// table (given as (local, remote)), whose open it never saw.
+    /// table (given as (local, remote)), whose open it never saw. The kernel looks closes up
+    /// by endpoints from before the first is added, so none is missed.
     pub fn track_preexisting(
         &mut self,
         connections: &[(SocketAddr, SocketAddr)],
@@ -492,21 +496,39 @@ impl Probes {
         if connections.is_empty() {
             return Ok(());
         }
+        self.set_following_adopted(true)?;
         for &(local, remote) in connections {
             self.preexisting
                 .insert(ConnKey::new(local, remote), 0, 0)
                 .with_context(|| format!("tracking the close of {remote} → {local}"))?;
         }
+        Ok(())
+    }
+
+    /// The daemon has no adopted connection open any more: each one's close was reported by
+    /// the kernel (which took its entry out first), taken back, or found by a comparison of
+    /// tables. The kernel then stops looking closes up by endpoints for them, which every
+    /// untracked socket on the host paid at its FIN and its CLOSE.
+    pub fn stop_following_adopted(&mut self) -> anyhow::Result<()> {
+        if self.following_adopted {
+            self.set_following_adopted(false)?;
+            log::debug!(
+                "no adopted connection left open: closes of untracked sockets are no longer                  looked up by endpoints"
+            );
+        }
+        Ok(())
+    }
+
+    fn set_following_adopted(&mut self, following: bool) -> anyhow::Result<()> {
         let mut config = self
             .config
             .get(&0, 0)
             .context("reading the configuration map")?;
-        if config.preexisting == 0 {
-            config.preexisting = 1;
-            self.config
-                .set(0, config, 0)
-                .context("writing the configuration map")?;
-        }
+        config.preexisting = u32::from(following);
+        self.config
+            .set(0, config, 0)
+            .context("writing the configuration map")?;
+        self.following_adopted = following;
         Ok(())
     }
 }

@@ -44,6 +44,12 @@ impl Discrepancies {
 }
 
 impl Observer {
+    /// Whether a connection adopted from the kernel's table is still open in the model: its
+    /// close is still to be reported by the kernel, taken back or found.
+    pub fn has_adopted_open(&self) -> bool {
+        !self.adopted.is_empty()
+    }
+
     /// Takes a connection that predates the daemon into the tracker of its listener (see
     /// [`Observer::adopt_as`]).
     pub fn adopt(
