@@ -60,6 +60,26 @@ pub const TRACKED_MAP: &str = "TRACKED";
 /// connections; entries are allocated on demand (`BPF_F_NO_PREALLOC`), so an idle host pays
 /// nothing for the headroom.
 pub const TRACKED_MAX_ENTRIES: u32 = 1 << 20;
+/// Name of the array of counts, by a hash of the socket address, of the sockets in
+/// [`TRACKED_MAP`]: the programs rule out an untracked socket (a zero) before the hashed lookup.
+/// Only the programs write it.
+pub const TRACKED_HINTS_MAP: &str = "TRACKED_HINTS";
+/// Bits of the hash that index [`TRACKED_HINTS_MAP`]: 65,536 counts (256 KiB), so that a host's
+/// client sockets rarely share a slot with a tracked connection until it tracks tens of
+/// thousands.
+pub const TRACKED_HINT_BITS: u32 = 16;
+
+/// The [`TRACKED_HINTS_MAP`] slot of the socket at kernel address `skaddr`. Socket addresses
+/// share their low bits (slab objects are aligned) and their high ones (the kernel's direct
+/// map), and one multiply folds some slab strides onto a few slots, so the bits are mixed twice
+/// (SplitMix64's finalizer).
+#[inline(always)]
+pub const fn tracked_hint_slot(skaddr: u64) -> u32 {
+    let mut mixed = skaddr >> 6;
+    mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((mixed ^ (mixed >> 31)) >> (64 - TRACKED_HINT_BITS)) as u32
+}
 /// Capacity of [`PORTS_MAP`]: one entry per port number, so any `--port` fits.
 pub const PORTS_MAX_ENTRIES: u32 = 1 << 16;
 /// Default ring buffer size in bytes (a power of two multiple of the page size, as the kernel
@@ -522,30 +542,89 @@ pub struct Config {
     pub regs: RegsLayout,
 }
 
-/// Byte offsets of the fields of `struct sock` the raw-tracepoint lifecycle program reads, found
-/// by the daemon in the kernel's BTF (the classic tracepoint copies them into its record
-/// instead). When the daemon cannot find them it attaches the classic tracepoint.
+/// Where the raw-tracepoint lifecycle program finds the fields of `struct sock` it reads,
+/// found by the daemon in the kernel's BTF (the classic tracepoint copies them into its record
+/// instead). The endpoints are copied in two reads, [`SockHead`] and the IPv6 address pair,
+/// rather than field by field. When the daemon cannot find the fields, or they are not laid
+/// out that way, it attaches the classic tracepoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct SockLayout {
     /// `sk_protocol` (`u16`).
     pub protocol: u32,
-    /// `__sk_common.skc_family` (`u16`).
-    pub family: u32,
     /// `inet_sock.inet_sport`: local port, network byte order (`__be16`). Not
     /// `__sk_common.skc_num`, which the kernel clears when a closing socket gives its port
     /// back, before the state change is traced.
     pub local_port: u32,
-    /// `__sk_common.skc_dport`: remote port, network byte order (`__be16`).
+    /// `__sk_common.skc_daddr`, where [`SockHead`] starts.
+    pub head: u32,
+    /// `__sk_common.skc_v6_daddr`, followed by `skc_v6_rcv_saddr` (two `struct in6_addr`).
+    pub v6_pair: u32,
+}
+
+/// Offsets of the `struct sock` fields the lifecycle program reads, as the kernel's BTF gives
+/// them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub protocol: u32,
+    pub local_port: u32,
+    /// `__sk_common.skc_family`.
+    pub family: u32,
+    /// `__sk_common.skc_dport`.
     pub remote_port: u32,
-    /// `__sk_common.skc_rcv_saddr` (`__be32`).
+    /// `__sk_common.skc_rcv_saddr`.
     pub local_v4: u32,
-    /// `__sk_common.skc_daddr` (`__be32`).
+    /// `__sk_common.skc_daddr`.
     pub remote_v4: u32,
-    /// `__sk_common.skc_v6_rcv_saddr` (`struct in6_addr`).
+    /// `__sk_common.skc_v6_rcv_saddr`.
     pub local_v6: u32,
-    /// `__sk_common.skc_v6_daddr` (`struct in6_addr`).
+    /// `__sk_common.skc_v6_daddr`.
     pub remote_v6: u32,
+}
+
+impl SockLayout {
+    /// The layout for these offsets, if the endpoint fields lie as [`SockHead`] and the IPv6
+    /// pair expect (as in every kernel since 3.x).
+    pub const fn new(offsets: &SockOffsets) -> Option<Self> {
+        let head = offsets.remote_v4;
+        let as_head = offsets.local_v4 == head + SockHead::LOCAL_V4
+            && offsets.remote_port == head + SockHead::REMOTE_PORT
+            && offsets.family == head + SockHead::FAMILY;
+        if !as_head || offsets.local_v6 != offsets.remote_v6 + 16 {
+            return None;
+        }
+        Some(Self {
+            protocol: offsets.protocol,
+            local_port: offsets.local_port,
+            head,
+            v6_pair: offsets.remote_v6,
+        })
+    }
+}
+
+/// The start of `struct sock_common`, from `skc_daddr` to `skc_family`: both IPv4 addresses,
+/// the remote port and the family, copied in one read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SockHead {
+    /// `skc_daddr`.
+    pub remote_v4: [u8; 4],
+    /// `skc_rcv_saddr`.
+    pub local_v4: [u8; 4],
+    /// `skc_hash`.
+    pub hash: u32,
+    /// `skc_dport`, network byte order.
+    pub remote_port: u16,
+    /// `skc_num`.
+    pub num: u16,
+    /// `skc_family`.
+    pub family: u16,
+}
+
+impl SockHead {
+    const LOCAL_V4: u32 = core::mem::offset_of!(Self, local_v4) as u32;
+    const REMOTE_PORT: u32 = core::mem::offset_of!(Self, remote_port) as u32;
+    const FAMILY: u32 = core::mem::offset_of!(Self, family) as u32;
 }
 
 /// Byte offsets in the kernel's `struct pt_regs` (the user registers saved when a task
@@ -716,6 +795,77 @@ mod tests {
         assert_eq!(RegsLayout::new(0, 8, 32).window, RegsLayout::NO_WINDOW);
         assert_eq!(RegsLayout::new(0, 8, 24).window, 0);
         assert_eq!(RegsLayout::new(4, 12, 20).window, RegsLayout::NO_WINDOW);
+    }
+
+    #[test]
+    fn the_socket_endpoints_are_read_in_two_copies_where_they_lie_together() {
+        // Linux 6.x on x86_64.
+        let offsets = SockOffsets {
+            protocol: 516,
+            local_port: 796,
+            family: 16,
+            remote_port: 12,
+            local_v4: 4,
+            remote_v4: 0,
+            local_v6: 72,
+            remote_v6: 56,
+        };
+        let layout = SockLayout::new(&offsets).expect("the usual layout");
+        assert_eq!((layout.head, layout.v6_pair), (0, 56));
+        assert_eq!((layout.protocol, layout.local_port), (516, 796));
+        // Any field elsewhere: no layout, and the daemon uses the classic tracepoint.
+        for moved in [
+            SockOffsets {
+                family: 18,
+                ..offsets
+            },
+            SockOffsets {
+                local_v4: 8,
+                ..offsets
+            },
+            SockOffsets {
+                remote_port: 14,
+                ..offsets
+            },
+            SockOffsets {
+                local_v6: 56,
+                remote_v6: 72,
+                ..offsets
+            },
+        ] {
+            assert_eq!(SockLayout::new(&moved), None, "{moved:?}");
+        }
+        // The same layout further into a bigger struct.
+        let shifted = SockOffsets {
+            family: 48,
+            remote_port: 44,
+            local_v4: 36,
+            remote_v4: 32,
+            ..offsets
+        };
+        assert_eq!(
+            SockLayout::new(&shifted).map(|layout| layout.head),
+            Some(32)
+        );
+    }
+
+    #[test]
+    fn sockets_of_one_slab_rarely_share_a_tracked_hint() {
+        // TCP sockets come from one slab cache, objects a fixed stride apart (about 2.3 KiB
+        // for IPv4 on 6.x kernels, 2.5 KiB for IPv6), in pages of the kernel's direct map.
+        for stride in [2_304_u64, 2_368, 2_496] {
+            let base = 0xffff_8881_0a40_0000_u64;
+            let mut taken = [false; 1 << TRACKED_HINT_BITS];
+            let mut distinct = 0;
+            for object in 0..4_096 {
+                let slot = &mut taken[tracked_hint_slot(base + object * stride) as usize];
+                distinct += usize::from(!*slot);
+                *slot = true;
+            }
+            // About 3,970 for slots drawn at random; one multiply by the golden ratio gives
+            // 3,064 for the first stride, the plain low bits a few hundred.
+            assert!(distinct > 3_900, "stride {stride}: {distinct} slots");
+        }
     }
 
     #[test]

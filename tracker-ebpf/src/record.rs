@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracker_common::{
-    AF_INET, AF_INET6, ConnKey, SockLayout, inet_sock_set_state as state_field, wire_addr,
+    AF_INET, AF_INET6, ConnKey, SockHead, SockLayout, inet_sock_set_state as state_field, wire_addr,
 };
 
 /// Reads the field at `offset` of the tracepoint record straight from the program's context.
@@ -57,8 +57,13 @@ pub trait StateChange: EbpfContext {
     fn protocol(&self) -> u16;
     /// Local port, host byte order (0 if unreadable).
     fn local_port(&self) -> u16;
+    /// The socket's endpoints, its local port known already; zeroes where a read fails.
+    fn endpoints_on_port(&self, local_port: u16) -> ConnKey;
     /// The socket's endpoints; zeroes where a read fails.
-    fn endpoints(&self) -> ConnKey;
+    #[inline(always)]
+    fn endpoints(&self) -> ConnKey {
+        self.endpoints_on_port(self.local_port())
+    }
 }
 
 /// `sock:inet_sock_set_state` as a raw tracepoint:
@@ -105,20 +110,21 @@ impl StateChange for RawStateChange<'_> {
     }
 
     #[inline(always)]
-    fn endpoints(&self) -> ConnKey {
-        let family: u16 = self.at(self.layout.family);
+    fn endpoints_on_port(&self, local_port: u16) -> ConnKey {
+        let head: SockHead = self.at(self.layout.head);
         let mut key = ConnKey {
-            family,
-            local_port: self.local_port(),
-            remote_port: u16::from_be(self.at(self.layout.remote_port)),
+            family: head.family,
+            local_port,
+            remote_port: u16::from_be(head.remote_port),
             ..ConnKey::default()
         };
-        if family == AF_INET {
-            key.local_addr = wire_addr::v4(self.at(self.layout.local_v4));
-            key.remote_addr = wire_addr::v4(self.at(self.layout.remote_v4));
-        } else if family == AF_INET6 {
-            key.local_addr = self.at(self.layout.local_v6);
-            key.remote_addr = self.at(self.layout.remote_v6);
+        if head.family == AF_INET {
+            key.local_addr = wire_addr::v4(head.local_v4);
+            key.remote_addr = wire_addr::v4(head.remote_v4);
+        } else if head.family == AF_INET6 {
+            let [remote, local]: [[u8; 16]; 2] = self.at(self.layout.v6_pair);
+            key.local_addr = local;
+            key.remote_addr = remote;
         }
         key
     }
@@ -163,11 +169,11 @@ impl StateChange for RecordStateChange<'_> {
     }
 
     #[inline(always)]
-    fn endpoints(&self) -> ConnKey {
+    fn endpoints_on_port(&self, local_port: u16) -> ConnKey {
         let family: u16 = unsafe { field(self.0, state_field::FAMILY) };
         let mut key = ConnKey {
             family,
-            local_port: self.local_port(),
+            local_port,
             remote_port: unsafe { field(self.0, state_field::DPORT) },
             ..ConnKey::default()
         };

@@ -6,10 +6,11 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use tracker_common::{
-    Config, ConnKey, ConnTrack, PREEXISTING_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
+    Config, ConnKey, ConnTrack, PREEXISTING_MAX_ENTRIES, TRACKED_HINT_BITS, TRACKED_MAX_ENTRIES,
     handover::{HANDED_OVER_MAX_ENTRIES, HandedOver},
+    tracked_hint_slot,
 };
 
 use crate::totals::{Total, TurnCut, count_close};
@@ -20,6 +21,47 @@ use crate::totals::{Total, TurnCut, count_close};
 #[map]
 pub static TRACKED: HashMap<u64, ConnTrack> =
     HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// How many of the sockets in [`TRACKED`] have each hash of their address (see
+/// `tracker_common::TRACKED_HINTS_MAP`): a zero rules a socket out with one array access, before
+/// the hashed lookup. Most sockets the programs see are not tracked (every client socket on the
+/// host, at each read, send, FIN and CLOSE), and a hashed miss costs as much as a hit.
+#[map]
+static TRACKED_HINTS: Array<u32> = Array::with_max_entries(1 << TRACKED_HINT_BITS, 0);
+
+/// Adds `delta` (wrapping: `u32::MAX` takes one away) to the count of `skaddr`'s slot.
+#[inline(always)]
+fn add_hint(skaddr: u64, delta: u32) {
+    if let Some(count) = TRACKED_HINTS.get_ptr_mut(tracked_hint_slot(skaddr)) {
+        // SAFETY: a live array value every CPU changes with atomic adds only; the result is
+        // unused, so this is the plain atomic add every BPF CPU version has.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(count, delta) };
+    }
+}
+
+/// The [`TRACKED`] entry of socket `skaddr`, if it has one. Every lookup by socket goes
+/// through here: a count is raised before an entry is inserted and lowered after it is
+/// removed, so a zero count means no entry. The daemon's own removals (of closes the kernel
+/// skipped) leave their count raised, which only costs those slots their shortcut.
+#[inline(always)]
+pub fn tracked_entry(skaddr: &u64) -> Option<*mut ConnTrack> {
+    let count = TRACKED_HINTS.get(tracked_hint_slot(*skaddr))?;
+    if *count == 0 {
+        return None;
+    }
+    TRACKED.get_ptr_mut(skaddr)
+}
+
+/// Removes socket `skaddr` from [`TRACKED`]: true if this call did (its remover counts its
+/// close).
+#[inline(always)]
+pub fn untrack(skaddr: u64) -> bool {
+    let removed = TRACKED.remove(&skaddr).is_ok();
+    if removed {
+        add_hint(skaddr, u32::MAX);
+    }
+    removed
+}
 
 /// Connections found in the kernel's table rather than seen open (see `PREEXISTING_MAP`).
 /// Value: 0 for an inbound connection the daemon adopted, [`FOLLOWED_OUTBOUND`] for an
@@ -78,7 +120,7 @@ pub unsafe fn claim_server_close(track: *mut ConnTrack, stamp: u64) -> bool {
 /// turns count in the totals, though nothing is sent about them (see [`ConnTrack::unreported`]).
 #[inline(always)]
 pub fn served_connection(skaddr: &u64) -> Option<*mut ConnTrack> {
-    let track = TRACKED.get_ptr_mut(skaddr)?;
+    let track = tracked_entry(skaddr)?;
     // SAFETY: a field of a live map value.
     if unsafe { (*track).server_closed_ns != 0 } {
         return None;
@@ -121,7 +163,9 @@ pub fn track_connection(skaddr: u64, at: u64, track: impl FnOnce(&mut ConnTrack)
     let scratch = unsafe { &mut *scratch };
     *scratch = ConnTrack::default();
     track(scratch);
-    match TRACKED.insert(&skaddr, &*scratch, u64::from(BPF_NOEXIST)) {
+    // Counted before it can be found (see `tracked_entry`).
+    add_hint(skaddr, 1);
+    let inserted = match TRACKED.insert(&skaddr, &*scratch, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         Err(EEXIST) => {
             retire_stale(skaddr, at);
@@ -130,7 +174,11 @@ pub fn track_connection(skaddr: u64, at: u64, track: impl FnOnce(&mut ConnTrack)
                 .is_ok()
         }
         Err(_) => false,
+    };
+    if !inserted {
+        add_hint(skaddr, u32::MAX);
     }
+    inserted
 }
 
 /// An entry for a socket that is opening again belongs to a connection whose socket reached
@@ -154,7 +202,7 @@ fn retire_stale(skaddr: u64, at: u64) {
             TurnCut::of(stale, at),
         )
     };
-    if TRACKED.remove(&skaddr).is_ok() && outbound == 0 {
+    if untrack(skaddr) && outbound == 0 {
         count_close(&local, slot, close, turn, at);
     }
 }

@@ -26,7 +26,7 @@ use tracker_common::payloads::AcceptedPayload;
 use crate::record::btf_arg_value;
 use crate::ring::emit_for_socket;
 use crate::totals::{Total, count_total};
-use crate::tracked::TRACKED;
+use crate::tracked::tracked_entry;
 
 /// 6.10+: `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
 #[fexit(function = "inet_csk_accept")]
@@ -56,7 +56,7 @@ pub(crate) fn accepted(skaddr: u64) {
     if skaddr == 0 {
         return;
     }
-    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+    let Some(track) = tracked_entry(&skaddr) else {
         return;
     };
     // SAFETY: a live map value. The state change program reads `accepted_ns` at the server's

@@ -80,8 +80,8 @@ use crate::totals::{
     turn_end_at,
 };
 use crate::tracked::{
-    FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, FOLLOWS_UNTRACKED, HANDED_OVER, PREEXISTING, TRACKED,
-    claim_server_close, following_by_endpoints, track_connection,
+    FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, FOLLOWS_UNTRACKED, HANDED_OVER, PREEXISTING,
+    claim_server_close, following_by_endpoints, track_connection, tracked_entry, untrack,
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -150,7 +150,7 @@ fn on_state_change<C: StateChange>(change: &C, config: &Config) {
     }
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    announce(change, skaddr, kind, now, config);
+    announce(change, (skaddr, local_port), kind, now, config);
 }
 
 /// A close the daemon is still to be told of: when it was counted, which is also the time its
@@ -170,7 +170,7 @@ fn closed<C: StateChange>(
     old_state: i32,
     config: &Config,
 ) -> Option<CloseToTell> {
-    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+    let Some(track) = tracked_entry(&skaddr) else {
         if following_by_endpoints(config) {
             close_followed(change, skaddr, Counted::No, Phase::Close);
         }
@@ -197,7 +197,7 @@ fn closed<C: StateChange>(
     // Forget it even if the event below cannot be sent: the map must not fill up with
     // dead sockets. Whoever removes it counts the close, and the end of a turn it was
     // in.
-    if TRACKED.remove(&skaddr).is_ok()
+    if untrack(skaddr)
         && outbound == 0
         && !(old_state == tcp_state::FIN_WAIT2
             && matches!(close, Total::Closed { closing: true, .. })
@@ -227,11 +227,17 @@ fn closed<C: StateChange>(
 }
 
 /// Announces the open of a connection (tracked first of all), a listener's appearance or its
-/// end to the daemon, at `now`.
+/// end to the daemon, at `now`. `local_port` is the socket's, read already.
 #[inline(always)]
-fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, config: &Config) {
+fn announce<C: StateChange>(
+    change: &C,
+    (skaddr, local_port): (u64, u16),
+    kind: EventKind,
+    now: u64,
+    config: &Config,
+) {
     // Each socket field is read once: this runs for every connection twice.
-    let endpoints = change.endpoints();
+    let endpoints = change.endpoints_on_port(local_port);
     let netns = netns_of(skaddr, config);
     let local = endpoint(&endpoints, netns);
     // Its counts go to its endpoint's slot, given once here rather than looked up by endpoint
@@ -319,7 +325,7 @@ fn announce<C: StateChange>(change: &C, skaddr: u64, kind: EventKind, now: u64, 
 /// connection (no server there; it ends at CLOSE) or one already closing.
 #[inline(always)]
 fn server_sent_fin<C: StateChange>(change: &C, skaddr: u64, config: &Config) {
-    let Some(track) = TRACKED.get_ptr_mut(&skaddr) else {
+    let Some(track) = tracked_entry(&skaddr) else {
         if following_by_endpoints(config) {
             close_followed(change, skaddr, Counted::No, Phase::ServerClose);
         }

@@ -39,7 +39,7 @@ use aya_ebpf::{
 
 use crate::payload::Source;
 use crate::record::{SockLength, btf_arg_value};
-use crate::tracked::TRACKED;
+use crate::tracked::tracked_entry;
 use crate::turns::on_recv;
 
 /// A read in progress on a tracked socket, from `tcp_recvmsg` to its first bytes.
@@ -139,8 +139,7 @@ fn start(skaddr: Option<u64>, flags: Option<u64>) {
     let (Some(skaddr), Some(flags)) = (skaddr, flags) else {
         return;
     };
-    // SAFETY: presence test only.
-    if unsafe { TRACKED.get(&skaddr) }.is_none() {
+    if tracked_entry(&skaddr).is_none() {
         return;
     }
     let call = RecvCall {

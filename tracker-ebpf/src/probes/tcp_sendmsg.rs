@@ -27,7 +27,7 @@ use aya_ebpf::{
 
 use crate::payload::Source;
 use crate::record::{SockLength, btf_arg_value};
-use crate::tracked::TRACKED;
+use crate::tracked::tracked_entry;
 use crate::turns::on_send;
 
 /// Sends in progress on tracked sockets by thread (`pid_tgid`), from kprobe to kretprobe.
@@ -46,8 +46,7 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let thread = bpf_get_current_pid_tgid();
-    // SAFETY: presence test only.
-    if unsafe { TRACKED.get(&skaddr) }.is_some() {
+    if tracked_entry(&skaddr).is_some() {
         let _ = SEND_CALLS.insert(&thread, &skaddr, 0);
     } else {
         // Usually absent: only a send whose return was lost leaves one behind.
