@@ -90,31 +90,43 @@ impl ProgramCosts {
     }
 }
 
+/// The runs between two readings of the same programs, by id, of those that ran.
+pub(crate) fn runs_between(
+    start: &BTreeMap<u32, ProgramRuns>,
+    end: &BTreeMap<u32, ProgramRuns>,
+) -> BTreeMap<u32, ProgramRuns> {
+    end.iter()
+        .map(|(&id, last)| {
+            let first = start.get(&id).cloned().unwrap_or_default();
+            let runs = ProgramRuns {
+                name: last.name.clone(),
+                runs: last.runs.saturating_sub(first.runs),
+                nanos: last.nanos.saturating_sub(first.nanos),
+            };
+            (id, runs)
+        })
+        .filter(|(_, runs)| runs.runs > 0)
+        .collect()
+}
+
 /// The runs between two readings of the same programs, each named once: programs with the same
 /// (truncated) name, as bpftrace's are, get a number.
 pub(crate) fn difference(
     start: &BTreeMap<u32, ProgramRuns>,
     end: &BTreeMap<u32, ProgramRuns>,
 ) -> Vec<ProgramRuns> {
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (id, last) in end {
-        let first = start.get(id).cloned().unwrap_or_default();
-        let count = seen.entry(last.name.as_str()).or_default();
-        *count += 1;
-        let name = if *count == 1 {
-            last.name.clone()
-        } else {
-            format!("{} #{count}", last.name)
-        };
-        out.push(ProgramRuns {
-            name,
-            runs: last.runs.saturating_sub(first.runs),
-            nanos: last.nanos.saturating_sub(first.nanos),
-        });
-    }
-    out.retain(|program| program.runs > 0);
-    out
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    runs_between(start, end)
+        .into_values()
+        .map(|mut runs| {
+            let count = seen.entry(runs.name.clone()).or_default();
+            *count += 1;
+            if *count > 1 {
+                runs.name = format!("{} #{count}", runs.name);
+            }
+            runs
+        })
+        .collect()
 }
 
 /// The programs of one observer during one wrk run.

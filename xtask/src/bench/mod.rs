@@ -8,6 +8,7 @@
 //! repetitions. Ground truth for connection counts is the kernel's own `TcpPassiveOpens`
 //! counter (/proc/net/snmp), read before and after each run.
 
+mod against;
 mod churn;
 mod cpu;
 mod harness;
@@ -56,6 +57,11 @@ pub struct BenchArgs {
     /// than written to BENCHMARKS.md.
     #[arg(long, conflicts_with = "https_only")]
     kernel_cost_only: bool,
+    /// Only the eBPF programs' time per request of this build against another tracker
+    /// binary's (a build of another commit), both attached at once, printed rather than
+    /// written to BENCHMARKS.md.
+    #[arg(long, value_name = "TRACKER", conflicts_with_all = ["https_only", "overhead_only", "kernel_cost_only"])]
+    against: Option<std::path::PathBuf>,
 }
 
 /// Debian packages the benchmark drives: (command, package).
@@ -90,6 +96,13 @@ struct Figures {
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(other) = &args.against {
+        anyhow::ensure!(
+            other.is_file(),
+            "--against {}: no such tracker binary",
+            other.display()
+        );
+    }
     let tracker = crate::build::build()?;
     ensure_packages()?;
     ensure_tracefs()?;
@@ -106,6 +119,13 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let nginx = Nginx::start(&out_dir)?;
     let url = format!("http://127.0.0.1:{}/", nginx.port);
     eprintln!("bench: nginx on {url}");
+    if let Some(other) = &args.against {
+        let figures = against::measure(&tracker, other, nginx.port, &url, &shape, &out_dir)?;
+        let mut table = String::new();
+        against::render(&mut table, &shape, &figures);
+        println!("{table}");
+        return Ok(());
+    }
     if args.kernel_cost_only {
         let costs = kernel_cost::measure(&tracker, nginx.port, &url, &shape, &out_dir)?;
         let mut table = String::new();
