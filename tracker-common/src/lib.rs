@@ -284,9 +284,9 @@ pub mod wire_addr {
     /// An IPv4 address (network byte order, as the kernel keeps it).
     #[inline(always)]
     pub fn v4(octets: [u8; 4]) -> [u8; 16] {
-        let mut bytes = [0u8; 16];
-        bytes[..4].copy_from_slice(&octets);
-        bytes
+        // As a number rather than a zeroed array the bytes are copied into: in the eBPF
+        // programs that zeroing is a byte-by-byte `memset` call.
+        u128::from(u32::from_le_bytes(octets)).to_le_bytes()
     }
 
     /// An address of an AF_INET6 socket: IPv4 addresses IPv4-mapped.

@@ -26,6 +26,7 @@ mod tls_calls;
 mod totals;
 mod tracked;
 mod turns;
+mod zeroed;
 
 #[cfg(not(test))]
 #[panic_handler]

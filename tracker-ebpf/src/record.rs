@@ -112,21 +112,22 @@ impl StateChange for RawStateChange<'_> {
     #[inline(always)]
     fn endpoints_on_port(&self, local_port: u16) -> ConnKey {
         let head: SockHead = self.at(self.layout.head);
-        let mut key = ConnKey {
+        // Every field set once, with no zeroed key to start from (see `zeroed`). A TCP socket
+        // is IPv4 or IPv6; one whose head could not be read is all zeroes, as IPv4.
+        let (local_addr, remote_addr) = if head.family == AF_INET6 {
+            let [remote, local]: [[u8; 16]; 2] = self.at(self.layout.v6_pair);
+            (local, remote)
+        } else {
+            (wire_addr::v4(head.local_v4), wire_addr::v4(head.remote_v4))
+        };
+        ConnKey {
             family: head.family,
             local_port,
             remote_port: u16::from_be(head.remote_port),
-            ..ConnKey::default()
-        };
-        if head.family == AF_INET {
-            key.local_addr = wire_addr::v4(head.local_v4);
-            key.remote_addr = wire_addr::v4(head.remote_v4);
-        } else if head.family == AF_INET6 {
-            let [remote, local]: [[u8; 16]; 2] = self.at(self.layout.v6_pair);
-            key.local_addr = local;
-            key.remote_addr = remote;
+            _pad: 0,
+            local_addr,
+            remote_addr,
         }
-        key
     }
 }
 

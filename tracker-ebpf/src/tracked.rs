@@ -14,6 +14,7 @@ use tracker_common::{
 };
 
 use crate::totals::{Total, TurnCut, count_close};
+use crate::zeroed::zero_words;
 
 /// Server-side connections the daemon has been told about, keyed by socket address, with their
 /// turn state. A close (or payload) is reported only for sockets in here, which is what keeps
@@ -159,9 +160,12 @@ pub fn track_connection(skaddr: u64, at: u64, track: impl FnOnce(&mut ConnTrack)
     let Some(scratch) = TRACK_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: this CPU's scratch slot; the programs using it do not nest on one CPU.
-    let scratch = unsafe { &mut *scratch };
-    *scratch = ConnTrack::default();
+    // SAFETY: this CPU's scratch slot, a map value; the programs using it do not nest on one
+    // CPU.
+    let scratch = unsafe {
+        zero_words(scratch);
+        &mut *scratch
+    };
     track(scratch);
     // Counted before it can be found (see `tracked_entry`).
     add_hint(skaddr, 1);

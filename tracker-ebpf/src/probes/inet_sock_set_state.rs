@@ -83,6 +83,7 @@ use crate::tracked::{
     FOLLOWED_OUTBOUND, FOLLOWED_UNTRACKED, FOLLOWS_UNTRACKED, HANDED_OVER, PREEXISTING,
     claim_server_close, following_by_endpoints, track_connection, tracked_entry, untrack,
 };
+use crate::zeroed::zero_words;
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn raw_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
@@ -581,11 +582,12 @@ fn write_connection_event(
         (*event)._pad = 0;
         (*event).local_addr = endpoints.local_addr;
         (*event).remote_addr = endpoints.remote_addr;
-        (*event).comm = if in_task {
-            bpf_get_current_comm().unwrap_or([0; 16])
+        if in_task {
+            (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         } else {
-            [0; 16]
-        };
+            // The record is 8-byte aligned, and so is the field.
+            zero_words(&raw mut (*event).comm);
+        }
         (*event).aux = if matches!(kind, EventKind::ListenerUp) {
             bpf_get_current_cgroup_id()
         } else {
