@@ -12,10 +12,20 @@
 //! value the programs update (its writes and their atomics would race) and a program that
 //! read the epoch just before a bump cannot overwrite the next interval's peak.
 
-/// Name of the map of [`LiveGauges`] by [`GaugeKey`], shared by all CPUs.
+/// Name of the array of [`LiveGauges`] by gauge slot, shared by all CPUs.
 pub const LIVE_GAUGES_MAP: &str = "LIVE_GAUGES";
-/// Capacity of [`LIVE_GAUGES_MAP`]: listening ports times namespaces and families.
+/// Capacity of [`LIVE_GAUGES_MAP`] and [`GAUGE_SLOTS_MAP`]: listening ports times namespaces
+/// and families.
 pub const LIVE_GAUGES_MAX_ENTRIES: u32 = 4096;
+/// Name of the map that gives each [`GaugeKey`] its slot (`u32`) in [`LIVE_GAUGES_MAP`]. The
+/// state change program gives it once, when the key's first endpoint gets its totals slot
+/// (see `ENDPOINT_SLOTS_MAP`), and records it for that endpoint in [`ENDPOINT_GAUGES_MAP`]:
+/// a count moves the gauges of a connection by its endpoint's slot, with array accesses only,
+/// where a lookup hashed on the key cost about as much as the rest of the program.
+pub const GAUGE_SLOTS_MAP: &str = "GAUGE_SLOTS";
+/// Name of the array, by endpoint slot, of that endpoint's gauge slot plus one (0: none yet,
+/// or none could be given: its moves are then missed and counted so).
+pub const ENDPOINT_GAUGES_MAP: &str = "ENDPOINT_GAUGES";
 /// Name of the one-entry array holding the current report epoch (`u64`, only its low
 /// 32 bits count), written by the daemon at each report.
 pub const GAUGE_EPOCH_MAP: &str = "GAUGE_EPOCH";

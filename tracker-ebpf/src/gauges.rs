@@ -19,22 +19,31 @@ use core::{
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::Array, maps::HashMap};
 use tracker_common::{
-    Endpoint, GAUGES_MISSED_SLOT,
+    ENDPOINT_SLOTS_MAX_ENTRIES, Endpoint, GAUGES_MISSED_SLOT,
     gauge::{Gauge, GaugeKey, LIVE_GAUGES_MAX_ENTRIES, LiveGauges, Peak},
 };
 
 use crate::loss::count_lost;
+use crate::totals::take_slot;
 
-/// See `tracker_common::gauge::LIVE_GAUGES_MAP`.
+/// See `tracker_common::gauge::LIVE_GAUGES_MAP`. Entries start zeroed: no lives, and peaks of
+/// 0 in epoch 0, which any later epoch replaces (`Peak::raised`), but the one before it wraps
+/// to 0.
 #[map]
-static LIVE_GAUGES: HashMap<GaugeKey, LiveGauges> =
-    HashMap::with_max_entries(LIVE_GAUGES_MAX_ENTRIES, 0);
+static LIVE_GAUGES: Array<LiveGauges> = Array::with_max_entries(LIVE_GAUGES_MAX_ENTRIES, 0);
 
-/// One zeroed [`LiveGauges`], never written: the value a new port's gauges start from, passed
-/// to the insert from here rather than built on the lifecycle program's stack, which every
-/// count is inlined into and which older verifiers cap at 512 bytes.
+/// See `tracker_common::gauge::GAUGE_SLOTS_MAP`. Only [`give_gauge_slot`] inserts, and
+/// nothing removes.
 #[map]
-static ZERO_GAUGES: Array<LiveGauges> = Array::with_max_entries(1, 0);
+static GAUGE_SLOTS: HashMap<GaugeKey, u32> = HashMap::with_max_entries(LIVE_GAUGES_MAX_ENTRIES, 0);
+
+/// See `tracker_common::gauge::ENDPOINT_GAUGES_MAP`.
+#[map]
+static ENDPOINT_GAUGES: Array<u32> = Array::with_max_entries(ENDPOINT_SLOTS_MAX_ENTRIES, 0);
+
+/// The next gauge slot to give (see `totals::take_slot`).
+#[map]
+static NEXT_GAUGE_SLOT: Array<u64> = Array::with_max_entries(1, 0);
 
 /// See `tracker_common::gauge::GAUGE_EPOCH_MAP`.
 #[map]
@@ -64,14 +73,15 @@ impl Step {
     }
 }
 
-/// Moves the lives gauges of `endpoint`'s port by `by_handshake` and `by_accept`.
+/// Moves the lives gauges of the port of the endpoint at `slot` by `by_handshake` and
+/// `by_accept`.
 #[inline(always)]
-pub fn count(endpoint: &Endpoint, by_handshake: Step, by_accept: Step) {
+pub fn count(slot: u32, by_handshake: Step, by_accept: Step) {
     if by_handshake == Step::Still && by_accept == Step::Still {
         return;
     }
     let epoch = current_epoch();
-    let Some(gauges) = gauges_of(endpoint) else {
+    let Some(gauges) = gauges_at(slot) else {
         return;
     };
     // SAFETY: fields of a live map value, changed only through atomic instructions.
@@ -81,46 +91,67 @@ pub fn count(endpoint: &Endpoint, by_handshake: Step, by_accept: Step) {
     }
 }
 
-/// Moves the busy gauge of `endpoint`'s port by `busy`. Apart from `count`, so that the
-/// lifecycle program, which moves it only at the rare close of an unanswered turn, does not
-/// carry a third inlined compare-and-swap loop at each of its counts (its stack would pass
-/// what older verifiers allow).
+/// Moves the busy gauge of the port of the endpoint at `slot` by `busy`. Apart from `count`,
+/// so that the lifecycle program, which moves it only at the rare close of an unanswered
+/// turn, does not carry a third inlined compare-and-swap loop at each of its counts (its
+/// stack would pass what older verifiers allow).
 #[inline(always)]
-pub fn count_busy(endpoint: &Endpoint, busy: Step) {
+pub fn count_busy(slot: u32, busy: Step) {
     if busy == Step::Still {
         return;
     }
     let epoch = current_epoch();
-    let Some(gauges) = gauges_of(endpoint) else {
+    let Some(gauges) = gauges_at(slot) else {
         return;
     };
     // SAFETY: a field of a live map value, changed only through atomic instructions.
     unsafe { step(&raw mut (*gauges).busy, busy, epoch) };
 }
 
-/// The gauges of `endpoint`'s port, added if new; counts a miss when the table cannot take
-/// them.
+/// The gauges of the port of the endpoint at `slot`; counts a miss when it has none (no
+/// endpoint slot, or no gauge slot could be given).
 #[inline(always)]
-fn gauges_of(endpoint: &Endpoint) -> Option<*mut LiveGauges> {
+fn gauges_at(slot: u32) -> Option<*mut LiveGauges> {
+    let gauges = ENDPOINT_GAUGES
+        .get(slot)
+        .and_then(|&given| given.checked_sub(1))
+        .and_then(|gauge_slot| LIVE_GAUGES.get_ptr_mut(gauge_slot));
+    if gauges.is_none() {
+        count_lost(GAUGES_MISSED_SLOT);
+    }
+    gauges
+}
+
+/// Records the gauges of `endpoint`'s port for the endpoint slot `slot`, which the caller has
+/// just taken and not yet published: the port's gauge slot, given now if it has none. Done
+/// before the endpoint slot is published, so no count finds it without its gauges. A port
+/// whose gauges could not be given a slot has its moves missed (counted).
+///
+/// A function of its own in the object, not inlined, for the same reason as `totals::slot_of`.
+#[inline(never)]
+pub fn give_gauge_slot(slot: u32, endpoint: &Endpoint) {
     let key = GaugeKey {
         netns: endpoint.netns,
         family: endpoint.family,
         port: endpoint.port,
     };
-    let mut gauges = LIVE_GAUGES.get_ptr_mut(&key);
-    if gauges.is_none()
-        && let Some(zero) = ZERO_GAUGES.get(0)
-    {
-        // BPF_NOEXIST: another CPU may have added it meanwhile; either way it exists afterwards
-        // unless the map is full. Its peaks are 0 in epoch 0, which any later epoch replaces
-        // (`Peak::raised`), but the one before it wraps to 0.
-        let _ = LIVE_GAUGES.insert(&key, zero, u64::from(BPF_NOEXIST));
-        gauges = LIVE_GAUGES.get_ptr_mut(&key);
+    // SAFETY: a plain `u32` read from a live map value.
+    let given = match unsafe { GAUGE_SLOTS.get(&key) } {
+        Some(&given) => Some(given),
+        None => take_slot(&NEXT_GAUGE_SLOT).and_then(|taken| {
+            let taken = u32::try_from(taken).ok()?;
+            // BPF_NOEXIST: another CPU may have given this key a slot meanwhile; then that one
+            // stands and this one is never used.
+            let _ = GAUGE_SLOTS.insert(&key, &taken, u64::from(BPF_NOEXIST));
+            // SAFETY: as above.
+            unsafe { GAUGE_SLOTS.get(&key) }.copied()
+        }),
+    };
+    if let (Some(given), Some(entry)) = (given, ENDPOINT_GAUGES.get_ptr_mut(slot)) {
+        // SAFETY: a live map value no other program writes: the slot is the caller's alone
+        // until it publishes it.
+        unsafe { *entry = given.wrapping_add(1) };
     }
-    if gauges.is_none() {
-        count_lost(GAUGES_MISSED_SLOT);
-    }
-    gauges
 }
 
 /// The report epoch, read after the count it goes with was taken (see `step`).

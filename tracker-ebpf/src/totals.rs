@@ -135,8 +135,8 @@ impl TurnCut {
 /// Counts `total` of `endpoint` on this CPU, stamped `at`, before any event is sent: the totals
 /// are exact whatever becomes of the ring.
 #[inline(always)]
-pub fn count_total(endpoint: &Endpoint, slot: u32, total: Total, at: u64) {
-    count_close(endpoint, slot, total, TurnCut::default(), at);
+pub fn count_total(slot: u32, total: Total, at: u64) {
+    count_close(slot, total, TurnCut::default(), at);
 }
 
 /// The server's close of `track` at `now` ends its life as the server sees it and starts its
@@ -147,7 +147,6 @@ pub fn end_life_at_server_close(track: &mut ConnTrack, now: u64) -> TurnCut {
     let turn = TurnCut::of(track, now);
     track.in_turn = 0;
     count_close(
-        &track.endpoint,
         track.totals_slot,
         Total::ServerClosed {
             accepted: track.accepted_ns != 0,
@@ -162,11 +161,11 @@ pub fn end_life_at_server_close(track: &mut ConnTrack, now: u64) -> TurnCut {
 /// `turn`. The turn travels apart from `total`: inside it, the lifecycle program's stack (where
 /// every count is inlined) would pass what older verifiers allow.
 #[inline(always)]
-pub fn count_close(endpoint: &Endpoint, slot: u32, total: Total, turn: TurnCut, at: u64) {
+pub fn count_close(slot: u32, total: Total, turn: TurnCut, at: u64) {
     let (by_handshake, by_accept) = total.life_steps();
-    gauges::count(endpoint, by_handshake, by_accept);
+    gauges::count(slot, by_handshake, by_accept);
     if turn.unanswered() {
-        gauges::count_busy(endpoint, Step::Down);
+        gauges::count_busy(slot, Step::Down);
     }
     let Some(totals) = totals_here(slot) else {
         return;
@@ -208,8 +207,8 @@ pub fn count_close(endpoint: &Endpoint, slot: u32, total: Total, turn: TurnCut, 
 /// payload a new one starts at `starts_at` (0: none, the server's `101` took the connection out
 /// of HTTP/1).
 #[inline(always)]
-pub fn count_turn(endpoint: &Endpoint, slot: u32, cut: TurnCut, starts_at: u64) {
-    gauges::count_busy(endpoint, Step::of(starts_at != 0, cut.unanswered()));
+pub fn count_turn(slot: u32, cut: TurnCut, starts_at: u64) {
+    gauges::count_busy(slot, Step::of(starts_at != 0, cut.unanswered()));
     let Some(totals) = totals_here(slot) else {
         return;
     };
@@ -222,9 +221,9 @@ pub fn count_turn(endpoint: &Endpoint, slot: u32, cut: TurnCut, starts_at: u64) 
 /// The server sent payload at `at` in a turn, whose previous send was at `previous` (0: this
 /// is its first): the turn's answered span starts again from here.
 #[inline(always)]
-pub fn count_answer(endpoint: &Endpoint, slot: u32, previous: u64, at: u64) {
+pub fn count_answer(slot: u32, previous: u64, at: u64) {
     // The first answer takes the connection off the busy gauge.
-    gauges::count_busy(endpoint, Step::of(false, previous == 0));
+    gauges::count_busy(slot, Step::of(false, previous == 0));
     let Some(totals) = totals_here(slot) else {
         return;
     };
@@ -271,13 +270,28 @@ pub fn slot_of(endpoint: &Endpoint) -> u32 {
     if let Some(&slot) = unsafe { ENDPOINT_SLOTS.get(endpoint) } {
         return slot;
     }
-    let Some(next) = NEXT_SLOT.get_ptr_mut(0) else {
+    let Some(taken) = take_slot(&NEXT_SLOT) else {
         return NO_SLOT;
     };
+    // Past `u32`'s range a slot is far past the totals' end, as `NO_SLOT` is.
+    let slot = u32::try_from(taken).unwrap_or(NO_SLOT);
+    gauges::give_gauge_slot(slot, endpoint);
+    // BPF_NOEXIST: another CPU may have given this endpoint a slot meanwhile; then that one
+    // stands and this one is never used.
+    let _ = ENDPOINT_SLOTS.insert(endpoint, &slot, u64::from(BPF_NOEXIST));
+    // SAFETY: as the first read.
+    unsafe { ENDPOINT_SLOTS.get(endpoint) }.map_or(NO_SLOT, |&slot| slot)
+}
+
+/// Takes the next slot from the counter in `next` (its only entry), by compare-and-swap: slots
+/// are given on any CPU. None if other CPUs took slots through every try.
+#[inline(always)]
+pub fn take_slot(next: &Array<u64>) -> Option<u64> {
+    let next = next.get_ptr_mut(0)?;
     // SAFETY: a live map value, changed only by compare-and-swap; a stale read costs a try.
     let mut seen = unsafe { core::ptr::read_volatile(next) };
     let mut taken = None;
-    // Only the swap is in the loop, so the verifier walks the map updates below once.
+    // Only the swap is in the loop, so the verifier walks the caller's map updates once.
     for _ in 0..SLOT_TRIES {
         // SAFETY: as above.
         let (before, swapped) = unsafe {
@@ -293,16 +307,7 @@ pub fn slot_of(endpoint: &Endpoint) -> u32 {
         }
         seen = before;
     }
-    let Some(taken) = taken else {
-        return NO_SLOT;
-    };
-    // Past `u32`'s range a slot is far past the totals' end, as `NO_SLOT` is.
-    let slot = u32::try_from(taken).unwrap_or(NO_SLOT);
-    // BPF_NOEXIST: another CPU may have given this endpoint a slot meanwhile; then that one
-    // stands and this one is never used.
-    let _ = ENDPOINT_SLOTS.insert(endpoint, &slot, u64::from(BPF_NOEXIST));
-    // SAFETY: as the first read.
-    unsafe { ENDPOINT_SLOTS.get(endpoint) }.map_or(NO_SLOT, |&slot| slot)
+    taken
 }
 
 /// When a connection's turn ended, as its turn events and close carry it: at the server's last

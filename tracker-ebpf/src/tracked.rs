@@ -196,17 +196,16 @@ fn retire_stale(skaddr: u64, at: u64) {
         return;
     };
     // SAFETY: a live map value; the fields needed are copied before the entry is removed.
-    let (outbound, local, slot, close, turn) = unsafe {
+    let (outbound, slot, close, turn) = unsafe {
         let stale = &*stale;
         (
             stale.outbound,
-            stale.endpoint,
             stale.totals_slot,
             Total::close_of(stale),
             TurnCut::of(stale, at),
         )
     };
     if untrack(skaddr) && outbound == 0 {
-        count_close(&local, slot, close, turn, at);
+        count_close(slot, close, turn, at);
     }
 }

@@ -69,7 +69,7 @@ pub(crate) fn accepted(skaddr: u64) {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     track.accepted_ns = now;
-    count_total(&track.endpoint, track.totals_slot, Total::Accepted, now);
+    count_total(track.totals_slot, Total::Accepted, now);
     if track.unreported == 0 {
         emit_for_socket(skaddr, now, AcceptedPayload);
     }

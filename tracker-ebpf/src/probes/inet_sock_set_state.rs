@@ -208,7 +208,7 @@ fn closed<C: StateChange>(
             ends_at: turn_end_at(closing_turn, sent, closed_at),
             answered_at: if closing_turn { sent } else { 0 },
         };
-        count_close(&local, slot, close, turn, closed_at);
+        count_close(slot, close, turn, closed_at);
     }
     if matches!(close, Total::Closed { closing: true, .. }) {
         // The daemon was told at the server's close.
@@ -267,7 +267,7 @@ fn announce<C: StateChange>(
             if !tracked {
                 count_lost(TRACK_FULL_SLOT);
             }
-            count_total(&local, slot, Total::Opened, now);
+            count_total(slot, Total::Opened, now);
         }
         return;
     };
@@ -279,7 +279,7 @@ fn announce<C: StateChange>(
             track.outbound = outbound;
         });
     if kind == EventKind::ConnOpen && tracked {
-        count_total(&local, slot, Total::Opened, now);
+        count_total(slot, Total::Opened, now);
     }
     if !tracked {
         // The table is full, or, allocated on demand, could not take one more entry in a burst
@@ -291,7 +291,7 @@ fn announce<C: StateChange>(
         if !follow_close_by_endpoints(&endpoints, kind) {
             entry.discard(0);
             if kind == EventKind::ConnOpen {
-                count_total(&local, slot, Total::Opened, now);
+                count_total(slot, Total::Opened, now);
             }
             warn!(
                 change,
@@ -301,7 +301,7 @@ fn announce<C: StateChange>(
             return;
         }
         if kind == EventKind::ConnOpen {
-            count_total(&local, slot, Total::OpenedUntracked, now);
+            count_total(slot, Total::OpenedUntracked, now);
         }
     }
 
@@ -514,7 +514,7 @@ fn close_followed<C: StateChange>(change: &C, skaddr: u64, counted: Counted, pha
             untracked: direction == FOLLOWED_UNTRACKED,
         };
         let local = endpoint(&endpoints, netns);
-        count_total(&local, slot_of(&local), close, now);
+        count_total(slot_of(&local), close, now);
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         count_lost(LOST_SLOT);

@@ -150,7 +150,7 @@ fn start_turn_if_new(
             0
         },
     };
-    count_turn(&track.endpoint, track.totals_slot, cut, now);
+    count_turn(track.totals_slot, cut, now);
     track.in_turn = 1;
     track.last_send_ns = 0;
     if reported {

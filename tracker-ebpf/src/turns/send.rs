@@ -58,7 +58,7 @@ pub fn on_send<C: EbpfContext>(ctx: &C, call: SockLength, source: Source) {
     }
     // Sends outside a turn (a greeting before any request) are not busy time.
     if track.in_turn != 0 {
-        count_answer(&track.endpoint, track.totals_slot, track.last_send_ns, now);
+        count_answer(track.totals_slot, track.last_send_ns, now);
         track.last_send_ns = now;
     }
     // Frames of a connection the daemon was never told of would be dropped.
@@ -87,7 +87,7 @@ fn switch_protocols(track: &mut ConnTrack, skaddr: u64, now: u64) {
         ends_at: now,
         answered_at: 0,
     };
-    count_turn(&track.endpoint, track.totals_slot, cut, 0);
+    count_turn(track.totals_slot, cut, 0);
     track.in_turn = 0;
     track.last_send_ns = 0;
     track.protocol = Protocol::Switching as u32;

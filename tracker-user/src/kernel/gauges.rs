@@ -7,7 +7,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData},
 };
-use tracker_common::gauge::{GAUGE_EPOCH_MAP, GaugeKey, LIVE_GAUGES_MAP, LiveGauges};
+use tracker_common::gauge::{
+    GAUGE_EPOCH_MAP, GAUGE_SLOTS_MAP, GaugeKey, LIVE_GAUGES_MAP, LiveGauges,
+};
 
 /// The kernel's gauges as read at a report, right after the epoch they close.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +24,9 @@ pub struct GaugeReading {
 
 /// The gauge maps and the epoch the programs count peaks in.
 pub struct KernelGauges {
-    gauges: HashMap<MapData, GaugeKey, LiveGauges>,
+    /// Each port's slot in `gauges`.
+    slots: HashMap<MapData, GaugeKey, u32>,
+    gauges: Array<MapData, LiveGauges>,
     epoch_map: Array<MapData, u64>,
     /// The epoch the programs count in now (the map starts at 0 at load).
     epoch: u32,
@@ -33,6 +37,9 @@ pub struct KernelGauges {
 impl KernelGauges {
     /// Takes the gauge maps out of the loaded object.
     pub fn take_from(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let slots = ebpf
+            .take_map(GAUGE_SLOTS_MAP)
+            .ok_or_else(|| anyhow!("map {GAUGE_SLOTS_MAP} missing from the eBPF object"))?;
         let gauges = ebpf
             .take_map(LIVE_GAUGES_MAP)
             .ok_or_else(|| anyhow!("map {LIVE_GAUGES_MAP} missing from the eBPF object"))?;
@@ -40,7 +47,8 @@ impl KernelGauges {
             .take_map(GAUGE_EPOCH_MAP)
             .ok_or_else(|| anyhow!("map {GAUGE_EPOCH_MAP} missing from the eBPF object"))?;
         Ok(Self {
-            gauges: HashMap::try_from(gauges)?,
+            slots: HashMap::try_from(slots)?,
+            gauges: Array::try_from(gauges)?,
             epoch_map: Array::try_from(epoch_map)?,
             epoch: 0,
             missed: 0,
@@ -63,10 +71,15 @@ impl KernelGauges {
     /// kernel's count of gauge updates it could not make since load, read after the epoch
     /// ended.
     pub fn read(&mut self, ended_epoch: u32, missed: u64) -> anyhow::Result<GaugeReading> {
-        let gauges = self
-            .gauges
+        let slots = self
+            .slots
             .iter()
             .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading {GAUGE_SLOTS_MAP}"))?;
+        let gauges = slots
+            .into_iter()
+            .map(|(key, slot)| Ok((key, self.gauges.get(&slot, 0)?)))
+            .collect::<Result<Vec<_>, aya::maps::MapError>>()
             .with_context(|| format!("reading {LIVE_GAUGES_MAP}"))?;
         let complete = missed == self.missed;
         self.missed = missed;
