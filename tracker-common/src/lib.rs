@@ -635,6 +635,7 @@ impl SockHead {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct RegsLayout {
+    /// Read as 32 bits (see [`RegsLayout::AARCH64`]).
     pub syscall_nr: u32,
     pub arg2: u32,
     pub arg3: u32,
@@ -645,6 +646,14 @@ pub struct RegsLayout {
 }
 
 impl RegsLayout {
+    /// x86_64: `r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax`,
+    /// so the number (`orig_ax`) and the arguments (`si`, `dx`) share one window from `dx`.
+    pub const X86_64: Self = Self::new(15 * 8, 13 * 8, 12 * 8);
+    /// arm64: `regs[0..31]`, `sp`, `pc`, `pstate` and `orig_x0` come first, then the number, a
+    /// 32-bit `syscallno` (the programs read 32 bits: the ones after it are `pmr` in newer
+    /// kernels); the arguments are in `regs[1]` and `regs[2]`.
+    pub const AARCH64: Self = Self::new((31 + 4) * 8, 8, 2 * 8);
+
     /// Bytes copied at once when the three registers are close together.
     pub const WINDOW_BYTES: u32 = 32;
     /// [`RegsLayout::window`] when they are not.
@@ -782,15 +791,18 @@ mod tests {
 
     #[test]
     fn registers_close_together_are_read_in_one_window() {
-        // x86_64: orig_ax, si, dx.
-        let x86 = RegsLayout::new(15 * 8, 13 * 8, 12 * 8);
+        let x86 = RegsLayout::X86_64;
         assert_eq!(x86.window, 12 * 8);
         assert_eq!(
             [x86.syscall_nr, x86.arg2, x86.arg3].map(|offset| x86.word_in_window(offset)),
             [3, 1, 0]
         );
-        // arm64: syscallno after the 31 general registers, sp, pc and pstate; x1, x2.
-        assert_eq!(RegsLayout::new(280, 8, 16).window, RegsLayout::NO_WINDOW);
+        // arm64's number lies at byte 280, after 35 registers, far from x1 and x2.
+        let arm64 = RegsLayout::AARCH64;
+        assert_eq!(
+            [arm64.syscall_nr, arm64.arg2, arm64.arg3, arm64.window],
+            [280, 8, 16, RegsLayout::NO_WINDOW]
+        );
         // Just too far apart, or not on register boundaries.
         assert_eq!(RegsLayout::new(0, 8, 32).window, RegsLayout::NO_WINDOW);
         assert_eq!(RegsLayout::new(0, 8, 24).window, 0);

@@ -90,10 +90,10 @@ pub fn syscall_buffer(direction: u32) -> SyscallBuffer {
     let Some(call) = SyscallRegs::read(regs, &config.regs) else {
         return SyscallBuffer::default();
     };
-    if call.number >= u64::from(SYSCALL_BUFFERS_MAX_ENTRIES) {
+    if call.number >= SYSCALL_BUFFERS_MAX_ENTRIES {
         return SyscallBuffer::default();
     }
-    let Some(&kind) = SYSCALL_BUFFERS.get(call.number as u32) else {
+    let Some(&kind) = SYSCALL_BUFFERS.get(call.number) else {
         return SyscallBuffer::default();
     };
     if kind == 0 || kind >> 8 != direction || call.arg2 == 0 {
@@ -107,9 +107,12 @@ pub fn syscall_buffer(direction: u32) -> SyscallBuffer {
 }
 
 /// The system call number and the arguments that name a read/write-family call's buffer, as
-/// the current task saved them.
+/// the current task saved them. The number is its register's low 32 bits: arm64 saves it as a
+/// 32-bit field whose neighbour is not always zero, and no number reaches past 32 bits on
+/// x86_64 (a task outside a system call has all ones there, far past the table's end either
+/// way).
 struct SyscallRegs {
-    number: u64,
+    number: u32,
     arg2: u64,
     arg3: u64,
 }
@@ -123,7 +126,7 @@ impl SyscallRegs {
     fn read(regs: u64, layout: &RegsLayout) -> Option<Self> {
         if layout.window == RegsLayout::NO_WINDOW {
             return Some(Self {
-                number: kernel::<u64>(regs.wrapping_add(u64::from(layout.syscall_nr)))?,
+                number: kernel::<u32>(regs.wrapping_add(u64::from(layout.syscall_nr)))?,
                 arg2: kernel::<u64>(regs.wrapping_add(u64::from(layout.arg2))).unwrap_or(0),
                 arg3: kernel::<u64>(regs.wrapping_add(u64::from(layout.arg3))).unwrap_or(0),
             });
@@ -137,7 +140,8 @@ impl SyscallRegs {
             _ => words[3],
         };
         Some(Self {
-            number: word(layout.syscall_nr),
+            // Little-endian targets only (as the BPF build's `bpfel` target): the low half.
+            number: word(layout.syscall_nr) as u32,
             arg2: word(layout.arg2),
             arg3: word(layout.arg3),
         })

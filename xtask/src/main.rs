@@ -31,7 +31,7 @@ struct Cli {
 enum Task {
     /// Install the eBPF toolchain pieces if missing, then build target/release/tracker, its
     /// man pages (target/release/man) and shell completions (target/release/completions).
-    Build,
+    Build(build::BuildArgs),
     /// Build, then pack target/deb/tracker_VERSION_ARCH.deb (the daemon, its systemd unit,
     /// README, man pages and completions) and print its path.
     Deb(deb::DebArgs),
@@ -52,7 +52,7 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Build => build::build().and_then(|binary| build::write_man_and_completions(&binary)),
+        Task::Build(args) => build::build_task(&args),
         Task::Deb(args) => deb::deb(&args),
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::test(&args),

@@ -1,4 +1,5 @@
-//! Installs what the eBPF build needs: nightly's `rust-src` and `bpf-linker`.
+//! Installs what the eBPF build needs: nightly's `rust-src` and `bpf-linker`; and the Rust
+//! standard library of a target the daemon is cross-built for.
 //!
 //! bpf-linker is built from crates.io against the nightly toolchain's own LLVM (the one rustc
 //! emits bitcode for), through a small prefix folder whose `lib/` links `libLLVM.so` and the
@@ -10,13 +11,34 @@ use std::process::Command;
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::host::{output_of, run_step};
+use crate::host::{output_of, run_step, workspace_root};
 
 const NIGHTLY: &str = "nightly";
 
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()
+}
+
+/// Installs the standard library of `triple` for the workspace's toolchain (the one cargo
+/// builds the daemon with), if missing.
+pub fn ensure_rust_target(triple: &str) -> anyhow::Result<()> {
+    let installed = output_of(
+        "listing the installed Rust targets",
+        Command::new(rustup()?)
+            .args(["target", "list", "--installed"])
+            .current_dir(workspace_root()),
+    )?;
+    if installed.lines().any(|line| line.trim() == triple) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the Rust standard library for {triple}");
+    run_step(
+        &format!("installing the Rust target {triple}"),
+        Command::new(rustup()?)
+            .args(["target", "add", triple])
+            .current_dir(workspace_root()),
+    )
 }
 
 fn rustup() -> anyhow::Result<PathBuf> {

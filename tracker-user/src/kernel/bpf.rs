@@ -54,15 +54,11 @@ const SYSCALL_BUFFERS: &[(libc::c_long, u32, u32)] = &[
 /// Where this architecture's `struct pt_regs` keeps the system call number and its second
 /// and third arguments (fixed by the architecture's entry code).
 #[cfg(target_arch = "x86_64")]
-const SYSCALL_REGS: Option<RegsLayout> = Some(RegsLayout::new(
-    // orig_ax, si, dx in r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di,
-    // orig_ax, ...: one window from dx.
-    15 * 8,
-    13 * 8,
-    12 * 8,
-));
+const SYSCALL_REGS: Option<RegsLayout> = Some(RegsLayout::X86_64);
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_REGS: Option<RegsLayout> = Some(RegsLayout::AARCH64);
 /// Other architectures: not known (and not tested) yet, so payload is not read.
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const SYSCALL_REGS: Option<RegsLayout> = None;
 
 /// Settings applied before the programs are attached.
