@@ -7,12 +7,14 @@
 
 mod bench;
 mod build;
+mod cpio;
 mod deb;
 mod host;
 mod run;
 mod test;
 mod toolchain;
 mod vm;
+mod vm_arm64;
 mod vm_initramfs;
 mod vm_kernel;
 

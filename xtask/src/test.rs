@@ -12,6 +12,7 @@ use crate::deb;
 use crate::host::{cargo, ensure_packages, is_root, run_step, workspace_root};
 use crate::toolchain;
 use crate::vm::{self, VmOutcome};
+use crate::vm_arm64;
 use crate::vm_initramfs::GuestCommand;
 use crate::vm_kernel::{self, SERIES};
 
@@ -30,6 +31,10 @@ pub struct TestArgs {
     /// Only the VM matrix, without the host's unit and integration tests.
     #[arg(long)]
     vm_only: bool,
+    /// Run the VM matrix of this architecture only: the integration tests on x86_64 (amd64)
+    /// or the arm64 check (arm64).
+    #[arg(long, value_parser = ["amd64", "arm64"], conflicts_with = "no_vm")]
+    arch: Option<String>,
     /// Extra arguments for the test binaries (e.g. a test name filter), after `--`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -66,6 +71,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// the decompressors of Debian's kernel images and modules.
 const VM_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-system-aarch64", "qemu-system-arm"),
     ("busybox", "busybox-static"),
     ("depmod", "kmod"),
     ("xz", "xz-utils"),
@@ -138,10 +144,13 @@ fn kernel_matrix(args: &TestArgs, package: &Path) -> anyhow::Result<()> {
         ],
     };
     let mut summary = Vec::new();
+    let wanted = |arch: &str| args.arch.as_deref().is_none_or(|wanted| wanted == arch);
     for series in SERIES.iter().filter(|series| {
-        args.kernel
-            .as_deref()
-            .is_none_or(|name| name == series.name)
+        wanted("amd64")
+            && args
+                .kernel
+                .as_deref()
+                .is_none_or(|name| name == series.name)
     }) {
         let kernel = vm_kernel::prepare(series)?;
         eprintln!(
@@ -152,9 +161,20 @@ fn kernel_matrix(args: &TestArgs, package: &Path) -> anyhow::Result<()> {
         report(&kernel.release, &outcome);
         summary.push((kernel.release, outcome));
     }
+    let arm64 = if wanted("arm64") {
+        vm_arm64::matrix(args.kernel.as_deref())?
+    } else {
+        Vec::new()
+    };
     eprintln!("xtask: kernel matrix:");
     for (release, outcome) in &summary {
         eprintln!("xtask:   {release}: {}", verdict(outcome));
+    }
+    for (release, verdict) in &arm64 {
+        match verdict {
+            Ok(counts) => eprintln!("xtask:   {release}: arm64 check ok: {counts}"),
+            Err(why) => eprintln!("xtask:   {release}: arm64 check FAILED: {why}"),
+        }
     }
     let failed: Vec<&str> = summary
         .iter()
@@ -163,6 +183,9 @@ fn kernel_matrix(args: &TestArgs, package: &Path) -> anyhow::Result<()> {
         .collect();
     if !failed.is_empty() {
         bail!("integration tests failed on {}", failed.join(", "));
+    }
+    if let Some(error) = vm_arm64::failed(&arm64) {
+        return Err(error);
     }
     Ok(())
 }

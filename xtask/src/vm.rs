@@ -43,9 +43,34 @@ pub fn run(
     let initramfs = kernel.root.join("initramfs.cpio");
     vm_initramfs::build(kernel, command, &initramfs)?;
     let started = Instant::now();
-    let mut child = qemu(kernel, &initramfs)
+    let mut outcome = VmOutcome::default();
+    let console = run_console(qemu(kernel, &initramfs), kernel.series, timeout, |line| {
+        read_console_line(line, started, &mut outcome);
+    })?;
+    outcome.timed_out = console.timed_out;
+    outcome.total_time = console.total_time;
+    Ok(outcome)
+}
+
+/// How a QEMU run ended.
+pub struct ConsoleEnd {
+    pub timed_out: bool,
+    pub total_time: Duration,
+}
+
+/// Starts `qemu` (its serial console on stdout), echoes each console line with `label` and
+/// hands it to `on_line` until QEMU exits; kills it after `timeout`.
+pub fn run_console(
+    mut qemu: Command,
+    label: &str,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<ConsoleEnd> {
+    let started = Instant::now();
+    let mut child = qemu
+        .stdout(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {:?}", qemu.get_program()))?;
     let console = child.stdout.take().expect("stdout is piped");
     let (sender, lines) = channel();
     std::thread::spawn(move || {
@@ -57,36 +82,35 @@ pub fn run(
             }
         }
     });
-    let mut outcome = VmOutcome::default();
     let deadline = started + timeout;
+    let mut timed_out = false;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(remaining) {
             Ok(line) => {
-                println!("[{}] {line}", kernel.series);
-                read_console_line(&line, started, &mut outcome);
+                println!("[{label}] {line}");
+                on_line(&line);
             }
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                outcome.timed_out = true;
-                eprintln!(
-                    "xtask: the {} VM did not finish within {timeout:?}; killing it",
-                    kernel.series
-                );
+                timed_out = true;
+                eprintln!("xtask: the {label} VM did not finish within {timeout:?}; killing it");
                 let _ = child.kill();
                 break;
             }
         }
     }
-    reap(&mut child, kernel);
-    outcome.total_time = started.elapsed();
-    Ok(outcome)
+    reap(&mut child, label);
+    Ok(ConsoleEnd {
+        timed_out,
+        total_time: started.elapsed(),
+    })
 }
 
-fn reap(child: &mut Child, kernel: &Kernel) {
+fn reap(child: &mut Child, label: &str) {
     match child.wait() {
         Ok(status) if !status.success() => {
-            eprintln!("xtask: qemu for {} exited with {status}", kernel.series);
+            eprintln!("xtask: qemu for {label} exited with {status}");
         }
         Ok(_) => {}
         Err(error) => eprintln!("xtask: waiting for qemu: {error}"),
@@ -149,8 +173,7 @@ fn qemu(kernel: &Kernel, initramfs: &std::path::Path) -> Command {
             "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
         ])
         .args(["-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdin(Stdio::null());
     command
 }
 

@@ -12,12 +12,34 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::host::{output_of, run_step, workspace_root};
 
-/// A kernel series of the matrix: package names `<prefix><digits><suffix>`.
+/// A kernel series of the matrix: package names `<prefix><digits><suffix>`, of Debian
+/// architecture `arch`.
 pub struct Series {
     /// What `--kernel` matches and the summary prints (e.g. "6.1").
     pub name: &'static str,
     prefix: &'static str,
     suffix: &'static str,
+    arch: Arch,
+}
+
+/// The architecture a kernel series is built for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// This machine's: modules indexed and `vmlinux` cut out for QEMU (see the module).
+    Amd64,
+    /// Fetched as a foreign architecture; its `vmlinuz` is a plain arm64 `Image` that QEMU
+    /// boots as it is, and its modules are not used.
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name, as apt and dpkg spell it.
+    pub fn debian_name(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
 }
 
 /// The kernels the integration tests run on: Debian 12's own and its newer backport. The
@@ -27,11 +49,29 @@ pub const SERIES: &[Series] = &[
         name: "6.1",
         prefix: "linux-image-6.1.0-",
         suffix: "-amd64",
+        arch: Arch::Amd64,
     },
     Series {
         name: "6.12",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-amd64",
+        arch: Arch::Amd64,
+    },
+];
+
+/// The same two series for arm64, booted under `qemu-system-aarch64`.
+pub const ARM64_SERIES: &[Series] = &[
+    Series {
+        name: "6.1",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-arm64",
+        arch: Arch::Arm64,
+    },
+    Series {
+        name: "6.12",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-arm64",
+        arch: Arch::Arm64,
     },
 ];
 
@@ -90,14 +130,18 @@ pub fn prepare(series: &Series) -> anyhow::Result<Kernel> {
     let complete = root.join(".complete");
     if !complete.exists() {
         eprintln!("xtask: fetching {package} {version} for the VM matrix");
-        unpack(&package, &version, &root)?;
+        unpack(&package, &version, series.arch, &root)?;
         std::fs::write(&complete, b"")
             .with_context(|| format!("writing {}", complete.display()))?;
     }
     let release = release_of(&root)?;
+    let vmlinux = match series.arch {
+        Arch::Amd64 => root.join("vmlinux"),
+        Arch::Arm64 => root.join("boot").join(format!("vmlinuz-{release}")),
+    };
     Ok(Kernel {
         series: series.name,
-        vmlinux: root.join("vmlinux"),
+        vmlinux,
         package,
         release,
         root,
@@ -143,7 +187,11 @@ fn candidates(policy: &str) -> Vec<(String, String)> {
     let mut package = None;
     for line in policy.lines() {
         if !line.starts_with(' ') {
-            package = line.strip_suffix(':').map(str::to_owned);
+            // A foreign architecture's package is headed `name:arch:`.
+            package = line
+                .strip_suffix(':')
+                .and_then(|name| name.split(':').next())
+                .map(str::to_owned);
         } else if let Some(version) = line.trim().strip_prefix("Candidate: ")
             && version != "(none)"
             && let Some(package) = package.take()
@@ -154,15 +202,20 @@ fn candidates(policy: &str) -> Vec<(String, String)> {
     found
 }
 
-/// Downloads, unpacks, indexes the modules and extracts `vmlinux` into `root`.
-fn unpack(package: &str, version: &str, root: &Path) -> anyhow::Result<()> {
+/// Downloads and unpacks into `root`; for this machine's architecture, indexes the modules
+/// and extracts `vmlinux` too.
+fn unpack(package: &str, version: &str, arch: Arch, root: &Path) -> anyhow::Result<()> {
     let downloads = cache_dir().join("downloads");
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("creating {}", downloads.display()))?;
     run_step(
         "downloading the kernel package",
         Command::new("apt-get")
-            .args(["download", "-qq", &format!("{package}={version}")])
+            .args([
+                "download",
+                "-qq",
+                &format!("{package}:{}={version}", arch.debian_name()),
+            ])
             // The cache is root's; apt's unprivileged download user could not write there.
             .args(["-o", "APT::Sandbox::User=root"])
             .current_dir(&downloads),
@@ -182,6 +235,9 @@ fn unpack(package: &str, version: &str, root: &Path) -> anyhow::Result<()> {
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root),
     )?;
     std::fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
+    if arch == Arch::Arm64 {
+        return Ok(());
+    }
     let release = release_of(root)?;
     // Debian ships the modules without their index; modprobe (ours and the kernel's
     // on-demand loading through the host's /sbin/modprobe) needs modules.dep.
@@ -299,10 +355,14 @@ mod tests {
     fn reads_candidates_from_apt_policy() {
         let policy = "linux-image-6.1.0-56-amd64:\n  Installed: (none)\n  Candidate: 6.1.170-1\n  \
              Version table:\n     6.1.170-1 500\nlinux-image-6.1.0-9-amd64:\n  Installed: (none)\n  \
-             Candidate: (none)\n";
+             Candidate: (none)\nlinux-image-6.1.0-57-arm64:arm64:\n  Installed: (none)\n  \
+             Candidate: 6.1.192-3\n";
         assert_eq!(
             candidates(policy),
-            vec![("linux-image-6.1.0-56-amd64".into(), "6.1.170-1".into())]
+            vec![
+                ("linux-image-6.1.0-56-amd64".into(), "6.1.170-1".into()),
+                ("linux-image-6.1.0-57-arm64".into(), "6.1.192-3".into())
+            ]
         );
     }
 
