@@ -83,3 +83,26 @@ pub(crate) fn ensure_packages(packages: &[(&str, &str)], purpose: &str) -> anyho
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
+
+/// Makes a self-signed certificate for 127.0.0.1 valid for `days` in `dir` with the host's
+/// `openssl`: the paths of the certificate and its key.
+pub(crate) fn self_signed_certificate(dir: &Path, days: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_step(
+        "making a self-signed certificate",
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                &days.to_string(),
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null()),
+    )?;
+    Ok((cert, key))
+}

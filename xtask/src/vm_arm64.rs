@@ -1,15 +1,20 @@
 //! The arm64 part of the VM matrix: the daemon cross-built for aarch64 and booted with
-//! Debian's arm64 kernels under `qemu-system-aarch64`, watching busybox's `httpd` while the
-//! guest sends it five HTTP/1 requests and holds two connections open.
+//! Debian's arm64 kernels under `qemu-system-aarch64`, watching nginx (in its default daemon
+//! mode) on three ports while, inside the guest, curl sends five requests over HTTP/1 (one
+//! connection each) and five over one TLS connection, h2load five streams over one h2c
+//! connection (curl 7.88 sends only the first of several over prior-knowledge h2c), and two
+//! connections are held open.
 //!
 //! Why not the integration tests, as on x86_64: those VMs run the host's own servers and
 //! clients (nginx, curl, h2load, python3-h2, …) from its root over 9p, and an arm64 guest
-//! needs an arm64 build of each, which is not put together yet. Until it is, this check
-//! proves on both arm64 kernels what the architecture changes: that the programs load and
-//! attach, and that the system call registers arm64 saved lead to the payload (sessions
-//! counted, none unknown), with lives and busy time counted around them. The guest is a
-//! single initramfs: Debian's arm64 `busybox-static` and the C libraries the daemon links,
-//! all from `apt-get download` and `dpkg-deb -x`, cached under `target/`.
+//! needs an arm64 build of each, which is only partly put together here. Until it is, this
+//! check proves on both arm64 kernels what the architecture changes: that the programs load and
+//! attach, that the system call registers arm64 saved lead to the payload (HTTP/1 and h2c
+//! sessions counted, none unknown) and that the TLS library's uprobes read arm64's argument
+//! registers (TLS sessions counted), with lives and busy time counted around them. The guest
+//! is a single initramfs: Debian's arm64 `busybox-static`, `nginx-light`, `curl` and
+//! `nghttp2-client` with every library they need, resolved by apt as on an empty arm64 system, fetched with `apt-get
+//! install --download-only`, unpacked with `dpkg-deb -x` and cached under `target/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,34 +24,23 @@ use anyhow::{Context as _, anyhow};
 
 use crate::build::cross_build;
 use crate::cpio::Cpio;
-use crate::host::{output_of, run_step, workspace_root};
+use crate::host::{ensure_packages, output_of, run_step, self_signed_certificate, workspace_root};
 use crate::vm::run_console;
 use crate::vm_kernel::{self, ARM64_SERIES, Arch, Kernel};
 
 const TRIPLE: &str = "aarch64-unknown-linux-gnu";
 
-/// The guest's packages, arm64 builds: its shell and tools, and what the daemon links.
-const USERLAND_PACKAGES: &[&str] = &["busybox-static", "libc6", "libgcc-s1"];
+/// The guest's packages, arm64 builds, with everything they depend on: its shell and tools,
+/// the server and the client.
+const USERLAND_PACKAGES: &[&str] = &["busybox-static", "nginx-light", "curl", "nghttp2-client"];
 
-/// Files of those packages the guest needs: where the package has them, where they go.
-const USERLAND_FILES: &[(&str, &str)] = &[
-    ("bin/busybox", "/bin/busybox"),
-    (
-        "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
-        "/lib/ld-linux-aarch64.so.1",
-    ),
-    (
-        "lib/aarch64-linux-gnu/libc.so.6",
-        "/lib/aarch64-linux-gnu/libc.so.6",
-    ),
-    (
-        "lib/aarch64-linux-gnu/libm.so.6",
-        "/lib/aarch64-linux-gnu/libm.so.6",
-    ),
-    (
-        "lib/aarch64-linux-gnu/libgcc_s.so.1",
-        "/lib/aarch64-linux-gnu/libgcc_s.so.1",
-    ),
+/// What the guest does not need of them: documentation, translations.
+const USERLAND_SKIPPED: &[&str] = &[
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
 ];
 
 /// Requests the guest sends, one connection each, and connections it holds open.
@@ -73,15 +67,27 @@ pub fn matrix(wanted: Option<&str>) -> anyhow::Result<Vec<(String, Result<String
         .filter(|series| wanted.is_none_or(|name| name == series.name))
     {
         let kernel = vm_kernel::prepare(series)?;
-        eprintln!(
-            "xtask: the arm64 check on {} ({}) under QEMU",
-            kernel.release, kernel.package
-        );
-        let verdict = run(&kernel, &daemon, &userland)?;
-        results.push((kernel.release, verdict));
+        for &(_, hooks) in RUNS.iter().filter(|(name, _)| *name == series.name) {
+            let label = match hooks {
+                Some(kind) => format!("{} (--hooks {kind})", kernel.release),
+                None => kernel.release.clone(),
+            };
+            eprintln!(
+                "xtask: the arm64 check on {label} ({}) under QEMU",
+                kernel.package
+            );
+            let verdict = run(&kernel, &daemon, &userland, hooks)?;
+            results.push((label, verdict));
+        }
     }
     Ok(results)
 }
+
+/// The runs on each series, with the kind of hook the daemon is held to (`--hooks`): each
+/// kernel's own choice, and on 6.12, whose turns go through fexit, the `sock:sock_*_length`
+/// tracepoints (6.6+) too, so that every way arm64 reaches the payload is run.
+const RUNS: &[(&str, Option<&str>)] =
+    &[("6.1", None), ("6.12", None), ("6.12", Some("tracepoint"))];
 
 /// apt fetches arm64 packages only once arm64 is one of dpkg's foreign architectures.
 fn ensure_foreign_architecture() -> anyhow::Result<()> {
@@ -106,7 +112,10 @@ fn ensure_foreign_architecture() -> anyhow::Result<()> {
 
 /// The arm64 packages of [`USERLAND_PACKAGES`], unpacked into one cached folder.
 fn userland() -> anyhow::Result<PathBuf> {
-    let root = workspace_root().join("target/vm-arm64/userland");
+    // Named after its packages: a changed list is fetched afresh.
+    let root = workspace_root()
+        .join("target/vm-arm64/userland")
+        .join(USERLAND_PACKAGES.join("+"));
     let complete = root.join(".complete");
     if complete.exists() {
         return Ok(root);
@@ -119,22 +128,44 @@ fn userland() -> anyhow::Result<PathBuf> {
         "xtask: fetching {} (arm64) for the arm64 VMs",
         USERLAND_PACKAGES.join(" ")
     );
+    // apt resolves the packages' dependencies as on an empty arm64 system: its own status
+    // file, no installed packages, arm64 as the only architecture; it only downloads.
+    let status = downloads.join("status");
+    std::fs::write(&status, b"").with_context(|| format!("writing {}", status.display()))?;
+    std::fs::create_dir_all(downloads.join("partial"))?;
+    let option = |name: &str, value: &Path| format!("{name}={}", value.display());
     run_step(
         "downloading the arm64 guest's packages",
         Command::new("apt-get")
-            .args(["download", "-qq"])
-            .args(
-                USERLAND_PACKAGES
-                    .iter()
-                    .map(|package| format!("{package}:arm64")),
-            )
+            .args([
+                "install",
+                "--download-only",
+                "--no-install-recommends",
+                "-y",
+                "-qq",
+            ])
+            .args([
+                "-o",
+                "APT::Architecture=arm64",
+                "-o",
+                "APT::Architectures::=arm64",
+            ])
+            .args(["-o", &option("Dir::State::status", &status)])
+            .args(["-o", &option("Dir::Cache::archives", &downloads)])
+            // Nothing is installed: the host's dpkg lock is not needed.
+            .args(["-o", "Debug::NoLocking=1"])
             // The cache is root's; apt's unprivileged download user could not write there.
             .args(["-o", "APT::Sandbox::User=root"])
-            .current_dir(&downloads),
+            .args(USERLAND_PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     for entry in std::fs::read_dir(&downloads)? {
         let deb = entry?.path();
+        if deb.extension().is_none_or(|extension| extension != "deb") {
+            continue;
+        }
         run_step(
             "unpacking an arm64 guest package",
             Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
@@ -146,12 +177,29 @@ fn userland() -> anyhow::Result<PathBuf> {
     Ok(root)
 }
 
+/// The guest's three listeners: HTTP/1, h2c and TLS (HTTP/1 inside).
+#[derive(Clone, Copy)]
+struct Ports {
+    http1: u16,
+    h2c: u16,
+    tls: u16,
+}
+
 /// Boots `kernel` with the check and reads its verdict.
-fn run(kernel: &Kernel, daemon: &Path, userland: &Path) -> anyhow::Result<Result<String, String>> {
-    let port = free_port()?;
+fn run(
+    kernel: &Kernel,
+    daemon: &Path,
+    userland: &Path,
+    hooks: Option<&str>,
+) -> anyhow::Result<Result<String, String>> {
+    let ports = free_ports()?;
     let initramfs = kernel.root.join("arm64-check.cpio");
-    std::fs::write(&initramfs, initramfs_image(daemon, userland, port)?)
-        .with_context(|| format!("writing {}", initramfs.display()))?;
+    let script = init_script(ports, hooks);
+    std::fs::write(
+        &initramfs,
+        initramfs_image(daemon, userland, ports, &script)?,
+    )
+    .with_context(|| format!("writing {}", initramfs.display()))?;
     let mut reports = Vec::new();
     let mut exit_status = None;
     let mut hooks = "hooks not logged".to_owned();
@@ -178,104 +226,237 @@ fn run(kernel: &Kernel, daemon: &Path, userland: &Path) -> anyhow::Result<Result
         Some(status) => return Ok(Err(format!("the daemon exited {status}"))),
         None => return Ok(Err("the VM reported no result".to_owned())),
     }
-    Ok(check_reports(&reports, port)
-        .map(|counts| format!("{counts}; {seconds:.0} s in all ({hooks})"))
+    let checked = [
+        (Expected::http1(), ports.http1),
+        (Expected::sessions_on_one_connection("h2c"), ports.h2c),
+        (Expected::sessions_on_one_connection("TLS"), ports.tls),
+    ]
+    .iter()
+    .map(|(expected, port)| expected.check(&reports, *port))
+    .collect::<Result<Vec<_>, _>>();
+    Ok(checked
+        .map(|counts| format!("{}; {seconds:.0} s in all ({hooks})", counts.join("; ")))
         .map_err(|error| format!("{error}; {seconds:.0} s in all")))
 }
 
-/// What the daemon must have reported of the guest's traffic on `port`, summed over its
-/// reports: every request a session (none unknown), the held connections at once, and a busy
-/// turn.
-fn check_reports(reports: &[String], port: u16) -> Result<String, String> {
-    let listener = format!("127.0.0.1:{port}");
-    let (mut sessions, mut unknown, mut peak, mut busy_peak) = (0, 0, 0, 0);
-    let mut seen = 0;
-    for line in reports {
-        let report: serde_json::Value =
-            serde_json::from_str(line).map_err(|error| format!("a report is not JSON: {error}"))?;
-        if report["listener"] != listener.as_str() {
-            continue;
+/// What the daemon must have reported of one listener's traffic, summed over its reports.
+struct Expected {
+    what: &'static str,
+    /// Sessions, all known.
+    sessions: u64,
+    /// The most connections at once.
+    peak: u64,
+}
+
+impl Expected {
+    /// One request per connection, then [`HELD`] connections open at once.
+    fn http1() -> Self {
+        Self {
+            what: "HTTP/1",
+            sessions: REQUESTS,
+            peak: HELD,
         }
-        seen += 1;
-        let field = |name: &str| {
-            report[name]
-                .as_u64()
-                .ok_or_else(|| format!("`{name}` is not a count in {line}"))
-        };
-        sessions += field("sessions")?;
-        unknown += field("sessions_unknown")?;
-        peak = peak.max(field("peak")?);
-        busy_peak = busy_peak.max(field("busy_peak")?);
     }
-    if seen == 0 {
-        return Err(format!("no report for {listener}"));
+
+    /// [`REQUESTS`] sessions on one connection.
+    fn sessions_on_one_connection(what: &'static str) -> Self {
+        Self {
+            what,
+            sessions: REQUESTS,
+            peak: 1,
+        }
     }
-    let counts = format!(
-        "{sessions} sessions, {unknown} unknown, peak {peak}, busy peak {busy_peak} in {seen} reports"
-    );
-    if sessions != REQUESTS || unknown != 0 || peak != HELD || busy_peak == 0 {
-        return Err(format!(
-            "expected {REQUESTS} sessions, 0 unknown, peak {HELD} and a busy turn; got {counts}"
-        ));
+
+    /// Every session counted and none unknown, the peak, and a busy turn.
+    fn check(&self, reports: &[String], port: u16) -> Result<String, String> {
+        let listener = format!("127.0.0.1:{port}");
+        let (mut sessions, mut unknown, mut peak, mut busy_peak) = (0, 0, 0, 0);
+        let mut seen = 0;
+        for line in reports {
+            let report: serde_json::Value = serde_json::from_str(line)
+                .map_err(|error| format!("a report is not JSON: {error}"))?;
+            if report["listener"] != listener.as_str() {
+                continue;
+            }
+            seen += 1;
+            let field = |name: &str| {
+                report[name]
+                    .as_u64()
+                    .ok_or_else(|| format!("`{name}` is not a count in {line}"))
+            };
+            sessions += field("sessions")?;
+            unknown += field("sessions_unknown")?;
+            peak = peak.max(field("peak")?);
+            busy_peak = busy_peak.max(field("busy_peak")?);
+        }
+        let what = self.what;
+        if seen == 0 {
+            return Err(format!("{what}: no report for {listener}"));
+        }
+        let counts = format!(
+            "{what}: {sessions} sessions, {unknown} unknown, peak {peak}, busy peak {busy_peak}"
+        );
+        if sessions != self.sessions || unknown != 0 || peak != self.peak || busy_peak == 0 {
+            return Err(format!(
+                "{what}: expected {} sessions, 0 unknown, peak {} and a busy turn; got {counts}",
+                self.sessions, self.peak
+            ));
+        }
+        Ok(counts)
     }
-    Ok(counts)
 }
 
-/// A port nothing on this machine listens on, for the guest's server (whose loopback is its
-/// own; the port is chosen here only so that no test hard-codes one).
-fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("binding a port to pick one")?;
-    Ok(listener.local_addr()?.port())
+/// Ports nothing on this machine listens on, for the guest's servers (whose loopback is its
+/// own: they are chosen here only so that no check hard-codes one), all held until each is
+/// picked so that no two are the same.
+fn free_ports() -> anyhow::Result<Ports> {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").context("binding a port to pick one");
+    let held = [bind()?, bind()?, bind()?];
+    let [http1, h2c, tls] = held
+        .each_ref()
+        .map(|listener| listener.local_addr().map(|address| address.port()));
+    Ok(Ports {
+        http1: http1?,
+        h2c: h2c?,
+        tls: tls?,
+    })
 }
 
-/// The guest: busybox, the libraries, the daemon and the script below as `/init`.
-fn initramfs_image(daemon: &Path, userland: &Path, port: u16) -> anyhow::Result<Vec<u8>> {
+/// A self-signed certificate for the guest's TLS listener, made once with the host's
+/// `openssl` (the guest has none): the paths of the certificate and the key.
+fn certificate() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = workspace_root().join("target/vm-arm64/tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    ensure_packages(&[("openssl", "openssl")], "the arm64 check's certificate")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    self_signed_certificate(&dir, 3650)
+}
+
+/// The guest: the unpacked packages, the accounts nginx needs, its configuration and
+/// certificate, the daemon and the script below as `/init`.
+fn initramfs_image(
+    daemon: &Path,
+    userland: &Path,
+    ports: Ports,
+    script: &str,
+) -> anyhow::Result<Vec<u8>> {
     let mut archive = Cpio::default();
-    for dir in [
-        "/bin",
-        "/dev",
-        "/lib",
-        "/lib/aarch64-linux-gnu",
-        "/proc",
-        "/sys",
-        "/tmp",
-    ] {
+    add_tree(&mut archive, userland, Path::new(""))?;
+    for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/root", "/check"] {
         archive.directory(dir);
     }
-    for (from, to) in USERLAND_FILES {
-        let path = userland.join(from);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        archive.file(to, 0o755, &bytes);
+    archive.file(
+        "/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
+    archive.file("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    let (cert, key) = certificate()?;
+    for (from, to) in [(&cert, "/check/cert.pem"), (&key, "/check/key.pem")] {
+        let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        archive.file(to, 0o600, &bytes);
     }
+    archive.file("/check/nginx.conf", 0o644, nginx_config(ports).as_bytes());
     let daemon_bytes =
         std::fs::read(daemon).with_context(|| format!("reading {}", daemon.display()))?;
     archive.file("/bin/tracker", 0o755, &daemon_bytes);
-    archive.file("/init", 0o755, init_script(port).as_bytes());
+    archive.file("/init", 0o755, script.as_bytes());
     Ok(archive.finish())
 }
 
-/// The guest's script: start httpd and the daemon, send the requests once the daemon is
-/// attached, hold two connections past its end, then print its reports, log and status.
-fn init_script(port: u16) -> String {
+/// Adds the tree under `root`'s `relative` folder, parents before what they hold, without
+/// [`USERLAND_SKIPPED`].
+fn add_tree(archive: &mut Cpio, root: &Path, relative: &Path) -> anyhow::Result<()> {
+    let dir = root.join(relative);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let path = relative.join(entry.file_name());
+        let name = path.to_string_lossy();
+        if name == ".complete" || USERLAND_SKIPPED.iter().any(|skipped| name == *skipped) {
+            continue;
+        }
+        let guest = format!("/{name}");
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            archive.symlink(&guest, &target.to_string_lossy());
+        } else if kind.is_dir() {
+            archive.directory(&guest);
+            add_tree(archive, root, &path)?;
+        } else {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = entry.metadata()?.permissions().mode() & 0o7777;
+            let bytes = std::fs::read(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            archive.file(&guest, mode, &bytes);
+        }
+    }
+    Ok(())
+}
+
+/// nginx as operators run it (its default daemon mode, a master and a worker), with its
+/// files under /tmp: a short answer on each port.
+fn nginx_config(ports: Ports) -> String {
+    let Ports { http1, h2c, tls } = ports;
+    format!(
+        "pid /tmp/nginx.pid;
+error_log /tmp/nginx-error.log;
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path /tmp/nginx-body;
+    proxy_temp_path /tmp/nginx-proxy;
+    fastcgi_temp_path /tmp/nginx-fastcgi;
+    uwsgi_temp_path /tmp/nginx-uwsgi;
+    scgi_temp_path /tmp/nginx-scgi;
+    server {{
+        listen 127.0.0.1:{http1};
+        listen 127.0.0.1:{h2c} http2;
+        listen 127.0.0.1:{tls} ssl;
+        ssl_certificate /check/cert.pem;
+        ssl_certificate_key /check/key.pem;
+        location / {{ return 200 \"hello\\n\"; }}
+    }}
+}}
+"
+    )
+}
+
+/// The guest's script: start nginx, then the daemon; once it is attached, send the requests
+/// and hold two connections open past its end; then print its log, its reports and its
+/// status.
+fn init_script(ports: Ports, hooks: Option<&str>) -> String {
+    let Ports { http1, h2c, tls } = ports;
+    let hooks = hooks.map_or(String::new(), |kind| format!(" --hooks {kind}"));
     format!(
         r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
+/bin/busybox mkdir -p /usr/local/bin
+/bin/busybox --install -s /usr/local/bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 ip link set lo up
-mkdir -p /www && echo hello > /www/index.html
-httpd -p 127.0.0.1:{port} -h /www
-tracker --port {port} --interval 2 --duration 12 --format json > /tmp/reports 2> /tmp/log &
+nginx -c /check/nginx.conf || echo "nginx did not start: $(cat /tmp/nginx-error.log)"
+tracker --port {http1} --port {h2c} --port {tls}{hooks} --interval 2 --duration 15 --format json \
+    > /tmp/reports 2> /tmp/log &
 daemon=$!
 until grep -q "attached to" /tmp/log; do
     kill -0 $daemon 2> /dev/null || break
     sleep 1
 done
-for request in $(seq {REQUESTS}); do wget -q -O /dev/null http://127.0.0.1:{port}/; done
-for held in $(seq {HELD}); do (sleep 60 | nc 127.0.0.1 {port} > /dev/null) & done
+for request in $(seq {REQUESTS}); do curl -s -o /dev/null http://127.0.0.1:{http1}/; done
+urls() {{ for request in $(seq {REQUESTS}); do echo "$1"; done; }}
+h2load -n {REQUESTS} -c 1 http://127.0.0.1:{h2c}/ > /dev/null
+curl -s -k $(urls https://127.0.0.1:{tls}/) > /dev/null
+for held in $(seq {HELD}); do (sleep 60 | nc 127.0.0.1 {http1} > /dev/null) & done
 wait $daemon
 status=$?
 grep -v "^ " /tmp/log
@@ -327,37 +508,58 @@ mod tests {
     }
 
     #[test]
-    fn the_reports_of_the_guests_port_are_summed() {
+    fn the_reports_of_each_listener_are_summed() {
         let reports = [
             report("127.0.0.1:4000", 3, 1),
             report("127.0.0.1:4000", 2, 2),
-            report("0.0.0.0:22", 9, 9),
+            report("127.0.0.1:4001", 5, 1),
         ];
         assert_eq!(
-            check_reports(&reports, 4000),
-            Ok("5 sessions, 0 unknown, peak 2, busy peak 1 in 2 reports".to_owned())
+            Expected::http1().check(&reports, 4000),
+            Ok("HTTP/1: 5 sessions, 0 unknown, peak 2, busy peak 1".to_owned())
+        );
+        assert!(
+            Expected::sessions_on_one_connection("h2c")
+                .check(&reports, 4001)
+                .is_ok()
         );
     }
 
     #[test]
-    fn a_missing_session_or_listener_fails() {
+    fn a_missing_session_a_wrong_peak_or_a_missing_listener_fails() {
         let short = [report("127.0.0.1:4000", 4, 2)];
         assert!(
-            check_reports(&short, 4000)
+            Expected::http1()
+                .check(&short, 4000)
                 .unwrap_err()
-                .starts_with("expected 5 sessions")
+                .starts_with("HTTP/1: expected 5 sessions")
+        );
+        let two_connections = [report("127.0.0.1:4000", 5, 2)];
+        assert!(
+            Expected::sessions_on_one_connection("TLS")
+                .check(&two_connections, 4000)
+                .is_err()
         );
         assert_eq!(
-            check_reports(&short, 4001),
-            Err("no report for 127.0.0.1:4001".to_owned())
+            Expected::http1().check(&short, 4001),
+            Err("HTTP/1: no report for 127.0.0.1:4001".to_owned())
         );
     }
 
     #[test]
-    fn the_guest_script_holds_connections_past_the_daemons_end() {
-        let script = init_script(4000);
-        assert!(script.contains("tracker --port 4000 --interval 2 --duration 12"));
+    fn the_guest_watches_the_three_ports_and_holds_connections_past_the_daemons_end() {
+        let ports = Ports {
+            http1: 4000,
+            h2c: 4001,
+            tls: 4002,
+        };
+        let script = init_script(ports, None);
+        assert!(script.contains("tracker --port 4000 --port 4001 --port 4002 --interval"));
+        assert!(init_script(ports, Some("tracepoint")).contains("--port 4002 --hooks tracepoint"));
         assert!(script.contains("(sleep 60 | nc 127.0.0.1 4000"));
         assert!(script.contains("echo TRACKER_ARM64_EXIT=$status"));
+        let config = nginx_config(ports);
+        assert!(config.contains("listen 127.0.0.1:4001 http2;"));
+        assert!(config.contains("listen 127.0.0.1:4002 ssl;"));
     }
 }

@@ -8,6 +8,8 @@ pub mod bpf_atomics;
 pub mod btf;
 pub mod gauges;
 pub mod hooks;
+#[cfg(test)]
+mod object_checks;
 mod prog_info;
 pub mod tls;
 pub mod tracefs;

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -20,7 +19,7 @@ use super::harness::{
     Load, Nginx, ObserverGuard, Shape, WrkResult, start_tracker, stats, wrk_through,
 };
 use super::kernel_cost::{ProgramCosts, ProgramRuns, difference};
-use crate::host::run_step;
+use crate::host::self_signed_certificate;
 
 /// The HTTPS figures of one bench run.
 #[derive(Debug)]
@@ -41,18 +40,7 @@ pub struct TlsFigures {
 fn start_tls_nginx(out_dir: &Path) -> anyhow::Result<Nginx> {
     let dir = out_dir.join("nginx-tls");
     std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run_step(
-        "making a self-signed certificate",
-        Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(Stdio::null()),
-    )?;
+    let (cert, key) = self_signed_certificate(&dir, 2)?;
     Nginx::start_serving(
         &dir,
         "ssl",
