@@ -73,6 +73,21 @@ fn linker_variable(triple: &str) -> String {
 
 /// Builds the daemon for `triple` (see [`BuildArgs::target`]); its path.
 pub(crate) fn cross_build(triple: &str) -> anyhow::Result<PathBuf> {
+    run_step(
+        &format!("building tracker for {triple} (release)"),
+        cross_cargo(triple)?
+            .args(RELEASE_DAEMON)
+            .args(["--target", triple]),
+    )?;
+    Ok(workspace_root()
+        .join("target")
+        .join(triple)
+        .join("release/tracker"))
+}
+
+/// cargo, ready to build for `triple` once given `--target`: the eBPF toolchain, the Rust
+/// target and, for another architecture, Debian's cross linker installed and named.
+pub(crate) fn cross_cargo(triple: &str) -> anyhow::Result<Command> {
     let Some(target) = CROSS_TARGETS.iter().find(|target| target.triple == triple) else {
         let known: Vec<&str> = CROSS_TARGETS.iter().map(|target| target.triple).collect();
         bail!(
@@ -90,16 +105,7 @@ pub(crate) fn cross_build(triple: &str) -> anyhow::Result<PathBuf> {
         )?;
         command.env(linker_variable(target.triple), target.linker);
     }
-    run_step(
-        &format!("building tracker for {} (release)", target.triple),
-        command
-            .args(RELEASE_DAEMON)
-            .args(["--target", target.triple]),
-    )?;
-    Ok(workspace_root()
-        .join("target")
-        .join(target.triple)
-        .join("release/tracker"))
+    Ok(command)
 }
 
 /// Installs the eBPF toolchain pieces if missing, then builds target/release/tracker and

@@ -17,6 +17,7 @@ mod vm;
 mod vm_arm64;
 mod vm_initramfs;
 mod vm_kernel;
+mod vm_userland;
 
 use clap::{Parser, Subcommand};
 

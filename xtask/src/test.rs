@@ -13,8 +13,8 @@ use crate::host::{cargo, ensure_packages, is_root, run_step, workspace_root};
 use crate::toolchain;
 use crate::vm::{self, VmOutcome};
 use crate::vm_arm64;
-use crate::vm_initramfs::GuestCommand;
-use crate::vm_kernel::{self, SERIES};
+use crate::vm_initramfs::{GuestCommand, GuestRoot};
+use crate::vm_kernel::{self, ARM64_SERIES, Arch, SERIES, Series};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -32,7 +32,7 @@ pub struct TestArgs {
     #[arg(long)]
     vm_only: bool,
     /// Run the VM matrix of this architecture only: the integration tests on x86_64 (amd64)
-    /// or the arm64 check (arm64).
+    /// or those that exercise the kernel programs on arm64 (arm64).
     #[arg(long, value_parser = ["amd64", "arm64"], conflicts_with = "no_vm")]
     arch: Option<String>,
     /// Extra arguments for the test binaries (e.g. a test name filter), after `--`.
@@ -124,57 +124,29 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
 }
 
 fn kernel_matrix(args: &TestArgs, package: &Path) -> anyhow::Result<()> {
-    let command = GuestCommand {
-        program: build_integration_tests()?,
-        args: args
-            .args
-            .iter()
-            .cloned()
-            // The console is a terminal: colour codes would hide libtest's result lines.
-            .chain(["--test-threads=1".to_owned(), "--color=never".to_owned()])
-            .collect(),
-        dir: workspace_root().join("tracker-user"),
-        env: vec![
-            ("TRACKER_TEST_SLOWDOWN".to_owned(), VM_SLOWDOWN.to_string()),
-            // The host's root is the guest's, so the host's path to the package holds there.
-            (
-                DEB_VARIABLE.to_owned(),
-                package.to_string_lossy().into_owned(),
-            ),
-        ],
+    let wanted = |arch: Arch| {
+        args.arch
+            .as_deref()
+            .is_none_or(|wanted| wanted == arch.debian_name())
     };
     let mut summary = Vec::new();
-    let wanted = |arch: &str| args.arch.as_deref().is_none_or(|wanted| wanted == arch);
-    for series in SERIES.iter().filter(|series| {
-        wanted("amd64")
-            && args
-                .kernel
-                .as_deref()
-                .is_none_or(|name| name == series.name)
-    }) {
-        let kernel = vm_kernel::prepare(series)?;
-        eprintln!(
-            "xtask: integration tests on {} ({}) under QEMU",
-            kernel.release, kernel.package
-        );
-        let outcome = vm::run(&kernel, &command, VM_TIMEOUT)?;
-        report(&kernel.release, &outcome);
-        summary.push((kernel.release, outcome));
+    if wanted(Arch::Amd64) {
+        let command = guest_command(build_integration_tests()?, &args.args, package);
+        for series in selected(SERIES, args) {
+            summary.push(run_kernel(series, &GuestRoot::Host, &command)?);
+        }
     }
-    let arm64 = if wanted("arm64") {
-        vm_arm64::matrix(args.kernel.as_deref())?
-    } else {
-        Vec::new()
-    };
+    if wanted(Arch::Arm64) {
+        let binary = vm_arm64::build_integration_tests()?;
+        let command = guest_command(binary, &vm_arm64::test_args(&args.args), package);
+        let root = vm_arm64::guest_root()?;
+        for series in selected(ARM64_SERIES, args) {
+            summary.push(run_kernel(series, &root, &command)?);
+        }
+    }
     eprintln!("xtask: kernel matrix:");
     for (release, outcome) in &summary {
         eprintln!("xtask:   {release}: {}", verdict(outcome));
-    }
-    for (release, verdict) in &arm64 {
-        match verdict {
-            Ok(counts) => eprintln!("xtask:   {release}: arm64 check ok: {counts}"),
-            Err(why) => eprintln!("xtask:   {release}: arm64 check FAILED: {why}"),
-        }
     }
     let failed: Vec<&str> = summary
         .iter()
@@ -184,10 +156,54 @@ fn kernel_matrix(args: &TestArgs, package: &Path) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("integration tests failed on {}", failed.join(", "));
     }
-    if let Some(error) = vm_arm64::failed(&arm64) {
-        return Err(error);
-    }
     Ok(())
+}
+
+/// The series of `all` that `--kernel` selects.
+fn selected<'a>(all: &'a [Series], args: &TestArgs) -> impl Iterator<Item = &'a Series> {
+    let name = args.kernel.clone();
+    all.iter()
+        .filter(move |series| name.as_deref().is_none_or(|name| name == series.name))
+}
+
+/// The integration test binary `program` with `test_args`, as the guest runs it.
+fn guest_command(program: PathBuf, test_args: &[String], package: &Path) -> GuestCommand {
+    GuestCommand {
+        program,
+        args: test_args
+            .iter()
+            .cloned()
+            // The console is a terminal: colour codes would hide libtest's result lines.
+            .chain(["--test-threads=1".to_owned(), "--color=never".to_owned()])
+            .collect(),
+        dir: workspace_root().join("tracker-user"),
+        env: vec![
+            ("TRACKER_TEST_SLOWDOWN".to_owned(), VM_SLOWDOWN.to_string()),
+            // The workspace is at its host path in every guest. (The package is amd64: the
+            // arm64 guests do not run its test.)
+            (
+                DEB_VARIABLE.to_owned(),
+                package.to_string_lossy().into_owned(),
+            ),
+        ],
+    }
+}
+
+/// Boots the newest kernel of `series` into `root`, runs `command`, reports; its release and
+/// outcome.
+fn run_kernel(
+    series: &Series,
+    root: &GuestRoot,
+    command: &GuestCommand,
+) -> anyhow::Result<(String, VmOutcome)> {
+    let kernel = vm_kernel::prepare(series)?;
+    eprintln!(
+        "xtask: integration tests on {} ({}) under QEMU",
+        kernel.release, kernel.package
+    );
+    let outcome = vm::run(&kernel, root, command, VM_TIMEOUT)?;
+    report(&kernel.release, &outcome);
+    Ok((kernel.release, outcome))
 }
 
 /// Builds the integration test binary (and the daemon it runs) and returns its path.

@@ -1,6 +1,7 @@
-//! Boots one Debian kernel under QEMU (TCG: this machine's KVM cannot boot stock kernels)
-//! with the host's `/` shared read-only over virtio-9p, runs the integration tests inside,
-//! and reads their results from the serial console.
+//! Boots one Debian kernel under QEMU (TCG: this machine's KVM cannot boot stock kernels, and
+//! arm64 is another architecture) with its root shared read-only over virtio-9p (the host's
+//! `/`, or an arm64 userland and the workspace), runs the integration tests inside, and reads
+//! their results from the serial console.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -10,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::vm_initramfs::{self, BOOT_MARKER, EXIT_MARKER, GuestCommand};
-use crate::vm_kernel::Kernel;
+use crate::vm_initramfs::{
+    self, BOOT_MARKER, EXIT_MARKER, GuestCommand, GuestRoot, ROOT_TAG, WORKSPACE_TAG,
+};
+use crate::vm_kernel::{Arch, Kernel};
+use crate::vm_userland;
 
 /// Guest memory: the daemon, nginx, prometheus and the load generators at once.
 const MEMORY: &str = "3G";
@@ -34,17 +38,24 @@ pub struct VmOutcome {
     pub timed_out: bool,
 }
 
-/// Boots `kernel`, runs `command` inside, kills QEMU after `timeout`.
+/// Boots `kernel` into `root`, runs `command` inside, kills QEMU after `timeout`.
 pub fn run(
     kernel: &Kernel,
+    root: &GuestRoot,
     command: &GuestCommand,
     timeout: Duration,
 ) -> anyhow::Result<VmOutcome> {
+    if let GuestRoot::Foreign { dir, workspace } = root {
+        let mount_point = vm_userland::inside(dir, workspace);
+        std::fs::create_dir_all(&mount_point)
+            .with_context(|| format!("creating {}", mount_point.display()))?;
+    }
     let initramfs = kernel.root.join("initramfs.cpio");
-    vm_initramfs::build(kernel, command, &initramfs)?;
+    vm_initramfs::build(kernel, root, command, &initramfs)?;
     let started = Instant::now();
     let mut outcome = VmOutcome::default();
-    let console = run_console(qemu(kernel, &initramfs), kernel.series, timeout, |line| {
+    let label = format!("{} {}", kernel.series, kernel.arch.debian_name());
+    let console = run_console(qemu(kernel, root, &initramfs), &label, timeout, |line| {
         read_console_line(line, started, &mut outcome);
     })?;
     outcome.timed_out = console.timed_out;
@@ -59,7 +70,8 @@ pub struct ConsoleEnd {
 }
 
 /// Starts `qemu` (its serial console on stdout), echoes each console line with `label` and
-/// hands it to `on_line` until QEMU exits; kills it after `timeout`.
+/// the seconds since the start (what each test took, read off a CI log), and hands it to
+/// `on_line` until QEMU exits; kills it after `timeout`.
 pub fn run_console(
     mut qemu: Command,
     label: &str,
@@ -88,7 +100,7 @@ pub fn run_console(
         let remaining = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(remaining) {
             Ok(line) => {
-                println!("[{label}] {line}");
+                println!("[{label} {:>5.0}s] {line}", started.elapsed().as_secs_f64());
                 on_line(&line);
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -154,27 +166,57 @@ fn read_console_line(line: &str, started: Instant, outcome: &mut VmOutcome) {
 /// What the integration tests write when a kernel lacks what their scenario needs.
 const NOT_RUN: &str = ": on this kernel: not run:";
 
-fn qemu(kernel: &Kernel, initramfs: &std::path::Path) -> Command {
-    let mut command = Command::new("qemu-system-x86_64");
+fn qemu(kernel: &Kernel, root: &GuestRoot, initramfs: &std::path::Path) -> Command {
+    let (program, machine, cpu, console) = match kernel.arch {
+        Arch::Amd64 => ("qemu-system-x86_64", None, "max", "ttyS0"),
+        // Pointer authentication, which Debian's arm64 kernels sign every function's return
+        // with, costs TCG a QARMA computation per signature; QEMU's own algorithm in its
+        // place halved the arm64 runs' times.
+        Arch::Arm64 => (
+            "qemu-system-aarch64",
+            Some("virt"),
+            "max,pauth-impdef=on",
+            "ttyAMA0",
+        ),
+    };
+    let mut command = Command::new(program);
+    command.args(["-nodefaults", "-no-user-config", "-display", "none"]);
+    if let Some(machine) = machine {
+        command.args(["-M", machine]);
+    }
     command
-        .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
+        .args(["-accel", "tcg,thread=multi", "-cpu", cpu, "-smp", "2"])
         .args(["-m", MEMORY, "-no-reboot"])
         .arg("-kernel")
         .arg(&kernel.vmlinux)
         .arg("-initrd")
         .arg(initramfs)
         // Quiet kernel: its messages would interleave with the test lines on the console.
-        .args(["-append", "console=ttyS0 loglevel=1 panic=-1 rdinit=/init"])
+        .arg("-append")
+        .arg(format!(
+            "console={console} loglevel=1 panic=-1 rdinit=/init"
+        ))
         .args(["-chardev", "stdio,id=console,signal=off"])
         .args(["-serial", "chardev:console"])
-        .args([
-            "-fsdev",
-            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .args(["-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"])
         .stdin(Stdio::null());
+    share(&mut command, ROOT_TAG, root.shared_dir());
+    if let GuestRoot::Foreign { workspace, .. } = root {
+        share(&mut command, WORKSPACE_TAG, workspace);
+    }
     command
+}
+
+/// Shares the host folder `dir`, read-only, as the 9p mount tag `tag`.
+fn share(command: &mut Command, tag: &str, dir: &std::path::Path) {
+    // QEMU's option syntax doubles a comma inside a value.
+    let path = dir.to_string_lossy().replace(',', ",,");
+    command
+        .arg("-fsdev")
+        .arg(format!(
+            "local,id={tag},path={path},security_model=none,readonly=on,multidevs=remap"
+        ))
+        .arg("-device")
+        .arg(format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}"));
 }
 
 /// The integration test binary cargo built, from `cargo test --no-run --message-format=json`.

@@ -1,13 +1,14 @@
 //! The VM's initramfs: Debian's static busybox, the few modules needed to reach the host's
 //! filesystem (virtio PCI, 9p over virtio, overlayfs), and two scripts.
 //!
-//! Stage one (busybox, in the initramfs) loads the modules, mounts the host's `/` read-only
-//! over 9p, lays tmpfs (or tmpfs-backed overlays) where programs write, lays the kernel
-//! package's modules over `/usr/lib` and `switch_root`s into the host's root: the kernel's
-//! on-demand module loading (`tcp_diag` for `ss`) runs `/sbin/modprobe` from PID 1's root, so
-//! a chroot below PID 1 is not enough. Stage two (the host's `/bin/sh`, as PID 1) mounts the
-//! kernel filesystems the daemon uses, brings up loopback, runs the integration tests and
-//! prints their exit status on the console.
+//! Stage one (busybox, in the initramfs) loads the modules, mounts the guest's root read-only
+//! over 9p (the host's `/`, or another architecture's userland with the workspace mounted at
+//! its host path inside), lays tmpfs (or tmpfs-backed overlays) where programs write, lays
+//! the kernel package's modules over `/usr/lib` and `switch_root`s into that root: the
+//! kernel's on-demand module loading (`tcp_diag` for `ss`) runs `/sbin/modprobe` from PID 1's
+//! root, so a chroot below PID 1 is not enough. Stage two (the root's `/bin/sh`, as PID 1)
+//! mounts the kernel filesystems the daemon uses, brings up loopback, runs the integration
+//! tests and prints their exit status on the console.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,8 +31,41 @@ pub const BOOT_MARKER: &str = "TRACKER_VM_BOOTED ";
 const EMPTY_TMPFS: &[&str] = &["/tmp", "/run"];
 const OVERLAID: &[&str] = &["/var", "/root", "/etc", "/usr"];
 
+/// How stage one mounts 9p: read-only, cached (nothing changes the shared folders during a
+/// run), large messages.
+const NINE_P_OPTIONS: &str = "trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144";
+
 /// Modules stage one loads, in a working order once their dependencies are added.
 const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+
+/// The root stage one switches into, shared by the host over 9p under [`ROOT_TAG`].
+pub enum GuestRoot {
+    /// The host's own `/`: the guest runs the host's programs and sees every host path.
+    Host,
+    /// Another architecture's userland unpacked in `dir` (see `vm_userland`), with the host's
+    /// `workspace` shared under [`WORKSPACE_TAG`] and mounted at its own path inside, where
+    /// cargo put the cross-built tests and daemon.
+    Foreign { dir: PathBuf, workspace: PathBuf },
+}
+
+/// The 9p tags the host shares the guest's root and, for a foreign root, the workspace under.
+pub const ROOT_TAG: &str = "hostroot";
+pub const WORKSPACE_TAG: &str = "workspace";
+
+impl GuestRoot {
+    /// The host folder shared as the guest's `/`.
+    pub fn shared_dir(&self) -> &Path {
+        match self {
+            Self::Host => Path::new("/"),
+            Self::Foreign { dir, .. } => dir,
+        }
+    }
+
+    /// The busybox of the guest's architecture, for stage one.
+    fn busybox(&self) -> PathBuf {
+        crate::vm_userland::inside(self.shared_dir(), Path::new("/bin/busybox"))
+    }
+}
 
 /// What the tests run inside the VM: the binary, its arguments, where, and with what
 /// extra environment.
@@ -42,14 +76,24 @@ pub struct GuestCommand {
     pub env: Vec<(String, String)>,
 }
 
-/// Writes the initramfs for `kernel` running `command` and returns its path.
-pub fn build(kernel: &Kernel, command: &GuestCommand, out: &Path) -> anyhow::Result<()> {
+/// Writes the initramfs for `kernel` running `command` in `root` to `out`.
+pub fn build(
+    kernel: &Kernel,
+    root: &GuestRoot,
+    command: &GuestCommand,
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut archive = Cpio::default();
     for dir in ["/bin", "/dev", "/proc", "/sys", "/newroot", "/modules"] {
         archive.directory(dir);
     }
-    let busybox =
-        std::fs::read("/bin/busybox").context("reading /bin/busybox (Debian's busybox-static)")?;
+    let busybox_path = root.busybox();
+    let busybox = std::fs::read(&busybox_path).with_context(|| {
+        format!(
+            "reading {} (Debian's busybox-static)",
+            busybox_path.display()
+        )
+    })?;
     archive.file("/bin/busybox", 0o755, &busybox);
     archive.symlink("/bin/sh", "busybox");
     for (index, module) in load_order(kernel)?.iter().enumerate() {
@@ -62,8 +106,8 @@ pub fn build(kernel: &Kernel, command: &GuestCommand, out: &Path) -> anyhow::Res
         let object = read_module(module)?;
         archive.file(&format!("/modules/{index:02}-{plain}.ko"), 0o644, &object);
     }
-    archive.file("/init", 0o755, stage_one(kernel).as_bytes());
-    archive.file("/stage-two", 0o755, stage_two(command).as_bytes());
+    archive.file("/init", 0o755, stage_one(kernel, root).as_bytes());
+    archive.file("/stage-two", 0o755, stage_two(root, command).as_bytes());
     std::fs::write(out, archive.finish()).with_context(|| format!("writing {}", out.display()))
 }
 
@@ -134,7 +178,7 @@ fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-fn stage_one(kernel: &Kernel) -> String {
+fn stage_one(kernel: &Kernel, root: &GuestRoot) -> String {
     let modules_lower = format!("/newroot{}", kernel.root.join("lib").display());
     let mut script = String::from(
         r#"#!/bin/busybox sh
@@ -150,21 +194,30 @@ $bb mount -t devtmpfs devtmpfs /dev
 for module in /modules/*.ko; do
     $bb insmod "$module" || fail "loading $module"
 done
-$bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot \
-    || fail "mounting the host's root over 9p"
+$bb mount -t 9p -o NINE_P ROOT_TAG /newroot || fail "mounting the guest's root over 9p"
 "#,
     )
-    .replace("EXIT_MARKER", EXIT_MARKER);
+    .replace("EXIT_MARKER", EXIT_MARKER)
+    .replace("ROOT_TAG", ROOT_TAG)
+    .replace("NINE_P", NINE_P_OPTIONS);
+    // Before anything under the workspace is used: the kernel's modules are cached there.
+    if let GuestRoot::Foreign { workspace, .. } = root {
+        let at = format!("/newroot{}", workspace.display());
+        script += &format!(
+            "$bb mount -t 9p -o {NINE_P_OPTIONS} {WORKSPACE_TAG} {at} \\\n    \
+             || fail \"mounting the workspace over 9p\"\n"
+        );
+    }
     for dir in EMPTY_TMPFS {
         script += &format!(
             "$bb mount -t tmpfs -o mode=1777 tmpfs /newroot{dir} || fail \"tmpfs on {dir}\"\n"
         );
     }
-    // The host's /usr/lib, held before /usr is overlaid, for the lower layer of the /usr/lib
+    // The root's /usr/lib, held before /usr is overlaid, for the lower layer of the /usr/lib
     // overlay: an overlay over the /usr overlay would stack two deep.
     script += "$bb mkdir -p /newroot/run/vm-lower/usr/lib\n\
                $bb mount --bind /newroot/usr/lib /newroot/run/vm-lower/usr/lib \\\n    \
-               || fail \"holding the host's /usr/lib\"\n";
+               || fail \"holding the root's /usr/lib\"\n";
     // Overlay upper layers live on the guest's /run, which the tests never empty.
     for dir in OVERLAID {
         let layer = format!("/newroot/run/vm-overlay{dir}");
@@ -180,7 +233,7 @@ $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hos
     // reads the index.
     script += "$bb rm -f /newroot/var/lib/man-db/auto-update\n";
     // The package's modules under /usr/lib/modules/<release> (/lib is a link to usr/lib on
-    // Debian 12), over the host's own, and a writable layer above both (dpkg -i writes
+    // Debian 12), over the root's own, and a writable layer above both (dpkg -i writes
     // /lib/systemd/system).
     let layer = "/newroot/run/vm-overlay/usr-lib";
     script += &format!(
@@ -200,12 +253,21 @@ fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-fn stage_two(command: &GuestCommand) -> String {
+fn stage_two(root: &GuestRoot, command: &GuestCommand) -> String {
     let mut script = String::from(
         r#"#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
-echo "BOOT_MARKER$(uname -r)"
+"#,
+    );
+    // A foreign root has the servers and clients but not a system's tools (mount, ip, ...):
+    // busybox's stand in, after the packages' own on the path.
+    if let GuestRoot::Foreign { .. } = root {
+        script += "/bin/busybox mkdir -p /run/busybox\n\
+                   /bin/busybox --install -s /run/busybox\n\
+                   export PATH=$PATH:/run/busybox\n";
+    }
+    script += &r#"echo "BOOT_MARKER$(uname -r)"
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
@@ -220,8 +282,7 @@ echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 mkdir /sys/fs/cgroup/memcg-online
 hostname tracker-vm
 ip link set lo up
-"#,
-    )
+"#
     .replace("BOOT_MARKER", BOOT_MARKER);
     for (name, value) in &command.env {
         script += &format!("export {name}={}\n", shell_quote(value));
@@ -271,15 +332,27 @@ mod tests {
     /// What `dpkg -i` writes is writable in the guest, and /usr/lib keeps the kernel's modules
     /// over the host's own: its lower layer is the host's /usr/lib, held before /usr is
     /// overlaid, and its overlay comes after /usr's, which would otherwise hide it.
-    #[test]
-    fn stage_one_overlays_what_dpkg_writes() {
-        let script = stage_one(&Kernel {
+    fn kernel(root: &str) -> Kernel {
+        Kernel {
             series: "6.1",
+            arch: crate::vm_kernel::Arch::Amd64,
             package: "linux-image-6.1.0-1-amd64".into(),
             release: "6.1.0-1-amd64".into(),
-            root: "/k".into(),
-            vmlinux: "/k/vmlinuz".into(),
-        });
+            root: root.into(),
+            vmlinux: format!("{root}/vmlinuz").into(),
+        }
+    }
+
+    fn foreign() -> GuestRoot {
+        GuestRoot::Foreign {
+            dir: "/w/target/userland".into(),
+            workspace: "/w".into(),
+        }
+    }
+
+    #[test]
+    fn stage_one_overlays_what_dpkg_writes() {
+        let script = stage_one(&kernel("/k"), &GuestRoot::Host);
         let position = |needle: &str| {
             script
                 .find(needle)
@@ -299,16 +372,43 @@ mod tests {
         assert!(hold < usr && usr < usr_lib, "{script}");
         let var = position("-o lowerdir=/newroot/var,");
         assert!(var < position("rm -f /newroot/var/lib/man-db/auto-update"));
+        assert!(!script.contains(WORKSPACE_TAG), "{script}");
     }
 
+    /// A foreign root gets the workspace at its host path before the kernel's modules, which
+    /// are cached in it, are laid over /usr/lib.
     #[test]
-    fn stage_two_quotes_what_it_runs() {
-        let script = stage_two(&GuestCommand {
+    fn a_foreign_root_mounts_the_workspace_before_the_modules_under_it() {
+        let script = stage_one(&kernel("/w/target/k"), &foreign());
+        let position = |needle: &str| {
+            script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{script}"))
+        };
+        let root = position(&format!(" {ROOT_TAG} /newroot "));
+        let workspace = position(&format!(" {WORKSPACE_TAG} /newroot/w "));
+        let modules = position("-o lowerdir=/newroot/w/target/k/lib:");
+        assert!(root < workspace && workspace < modules, "{script}");
+        let two = stage_two(&foreign(), &command());
+        assert!(
+            two.contains("/bin/busybox --install -s /run/busybox"),
+            "{two}"
+        );
+        assert!(!stage_two(&GuestRoot::Host, &command()).contains("--install"));
+    }
+
+    fn command() -> GuestCommand {
+        GuestCommand {
             program: "/t/integration-abc".into(),
             args: vec!["it's".into(), "--test-threads=1".into()],
             dir: "/src".into(),
             env: vec![("SCALE".into(), "4".into())],
-        });
+        }
+    }
+
+    #[test]
+    fn stage_two_quotes_what_it_runs() {
+        let script = stage_two(&GuestRoot::Host, &command());
         assert!(script.contains(
             "export SCALE='4'\ncd '/src'\n'/t/integration-abc' 'it'\\''s' '--test-threads=1'\n"
         ));

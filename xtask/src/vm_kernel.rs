@@ -25,10 +25,10 @@ pub struct Series {
 /// The architecture a kernel series is built for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// This machine's: modules indexed and `vmlinux` cut out for QEMU (see the module).
+    /// This machine's: `vmlinux` cut out for QEMU (see the module).
     Amd64,
     /// Fetched as a foreign architecture; its `vmlinuz` is a plain arm64 `Image` that QEMU
-    /// boots as it is, and its modules are not used.
+    /// boots as it is. Its modules are indexed as well: `depmod` reads any architecture's.
     Arm64,
 }
 
@@ -89,6 +89,7 @@ impl Series {
 /// A kernel package unpacked in the cache, ready to boot.
 pub struct Kernel {
     pub series: &'static str,
+    pub arch: Arch,
     pub package: String,
     /// `uname -r` inside the VM, the directory name under `lib/modules`.
     pub release: String,
@@ -135,12 +136,14 @@ pub fn prepare(series: &Series) -> anyhow::Result<Kernel> {
             .with_context(|| format!("writing {}", complete.display()))?;
     }
     let release = release_of(&root)?;
+    index_modules(&root, &release)?;
     let vmlinux = match series.arch {
         Arch::Amd64 => root.join("vmlinux"),
         Arch::Arm64 => root.join("boot").join(format!("vmlinuz-{release}")),
     };
     Ok(Kernel {
         series: series.name,
+        arch: series.arch,
         vmlinux,
         package,
         release,
@@ -239,16 +242,27 @@ fn unpack(package: &str, version: &str, arch: Arch, root: &Path) -> anyhow::Resu
         return Ok(());
     }
     let release = release_of(root)?;
-    // Debian ships the modules without their index; modprobe (ours and the kernel's
-    // on-demand loading through the host's /sbin/modprobe) needs modules.dep.
-    run_step(
-        "indexing the kernel's modules",
-        Command::new("depmod").arg("-b").arg(root).arg(&release),
-    )?;
     let vmlinuz = std::fs::read(root.join("boot").join(format!("vmlinuz-{release}")))
         .with_context(|| format!("reading vmlinuz-{release}"))?;
     let vmlinux = extract_vmlinux(&vmlinuz)?;
     std::fs::write(root.join("vmlinux"), vmlinux).context("writing vmlinux")
+}
+
+/// Debian ships the modules without their index; the initramfs's module list and modprobe
+/// (the kernel's on-demand loading, `tcp_diag` for the daemon) need `modules.dep`.
+fn index_modules(root: &Path, release: &str) -> anyhow::Result<()> {
+    if root
+        .join("lib/modules")
+        .join(release)
+        .join("modules.dep")
+        .exists()
+    {
+        return Ok(());
+    }
+    run_step(
+        "indexing the kernel's modules",
+        Command::new("depmod").arg("-b").arg(root).arg(release),
+    )
 }
 
 /// The one directory name under `<root>/lib/modules`.

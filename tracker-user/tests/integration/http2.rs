@@ -187,11 +187,15 @@ fn a_client_leaving_with_streams_open_counts_in_conns_lost() {
     daemon.assert_no_ring_loss(&reports);
 }
 
-/// A plain-socket HTTP/2 peer that prints its port, takes in `argv[1]` bytes in one read
-/// (`MSG_WAITALL`), prints `read`, then, if `argv[2]` is non-zero, resets streams 1, 3, ...
-/// up to that many in one write, and waits for the client to leave.
+/// A plain-socket HTTP/2 peer that prints its port, waits until `argv[1]` bytes are queued
+/// and takes them in one read, prints `read`, then, if `argv[2]` is non-zero, resets streams
+/// 1, 3, ... up to that many in one write, and waits for the client to leave. It waits on the
+/// queue itself (`FIONREAD`) rather than reading with `MSG_WAITALL` or `SO_RCVLOWAT`: a read
+/// that waits for more after its first bytes is seen with those only where kprobes serve
+/// turns, a limit of its own, and the kernel wakes a low-water-mark wait early once the
+/// receive window is spent.
 const ONE_READ_SERVER: &str = r#"
-import socket, struct, sys
+import array, fcntl, socket, struct, sys, termios, time
 
 total, resets = int(sys.argv[1]), int(sys.argv[2])
 server = socket.socket()
@@ -200,6 +204,14 @@ server.listen()
 print(server.getsockname()[1], flush=True)
 sock, _ = server.accept()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
+def queued():
+    count = array.array("i", [0])
+    fcntl.ioctl(sock, termios.FIONREAD, count)
+    return count[0]
+
+while queued() < total:
+    time.sleep(0.001)
 data = sock.recv(total, socket.MSG_WAITALL)
 assert len(data) == total, len(data)
 print("read", flush=True)
